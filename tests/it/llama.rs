@@ -1,0 +1,190 @@
+//! The decoder against Python transformers: tiny random Llama/Qwen2 checkpoints written by
+//! transformers, SmolLM2 from its GGUF; the generator/trainer log-prob invariant; export round trip;
+//! bad input.
+use crate::common::{python, tmpdir};
+use r2m::model::generate::{generate, GenerateConfig, Sampling};
+use r2m::model::llama::CausalLm;
+use r2m::model::load::{safetensors, ModelSource, WeightMap};
+use r2m::model::params::Source;
+use r2m::model::LlamaConfig;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Writes a tiny random HF checkpoint with `cfg_py` (a transformers config constructor call) into
+/// `dir`, and the reference logits for a left-padded batch (positions = cumsum(mask) - 1, as HF
+/// generate uses) into `dir/ref.safetensors`.
+fn write_tiny(dir: &Path, model_cls: &str, cfg_py: &str) {
+    let script = format!(
+        r#"
+import sys, torch, transformers
+from safetensors.torch import save_file
+torch.manual_seed(0)
+cfg = transformers.{cfg_py}
+m = transformers.{model_cls}(cfg).eval()
+with torch.no_grad():
+    for p in m.parameters():
+        p.normal_(0, 0.2)
+m.save_pretrained(sys.argv[1], safe_serialization=True)
+ids = torch.tensor([[0, 0, 0, 5, 17, 99, 3, 44], [11, 12, 13, 14, 15, 16, 17, 18]])
+mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]])
+pos = (mask.cumsum(1) - 1).clamp(min=0)
+with torch.no_grad():
+    out = m(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+save_file({{"ids": ids, "mask": mask, "logits": out.logits.contiguous(),
+           "hidden": out.hidden_states[-1].contiguous()}}, sys.argv[1] + "/ref.safetensors")
+"#
+    );
+    python(&script, &[dir.to_str().unwrap()]);
+}
+
+fn load_tiny(dir: &Path) -> CausalLm {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let w = WeightMap::new(dir, safetensors::read_dir(dir).unwrap());
+    CausalLm::new(&cfg, Source::Load(w), Device::Cpu).unwrap()
+}
+
+fn reference(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    safetensors::read_file(&dir.join("ref.safetensors")).unwrap().into_iter().collect()
+}
+
+/// Max |a - b| over the positions where mask = 1.
+fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    let m = mask.to_kind(Kind::Float).unsqueeze(-1);
+    ((a - b).abs() * m).max().double_value(&[])
+}
+
+fn check_parity(model_cls: &str, cfg_py: &str) {
+    let d = tmpdir();
+    write_tiny(d.path(), model_cls, cfg_py);
+    let m = load_tiny(d.path());
+    let r = reference(d.path());
+    let _g = tch::no_grad_guard();
+    let h = m.forward_hidden(&r["ids"], &r["mask"], false).unwrap();
+    let logits = m.logits(&h.last);
+    let dl = masked_max_diff(&logits, &r["logits"], &r["mask"]);
+    let dh = masked_max_diff(&h.last, &r["hidden"], &r["mask"]);
+    assert!(dl <= 1e-4 && dh <= 1e-4, "{model_cls}: logits diff {dl}, hidden diff {dh}");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    // GQA, untied head, Llama 3 rope scaling, attention bias.
+    check_parity(
+        "LlamaForCausalLM",
+        "LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, \
+         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, \
+         rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, \
+         original_max_position_embeddings=8), tie_word_embeddings=False, attention_bias=True)",
+    );
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    // q/k/v biases, tied embeddings, MHA.
+    check_parity(
+        "Qwen2ForCausalLM",
+        "Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, \
+         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)",
+    );
+}
+
+fn tiny_random() -> CausalLm {
+    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "tie_word_embeddings": false
+    }))
+    .unwrap();
+    let m = CausalLm::random(&cfg, 7, Device::Cpu).unwrap();
+    // Larger weights than the 0.02 init so that the distribution is far from uniform.
+    let _g = tch::no_grad_guard();
+    for (_, p) in m.params.named() {
+        if p.dim() == 2 {
+            let mut p = p.shallow_clone();
+            let _ = p.g_mul_scalar_(10.0);
+        }
+    }
+    m
+}
+
+/// The log-probs the generator reports equal the trainer forward's log-probs of the same tokens at
+/// the same temperature, with prompts of different lengths (left padding) and without.
+#[test]
+fn generator_logprobs_equal_trainer_logprobs() {
+    let m = tiny_random();
+    for (prompts, temp) in [
+        (vec![vec![1i64, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]], 0.7),
+        (vec![vec![11i64, 12, 13]], 1.3),
+    ] {
+        let cfg = GenerateConfig {
+            max_new_tokens: 12,
+            sampling: Sampling::Sample { temperature: temp, top_k: None, top_p: None },
+            seed: 3,
+            eos_ids: vec![0],
+            pad_id: 95,
+            return_hidden: true,
+            stop_check_every: 1,
+        };
+        let g = generate(&m, &prompts, &cfg).unwrap();
+        let (seq, mask) = g.sequences();
+        let p = g.prompt_ids.size()[1];
+        let (lp, hidden) = m.token_logprobs(&seq, &mask, temp, p).unwrap();
+        let d = masked_max_diff(&lp.unsqueeze(-1), &g.logprobs.unsqueeze(-1), &g.mask);
+        assert!(d <= 1e-4, "generator vs trainer log-probs differ by {d}");
+        // The hidden states returned by generation are the trainer's, on every real token.
+        let gh = g.hidden.as_ref().unwrap();
+        assert_eq!(gh.size(), hidden.size());
+        let dh = masked_max_diff(gh, &hidden.detach(), &mask);
+        assert!(dh <= 1e-4, "hidden states differ by {dh}");
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_stops_at_eos() {
+    let m = tiny_random();
+    let cfg = GenerateConfig { max_new_tokens: 10, seed: 11, eos_ids: vec![], ..Default::default() };
+    let a = generate(&m, &[vec![1, 2, 3]], &cfg).unwrap();
+    let b = generate(&m, &[vec![1, 2, 3]], &cfg).unwrap();
+    assert_eq!(Vec::<i64>::try_from(a.ids.view([-1])).unwrap(), Vec::<i64>::try_from(b.ids.view([-1])).unwrap());
+    // Make the first sampled token an EOS: the row ends there, with mask 1 on it and 0 after.
+    let first = a.ids.int64_value(&[0, 0]);
+    let cfg2 = GenerateConfig { eos_ids: vec![first], ..cfg };
+    let c = generate(&m, &[vec![1, 2, 3], vec![4, 5]], &cfg2).unwrap();
+    assert_eq!(c.response(0), vec![first]);
+    assert_eq!(c.mask.int64_value(&[0, 0]), 1);
+    if c.mask.size()[1] > 1 {
+        assert_eq!(c.mask.int64_value(&[0, 1]), 0);
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let m = tiny_random();
+    let cfg = GenerateConfig { max_new_tokens: 4, ..Default::default() };
+    let e = generate(&m, &[vec![1, 2], vec![]], &cfg).err().unwrap().to_string();
+    assert!(e.contains("prompt 1 is empty"), "{e}");
+    let long = vec![vec![1i64; 126]];
+    let e = generate(&m, &long, &cfg).err().unwrap().to_string();
+    assert!(e.contains("prompt 0 has 126 tokens") && e.contains("context of 128"), "{e}");
+    let e = CausalLm::load_path("/no/such/model", Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("/no/such/model") && e.contains("not found"), "{e}");
+    // A config whose shapes do not match the weights: the tensor and both shapes are named.
+    let d = tmpdir();
+    write_tiny(
+        d.path(),
+        "LlamaForCausalLM",
+        "LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1, \
+         num_attention_heads=4, max_position_embeddings=64)",
+    );
+    let cfg_path = d.path().join("config.json");
+    let orig = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, orig.replace("\"intermediate_size\": 96", "\"intermediate_size\": 80")).unwrap();
+    let cfg = LlamaConfig::from_file(&cfg_path).unwrap();
+    let w = WeightMap::new(d.path(), safetensors::read_dir(d.path()).unwrap());
+    let e = CausalLm::new(&cfg, Source::Load(w), Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("gate_proj.weight") && e.contains("[96, 64]") && e.contains("[80, 64]"), "{e}");
+    // An HF folder without a tokenizer is an error naming tokenizer.json.
+    std::fs::write(&cfg_path, orig).unwrap();
+    let e = CausalLm::load(&ModelSource::HfDir(d.path().into()), Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+}

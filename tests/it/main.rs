@@ -1,0 +1,7 @@
+//! Integration tests: one binary (see Cargo.toml `[[test]] it`). Reference values come from Python
+//! (transformers, sentence-transformers, tokenizers) in the bootstrap's virtualenv.
+mod bert;
+mod common;
+mod llama;
+mod gguf;
+mod tokenizer;
