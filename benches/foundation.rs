@@ -1,1 +1,584 @@
-fn main() {}
+//! The foundation benchmark: r2m against its PyTorch peer on the same machine, in one run.
+//!
+//!   cargo bench --bench foundation                 # full run (CPU), ~10 min on 2 cores
+//!   R2M_BENCH_QUICK=1 cargo bench --bench foundation   # batch 1 & 4, 32 new tokens, train 2 x 64
+//!   target/release/deps/foundation-<hash> --device cuda   # the same binary on a GPU machine
+//!
+//! Workloads (SmolLM2-135M-Instruct, f32, same weights on both sides):
+//! - generation tokens/s at batch 1 and 32, 128 new tokens, sampling at temperature 0.7, no EOS stop
+//!   (r2m: `eos_ids` empty; transformers: `min_new_tokens` = `max_new_tokens`), so both sides make
+//!   exactly B x 128 tokens. Wall time of the whole call, prefill included.
+//! - training tokens/s: forward + token log-prob loss + backward + AdamW over all weights,
+//!   batch 8 x 256 tokens (peer: HF LlamaForCausalLM with labels = input_ids, torch.optim.AdamW).
+//!
+//! The peer (benches/peer_foundation.py) runs first as a child process with the same thread count
+//! (`tch::get_num_threads`) and prints JSON; r2m is then measured in-process: warmup, then the
+//! median of a few repetitions. Both load one f32 HF folder, exported once from the GGUF to
+//! `$R2M_HOME/models/smollm2-135m-instruct-f32` (or, with `--random-weights`, a seeded random model
+//! of the same shape, for machines without the GGUF: speed does not depend on the weights).
+//!
+//! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
+//! --random-weights, --model GGUF|DIR, --f32-dir DIR, --python PY [R2M_BENCH_PYTHON],
+//! --peer-script PATH, --no-peer, --only gen,train, --json-out FILE [R2M_BENCH_OUT=dir],
+//! --gen-batches 1,32, --new-tokens N, --train-batch B, --train-seq T, --gen-reps R1,R2,
+//! --train-reps R, --variants (times alternative implementations of r2m's hot paths, for the
+//! diagnosis in docs/benchmarks.md).
+use anyhow::{bail, ensure, Context, Result};
+use r2m::model::export::{export_hf, hf_state_dict, write_json};
+use r2m::model::generate::{generate, GenerateConfig, Sampling};
+use r2m::model::llama::CausalLm;
+use r2m::model::load::safetensors::write_file;
+use r2m::model::LlamaConfig;
+use r2m::tokenizer::Message;
+use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+const QUESTIONS: [&str; 32] = [
+    "What is the capital of France?",
+    "Explain photosynthesis in simple terms.",
+    "Write a haiku about the sea.",
+    "How do I reverse a list in Python?",
+    "What causes the seasons on Earth?",
+    "Give me three tips for better sleep.",
+    "Who wrote Pride and Prejudice?",
+    "What is the difference between a virus and a bacterium?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "How does a rainbow form?",
+    "Translate 'good morning' into Spanish and German.",
+    "What is 17 times 23?",
+    "Why is the sky blue?",
+    "Suggest a name for a friendly robot.",
+    "What are the main ingredients of a pancake?",
+    "Describe a cat to someone who has never seen one.",
+    "What is machine learning?",
+    "How many continents are there, and what are they?",
+    "Write a short thank-you note to a teacher.",
+    "What is the boiling point of water at sea level?",
+    "Explain what a prime number is.",
+    "What should I pack for a weekend hiking trip?",
+    "Why do leaves change colour in autumn?",
+    "Tell me a fun fact about octopuses.",
+    "What is the tallest mountain in the world?",
+    "How do vaccines work?",
+    "Give an example of a metaphor.",
+    "What is the Pythagorean theorem?",
+    "How can I make my code easier to read?",
+    "What does a bee do in a hive?",
+    "Recommend a good habit for learning a language.",
+    "What is the speed of light?",
+];
+
+/// SmolLM2-135M's shape (the GGUF's config), for `--random-weights`.
+fn smollm2_config() -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
+    }))
+    .expect("a valid config")
+}
+
+struct Opts {
+    device: Device,
+    device_name: String,
+    quick: bool,
+    random_weights: bool,
+    model: Option<PathBuf>,
+    f32_dir: Option<PathBuf>,
+    python: Option<String>,
+    peer_script: Option<PathBuf>,
+    peer: bool,
+    gen: bool,
+    train: bool,
+    json_out: Option<PathBuf>,
+    gen_batches: Vec<i64>,
+    new_tokens: i64,
+    train_batch: i64,
+    train_seq: i64,
+    gen_warmup: usize,
+    gen_reps: Vec<usize>,
+    train_warmup: usize,
+    train_reps: usize,
+    variants: bool,
+}
+
+fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',').map(|x| x.trim().parse::<T>().map_err(|_| anyhow::anyhow!("{what}: bad value {x:?}"))).collect()
+}
+
+fn parse_opts() -> Result<Opts> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench (and a filter, if given) to harness = false benches.
+    args.retain(|a| a != "--bench");
+    let mut o = Opts {
+        device: Device::Cpu,
+        device_name: env("R2M_BENCH_DEVICE").unwrap_or_else(|| "cpu".into()),
+        quick: env("R2M_BENCH_QUICK").is_some_and(|v| v != "0"),
+        random_weights: false,
+        model: None,
+        f32_dir: None,
+        python: env("R2M_BENCH_PYTHON"),
+        peer_script: None,
+        peer: true,
+        gen: true,
+        train: true,
+        json_out: env("R2M_BENCH_OUT").map(|d| PathBuf::from(d).join("foundation.json")),
+        gen_batches: vec![],
+        new_tokens: 0,
+        train_batch: 0,
+        train_seq: 0,
+        gen_warmup: 1,
+        gen_reps: vec![],
+        train_warmup: 1,
+        train_reps: 0,
+        variants: false,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => o.device_name = val()?,
+            "--quick" => o.quick = true,
+            "--random-weights" => o.random_weights = true,
+            "--model" => o.model = Some(val()?.into()),
+            "--f32-dir" => o.f32_dir = Some(val()?.into()),
+            "--python" => o.python = Some(val()?),
+            "--peer-script" => o.peer_script = Some(val()?.into()),
+            "--no-peer" => o.peer = false,
+            "--only" => {
+                let v = val()?;
+                o.gen = v.split(',').any(|x| x == "gen");
+                o.train = v.split(',').any(|x| x == "train");
+                ensure!(o.gen || o.train, "--only takes gen, train or gen,train");
+            }
+            "--json-out" => o.json_out = Some(val()?.into()),
+            "--gen-batches" => o.gen_batches = parse_list(&val()?, "--gen-batches")?,
+            "--new-tokens" => o.new_tokens = val()?.parse()?,
+            "--train-batch" => o.train_batch = val()?.parse()?,
+            "--train-seq" => o.train_seq = val()?.parse()?,
+            "--gen-reps" => o.gen_reps = parse_list(&val()?, "--gen-reps")?,
+            "--train-reps" => o.train_reps = val()?.parse()?,
+            "--variants" => o.variants = true,
+            "-h" | "--help" => {
+                println!("see the header of benches/foundation.rs and docs/benchmarks.md");
+                std::process::exit(0);
+            }
+            other if other.starts_with('-') => bail!("unknown option {other}"),
+            _ => {} // a cargo bench filter: ignored
+        }
+    }
+    o.device = r2m::device::parse(&o.device_name)?;
+    let gpu = o.device.is_cuda();
+    if o.gen_batches.is_empty() {
+        o.gen_batches = if o.quick { vec![1, 4] } else { vec![1, 32] };
+    }
+    if o.new_tokens == 0 {
+        o.new_tokens = if o.quick { 32 } else { 128 };
+    }
+    if o.train_batch == 0 {
+        o.train_batch = if o.quick { 2 } else { 8 };
+    }
+    if o.train_seq == 0 {
+        o.train_seq = if o.quick { 64 } else { 256 };
+    }
+    if o.gen_reps.is_empty() {
+        o.gen_reps = if o.quick { vec![1] } else if gpu { vec![5] } else { vec![3] };
+    }
+    if o.train_reps == 0 {
+        o.train_reps = if o.quick { 1 } else if gpu { 10 } else { 3 };
+    }
+    if gpu {
+        o.gen_warmup = 2;
+        o.train_warmup = 3;
+    }
+    Ok(o)
+}
+
+fn sync(dev: Device) {
+    if let Device::Cuda(i) = dev {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Runs `f` `warmup` + `reps` times; returns the timed repetitions' seconds.
+fn timed(what: &str, dev: Device, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for i in 0..warmup {
+        let t = Instant::now();
+        f()?;
+        sync(dev);
+        eprintln!("r2m: {what}: warmup {}/{warmup} {:.3} s", i + 1, t.elapsed().as_secs_f64());
+    }
+    let mut times = vec![];
+    for i in 0..reps {
+        sync(dev);
+        let t = Instant::now();
+        f()?;
+        sync(dev);
+        times.push(t.elapsed().as_secs_f64());
+        eprintln!("r2m: {what}: rep {}/{reps} {:.3} s", i + 1, times.last().unwrap());
+    }
+    Ok(times)
+}
+
+/// The f32 HF folder both sides load, and the tokenizer's prompts (or synthetic ones).
+struct Prepared {
+    dir: PathBuf,
+    prompts: Vec<Vec<i64>>,
+    pad_id: i64,
+    source: String,
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn prepare(o: &Opts) -> Result<Prepared> {
+    if o.random_weights {
+        let dir = o.f32_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("r2m-bench-smollm2-random-f32"));
+        let cfg = smollm2_config();
+        if !dir.join("model.safetensors").exists() {
+            eprintln!("r2m: writing random SmolLM2-135M-shaped weights (seed 0) to {}", dir.display());
+            let m = CausalLm::random(&cfg, 0, Device::Cpu)?;
+            std::fs::create_dir_all(&dir)?;
+            let mut json = serde_json::to_value(&cfg)?;
+            json["torch_dtype"] = "float32".into();
+            write_json(&dir.join("config.json"), &json)?;
+            write_file(&dir.join("model.safetensors"), &hf_state_dict(&m))?;
+        }
+        // Synthetic prompts with the lengths of chat-templated questions (30-45 tokens).
+        let mut state: u64 = 0x9E3779B97F4A7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let prompts = (0..32)
+            .map(|i| (0..30 + (i * 7) % 16).map(|_| (next() % cfg.vocab_size as u64) as i64).collect())
+            .collect();
+        return Ok(Prepared { dir, prompts, pad_id: 2, source: "random weights, SmolLM2-135M shape".into() });
+    }
+    let gguf = o.model.clone().unwrap_or_else(r2m::paths::smollm2_gguf);
+    let (dir, from) = if gguf.is_dir() {
+        (gguf.clone(), format!("{}", gguf.display()))
+    } else {
+        let dir = o.f32_dir.clone().unwrap_or_else(|| r2m::paths::r2m_home().join("models/smollm2-135m-instruct-f32"));
+        if !dir.join("model.safetensors").exists() {
+            ensure!(
+                gguf.exists(),
+                "{} not found: run scripts/bootstrap.sh, pass --model GGUF|DIR, or use --random-weights",
+                gguf.display()
+            );
+            eprintln!("r2m: exporting {} to the f32 HF folder {} (once)", gguf.display(), dir.display());
+            let t = Instant::now();
+            let loaded = CausalLm::load(&r2m::model::load::ModelSource::Gguf(gguf.clone()), Device::Cpu)?;
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            export_hf(&loaded.model, &loaded.tokenizer, &tmp)?;
+            // TRL/transformers refuse a "quantized" config for training.
+            let cj = tmp.join("config.json");
+            let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cj)?)?;
+            if let Some(m) = json.as_object_mut() {
+                m.remove("quantization_config");
+            }
+            write_json(&cj, &json)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir)?;
+            eprintln!("r2m: exported in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        (dir, format!("{} (exported to f32 at {})", gguf.display(), "$R2M_HOME/models/smollm2-135m-instruct-f32"))
+    };
+    let tok = r2m::tokenizer::Tokenizer::from_hf_dir(&dir)?;
+    let mut prompts = vec![];
+    for q in QUESTIONS {
+        let text = tok.apply_chat_template(&[Message::user(q)], true)?;
+        prompts.push(tok.encode(&text, true)?.into_iter().map(i64::from).collect::<Vec<_>>());
+    }
+    Ok(Prepared { dir, prompts, pad_id: tok.pad_id() as i64, source: from })
+}
+
+fn batch_of(prompts: &[Vec<i64>], b: i64) -> Vec<Vec<i64>> {
+    (0..b as usize).map(|i| prompts[i % prompts.len()].clone()).collect()
+}
+
+fn run_peer(o: &Opts, p: &Prepared, threads: i32) -> Result<serde_json::Value> {
+    let python = o.python.clone().unwrap_or_else(|| {
+        let venv = manifest_dir().join(".venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
+    let script = o.peer_script.clone().unwrap_or_else(|| {
+        let s = manifest_dir().join("benches/peer_foundation.py");
+        if s.exists() {
+            s
+        } else {
+            PathBuf::from("benches/peer_foundation.py")
+        }
+    });
+    let pf = std::env::temp_dir().join(format!("r2m-bench-prompts-{}.json", std::process::id()));
+    std::fs::write(&pf, serde_json::to_string(&serde_json::json!({"prompts": p.prompts, "pad_id": p.pad_id}))?)?;
+    let mut skip = vec![];
+    if !o.gen {
+        skip.push("gen");
+    }
+    if !o.train {
+        skip.push("train");
+    }
+    let list = |v: &[i64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let reps: Vec<i64> = o.gen_reps.iter().map(|&r| r as i64).collect();
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .args(["--model", &p.dir.display().to_string()])
+        .args(["--prompts", &pf.display().to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--device", &o.device_name.replace("auto", "cpu")])
+        .args(["--gen-batches", &list(&o.gen_batches)])
+        .args(["--new-tokens", &o.new_tokens.to_string()])
+        .args(["--gen-warmup", &o.gen_warmup.to_string()])
+        .args(["--gen-reps", &list(&reps)])
+        .args(["--train-batch", &o.train_batch.to_string()])
+        .args(["--train-seq", &o.train_seq.to_string()])
+        .args(["--train-warmup", &o.train_warmup.to_string()])
+        .args(["--train-reps", &o.train_reps.to_string()])
+        .args(["--skip", &skip.join(",")])
+        .env("PYTHONUNBUFFERED", "1")
+        .stderr(Stdio::inherit());
+    eprintln!("r2m: running the peer: {python} {}", script.display());
+    let out = cmd.output().with_context(|| format!("running the peer with {python}"))?;
+    let _ = std::fs::remove_file(&pf);
+    ensure!(out.status.success(), "the peer failed ({})", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).context("the peer printed no JSON")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+struct Row {
+    key: String,
+    workload: String,
+    tokens: i64,
+    times: Vec<f64>,
+    goal: Option<f64>,
+}
+
+impl Row {
+    fn tps(&self) -> f64 {
+        self.tokens as f64 / median(&self.times)
+    }
+}
+
+fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
+    GenerateConfig {
+        max_new_tokens: n,
+        sampling: Sampling::Sample { temperature: 0.7, top_k: None, top_p: None },
+        seed,
+        eos_ids: vec![],
+        pad_id,
+        return_hidden: false,
+        stop_check_every: 4,
+    }
+}
+
+fn bench_gen(o: &Opts, model: &CausalLm, p: &Prepared, rows: &mut Vec<Row>) -> Result<()> {
+    for (bi, &b) in o.gen_batches.iter().enumerate() {
+        let prompts = batch_of(&p.prompts, b);
+        let n = o.new_tokens;
+        let mut seed = 0;
+        let reps = o.gen_reps[bi.min(o.gen_reps.len() - 1)];
+        let times = timed(&format!("gen b{b}"), o.device, o.gen_warmup, reps, || {
+            seed += 1;
+            let g = generate(model, &prompts, &gen_cfg(n, p.pad_id, seed))?;
+            ensure!(g.ids.size() == [b, n], "generated {:?}, expected [{b}, {n}]", g.ids.size());
+            Ok(())
+        })?;
+        rows.push(Row {
+            key: format!("gen_b{b}"),
+            workload: format!("generate, batch {b}, {n} new tokens, T=0.7"),
+            tokens: b * n,
+            times,
+            goal: if b >= 32 { Some(2.0) } else { None },
+        });
+    }
+    Ok(())
+}
+
+fn train_data(o: &Opts, vocab: i64, dev: Device) -> (Tensor, Tensor) {
+    tch::manual_seed(0);
+    let ids = Tensor::randint(vocab, [o.train_batch, o.train_seq], (Kind::Int64, Device::Cpu)).to_device(dev);
+    let mask = ids.ones_like();
+    (ids, mask)
+}
+
+fn bench_train(o: &Opts, model: &mut CausalLm, rows: &mut Vec<Row>) -> Result<()> {
+    let params = apply_trainable(model, &Trainable::All, 0)?;
+    let mut opt = AdamW::new(params, AdamWConfig { lr: 1e-5, ..Default::default() });
+    let (ids, mask) = train_data(o, model.config.vocab_size, o.device);
+    let (b, t) = (o.train_batch, o.train_seq);
+    let times = timed(&format!("train {b}x{t}"), o.device, o.train_warmup, o.train_reps, || {
+        let (lp, _) = model.token_logprobs(&ids, &mask, 1.0, 1)?;
+        let loss = -lp.mean(Kind::Float);
+        loss.backward();
+        opt.step(1e-5);
+        opt.zero_grad();
+        Ok(())
+    })?;
+    rows.push(Row {
+        key: "train".into(),
+        workload: format!("train step, batch {b} x {t}, all weights, AdamW"),
+        tokens: b * t,
+        times,
+        goal: Some(1.0),
+    });
+    Ok(())
+}
+
+/// max |r2m - peer| over the last-position logits of prompt 0.
+fn parity(model: &CausalLm, p: &Prepared, peer: &serde_json::Value) -> Result<Option<f64>> {
+    let Some(want) = peer.get("parity_logits").and_then(|v| v.as_array()) else { return Ok(None) };
+    let want: Vec<f32> = want.iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect();
+    let _g = tch::no_grad_guard();
+    let ids = Tensor::from_slice(&p.prompts[0]).view([1, -1]);
+    let logits = model.forward(&ids, &ids.ones_like())?;
+    let got = logits.get(0).get(-1).to_kind(Kind::Float).to_device(Device::Cpu);
+    let d = (got - Tensor::from_slice(&want)).abs().max().double_value(&[]);
+    Ok(Some(d))
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["-C", &manifest_dir().display().to_string(), "rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "uncommitted".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> Result<()> {
+    let o = parse_opts()?;
+    let t_all = Instant::now();
+    let threads = tch::get_num_threads();
+    let dev_desc = match o.device {
+        Device::Cuda(_) => format!("{} (CUDA)", o.device_name),
+        _ => format!("cpu, {threads} threads, {} ({} logical CPUs)", cpu_model(), num_cpus()),
+    };
+    eprintln!("r2m: foundation bench on {dev_desc}{}", if o.quick { " [quick]" } else { "" });
+    let p = prepare(&o)?;
+
+    let peer = if o.peer { Some(run_peer(&o, &p, threads)?) } else { None };
+
+    let t = Instant::now();
+    let loaded = CausalLm::load(&r2m::model::load::ModelSource::HfDir(p.dir.clone()), o.device)?;
+    let mut model = loaded.model;
+    eprintln!("r2m: loaded {} in {:.1} s", p.dir.display(), t.elapsed().as_secs_f64());
+    let parity_diff = match &peer {
+        Some(pj) => parity(&model, &p, pj)?,
+        None => None,
+    };
+    if let Some(d) = parity_diff {
+        eprintln!("r2m: parity with transformers, max |delta logit| on prompt 0: {d:.2e}");
+        ensure!(d < 1e-2, "r2m and the peer disagree on the logits (max |delta| {d}): not the same model?");
+    }
+
+    let mut rows = vec![];
+    if o.gen {
+        bench_gen(&o, &model, &p, &mut rows)?;
+    }
+    if o.variants {
+        variants::run(&o, &mut model, &p)?;
+    }
+    if o.train {
+        bench_train(&o, &mut model, &mut rows)?;
+    }
+
+    // The table.
+    let peer_res = peer.as_ref().and_then(|v| v.get("results"));
+    let peer_tps = |k: &str| peer_res.and_then(|r| r.get(k)).and_then(|r| r.get("tokens_per_s")).and_then(|x| x.as_f64());
+    println!();
+    println!("foundation bench: SmolLM2-135M f32, {dev_desc}, commit {}", git_commit());
+    println!("model: {}", p.source);
+    if let Some(pj) = &peer {
+        println!("peer: torch {}, transformers {}, {} threads", pj["torch"], pj["transformers"], pj["threads"]);
+    }
+    if let Some(d) = parity_diff {
+        println!("parity: max |r2m - transformers| last-token logits = {d:.2e}");
+    }
+    println!();
+    println!("| workload | r2m tokens/s | peer tokens/s | ratio | goal | reps (r2m median s) |");
+    println!("|---|---:|---:|---:|---:|---|");
+    let mut json_rows = vec![];
+    for r in &rows {
+        let pt = peer_tps(&r.key);
+        let ratio = pt.map(|p| r.tps() / p);
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} ({:.2} s) |",
+            r.workload,
+            r.tps(),
+            pt.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+            ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            r.goal.map(|g| format!(">= {g:.1}x{}", ratio.map(|x| if x >= g { " ok" } else { " MISS" }).unwrap_or(""))).unwrap_or_else(|| "-".into()),
+            r.times.len(),
+            median(&r.times)
+        );
+        json_rows.push(serde_json::json!({
+            "key": r.key, "workload": r.workload, "tokens": r.tokens, "r2m_tokens_per_s": r.tps(),
+            "r2m_times_s": r.times, "peer_tokens_per_s": pt, "ratio": ratio, "goal": r.goal,
+        }));
+    }
+    println!("\ntotal wall time {:.0} s", t_all.elapsed().as_secs_f64());
+    if let Some(path) = &o.json_out {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let j = serde_json::json!({
+            "device": dev_desc, "threads": threads, "commit": git_commit(), "quick": o.quick,
+            "model": p.source, "parity_max_abs_logit_diff": parity_diff, "rows": json_rows, "peer": peer,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
+        eprintln!("r2m: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Alternative implementations of r2m's hot paths, timed against the current ones (`--variants`),
+/// to back the suggestions in docs/benchmarks.md. Nothing here is used by the main table.
+mod variants {
+    use super::*;
+
+    pub fn run(_o: &Opts, _model: &mut CausalLm, _p: &Prepared) -> Result<()> {
+        Ok(())
+    }
+
+    #[allow(dead_code)]
+    fn _unused(_: &Path) {}
+}

@@ -180,7 +180,7 @@ impl Tokenizer {
     /// Reads only the GGUF header of `path` and builds its tokenizer (see `from_gguf`).
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
         let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
-        let content = gguf_file::Content::read(&mut f).map_err(|e| Error::parse(path, e))?;
+        let content = gguf_file::Content::read(&mut f).map_err(|e| crate::model::load::gguf::candle_err(path, e))?;
         Self::from_gguf(path, &content.metadata)
     }
 

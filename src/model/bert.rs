@@ -591,10 +591,9 @@ impl SentenceEncoder {
         let tdir = transformer.ok_or_else(|| missing("Transformer"))?;
         let pooling_path = pooling.ok_or_else(|| missing("Pooling"))?;
 
-        let bert = Bert::load(&tdir, device)?;
+        // The small files first, so that a broken folder fails before 90 MB of weights are read.
+        let cfg = BertConfig::from_file(&tdir.join("config.json"))?;
         let pooling = Pooling::from_file(&pooling_path)?;
-        check_pooling_dim(&pooling_path, bert.cfg.hidden_size)?;
-
         let sb_path = tdir.join("sentence_bert_config.json");
         let sb = if sb_path.exists() {
             let text = std::fs::read_to_string(&sb_path).map_err(|e| Error::io(&sb_path, e))?;
@@ -602,7 +601,7 @@ impl SentenceEncoder {
         } else {
             SentenceBertConfig { max_seq_length: None, do_lower_case: false }
         };
-        let max_pos = usize::try_from(bert.cfg.max_position_embeddings).unwrap_or(usize::MAX);
+        let max_pos = usize::try_from(cfg.max_position_embeddings).unwrap_or(usize::MAX);
         let max_seq_length = sb.max_seq_length.unwrap_or(max_pos);
         if max_seq_length < 2 || max_seq_length > max_pos {
             return Err(Error::parse(
@@ -611,6 +610,9 @@ impl SentenceEncoder {
             ));
         }
         let tokenizer = load_tokenizer(&tdir.join("tokenizer.json"), max_seq_length)?;
+        let bert = Bert::load(&tdir, device)?;
+        // After the weights, so that a wrong hidden_size is reported as the tensor it breaks.
+        check_pooling_dim(&pooling_path, bert.cfg.hidden_size)?;
         Ok(SentenceEncoder {
             bert,
             tokenizer,

@@ -30,7 +30,7 @@ fn texts() -> Vec<String> {
         // ~180 tokens: longer than tokenizer.json's 128, shorter than max_seq_length 256.
         format!("{para} {para} {para}"),
         // > 256 tokens: truncated at max_seq_length.
-        std::iter::repeat(para).take(8).collect::<Vec<_>>().join(" "),
+        [para; 8].join(" "),
         "A man is eating food.".into(),
     ]
 }

@@ -9,6 +9,15 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 const REF_SCRIPT: &str = r#"
+# Parse the GGUF once per process: transformers builds a GGUFReader per call (config, tokenizer,
+# tensors), each ~6 s for SmolLM2's 49k-token metadata. The reader is read-only, so sharing it is safe.
+import gguf
+_readers, _Reader = {}, gguf.GGUFReader
+def _shared_reader(path, *a, **k):
+    if str(path) not in _readers:
+        _readers[str(path)] = _Reader(path, *a, **k)
+    return _readers[str(path)]
+gguf.GGUFReader = _shared_reader
 import json, os, sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint

@@ -5,3 +5,4 @@ mod common;
 mod llama;
 mod gguf;
 mod tokenizer;
+mod train;

@@ -48,6 +48,15 @@ fn conversations() -> Vec<Vec<Message>> {
 }
 
 const SCRIPT: &str = r#"
+# Parse the GGUF once per process: transformers builds a GGUFReader per call (config, tokenizer,
+# tensors), each ~6 s for SmolLM2's 49k-token metadata. The reader is read-only, so sharing it is safe.
+import gguf
+_readers, _Reader = {}, gguf.GGUFReader
+def _shared_reader(path, *a, **k):
+    if str(path) not in _readers:
+        _readers[str(path)] = _Reader(path, *a, **k)
+    return _readers[str(path)]
+gguf.GGUFReader = _shared_reader
 import json, os, sys
 from transformers import AutoTokenizer
 gguf, mini, smol_saved, mini_saved, inp = sys.argv[1:]

@@ -126,8 +126,16 @@ pub fn reverse_permute(t: &Tensor, n_head: i64) -> Result<Tensor> {
     Ok(t.f_reshape(&v)?.f_transpose(1, 2)?.f_reshape(&shape)?)
 }
 
-fn candle_err(path: &Path, e: candle_core::Error) -> Error {
-    let msg = e.to_string();
+/// candle's error message without the backtrace candle attaches when `RUST_BACKTRACE` is set.
+fn candle_msg(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(*inner),
+        e => e.to_string(),
+    }
+}
+
+pub(crate) fn candle_err(path: &Path, e: candle_core::Error) -> Error {
+    let msg = candle_msg(e);
     // candle refuses ggml types it does not know while reading the header, before any tensor name.
     if let Some(id) = msg.strip_prefix("unknown dtype for tensor ").and_then(|s| s.trim().parse::<u32>().ok()) {
         return Error::Unsupported {
@@ -200,13 +208,13 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     for (name, info, hf) in plan {
         let q = info
             .read(&mut reader, content.tensor_data_offset, &candle_core::Device::Cpu)
-            .map_err(|e| Error::parse(path, format!("tensor '{name}': {e}")))?;
+            .map_err(|e| Error::parse(path, format!("tensor '{name}': {}", candle_msg(e))))?;
         let dims: Vec<i64> = q.shape().dims().iter().map(|d| *d as i64).collect();
         let data = q
             .dequantize(&candle_core::Device::Cpu)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| Error::parse(path, format!("dequantizing tensor '{name}': {e}")))?;
+            .map_err(|e| Error::parse(path, format!("dequantizing tensor '{name}': {}", candle_msg(e))))?;
         let mut t = Tensor::f_from_slice(&data)?.f_reshape(&dims)?.f_to_kind(Kind::Float)?;
         if model_type == "llama" {
             if name.contains(".attn_q.") {
