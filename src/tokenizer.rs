@@ -54,7 +54,8 @@ const GPT2_PRE: &[&str] = &["gpt2", "smollm", "default"];
 /// Llama 3's split regex (its tokenizer.json), for GGUF `tokenizer.ggml.pre = "llama-bpe"`.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split regex (transformers' `Qwen2Converter`), for `tokenizer.ggml.pre = "qwen2"`.
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// An HF tokenizer plus what `tokenizer_config.json` adds: special tokens, BOS policy, chat template.
 #[derive(Clone)]
@@ -259,7 +260,8 @@ impl Tokenizer {
         };
 
         // Vocab: later duplicates win, as in transformers' `{word: i for i, word in enumerate(tokens)}`.
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -432,8 +434,7 @@ impl Tokenizer {
 
     /// Encodes many texts (in parallel inside `tokenizers`), without padding.
     pub fn encode_batch(&self, texts: &[&str], add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
-        let encs =
-            self.inner.encode_batch(texts.to_vec(), add_special_tokens).map_err(|e| tk_err(&self.source, e))?;
+        let encs = self.inner.encode_batch(texts.to_vec(), add_special_tokens).map_err(|e| tk_err(&self.source, e))?;
         Ok(encs.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -567,7 +568,9 @@ pub(crate) fn meta_int(path: &Path, key: &str, v: &gguf_file::Value) -> Result<i
 pub(crate) fn meta_str<'a>(path: &Path, key: &str, v: &'a gguf_file::Value) -> Result<&'a str> {
     match v {
         gguf_file::Value::String(s) => Ok(s),
-        other => Err(Error::parse(path, format!("GGUF metadata '{key}' is {:?}, expected a string", other.value_type()))),
+        other => {
+            Err(Error::parse(path, format!("GGUF metadata '{key}' is {:?}, expected a string", other.value_type())))
+        }
     }
 }
 
@@ -606,7 +609,9 @@ mod chat {
         env.add_function("raise_exception", |msg: String| -> Result<Value, JError> {
             Err(JError::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
         });
-        env.add_function("strftime_now", |fmt: String| -> Result<Value, JError> { Ok(Value::from(strftime_now(&fmt))) });
+        env.add_function("strftime_now", |fmt: String| -> Result<Value, JError> {
+            Ok(Value::from(strftime_now(&fmt)))
+        });
         env.add_filter("tojson", tojson);
         let t = env.template_from_str(tpl)?;
         let mut ctx = std::collections::BTreeMap::<&str, Value>::new();
@@ -654,7 +659,9 @@ mod chat {
             }
             ValueKind::String => {
                 let s = v.as_str().unwrap_or_default();
-                out.push_str(&serde_json::to_string(s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?);
+                out.push_str(
+                    &serde_json::to_string(s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?,
+                );
             }
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
@@ -694,7 +701,9 @@ mod chat {
             }
             _ => {
                 let s = v.to_string();
-                out.push_str(&serde_json::to_string(&s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?);
+                out.push_str(
+                    &serde_json::to_string(&s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?,
+                );
             }
         }
         Ok(())
@@ -726,10 +735,8 @@ mod chat {
 
     /// HF's `strftime_now(fmt)`: the current UTC date and time. Supports %Y %y %m %d %B %b %H %M %S %%.
     fn strftime_now(fmt: &str) -> String {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
         let z = days + 719_468;
@@ -742,8 +749,18 @@ mod chat {
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
         const MONTHS: [&str; 12] = [
-            "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-            "November", "December",
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
         ];
         let month = MONTHS[(m - 1) as usize];
         let mut out = String::new();
@@ -834,7 +851,9 @@ mod tests {
         md.insert("tokenizer.ggml.add_bos_token".into(), V::Bool(false));
         md.insert(
             "tokenizer.chat_template".into(),
-            V::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
+            V::String(
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into(),
+            ),
         );
         md
     }

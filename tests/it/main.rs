@@ -6,3 +6,4 @@ mod llama;
 mod gguf;
 mod tokenizer;
 mod train;
+mod smollm2;

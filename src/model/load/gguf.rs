@@ -408,9 +408,14 @@ mod tests {
         assert_eq!(get("model.layers.0.mlp.down_proj.weight").size(), vec![32, 64]);
         assert_eq!(get("model.layers.0.self_attn.k_proj.weight").size(), vec![16, 32]);
         // q was stored as is (not permuted by a converter), so loading permutes it back.
-        let stored = Tensor::from_slice(&(0..32 * 32).map(|i| (i as f32 * 0.37 + 0.5).sin()).collect::<Vec<_>>())
-            .view([32, 32]);
-        assert!(get("model.layers.0.self_attn.q_proj.weight").allclose(&reverse_permute(&stored, 2).unwrap(), 0.0, 0.0, false));
+        let stored =
+            Tensor::from_slice(&(0..32 * 32).map(|i| (i as f32 * 0.37 + 0.5).sin()).collect::<Vec<_>>()).view([32, 32]);
+        assert!(get("model.layers.0.self_attn.q_proj.weight").allclose(
+            &reverse_permute(&stored, 2).unwrap(),
+            0.0,
+            0.0,
+            false
+        ));
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! The real model: SmolLM2-135M-Instruct from its GGUF against transformers loading the same GGUF
+//! (logits and greedy continuation), and the export round trip through transformers.
+use crate::common::{python, tmpdir};
+use r2m::model::export::export_hf;
+use r2m::model::generate::{generate, GenerateConfig, Sampling};
+use r2m::model::llama::CausalLm;
+use r2m::model::load::safetensors;
+use r2m::tokenizer::Message;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+/// transformers: chat-template ids, logits and a 24-token greedy continuation, from `model_path`
+/// (a GGUF file, or an HF folder when argv[2] is empty).
+const REF_PY: &str = r#"
+import sys, os, torch, transformers
+from safetensors.torch import save_file
+path, out, q = sys.argv[1], sys.argv[2], sys.argv[3]
+if path.endswith(".gguf"):
+    d, f = os.path.split(path)
+    kw = dict(gguf_file=f)
+else:
+    d, kw = path, {}
+tok = transformers.AutoTokenizer.from_pretrained(d, **kw)
+m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, **kw).eval()
+text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+with torch.no_grad():
+    o = m(ids, output_hidden_states=True)
+    logits = o.logits[0]
+    hidden = torch.stack(o.hidden_states, 0)[:, 0]
+    g = m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
+                   pad_token_id=tok.eos_token_id)[0, ids.shape[1]:]
+save_file({"ids": ids[0].contiguous(), "logits": logits.contiguous(), "greedy": g.contiguous(),
+           "hidden_states": hidden.contiguous()}, out)
+"#;
+
+fn reference(model_path: &str) -> HashMap<String, Tensor> {
+    let d = tmpdir();
+    let out = d.path().join("ref.safetensors");
+    python(REF_PY, &[model_path, out.to_str().unwrap(), QUESTION]);
+    safetensors::read_file(&out).unwrap().into_iter().collect()
+}
+
+fn prompt_ids(tok: &r2m::tokenizer::Tokenizer) -> Vec<i64> {
+    let msgs = [Message { role: "user".into(), content: QUESTION.into() }];
+    let text = tok.apply_chat_template(&msgs, true).unwrap();
+    tok.encode(&text, false).unwrap().into_iter().map(i64::from).collect()
+}
+
+fn logits_of(m: &CausalLm, ids: &[i64]) -> Tensor {
+    let _g = tch::no_grad_guard();
+    let t = Tensor::from_slice(ids).view([1, -1]);
+    m.forward(&t, &t.ones_like()).unwrap().squeeze_dim(0)
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let gguf = r2m::paths::smollm2_gguf();
+    let r = reference(gguf.to_str().unwrap());
+    let loaded = CausalLm::load_path(gguf.to_str().unwrap(), Device::Cpu).unwrap();
+    let ids = prompt_ids(&loaded.tokenizer);
+    assert_eq!(ids, Vec::<i64>::try_from(&r["ids"]).unwrap(), "chat prompt token ids differ from transformers");
+    let logits = logits_of(&loaded.model, &ids);
+    let diff = (&logits - &r["logits"]).abs().max().double_value(&[]);
+    assert!(diff <= 1e-3, "logits max abs diff {diff} > 1e-3");
+    // `r2m forward` writes the same logits and all L + 1 hidden states in HF order.
+    let d = tmpdir();
+    let out = d.path().join("fwd.safetensors");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
+        .args(["forward", "--device", "cpu", "--chat", "--model", gguf.to_str().unwrap(), "--text", QUESTION, "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let f: HashMap<String, Tensor> = safetensors::read_file(&out).unwrap().into_iter().collect();
+    assert!(f["logits"].equal(&logits), "r2m forward's logits differ from the library's");
+    assert_eq!(f["hidden_states"].size(), r["hidden_states"].size());
+    let dh = (&f["hidden_states"] - &r["hidden_states"]).abs().max().double_value(&[]);
+    assert!(dh <= 1e-3, "hidden states max abs diff {dh}");
+    let cfg = GenerateConfig {
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+        eos_ids: loaded.tokenizer.eos_ids().into_iter().map(i64::from).collect(),
+        pad_id: loaded.tokenizer.pad_id() as i64,
+        ..Default::default()
+    };
+    let g = generate(&loaded.model, &[ids], &cfg).unwrap();
+    let want = Vec::<i64>::try_from(&r["greedy"]).unwrap();
+    assert_eq!(g.response(0), want, "greedy continuation differs from transformers");
+    let text = loaded.tokenizer.decode(&want.iter().map(|&i| i as u32).collect::<Vec<_>>(), true).unwrap();
+    assert!(text.contains("Paris"), "{text}");
+}
+
+#[test]
+fn export_round_trip_through_transformers() {
+    let gguf = r2m::paths::smollm2_gguf();
+    let loaded = CausalLm::load_path(gguf.to_str().unwrap(), Device::Cpu).unwrap();
+    let d = tmpdir();
+    let dir = d.path().join("smollm2-hf");
+    export_hf(&loaded.model, &loaded.tokenizer, &dir).unwrap();
+    // transformers loads the folder (config, weights, tokenizer, chat template) and agrees.
+    let r = reference(dir.to_str().unwrap());
+    let ids = prompt_ids(&loaded.tokenizer);
+    assert_eq!(ids, Vec::<i64>::try_from(&r["ids"]).unwrap());
+    let want = logits_of(&loaded.model, &ids);
+    let diff = (&want - &r["logits"]).abs().max().double_value(&[]);
+    assert!(diff <= 1e-4, "exported model in transformers: logits differ by {diff}");
+    // And r2m reads its own export back to identical weights.
+    let back = CausalLm::load_path(dir.to_str().unwrap(), Device::Cpu).unwrap();
+    let again = logits_of(&back.model, &ids);
+    assert!(again.equal(&want), "re-loaded export gives different logits");
+    assert_eq!(back.model.params.num_params(), loaded.model.params.num_params());
+    assert_eq!(want.kind(), Kind::Float);
+}
