@@ -31,7 +31,7 @@ use r2m::model::load::safetensors::write_file;
 use r2m::model::LlamaConfig;
 use r2m::tokenizer::Message;
 use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -642,7 +642,7 @@ mod variants {
             let cos = self.cos.index_select(0, &pflat).view([b, t, 1, hd]);
             let sin = self.sin.index_select(0, &pflat).view([b, t, 1, hd]);
             let start = cache.len;
-            let mut x = self.embed.embedding(ids, -1, false, false);
+            let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
             for i in 0..self.qkv.len() {
                 let h = x.rms_norm([d], Some(&self.ln1[i]), self.eps);
                 let qkv = h.linear::<Tensor>(&self.qkv[i], None).view([b, t, nh + 2 * nkv, hd]);
@@ -752,7 +752,7 @@ mod variants {
         let (ids, mask) = train_data(o, m.config.vocab_size, m.device);
         let (lp, _) = m.token_logprobs(&ids, &mask, 1.0, 1)?;
         (-lp.mean(Kind::Float)).backward();
-        let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 1e-5, ..Default::default() });
+        let mut opt = AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), AdamWConfig { lr: 1e-5, ..Default::default() });
         let cfg = opt.cfg.clone();
         let mut m1: Vec<Tensor> = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();
         let mut v1: Vec<Tensor> = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();

@@ -26,7 +26,8 @@ pub fn run(a: Args) -> Result<()> {
     let loaded = CausalLm::load_path(&a.model.model, device).with_context(|| format!("loading model {}", a.model.model))?;
     let (model, tok) = (loaded.model, loaded.tokenizer);
     let text = render_prompt(&tok, &a.text, a.chat)?;
-    let ids: Vec<i64> = tok.encode(&text, true)?.into_iter().map(i64::from).collect();
+    // A chat template carries its own special tokens (transformers: add_special_tokens=False).
+    let ids: Vec<i64> = tok.encode(&text, !a.chat)?.into_iter().map(i64::from).collect();
     let s = ids.len() as i64;
     let ids_t = Tensor::from_slice(&ids).view([1, s]);
     let mask = ids_t.ones_like();

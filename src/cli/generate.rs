@@ -36,7 +36,8 @@ pub fn run(a: Args) -> Result<()> {
     let loaded = CausalLm::load_path(&a.model.model, device).with_context(|| format!("loading model {}", a.model.model))?;
     let (model, tok) = (loaded.model, loaded.tokenizer);
     let text = render_prompt(&tok, &a.prompt, a.chat)?;
-    let ids: Vec<i64> = tok.encode(&text, true)?.into_iter().map(i64::from).collect();
+    // A chat template carries its own special tokens (transformers: add_special_tokens=False).
+    let ids: Vec<i64> = tok.encode(&text, !a.chat)?.into_iter().map(i64::from).collect();
     let cfg = GenerateConfig {
         max_new_tokens: a.max_new_tokens,
         sampling: Sampling::from_args(a.temperature, a.top_k, a.top_p)?,
