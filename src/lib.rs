@@ -6,11 +6,17 @@
 //! - [`tokenizer`]: HF tokenizers from tokenizer.json or GGUF metadata, with chat templates.
 //! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.
 //! - [`device`]: `cpu|cuda`, loading libtorch's CUDA backend on demand.
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod reward;
+pub mod testbed;
 pub mod tokenizer;
 pub mod train;
 

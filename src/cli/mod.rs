@@ -1,8 +1,10 @@
 //! The command line: clap definitions and one module per subcommand. `main` only parses, calls
 //! `run` and prints the error chain.
+mod eval_rm;
 mod export;
 mod forward;
 mod generate;
+mod train_rm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +24,10 @@ pub enum Command {
     Forward(forward::Args),
     /// Write a model (HF folder or GGUF) as an HF folder (f32 safetensors) that transformers loads.
     Export(export::Args),
+    /// Train a reward model with the Bradley-Terry loss on preference pairs (TOML config + flags).
+    TrainRm(train_rm::Args),
+    /// Accuracy of a reward model on preference pairs.
+    EvalRm(eval_rm::Args),
 }
 
 /// Options shared by every subcommand that loads a model.
@@ -41,6 +47,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Export(a) => export::run(a),
+        Command::TrainRm(a) => train_rm::run_cli(a),
+        Command::EvalRm(a) => eval_rm::run(a),
     }
 }
 

@@ -227,7 +227,8 @@ pub struct Llama {
 }
 
 impl Llama {
-    fn new(p: &mut Params, src: &mut Source, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+    /// Builds the body's parameters (HF names `model.*`) from `src` into `p`.
+    pub fn new(p: &mut Params, src: &mut Source, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
         let embed_tokens = p.get(src, "model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], Init::Normal(INIT_STD), dev)?;
         let layers = (0..cfg.num_hidden_layers).map(|i| Block::new(p, src, i, cfg, dev)).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(p, src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, dev)?;

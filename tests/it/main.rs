@@ -2,8 +2,11 @@
 //! (transformers, sentence-transformers, tokenizers) in the bootstrap's virtualenv.
 mod bert;
 mod common;
+mod data;
 mod llama;
 mod gguf;
 mod tokenizer;
 mod train;
 mod smollm2;
+mod reward;
+mod testbed;

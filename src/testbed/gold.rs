@@ -1,0 +1,661 @@
+//! The gold reward g(x, y): the testbed's stand-in for the person who asked (testbed.md).
+//!
+//! Deterministic, documented, and hidden from the proxy RM and the policy: they see the prompt text,
+//! never the [`Spec`] nor this code. g is a weighted mean of seven components, each in [0, 1], scaled
+//! to [0, 10]:
+//!
+//! ```text
+//! g = 10 * sum_i w_i c_i / sum_i w_i          (components_to_total)
+//! ```
+//!
+//! | component        | c_i                                                                 | default w | catches |
+//! |------------------|---------------------------------------------------------------------|-----------|---------|
+//! | `relevance`      | ramp(cos(MiniLM(y), MiniLM(ref)); 0.15, 0.55), ref = topic description | 2.5 | off-topic text, generic filler |
+//! | `required_words` | fraction of the required words present (simple inflections count)  | 1.0       | ignored instruction |
+//! | `length`         | 1 within [L/4, L] words; w/(L/4) below; 1 - (w - L)/L above, >= 0   | 1.5       | rambling past the limit, one-word answers |
+//! | `repetition`     | ramp(mean(distinct-2, distinct-3) of the words; 0.25, 0.9)          | 1.5       | repeated words, phrases, sentences |
+//! | `finished`       | 1 if the response ended with EOS, else 0                            | 1.0       | responses that never end (truncated) |
+//! | `format`         | bullets: 1 - abs(k - n)/n; paragraph: 1/lines; sentence: 1/sentences | 1.0      | ignored layout |
+//! | `fluency`        | ramp(mean log p_init(y_t given x, y_<t); -4.0, -1.5)                | 1.5       | word salad, broken text |
+//!
+//! `ramp(v; lo, hi) = clamp((v - lo) / (hi - lo), 0, 1)`. An empty response scores 0 on every
+//! component except `finished`. `fluency` is the mean per-token log-prob of the response's tokens
+//! under the frozen SmolLM2-135M-Instruct given the chat-formatted prompt (no gradient, batched); it
+//! saturates at -1.5, so degenerate high-likelihood text (loops) gains nothing over normal text, and
+//! `repetition` punishes it. Setting its weight to 0 turns it off and the LM is not loaded.
+//!
+//! Why these, and what a proxy RM is likely to miss (so that overoptimization can appear): a proxy
+//! trained with Bradley-Terry on a few hundred or thousand gold-labelled pairs of pi_init samples
+//! learns the cheap correlates of g among those samples: "mentions the topic words", "finished",
+//! "sounds like an answer about the topic", and, since pi_init's samples are short of the limit as
+//! often as over it, any length trend the sample happens to show. It sees too few degenerate samples
+//! to learn that repetition, keyword stuffing or running past the limit is bad, and it cannot count
+//! words or list items reliably. The policy can then raise the proxy by repeating the topic words,
+//! padding the answer or dropping the requested layout, and g falls through `repetition`, `length`,
+//! `format` and `fluency` while the proxy keeps rising.
+use super::prompts::{Format, Spec, TestbedPrompt};
+use crate::error::{Error, Result};
+use crate::model::bert::SentenceEncoder;
+use crate::model::generate::left_pad;
+use crate::model::llama::{CausalLm, Loaded};
+use crate::tokenizer::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Weights of the components in `g = 10 * sum w_i c_i / sum w_i`. Only their ratios matter. Each
+/// must be >= 0 and their sum > 0; a weight of 0 removes its component (fluency 0: no LM loaded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoldWeights {
+    /// Semantic relevance to the topic (MiniLM cosine). The largest weight: an off-topic answer is
+    /// worthless to the asker however well it is laid out. Default 2.5.
+    pub relevance: f64,
+    /// The required words are present. Default 1.0.
+    pub required_words: f64,
+    /// Within the word limit and not trivially short. Default 1.5.
+    pub length: f64,
+    /// Few repeated word pairs and triples. Default 1.5.
+    pub repetition: f64,
+    /// Ended with EOS before the token budget. Default 1.0.
+    pub finished: f64,
+    /// Follows the requested layout (1 for prompts with no format). Default 1.0.
+    pub format: f64,
+    /// Fluent under the frozen pi_init. Default 1.5.
+    pub fluency: f64,
+}
+
+impl Default for GoldWeights {
+    fn default() -> Self {
+        GoldWeights {
+            relevance: 2.5,
+            required_words: 1.0,
+            length: 1.5,
+            repetition: 1.5,
+            finished: 1.0,
+            format: 1.0,
+            fluency: 1.5,
+        }
+    }
+}
+
+impl GoldWeights {
+    fn as_array(&self) -> [f64; 7] {
+        [self.relevance, self.required_words, self.length, self.repetition, self.finished, self.format, self.fluency]
+    }
+}
+
+/// The gold's settings. Defaults are the documented gold of docs/testbed.md; change them only with
+/// a note there, since every testbed number depends on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoldConfig {
+    pub weights: GoldWeights,
+    /// MiniLM cosine (response vs the spec's reference text) at which relevance starts above 0, and
+    /// at which it reaches 1. Defaults 0.15 and 0.55: calibrated on SmolLM2 samples (docs/testbed.md):
+    /// answers to another topic's prompt fall mostly below 0.15, on-topic answers mostly above 0.45.
+    pub relevance_lo: f64,
+    pub relevance_hi: f64,
+    /// Mean distinct-2/3 ratio at which repetition starts above 0, and reaches 1. Defaults 0.25 and
+    /// 0.9 (natural text of 20-60 words is >= 0.95; the same text twice is ~0.5).
+    pub repetition_lo: f64,
+    pub repetition_hi: f64,
+    /// Below `min_words_frac * max_words` words the length component ramps down to 0. Default 0.25.
+    pub min_words_frac: f64,
+    /// Above the limit the length component falls linearly, reaching 0 at
+    /// `(1 + overlength_zero) * max_words` words. Default 1.0 (0 at twice the limit).
+    pub overlength_zero: f64,
+    /// Mean token log-prob under pi_init at which fluency starts above 0, and reaches 1.
+    /// Defaults -4.0 and -1.5 (SmolLM2's own samples at T = 0.7 sit around -1.5 to -2.5 nats).
+    pub fluency_lo: f64,
+    pub fluency_hi: f64,
+    /// The sentence encoder for relevance (path or alias). Default `all-minilm-l6-v2`.
+    pub encoder: String,
+    /// The frozen LM for fluency (path or alias). Default `smollm2-135m-instruct` (pi_init).
+    pub fluency_model: String,
+    /// Responses per fluency forward. Default 16.
+    pub fluency_batch_size: usize,
+    /// Response tokens scored for fluency (the rest is cut). Default 256.
+    pub fluency_max_tokens: usize,
+}
+
+impl Default for GoldConfig {
+    fn default() -> Self {
+        GoldConfig {
+            weights: GoldWeights::default(),
+            relevance_lo: 0.15,
+            relevance_hi: 0.55,
+            repetition_lo: 0.25,
+            repetition_hi: 0.9,
+            min_words_frac: 0.25,
+            overlength_zero: 1.0,
+            fluency_lo: -4.0,
+            fluency_hi: -1.5,
+            encoder: "all-minilm-l6-v2".into(),
+            fluency_model: "smollm2-135m-instruct".into(),
+            fluency_batch_size: 16,
+            fluency_max_tokens: 256,
+        }
+    }
+}
+
+impl GoldConfig {
+    /// Cross-field checks: weights >= 0 with a positive sum, each ramp's lo < hi, sizes >= 1.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(format!("gold config: {m}")));
+        let w = self.weights.as_array();
+        if w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
+            return bad(format!("weights {:?} must be >= 0 with a positive sum", self.weights));
+        }
+        for (name, lo, hi) in [
+            ("relevance", self.relevance_lo, self.relevance_hi),
+            ("repetition", self.repetition_lo, self.repetition_hi),
+            ("fluency", self.fluency_lo, self.fluency_hi),
+        ] {
+            if !(lo < hi) {
+                return bad(format!("{name}_lo = {lo} must be < {name}_hi = {hi}"));
+            }
+        }
+        if !(self.min_words_frac >= 0.0 && self.min_words_frac <= 1.0) {
+            return bad(format!("min_words_frac = {} must be in [0, 1]", self.min_words_frac));
+        }
+        if !(self.overlength_zero > 0.0) {
+            return bad(format!("overlength_zero = {} must be > 0", self.overlength_zero));
+        }
+        if self.fluency_batch_size == 0 || self.fluency_max_tokens == 0 {
+            return bad("fluency_batch_size and fluency_max_tokens must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The seven components, each in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Components {
+    pub relevance: f64,
+    pub required_words: f64,
+    pub length: f64,
+    pub repetition: f64,
+    pub finished: f64,
+    pub format: f64,
+    /// 0 when the fluency weight is 0 (not computed).
+    pub fluency: f64,
+}
+
+impl Components {
+    pub fn as_array(&self) -> [f64; 7] {
+        [self.relevance, self.required_words, self.length, self.repetition, self.finished, self.format, self.fluency]
+    }
+
+    /// Component names in `as_array` order (metric names `gold/{name}`).
+    pub const NAMES: [&'static str; 7] =
+        ["relevance", "required_words", "length", "repetition", "finished", "format", "fluency"];
+}
+
+/// `g = 10 * sum_i w_i c_i / sum_i w_i`, in [0, 10] for components in [0, 1].
+pub fn components_to_total(c: &Components, w: &GoldWeights) -> f64 {
+    let (c, w) = (c.as_array(), w.as_array());
+    let sum_w: f64 = w.iter().sum();
+    10.0 * c.iter().zip(w).map(|(c, w)| c * w).sum::<f64>() / sum_w
+}
+
+/// One response's gold score: the total, its components, and the raw measurements behind them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldScore {
+    pub total: f64,
+    pub components: Components,
+    /// MiniLM cosine between the response and the spec's reference text (0 for an empty response).
+    pub cosine: f64,
+    /// Mean token log-prob under pi_init (nats); `None` when fluency is off or the response is empty.
+    pub mean_logprob: Option<f64>,
+    /// Words in the response (as [`words`] counts them).
+    pub words: usize,
+    /// mean(distinct-2, distinct-3) of the words.
+    pub distinct: f64,
+}
+
+// ------------------------------------------------------------------------------------------------
+// Text checks: pure functions of the response text.
+
+/// `clamp((v - lo) / (hi - lo), 0, 1)`.
+pub fn ramp(v: f64, lo: f64, hi: f64) -> f64 {
+    ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
+}
+
+/// If `line` starts with a list marker (`-`, `*`, `+`, a bullet character, or `1.` / `1)`), the rest
+/// of the line.
+pub fn strip_bullet(line: &str) -> Option<&str> {
+    let l = line.trim_start();
+    for m in ["- ", "* ", "+ ", "• ", "· ", "– "] {
+        if let Some(rest) = l.strip_prefix(m) {
+            return Some(rest);
+        }
+    }
+    let digits = l.chars().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=2).contains(&digits) {
+        let rest = &l[digits..];
+        if let Some(r) = rest.strip_prefix(". ").or_else(|| rest.strip_prefix(") ")) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// The response's words, lowercased, punctuation trimmed from both ends; list markers are not words.
+pub fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let body = strip_bullet(line).unwrap_or(line);
+        for tok in body.split_whitespace() {
+            let w = tok.trim_matches(|c: char| !c.is_alphanumeric());
+            if !w.is_empty() {
+                out.push(w.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// Distinct n-gram ratio: unique n-grams / n-grams; 1 when there are fewer than `n` words.
+pub fn distinct_n(words: &[String], n: usize) -> f64 {
+    if n == 0 || words.len() < n {
+        return 1.0;
+    }
+    let grams: Vec<&[String]> = words.windows(n).collect();
+    let unique: std::collections::HashSet<&[String]> = grams.iter().copied().collect();
+    unique.len() as f64 / grams.len() as f64
+}
+
+/// Whether `word` is `req` or a simple inflection of it (plural, past, -ing, -er, -ly, possessive).
+pub fn matches_word(word: &str, req: &str) -> bool {
+    let (word, req) = (word.to_lowercase(), req.to_lowercase());
+    if word == req {
+        return true;
+    }
+    const SUFFIXES: &[&str] = &["s", "es", "ed", "d", "ing", "er", "ers", "ly", "'s", "y", "ful"];
+    if let Some(rest) = word.strip_prefix(req.as_str()) {
+        if SUFFIXES.contains(&rest) {
+            return true;
+        }
+        // Doubled final consonant: "plan" -> "planning", "shop" -> "shopped".
+        let last = req.chars().last().unwrap_or(' ');
+        if let Some(r) = rest.strip_prefix(last) {
+            if ["ing", "ed", "er", "ers"].contains(&r) {
+                return true;
+            }
+        }
+    }
+    // "bake" -> "baking", "berry" -> "berries".
+    for (drop, adds) in [('e', &["ing", "ed", "er", "ers"][..]), ('y', &["ies", "ied", "ier"][..])] {
+        if let Some(stem) = req.strip_suffix(drop) {
+            if let Some(rest) = word.strip_prefix(stem) {
+                if adds.contains(&rest) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Fraction of `required` found among `words` (1 when nothing is required).
+pub fn required_words_score(words: &[String], required: &[String]) -> f64 {
+    if required.is_empty() {
+        return 1.0;
+    }
+    let found = required.iter().filter(|r| words.iter().any(|w| matches_word(w, r))).count();
+    found as f64 / required.len() as f64
+}
+
+/// 1 within `[min_words_frac * max, max]` words, a linear ramp from 0 words below, and a linear fall
+/// above, reaching 0 at `(1 + overlength_zero) * max` words.
+pub fn length_score(n_words: usize, max_words: usize, cfg: &GoldConfig) -> f64 {
+    let (w, l) = (n_words as f64, max_words.max(1) as f64);
+    let lo = (cfg.min_words_frac * l).ceil().max(1.0);
+    if w < lo {
+        w / lo
+    } else if w <= l {
+        1.0
+    } else {
+        (1.0 - (w - l) / (cfg.overlength_zero * l)).max(0.0)
+    }
+}
+
+/// Sentences: pieces ended by `.`, `!`, `?` (followed by a space, a newline or the end) or by a
+/// line break, counted when they contain a letter or digit.
+pub fn count_sentences(text: &str) -> usize {
+    let mut n = 0;
+    for line in text.lines() {
+        let body = strip_bullet(line).unwrap_or(line);
+        let chars: Vec<char> = body.chars().collect();
+        let mut has_word = false;
+        for (i, &c) in chars.iter().enumerate() {
+            if c.is_alphanumeric() {
+                has_word = true;
+            }
+            let end = matches!(c, '.' | '!' | '?') && chars.get(i + 1).map_or(true, |c| c.is_whitespace());
+            if end && has_word {
+                n += 1;
+                has_word = false;
+            }
+        }
+        if has_word {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// How well the layout follows `format` (1 for `None`):
+/// - `Bullets { n }`: with k bullet lines, `max(0, 1 - |k - n| / n)` (0 without bullets), times
+///   0.8 for each non-bullet line beyond two (an intro and an outro line are fine);
+/// - `Paragraph`: `1 / (non-empty lines)`, halved if any line is a bullet;
+/// - `Sentence`: `1 / sentences` (see [`count_sentences`]).
+pub fn format_score(text: &str, format: Option<&Format>) -> f64 {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return 0.0;
+    }
+    let bullets = lines.iter().filter(|l| strip_bullet(l).is_some()).count();
+    match format {
+        None => 1.0,
+        Some(Format::Bullets { n }) => {
+            let n = (*n).max(1) as f64;
+            if bullets == 0 {
+                return 0.0;
+            }
+            let base = (1.0 - (bullets as f64 - n).abs() / n).max(0.0);
+            let others = (lines.len() - bullets).saturating_sub(2);
+            base * 0.8f64.powi(others as i32)
+        }
+        Some(Format::Paragraph) => {
+            let s = 1.0 / lines.len() as f64;
+            if bullets > 0 {
+                0.5 * s
+            } else {
+                s
+            }
+        }
+        Some(Format::Sentence) => 1.0 / count_sentences(text).max(1) as f64,
+    }
+}
+
+/// The components that need no model (relevance and fluency left at 0), plus the word count and
+/// the distinct ratio.
+pub fn text_components(spec: &Spec, response: &str, finished: bool, cfg: &GoldConfig) -> (Components, usize, f64) {
+    let ws = words(response);
+    let finished = if finished { 1.0 } else { 0.0 };
+    if ws.is_empty() {
+        return (Components { finished, ..Default::default() }, 0, 0.0);
+    }
+    let distinct = 0.5 * (distinct_n(&ws, 2) + distinct_n(&ws, 3));
+    let c = Components {
+        relevance: 0.0,
+        required_words: required_words_score(&ws, &spec.required_words),
+        length: length_score(ws.len(), spec.max_words, cfg),
+        repetition: ramp(distinct, cfg.repetition_lo, cfg.repetition_hi),
+        finished,
+        format: format_score(response, spec.format.as_ref()),
+        fluency: 0.0,
+    };
+    (c, ws.len(), distinct)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The gold with its models.
+
+/// The gold reward with its frozen models: MiniLM for relevance, and pi_init for fluency when its
+/// weight is > 0.
+pub struct Gold {
+    pub cfg: GoldConfig,
+    pub encoder: SentenceEncoder,
+    /// pi_init and its tokenizer (None when the fluency weight is 0).
+    pub lm: Option<Loaded>,
+}
+
+impl Gold {
+    /// Validates `cfg`, loads the encoder, and the fluency LM when `cfg.weights.fluency > 0`.
+    pub fn load(cfg: GoldConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let encoder = SentenceEncoder::from_dir(&crate::paths::resolve_model(&cfg.encoder)?, device)?;
+        let lm = if cfg.weights.fluency > 0.0 { Some(CausalLm::load_path(&cfg.fluency_model, device)?) } else { None };
+        Self::from_parts(cfg, encoder, lm)
+    }
+
+    /// From models already loaded (e.g. to share them); `lm` is required when the fluency weight
+    /// is > 0, and dropped when it is 0.
+    pub fn from_parts(cfg: GoldConfig, encoder: SentenceEncoder, lm: Option<Loaded>) -> Result<Self> {
+        cfg.validate()?;
+        if cfg.weights.fluency > 0.0 && lm.is_none() {
+            return Err(Error::Input("gold: fluency weight > 0 needs the fluency LM".into()));
+        }
+        let lm = if cfg.weights.fluency > 0.0 { lm } else { None };
+        Ok(Gold { cfg, encoder, lm })
+    }
+
+    /// Gold scores of `responses[i]` to `prompts[i]`; `finished[i]`: the response ended with EOS (not
+    /// cut by the token budget). Pass the response text without the EOS token. Batched: one MiniLM
+    /// encode for all responses and references, fluency forwards of `fluency_batch_size`.
+    pub fn score(&self, prompts: &[&TestbedPrompt], responses: &[&str], finished: &[bool]) -> Result<Vec<GoldScore>> {
+        let n = prompts.len();
+        if responses.len() != n || finished.len() != n {
+            return Err(Error::Input(format!(
+                "gold: {n} prompts, {} responses and {} finished flags must match",
+                responses.len(),
+                finished.len()
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let mut out: Vec<(Components, usize, f64)> =
+            (0..n).map(|i| text_components(&prompts[i].spec, responses[i], finished[i], &self.cfg)).collect();
+        let nonempty: Vec<usize> = (0..n).filter(|&i| out[i].1 > 0).collect();
+
+        let cosines = self.cosines(prompts, responses, &nonempty)?;
+        let logprobs = match &self.lm {
+            Some(lm) => Some(self.mean_logprobs(lm, prompts, responses, &nonempty)?),
+            None => None,
+        };
+        let mut scores = Vec::with_capacity(n);
+        for (i, (c, nw, distinct)) in out.iter_mut().enumerate() {
+            let cosine = cosines[i];
+            let mean_logprob = logprobs.as_ref().and_then(|l| l[i]);
+            if *nw > 0 {
+                c.relevance = ramp(cosine, self.cfg.relevance_lo, self.cfg.relevance_hi);
+                c.fluency = mean_logprob.map_or(0.0, |lp| ramp(lp, self.cfg.fluency_lo, self.cfg.fluency_hi));
+            }
+            scores.push(GoldScore {
+                total: components_to_total(c, &self.cfg.weights),
+                components: *c,
+                cosine,
+                mean_logprob,
+                words: *nw,
+                distinct: *distinct,
+            });
+        }
+        Ok(scores)
+    }
+
+    /// MiniLM cosine of each listed response with its prompt's reference text (0 elsewhere). One
+    /// encode call over the responses and the distinct references.
+    fn cosines(&self, prompts: &[&TestbedPrompt], responses: &[&str], idx: &[usize]) -> Result<Vec<f64>> {
+        let mut cos = vec![0.0; prompts.len()];
+        if idx.is_empty() {
+            return Ok(cos);
+        }
+        let mut refs: Vec<String> = Vec::new();
+        let mut ref_of: HashMap<String, usize> = HashMap::new();
+        let mut row_ref = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let r = prompts[i].spec.reference_text();
+            let next = refs.len();
+            let j = *ref_of.entry(r.clone()).or_insert(next);
+            if j == next {
+                refs.push(r);
+            }
+            row_ref.push((idx.len() + j) as i64);
+        }
+        let mut texts: Vec<&str> = idx.iter().map(|&i| responses[i]).collect();
+        texts.extend(refs.iter().map(|s| s.as_str()));
+        let e = self.encoder.encode(&texts)?; // (R + U, 384), unit rows
+        let resp = e.narrow(0, 0, idx.len() as i64); // (R, 384)
+        let refe = e.index_select(0, &Tensor::from_slice(&row_ref).to_device(e.device())); // (R, 384)
+        let c = (resp * refe).sum_dim_intlist(-1, false, Kind::Float).to_device(Device::Cpu); // (R)
+        let c = Vec::<f32>::try_from(&c)?;
+        for (k, &i) in idx.iter().enumerate() {
+            cos[i] = f64::from(c[k]);
+        }
+        Ok(cos)
+    }
+
+    /// Mean log-prob of each listed response's tokens under `lm` given the chat-formatted prompt
+    /// (`None` elsewhere, and for a response with no tokens).
+    fn mean_logprobs(&self, lm: &Loaded, prompts: &[&TestbedPrompt], responses: &[&str], idx: &[usize]) -> Result<Vec<Option<f64>>> {
+        let mut out = vec![None; prompts.len()];
+        let tok = &lm.tokenizer;
+        // (index, prompt ids, response ids)
+        let mut items = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let chat = tok.apply_chat_template(&[Message::user(prompts[i].text.clone())], true)?;
+            let p: Vec<i64> = tok.encode(&chat, false)?.into_iter().map(i64::from).collect();
+            let mut r: Vec<i64> = tok.encode(responses[i], false)?.into_iter().map(i64::from).collect();
+            r.truncate(self.cfg.fluency_max_tokens);
+            if !r.is_empty() && !p.is_empty() {
+                items.push((i, p, r));
+            }
+        }
+        // Similar lengths share a batch (less padding); a stable sort keeps the order deterministic.
+        items.sort_by_key(|(_, p, r)| p.len() + r.len());
+        let pad = i64::from(tok.pad_id());
+        for chunk in items.chunks(self.cfg.fluency_batch_size) {
+            let seqs: Vec<Vec<i64>> = chunk.iter().map(|(_, p, r)| [p.as_slice(), r.as_slice()].concat()).collect();
+            let r_max = chunk.iter().map(|(_, _, r)| r.len()).max().unwrap_or(0) as i64;
+            let (ids, mask) = left_pad(&seqs, pad, lm.model.device); // (B, T)
+            let t = ids.size()[1];
+            // Left-padded: every response sits at the end, so the last r_max positions hold them all.
+            let (lp, _) = lm.model.token_logprobs(&ids, &mask, 1.0, t - r_max)?; // (B, r_max)
+            let lens: Vec<i64> = chunk.iter().map(|(_, _, r)| r.len() as i64).collect();
+            let lens_t = Tensor::from_slice(&lens).to_device(lp.device()).unsqueeze(1); // (B, 1)
+            let pos = Tensor::arange(r_max, (Kind::Int64, lp.device())).unsqueeze(0); // (1, r_max)
+            let valid = pos.ge_tensor(&(-&lens_t + r_max)).to_kind(Kind::Float); // (B, r_max)
+            let mean = ((lp * &valid).sum_dim_intlist(-1, false, Kind::Float) / lens_t.squeeze_dim(1).to_kind(Kind::Float))
+                .to_device(Device::Cpu);
+            let mean = Vec::<f32>::try_from(&mean)?;
+            for (k, (i, _, _)) in chunk.iter().enumerate() {
+                out[*i] = Some(f64::from(mean[k]));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::prompts::Task;
+
+    fn spec(format: Option<Format>) -> Spec {
+        Spec {
+            topic: "coffee".into(),
+            description: "Coffee is a drink.".into(),
+            task: Task::Explain,
+            required_words: vec!["beans".into(), "roast".into()],
+            max_words: 20,
+            format,
+        }
+    }
+
+    #[test]
+    fn words_and_bullets() {
+        assert_eq!(words("- Hello, world!\n2. It's 5 o'clock."), ["hello", "world", "it's", "5", "o'clock"]);
+        assert_eq!(strip_bullet("  * item"), Some("item"));
+        assert_eq!(strip_bullet("12) item"), Some("item"));
+        assert_eq!(strip_bullet("2024 was"), None);
+        assert_eq!(strip_bullet("-item"), None);
+    }
+
+    #[test]
+    fn distinct_ratios() {
+        let w = words("a b c a b c");
+        assert_eq!(distinct_n(&w, 2), 3.0 / 5.0);
+        assert_eq!(distinct_n(&w, 3), 3.0 / 4.0);
+        assert_eq!(distinct_n(&w[..1], 2), 1.0);
+    }
+
+    #[test]
+    fn inflections() {
+        for (w, r) in [("beans", "bean"), ("roasted", "roast"), ("baking", "bake"), ("berries", "berry"), ("planning", "plan"), ("Roast", "roast")] {
+            assert!(matches_word(w, r), "{w} {r}");
+        }
+        for (w, r) in [("bean", "beans"), ("roadster", "road"), ("cat", "catalog")] {
+            assert!(!matches_word(w, r), "{w} {r}");
+        }
+        assert_eq!(required_words_score(&words("I roast beans."), &["beans".into(), "roast".into()]), 1.0);
+        assert_eq!(required_words_score(&words("I grind beans."), &["beans".into(), "roast".into()]), 0.5);
+    }
+
+    #[test]
+    fn length_shape() {
+        let c = GoldConfig::default();
+        assert_eq!(length_score(0, 40, &c), 0.0);
+        assert_eq!(length_score(5, 40, &c), 0.5);
+        assert_eq!(length_score(10, 40, &c), 1.0);
+        assert_eq!(length_score(40, 40, &c), 1.0);
+        assert_eq!(length_score(50, 40, &c), 0.75);
+        assert_eq!(length_score(80, 40, &c), 0.0);
+        assert_eq!(length_score(200, 40, &c), 0.0);
+    }
+
+    #[test]
+    fn formats() {
+        let b = Format::Bullets { n: 3 };
+        assert_eq!(format_score("Facts:\n- a\n- b\n- c", Some(&b)), 1.0);
+        assert!((format_score("- a\n- b", Some(&b)) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(format_score("a b c", Some(&b)), 0.0);
+        assert_eq!(format_score("x\n- a\n- b\n- c\ny\nz", Some(&b)), 0.8);
+        assert_eq!(format_score("One para. Two sentences.", Some(&Format::Paragraph)), 1.0);
+        assert_eq!(format_score("One.\n\nTwo.", Some(&Format::Paragraph)), 0.5);
+        assert_eq!(format_score("It is 3.5 cm long.", Some(&Format::Sentence)), 1.0);
+        assert_eq!(format_score("One. Two! Three?", Some(&Format::Sentence)), 1.0 / 3.0);
+        assert_eq!(format_score("anything", None), 1.0);
+        assert_eq!(count_sentences("- a b\n- c. d"), 3);
+    }
+
+    #[test]
+    fn total_is_weighted_mean() {
+        let w = GoldWeights::default();
+        let ones = Components { relevance: 1.0, required_words: 1.0, length: 1.0, repetition: 1.0, finished: 1.0, format: 1.0, fluency: 1.0 };
+        assert!((components_to_total(&ones, &w) - 10.0).abs() < 1e-12);
+        assert_eq!(components_to_total(&Components::default(), &w), 0.0);
+        let only_rel = Components { relevance: 1.0, ..Default::default() };
+        assert!((components_to_total(&only_rel, &w) - 10.0 * 2.5 / 10.0).abs() < 1e-12);
+        let no_flu = GoldWeights { fluency: 0.0, ..w };
+        let mut c = ones;
+        c.fluency = 0.0;
+        assert!((components_to_total(&c, &no_flu) - 10.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn text_components_of_empty_and_clean() {
+        let cfg = GoldConfig::default();
+        let s = spec(Some(Format::Sentence));
+        let (c, n, _) = text_components(&s, "", true, &cfg);
+        assert_eq!((n, c.finished, c.length, c.format, c.required_words), (0, 1.0, 0.0, 0.0, 0.0));
+        let (c, n, d) = text_components(&s, "Coffee is made by roasting beans and brewing them with hot water.", false, &cfg);
+        assert_eq!((n, d), (12, 1.0));
+        assert_eq!((c.required_words, c.length, c.repetition, c.finished, c.format), (1.0, 1.0, 1.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(GoldConfig::default().validate().is_ok());
+        let mut c = GoldConfig::default();
+        c.relevance_lo = 0.9;
+        assert!(c.validate().is_err());
+        let mut c = GoldConfig::default();
+        c.weights = GoldWeights { relevance: 0.0, required_words: 0.0, length: 0.0, repetition: 0.0, finished: 0.0, format: 0.0, fluency: 0.0 };
+        assert!(c.validate().is_err());
+        let c: GoldConfig = toml::from_str("relevance_hi = 0.6\n[weights]\nfluency = 0.0\n").unwrap();
+        assert_eq!((c.relevance_hi, c.weights.fluency, c.weights.relevance), (0.6, 0.0, 2.5));
+        assert!(toml::from_str::<GoldConfig>("bogus = 1").is_err());
+    }
+}

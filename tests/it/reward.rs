@@ -1,0 +1,164 @@
+//! Reward models: HF LlamaForSequenceClassification parity both ways; train-rm end to end on a
+//! separable synthetic set; bit-identical resume.
+use crate::common::{python, tmpdir};
+use r2m::model::load::safetensors;
+use r2m::reward::model::{right_pad, Batch};
+use r2m::reward::train::{run, TrainRmConfig};
+use r2m::reward::RewardModel;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// Writes the SmolLM2 tokenizer files into `dir` (tiny test models reuse its vocabulary).
+fn put_tokenizer(dir: &Path) {
+    let tok = r2m::tokenizer::Tokenizer::from_gguf_file(&r2m::paths::smollm2_gguf()).unwrap();
+    tok.save_hf(dir).unwrap();
+}
+
+const TINY_RM_PY: &str = r#"
+import sys, torch, transformers
+torch.manual_seed(0)
+cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=1, pad_token_id=2)
+m = transformers.LlamaForSequenceClassification(cfg)
+with torch.no_grad():
+    for p in m.parameters():
+        p.normal_(0, 0.2)
+m.save_pretrained(sys.argv[1], safe_serialization=True)
+"#;
+
+const SCORE_PY: &str = r#"
+import sys, json, torch, transformers
+m = transformers.AutoModelForSequenceClassification.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+seqs = json.loads(sys.argv[2])
+T = max(len(s) for s in seqs)
+ids = torch.tensor([s + [2] * (T - len(s)) for s in seqs])
+mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
+with torch.no_grad():
+    print(json.dumps(m(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()))
+"#;
+
+fn hf_scores(dir: &Path, seqs: &[Vec<i64>]) -> Vec<f64> {
+    let out = python(SCORE_PY, &[dir.to_str().unwrap(), &serde_json::to_string(seqs).unwrap()]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn sequence_classifier_parity_with_transformers_both_ways() {
+    let d = tmpdir();
+    python(TINY_RM_PY, &[d.path().to_str().unwrap()]);
+    put_tokenizer(d.path());
+    let seqs = vec![vec![5i64, 17, 99, 3, 44], vec![11, 12], vec![13, 14, 15, 16, 17, 18, 19]];
+    let want = hf_scores(d.path(), &seqs);
+    let rm = RewardModel::load(d.path().to_str().unwrap(), 0, Device::Cpu).unwrap();
+    let b = right_pad(&seqs, 2);
+    let (s, h) = tch::no_grad(|| rm.score(&Batch { ids: b.ids, mask: b.mask })).unwrap();
+    assert_eq!(h.size(), vec![3, 64]);
+    let got = Vec::<f64>::try_from(s.to_kind(tch::Kind::Double)).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4, "r2m {got:?} vs transformers {want:?}");
+    }
+    // r2m's saved RM loads in transformers with the same scores.
+    let saved = d.path().join("saved");
+    rm.save(&saved).unwrap();
+    let again = hf_scores(&saved, &seqs);
+    for (g, w) in got.iter().zip(&again) {
+        assert!((g - w).abs() <= 1e-4, "after save: r2m {got:?} vs transformers {again:?}");
+    }
+}
+
+/// A separable synthetic preference set: the chosen answer agrees with the question's polarity
+/// word, the rejected one contradicts it.
+fn write_synthetic_pairs(path: &Path, n: usize) {
+    let topics = ["tea", "maps", "rivers", "clocks", "bread", "music", "rain", "bikes", "stars", "paper"];
+    let mut lines = vec![];
+    for i in 0..n {
+        let t = topics[i % topics.len()];
+        let good = ["wonderful", "excellent", "great", "lovely"][i % 4];
+        let bad = ["terrible", "awful", "horrible", "dreadful"][(i / 4) % 4];
+        let rec = serde_json::json!({
+            "prompt": format!("Question {i}: tell me about {t}."),
+            "chosen": format!(" {t} are {good}, truly {good}."),
+            "rejected": format!(" {t} are {bad}, truly {bad}."),
+        });
+        lines.push(rec.to_string());
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn tiny_backbone(dir: &Path) {
+    python(
+        r#"
+import sys, torch, transformers
+torch.manual_seed(1)
+cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, max_position_embeddings=128, tie_word_embeddings=True)
+transformers.LlamaForCausalLM(cfg).save_pretrained(sys.argv[1], safe_serialization=True)
+"#,
+        &[dir.to_str().unwrap()],
+    );
+    put_tokenizer(dir);
+}
+
+fn cfg_for(backbone: &Path, data: &Path, out: &Path) -> TrainRmConfig {
+    let mut c = TrainRmConfig::default();
+    c.model = backbone.to_str().unwrap().into();
+    c.data.train = data.to_path_buf();
+    c.data.eval_fraction = 0.2;
+    c.out = out.to_path_buf();
+    c.device = "cpu".into();
+    c.train.epochs = 3;
+    c.train.micro_batch = 8;
+    c.train.grad_accum = 2;
+    c.train.lr = 3e-3;
+    c.train.warmup_ratio = 0.1;
+    c.train.eval_every = 10;
+    c.train.save_every = 7;
+    c
+}
+
+#[test]
+fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
+    let d = tmpdir();
+    let backbone = d.path().join("backbone");
+    tiny_backbone(&backbone);
+    let data = d.path().join("pairs.jsonl");
+    write_synthetic_pairs(&data, 200);
+
+    let a = cfg_for(&backbone, &data, &d.path().join("a"));
+    let sa = run(&a, false, false).unwrap();
+    assert!(sa.eval_accuracy > 0.9, "held-out accuracy {}", sa.eval_accuracy);
+    assert_eq!(sa.eval_pairs, 40);
+
+    // Interrupted after 10 steps (last checkpoint at 7), then resumed.
+    let mut b = cfg_for(&backbone, &data, &d.path().join("b"));
+    b.train.stop_after = Some(10);
+    assert!(run(&b, false, false).is_err());
+    b.train.stop_after = None;
+    let sb = run(&b, true, false).unwrap();
+    assert_eq!(sa.steps, sb.steps);
+    let wa = safetensors::read_file(&sa.model_dir.join("model.safetensors")).unwrap();
+    let wb: std::collections::HashMap<String, Tensor> =
+        safetensors::read_file(&sb.model_dir.join("model.safetensors")).unwrap().into_iter().collect();
+    for (n, t) in &wa {
+        assert!(t.equal(&wb[n]), "{n} differs between the uninterrupted and the resumed run");
+    }
+    let ma = std::fs::read_to_string(d.path().join("a/metrics.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(d.path().join("b/metrics.jsonl")).unwrap();
+    assert_eq!(ma, mb, "metrics differ between the uninterrupted and the resumed run");
+}
+
+#[test]
+fn train_rm_config_typos_and_bad_records_are_named() {
+    let e = r2m::config::load::<TrainRmConfig>(None, &["train.lrr=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("train.lrr"), "{e}");
+    let d = tmpdir();
+    let data = d.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}\n").unwrap();
+    let mut c = TrainRmConfig::default();
+    c.model = "all-minilm-l6-v2".into();
+    c.data.train = data.clone();
+    c.out = d.path().join("o");
+    c.device = "cpu".into();
+    let e = format!("{:#}", run(&c, false, false).unwrap_err());
+    assert!(e.contains("bad.jsonl") && e.contains('2') && e.contains("chosen"), "{e}");
+}
