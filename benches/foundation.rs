@@ -1,28 +1,34 @@
-//! The foundation benchmark: r2m against its PyTorch peer on the same machine, in one run.
+//! The foundation benchmark: r2m against its PyTorch peer on the same machine, side by side in one
+//! run. Results and how to read them: docs/benchmarks.md.
 //!
-//!   cargo bench --bench foundation                 # full run (CPU), ~10 min on 2 cores
-//!   R2M_BENCH_QUICK=1 cargo bench --bench foundation   # batch 1 & 4, 32 new tokens, train 2 x 64
-//!   target/release/deps/foundation-<hash> --device cuda   # the same binary on a GPU machine
+//!   cargo bench --bench foundation                      # full run (CPU), ~12 min on 2 cores
+//!   R2M_BENCH_QUICK=1 cargo bench --bench foundation    # batch 1 & 4, 32 new tokens, train 2 x 64
+//!   target/release/deps/foundation-<hash> --device cuda # the same binary on a GPU machine
+//!                                                       # (scripts/gpu-bench.sh)
 //!
-//! Workloads (SmolLM2-135M-Instruct, f32, same weights on both sides):
+//! Workloads (SmolLM2-135M-Instruct, f32, the same weights on both sides):
 //! - generation tokens/s at batch 1 and 32, 128 new tokens, sampling at temperature 0.7, no EOS stop
 //!   (r2m: `eos_ids` empty; transformers: `min_new_tokens` = `max_new_tokens`), so both sides make
 //!   exactly B x 128 tokens. Wall time of the whole call, prefill included.
-//! - training tokens/s: forward + token log-prob loss + backward + AdamW over all weights,
-//!   batch 8 x 256 tokens (peer: HF LlamaForCausalLM with labels = input_ids, torch.optim.AdamW).
+//! - training tokens/s: forward + token log-prob loss + backward + AdamW over all weights, batch
+//!   8 x 256 tokens (peer: HF LlamaForCausalLM with labels = input_ids, torch.optim.AdamW).
 //!
-//! The peer (benches/peer_foundation.py) runs first as a child process with the same thread count
-//! (`tch::get_num_threads`) and prints JSON; r2m is then measured in-process: warmup, then the
-//! median of a few repetitions. Both load one f32 HF folder, exported once from the GGUF to
-//! `$R2M_HOME/models/smollm2-135m-instruct-f32` (or, with `--random-weights`, a seeded random model
-//! of the same shape, for machines without the GGUF: speed does not depend on the weights).
+//! The peer (benches/peer_foundation.py --serve) is a child process with the same thread count
+//! (`tch::get_num_threads`), driven over stdin/stdout: for each workload both sides warm up, then
+//! their timed repetitions alternate (peer, r2m, r2m, peer, ...), so that load from elsewhere on a
+//! shared machine hits both alike; each repetition also records how many cores other processes
+//! kept busy meanwhile ("other load"). Reported: the median of the repetitions. Both sides load one
+//! f32 HF folder, exported once from the GGUF to `$R2M_HOME/models/smollm2-135m-instruct-f32`
+//! (with `--random-weights`: a seeded random model of the same shape, for machines without the
+//! GGUF; speed does not depend on the weights). Before timing, the bench checks that both sides
+//! give the same last-token logits.
 //!
 //! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
 //! --random-weights, --model GGUF|DIR, --f32-dir DIR, --python PY [R2M_BENCH_PYTHON],
 //! --peer-script PATH, --no-peer, --only gen,train, --json-out FILE [R2M_BENCH_OUT=dir],
 //! --gen-batches 1,32, --new-tokens N, --train-batch B, --train-seq T, --gen-reps R1,R2,
-//! --train-reps R, --variants (times alternative implementations of r2m's hot paths, for the
-//! diagnosis in docs/benchmarks.md).
+//! --train-reps R, --variants (also times alternative implementations of r2m's hot paths and splits
+//! the training step into phases on both sides: the diagnosis in docs/benchmarks.md).
 use anyhow::{bail, ensure, Context, Result};
 use r2m::model::export::{export_hf, hf_state_dict, write_json};
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
@@ -31,8 +37,10 @@ use r2m::model::load::safetensors::write_file;
 use r2m::model::LlamaConfig;
 use r2m::tokenizer::Message;
 use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -73,7 +81,7 @@ const QUESTIONS: [&str; 32] = [
 
 /// SmolLM2-135M's shape (the GGUF's config), for `--random-weights`.
 fn smollm2_config() -> LlamaConfig {
-    serde_json::from_value(serde_json::json!({
+    serde_json::from_value(json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
         "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
@@ -210,31 +218,49 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = s.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         s[n / 2]
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }
 
-/// Runs `f` `warmup` + `reps` times; returns the timed repetitions' seconds.
-fn timed(what: &str, dev: Device, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    for i in 0..warmup {
-        let t = Instant::now();
-        f()?;
-        sync(dev);
-        eprintln!("r2m: {what}: warmup {}/{warmup} {:.3} s", i + 1, t.elapsed().as_secs_f64());
-    }
-    let mut times = vec![];
-    for i in 0..reps {
-        sync(dev);
-        let t = Instant::now();
-        f()?;
-        sync(dev);
-        times.push(t.elapsed().as_secs_f64());
-        eprintln!("r2m: {what}: rep {}/{reps} {:.3} s", i + 1, times.last().unwrap());
-    }
-    Ok(times)
+/// CPU time, in clock ticks: busy time of the whole machine, and of this process + the peer.
+struct CpuSnap {
+    busy: u64,
+    ours: u64,
+    at: Instant,
+}
+
+fn proc_ticks(pid: &str) -> u64 {
+    // Fields after the command (which may hold spaces): state is field 3; utime, stime 14, 15.
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn cpu_snap(peer_pid: Option<u32>) -> CpuSnap {
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().next()?.to_string();
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal
+            Some(v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let ours = proc_ticks("self") + peer_pid.map(|p| proc_ticks(&p.to_string())).unwrap_or(0);
+    CpuSnap { busy, ours, at: Instant::now() }
+}
+
+/// Cores kept busy by other processes between two snapshots (100 ticks a second on Linux).
+fn other_load(a: &CpuSnap, b: &CpuSnap) -> f64 {
+    let secs = (b.at - a.at).as_secs_f64().max(1e-3);
+    let other = (b.busy.saturating_sub(a.busy)) as f64 - (b.ours.saturating_sub(a.ours)) as f64;
+    (other / 100.0 / secs).max(0.0)
 }
 
 /// The f32 HF folder both sides load, and the tokenizer's prompts (or synthetic ones).
@@ -257,9 +283,9 @@ fn prepare(o: &Opts) -> Result<Prepared> {
             eprintln!("r2m: writing random SmolLM2-135M-shaped weights (seed 0) to {}", dir.display());
             let m = CausalLm::random(&cfg, 0, Device::Cpu)?;
             std::fs::create_dir_all(&dir)?;
-            let mut json = serde_json::to_value(&cfg)?;
-            json["torch_dtype"] = "float32".into();
-            write_json(&dir.join("config.json"), &json)?;
+            let mut j = serde_json::to_value(&cfg)?;
+            j["torch_dtype"] = "float32".into();
+            write_json(&dir.join("config.json"), &j)?;
             write_file(&dir.join("model.safetensors"), &hf_state_dict(&m))?;
         }
         // Synthetic prompts with the lengths of chat-templated questions (30-45 tokens).
@@ -273,7 +299,7 @@ fn prepare(o: &Opts) -> Result<Prepared> {
         let prompts = (0..32)
             .map(|i| (0..30 + (i * 7) % 16).map(|_| (next() % cfg.vocab_size as u64) as i64).collect())
             .collect();
-        return Ok(Prepared { dir, prompts, pad_id: 2, source: "random weights, SmolLM2-135M shape".into() });
+        return Ok(Prepared { dir, prompts, pad_id: 2, source: "random weights of SmolLM2-135M's shape".into() });
     }
     let gguf = o.model.clone().unwrap_or_else(r2m::paths::smollm2_gguf);
     let (dir, from) = if gguf.is_dir() {
@@ -294,16 +320,17 @@ fn prepare(o: &Opts) -> Result<Prepared> {
             export_hf(&loaded.model, &loaded.tokenizer, &tmp)?;
             // TRL/transformers refuse a "quantized" config for training.
             let cj = tmp.join("config.json");
-            let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cj)?)?;
-            if let Some(m) = json.as_object_mut() {
+            let mut j: Value = serde_json::from_str(&std::fs::read_to_string(&cj)?)?;
+            if let Some(m) = j.as_object_mut() {
                 m.remove("quantization_config");
             }
-            write_json(&cj, &json)?;
+            write_json(&cj, &j)?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir)?;
             eprintln!("r2m: exported in {:.1} s", t.elapsed().as_secs_f64());
         }
-        (dir, format!("{} (exported to f32 at {})", gguf.display(), "$R2M_HOME/models/smollm2-135m-instruct-f32"))
+        let name = gguf.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        (dir.clone(), format!("{name}, as the f32 HF folder {}", dir.display()))
     };
     let tok = r2m::tokenizer::Tokenizer::from_hf_dir(&dir)?;
     let mut prompts = vec![];
@@ -318,72 +345,166 @@ fn batch_of(prompts: &[Vec<i64>], b: i64) -> Vec<Vec<i64>> {
     (0..b as usize).map(|i| prompts[i % prompts.len()].clone()).collect()
 }
 
-fn run_peer(o: &Opts, p: &Prepared, threads: i32) -> Result<serde_json::Value> {
-    let python = o.python.clone().unwrap_or_else(|| {
-        let venv = manifest_dir().join(".venv/bin/python");
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".into()
-        }
-    });
-    let script = o.peer_script.clone().unwrap_or_else(|| {
-        let s = manifest_dir().join("benches/peer_foundation.py");
-        if s.exists() {
-            s
-        } else {
-            PathBuf::from("benches/peer_foundation.py")
-        }
-    });
-    let pf = std::env::temp_dir().join(format!("r2m-bench-prompts-{}.json", std::process::id()));
-    std::fs::write(&pf, serde_json::to_string(&serde_json::json!({"prompts": p.prompts, "pad_id": p.pad_id}))?)?;
-    let mut skip = vec![];
-    if !o.gen {
-        skip.push("gen");
-    }
-    if !o.train {
-        skip.push("train");
-    }
-    let list = |v: &[i64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-    let reps: Vec<i64> = o.gen_reps.iter().map(|&r| r as i64).collect();
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script)
-        .args(["--model", &p.dir.display().to_string()])
-        .args(["--prompts", &pf.display().to_string()])
-        .args(["--threads", &threads.to_string()])
-        .args(["--device", &o.device_name.replace("auto", "cpu")])
-        .args(["--gen-batches", &list(&o.gen_batches)])
-        .args(["--new-tokens", &o.new_tokens.to_string()])
-        .args(["--gen-warmup", &o.gen_warmup.to_string()])
-        .args(["--gen-reps", &list(&reps)])
-        .args(["--train-batch", &o.train_batch.to_string()])
-        .args(["--train-seq", &o.train_seq.to_string()])
-        .args(["--train-warmup", &o.train_warmup.to_string()])
-        .args(["--train-reps", &o.train_reps.to_string()])
-        .args(["--skip", &skip.join(",")])
-        .env("PYTHONUNBUFFERED", "1")
-        .stderr(Stdio::inherit());
-    eprintln!("r2m: running the peer: {python} {}", script.display());
-    let out = cmd.output().with_context(|| format!("running the peer with {python}"))?;
-    let _ = std::fs::remove_file(&pf);
-    ensure!(out.status.success(), "the peer failed ({})", out.status);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.starts_with('{')).context("the peer printed no JSON")?;
-    Ok(serde_json::from_str(line)?)
+/// The peer process (`peer_foundation.py --serve`): one JSON request per line, one JSON answer.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    hello: Value,
+    prompts_file: PathBuf,
 }
 
+impl Peer {
+    fn start(o: &Opts, p: &Prepared, threads: i32) -> Result<Peer> {
+        let python = o.python.clone().unwrap_or_else(|| {
+            let venv = manifest_dir().join(".venv/bin/python");
+            if venv.exists() {
+                venv.display().to_string()
+            } else {
+                "python3".into()
+            }
+        });
+        let script = o.peer_script.clone().unwrap_or_else(|| {
+            let s = manifest_dir().join("benches/peer_foundation.py");
+            if s.exists() {
+                s
+            } else {
+                PathBuf::from("benches/peer_foundation.py")
+            }
+        });
+        let prompts_file = std::env::temp_dir().join(format!("r2m-bench-prompts-{}.json", std::process::id()));
+        std::fs::write(&prompts_file, serde_json::to_string(&json!({"prompts": p.prompts, "pad_id": p.pad_id}))?)?;
+        eprintln!("r2m: starting the peer: {python} {}", script.display());
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg("--serve")
+            .args(["--model", &p.dir.display().to_string()])
+            .args(["--prompts", &prompts_file.display().to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--device", &o.device_name.replace("auto", "cpu")])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the peer with {python}"))?;
+        let stdin = child.stdin.take().context("peer stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
+        let mut peer = Peer { child, stdin, stdout, hello: Value::Null, prompts_file };
+        peer.hello = peer.read()?;
+        Ok(peer)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("the peer exited (see its messages above)");
+            }
+            // transformers may print to stdout; answers are the JSON lines.
+            if line.starts_with('{') {
+                let v: Value = serde_json::from_str(&line)?;
+                if let Some(e) = v.get("error") {
+                    bail!("peer: {e}");
+                }
+                return Ok(v);
+            }
+            eprint!("peer (stdout): {line}");
+        }
+    }
+
+    fn call(&mut self, req: Value) -> Result<Value> {
+        writeln!(self.stdin, "{req}")?;
+        self.stdin.flush()?;
+        self.read()
+    }
+
+    fn secs(&mut self, req: Value) -> Result<f64> {
+        self.call(req)?.get("s").and_then(|s| s.as_f64()).context("peer answer without 's'")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.prompts_file);
+    }
+}
+
+/// One workload's measurements.
 struct Row {
     key: String,
     workload: String,
     tokens: i64,
-    times: Vec<f64>,
+    r2m: Vec<f64>,
+    peer: Vec<f64>,
+    /// Cores busy with other processes during each timed repetition (max over the repetitions).
+    other_load: f64,
     goal: Option<f64>,
 }
 
 impl Row {
-    fn tps(&self) -> f64 {
-        self.tokens as f64 / median(&self.times)
+    fn tps(&self, v: &[f64]) -> Option<f64> {
+        (!v.is_empty()).then(|| self.tokens as f64 / median(v))
     }
+}
+
+/// Warmup of both sides, then `reps` alternating timed repetitions (peer, r2m, r2m, peer, ...).
+fn side_by_side(
+    what: &str,
+    dev: Device,
+    warmup: usize,
+    reps: usize,
+    peer: &mut Option<Peer>,
+    mut r2m_run: impl FnMut(usize) -> Result<()>,
+    mut peer_run: impl FnMut(&mut Peer, usize) -> Result<f64>,
+) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+    let mut time_r2m = |i: usize| -> Result<f64> {
+        sync(dev);
+        let t = Instant::now();
+        r2m_run(i)?;
+        sync(dev);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for i in 0..warmup {
+        if let Some(p) = peer.as_mut() {
+            let s = peer_run(p, i)?;
+            eprintln!("peer: {what}: warmup {}/{warmup} {s:.3} s", i + 1);
+        }
+        let s = time_r2m(i)?;
+        eprintln!("r2m:  {what}: warmup {}/{warmup} {s:.3} s", i + 1);
+    }
+    let (mut tr, mut tp, mut load) = (vec![], vec![], 0.0f64);
+    for i in 0..reps {
+        let peer_first = i % 2 == 0;
+        for side in 0..2 {
+            let is_peer = (side == 0) == peer_first;
+            let pid = peer.as_ref().map(|p| p.pid());
+            let a = cpu_snap(pid);
+            if is_peer {
+                if let Some(p) = peer.as_mut() {
+                    let s = peer_run(p, warmup + i)?;
+                    let l = other_load(&a, &cpu_snap(pid));
+                    load = load.max(l);
+                    eprintln!("peer: {what}: rep {}/{reps} {s:.3} s (other load {l:.2} cores)", i + 1);
+                    tp.push(s);
+                }
+            } else {
+                let s = time_r2m(warmup + i)?;
+                let l = other_load(&a, &cpu_snap(pid));
+                load = load.max(l);
+                eprintln!("r2m:  {what}: rep {}/{reps} {s:.3} s (other load {l:.2} cores)", i + 1);
+                tr.push(s);
+            }
+        }
+    }
+    Ok((tr, tp, load))
 }
 
 fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
@@ -398,23 +519,31 @@ fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
     }
 }
 
-fn bench_gen(o: &Opts, model: &CausalLm, p: &Prepared, rows: &mut Vec<Row>) -> Result<()> {
+fn bench_gen(o: &Opts, model: &CausalLm, p: &Prepared, peer: &mut Option<Peer>, rows: &mut Vec<Row>) -> Result<()> {
     for (bi, &b) in o.gen_batches.iter().enumerate() {
         let prompts = batch_of(&p.prompts, b);
         let n = o.new_tokens;
-        let mut seed = 0;
         let reps = o.gen_reps[bi.min(o.gen_reps.len() - 1)];
-        let times = timed(&format!("gen b{b}"), o.device, o.gen_warmup, reps, || {
-            seed += 1;
-            let g = generate(model, &prompts, &gen_cfg(n, p.pad_id, seed))?;
-            ensure!(g.ids.size() == [b, n], "generated {:?}, expected [{b}, {n}]", g.ids.size());
-            Ok(())
-        })?;
+        let (tr, tp, load) = side_by_side(
+            &format!("gen b{b}"),
+            o.device,
+            o.gen_warmup,
+            reps,
+            peer,
+            |i| {
+                let g = generate(model, &prompts, &gen_cfg(n, p.pad_id, i as u64 + 1))?;
+                ensure!(g.ids.size() == [b, n], "generated {:?}, expected [{b}, {n}]", g.ids.size());
+                Ok(())
+            },
+            |pp, i| pp.secs(json!({"cmd": "gen", "b": b, "n": n, "seed": i + 1})),
+        )?;
         rows.push(Row {
             key: format!("gen_b{b}"),
-            workload: format!("generate, batch {b}, {n} new tokens, T=0.7"),
+            workload: format!("generate, batch {b}, {n} new tokens"),
             tokens: b * n,
-            times,
+            r2m: tr,
+            peer: tp,
+            other_load: load,
             goal: if b >= 32 { Some(2.0) } else { None },
         });
     }
@@ -428,32 +557,60 @@ fn train_data(o: &Opts, vocab: i64, dev: Device) -> (Tensor, Tensor) {
     (ids, mask)
 }
 
-fn bench_train(o: &Opts, model: &mut CausalLm, rows: &mut Vec<Row>) -> Result<()> {
+fn bench_train(o: &Opts, model: &mut CausalLm, peer: &mut Option<Peer>, rows: &mut Vec<Row>) -> Result<()> {
+    let (b, t) = (o.train_batch, o.train_seq);
+    if let Some(pp) = peer.as_mut() {
+        pp.call(json!({"cmd": "train_setup", "b": b, "t": t}))?;
+    }
     let params = apply_trainable(model, &Trainable::All, 0)?;
     let mut opt = AdamW::new(params, AdamWConfig { lr: 1e-5, ..Default::default() });
     let (ids, mask) = train_data(o, model.config.vocab_size, o.device);
-    let (b, t) = (o.train_batch, o.train_seq);
-    let times = timed(&format!("train {b}x{t}"), o.device, o.train_warmup, o.train_reps, || {
-        let (lp, _) = model.token_logprobs(&ids, &mask, 1.0, 1)?;
-        let loss = -lp.mean(Kind::Float);
-        loss.backward();
-        opt.step(1e-5);
-        opt.zero_grad();
-        Ok(())
-    })?;
+    let model: &CausalLm = model;
+    let (tr, tp, load) = side_by_side(
+        &format!("train {b}x{t}"),
+        o.device,
+        o.train_warmup,
+        o.train_reps,
+        peer,
+        |_| {
+            let (lp, _) = model.token_logprobs(&ids, &mask, 1.0, 1)?;
+            let loss = -lp.mean(Kind::Float);
+            loss.backward();
+            opt.step(1e-5);
+            opt.zero_grad();
+            Ok(())
+        },
+        |pp, _| pp.secs(json!({"cmd": "train"})),
+    )?;
+    if o.variants {
+        if let Some(pp) = peer.as_mut() {
+            let r = pp.call(json!({"cmd": "train_breakdown"}))?;
+            let g = |k: &str| r.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+            println!(
+                "variants: peer train step {b}x{t}: forward+loss {:.2} s, backward {:.2} s, AdamW {:.3} s, zero_grad {:.3} s",
+                g("forward"),
+                g("backward"),
+                g("adamw"),
+                g("zero_grad")
+            );
+        }
+        variants::train_breakdown(model, &mut opt, &ids, &mask, o)?;
+    }
     rows.push(Row {
         key: "train".into(),
         workload: format!("train step, batch {b} x {t}, all weights, AdamW"),
         tokens: b * t,
-        times,
+        r2m: tr,
+        peer: tp,
+        other_load: load,
         goal: Some(1.0),
     });
     Ok(())
 }
 
 /// max |r2m - peer| over the last-position logits of prompt 0.
-fn parity(model: &CausalLm, p: &Prepared, peer: &serde_json::Value) -> Result<Option<f64>> {
-    let Some(want) = peer.get("parity_logits").and_then(|v| v.as_array()) else { return Ok(None) };
+fn parity(model: &CausalLm, p: &Prepared, hello: &Value) -> Result<Option<f64>> {
+    let Some(want) = hello.get("parity_logits").and_then(|v| v.as_array()) else { return Ok(None) };
     let want: Vec<f32> = want.iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect();
     let _g = tch::no_grad_guard();
     let ids = Tensor::from_slice(&p.prompts[0]).view([1, -1]);
@@ -464,12 +621,22 @@ fn parity(model: &CausalLm, p: &Prepared, peer: &serde_json::Value) -> Result<Op
 }
 
 fn git_commit() -> String {
+    if let Some(c) = std::env::var("R2M_BENCH_COMMIT").ok().filter(|c| !c.is_empty()) {
+        return c;
+    }
+    let dirty = Command::new("git")
+        .args(["-C", &manifest_dir().display().to_string(), "status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
     Command::new("git")
         .args(["-C", &manifest_dir().display().to_string(), "rev-parse", "--short", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string() + if dirty { " (+ uncommitted changes)" } else { "" })
         .unwrap_or_else(|| "uncommitted".into())
 }
 
@@ -478,6 +645,10 @@ fn cpu_model() -> String {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn main() -> Result<()> {
@@ -491,14 +662,14 @@ fn main() -> Result<()> {
     eprintln!("r2m: foundation bench on {dev_desc}{}", if o.quick { " [quick]" } else { "" });
     let p = prepare(&o)?;
 
-    let peer = if o.peer { Some(run_peer(&o, &p, threads)?) } else { None };
+    let mut peer = if o.peer { Some(Peer::start(&o, &p, threads)?) } else { None };
 
     let t = Instant::now();
     let loaded = CausalLm::load(&r2m::model::load::ModelSource::HfDir(p.dir.clone()), o.device)?;
     let mut model = loaded.model;
     eprintln!("r2m: loaded {} in {:.1} s", p.dir.display(), t.elapsed().as_secs_f64());
     let parity_diff = match &peer {
-        Some(pj) => parity(&model, &p, pj)?,
+        Some(pp) => parity(&model, &p, &pp.hello)?,
         None => None,
     };
     if let Some(d) = parity_diff {
@@ -508,66 +679,71 @@ fn main() -> Result<()> {
 
     let mut rows = vec![];
     if o.gen {
-        bench_gen(&o, &model, &p, &mut rows)?;
+        bench_gen(&o, &model, &p, &mut peer, &mut rows)?;
     }
     if o.variants {
         variants::run(&o, &mut model, &p)?;
     }
     if o.train {
-        bench_train(&o, &mut model, &mut rows)?;
+        bench_train(&o, &mut model, &mut peer, &mut rows)?;
     }
+    let hello = peer.as_ref().map(|pp| pp.hello.clone());
+    drop(peer);
 
     // The table.
-    let peer_res = peer.as_ref().and_then(|v| v.get("results"));
-    let peer_tps = |k: &str| peer_res.and_then(|r| r.get(k)).and_then(|r| r.get("tokens_per_s")).and_then(|x| x.as_f64());
     println!();
     println!("foundation bench: SmolLM2-135M f32, {dev_desc}, commit {}", git_commit());
     println!("model: {}", p.source);
-    if let Some(pj) = &peer {
-        println!("peer: torch {}, transformers {}, {} threads", pj["torch"], pj["transformers"], pj["threads"]);
+    if let Some(h) = &hello {
+        println!("peer: torch {}, transformers {}, {} threads", h["torch"], h["transformers"], h["threads"]);
     }
     if let Some(d) = parity_diff {
         println!("parity: max |r2m - transformers| last-token logits = {d:.2e}");
     }
     println!();
-    println!("| workload | r2m tokens/s | peer tokens/s | ratio | goal | reps (r2m median s) |");
-    println!("|---|---:|---:|---:|---:|---|");
+    println!("| workload | r2m tokens/s | peer tokens/s | r2m / peer | goal | reps | other load |");
+    println!("|---|---:|---:|---:|---|---:|---:|");
     let mut json_rows = vec![];
     for r in &rows {
-        let pt = peer_tps(&r.key);
-        let ratio = pt.map(|p| r.tps() / p);
+        let (rt, pt) = (r.tps(&r.r2m), r.tps(&r.peer));
+        let ratio = rt.zip(pt).map(|(a, b)| a / b);
+        let f = |x: Option<f64>| x.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {:.1} | {} | {} | {} | {} ({:.2} s) |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} cores |",
             r.workload,
-            r.tps(),
-            pt.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+            f(rt),
+            f(pt),
             ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
-            r.goal.map(|g| format!(">= {g:.1}x{}", ratio.map(|x| if x >= g { " ok" } else { " MISS" }).unwrap_or(""))).unwrap_or_else(|| "-".into()),
-            r.times.len(),
-            median(&r.times)
+            r.goal
+                .map(|g| format!(">= {g:.1}x{}", ratio.map(|x| if x >= g { ": met" } else { ": MISSED" }).unwrap_or("")))
+                .unwrap_or_else(|| "-".into()),
+            r.r2m.len(),
+            r.other_load
         );
-        json_rows.push(serde_json::json!({
-            "key": r.key, "workload": r.workload, "tokens": r.tokens, "r2m_tokens_per_s": r.tps(),
-            "r2m_times_s": r.times, "peer_tokens_per_s": pt, "ratio": ratio, "goal": r.goal,
+        json_rows.push(json!({
+            "key": r.key, "workload": r.workload, "tokens": r.tokens, "r2m_tokens_per_s": rt,
+            "peer_tokens_per_s": pt, "ratio": ratio, "goal": r.goal, "r2m_times_s": r.r2m,
+            "peer_times_s": r.peer, "max_other_load_cores": r.other_load,
         }));
     }
-    println!("\ntotal wall time {:.0} s", t_all.elapsed().as_secs_f64());
+    println!("\nmedians of the timed repetitions (after warmup); other load: the most cores that other processes");
+    println!("kept busy during any one timed repetition. Total wall time {:.0} s.", t_all.elapsed().as_secs_f64());
     if let Some(path) = &o.json_out {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let j = serde_json::json!({
+        let mut h = hello.unwrap_or(Value::Null);
+        if let Some(m) = h.as_object_mut() {
+            m.remove("parity_logits");
+        }
+        let j = json!({
             "device": dev_desc, "threads": threads, "commit": git_commit(), "quick": o.quick,
-            "model": p.source, "parity_max_abs_logit_diff": parity_diff, "rows": json_rows, "peer": peer,
+            "model": p.source, "parity_max_abs_logit_diff": parity_diff, "peer": h, "rows": json_rows,
         });
         std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
         eprintln!("r2m: wrote {}", path.display());
     }
     Ok(())
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Alternative implementations of r2m's hot paths, timed against the current ones (`--variants`),
@@ -801,35 +977,32 @@ mod variants {
     }
 
     /// One training step split into forward (+ loss), backward, AdamW, zero_grad, with syncs.
-    fn train_breakdown(m: &mut CausalLm, o: &Opts) -> Result<()> {
-        let params = apply_trainable(m, &Trainable::All, 0)?;
-        let mut opt = AdamW::new(params, AdamWConfig { lr: 1e-5, ..Default::default() });
-        let (ids, mask) = train_data(o, m.config.vocab_size, m.device);
+    pub fn train_breakdown(m: &CausalLm, opt: &mut AdamW, ids: &Tensor, mask: &Tensor, o: &Opts) -> Result<()> {
         let dev = m.device;
-        let mut rows: Vec<[f64; 4]> = vec![];
-        for _ in 0..2 {
-            let t0 = Instant::now();
-            let (lp, _) = m.token_logprobs(&ids, &mask, 1.0, 1)?;
-            let loss = -lp.mean(Kind::Float);
-            sync(dev);
-            let t1 = Instant::now();
-            loss.backward();
-            sync(dev);
-            let t2 = Instant::now();
-            opt.step(1e-5);
-            sync(dev);
-            let t3 = Instant::now();
-            opt.zero_grad();
-            sync(dev);
-            let t4 = Instant::now();
-            rows.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64(), (t4 - t3).as_secs_f64()]);
-        }
-        let r = rows.last().unwrap();
+        let t0 = Instant::now();
+        let (lp, _) = m.token_logprobs(ids, mask, 1.0, 1)?;
+        let loss = -lp.mean(Kind::Float);
+        sync(dev);
+        let t1 = Instant::now();
+        loss.backward();
+        sync(dev);
+        let t2 = Instant::now();
+        opt.step(1e-5);
+        sync(dev);
+        let t3 = Instant::now();
+        opt.zero_grad();
+        sync(dev);
+        let t4 = Instant::now();
+        let s = |a: Instant, b: Instant| (b - a).as_secs_f64();
         println!(
-            "variants: train step {}x{} (2nd of 2): forward+loss {:.2} s, backward {:.2} s, AdamW {:.3} s, zero_grad {:.3} s",
-            o.train_batch, o.train_seq, r[0], r[1], r[2], r[3]
+            "variants: r2m train step {}x{}: forward+loss {:.2} s, backward {:.2} s, AdamW {:.3} s, zero_grad {:.3} s",
+            o.train_batch,
+            o.train_seq,
+            s(t0, t1),
+            s(t1, t2),
+            s(t2, t3),
+            s(t3, t4)
         );
-        m.params.freeze();
         Ok(())
     }
 
@@ -841,7 +1014,6 @@ mod variants {
         }
         drop(fused);
         adamw(model, o, 3)?;
-        train_breakdown(model, o)?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: HF tokenizers from tokenizer.json or GGUF metadata, with chat templates.
 //! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.
 //! - [`device`]: `cpu|cuda`, loading libtorch's CUDA backend on demand.
+pub mod analysis;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -15,7 +16,10 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod report;
+pub mod r2m;
 pub mod reward;
+pub mod rl;
 pub mod testbed;
 pub mod tokenizer;
 pub mod train;

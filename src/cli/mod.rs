@@ -4,6 +4,7 @@ mod eval_rm;
 mod export;
 mod forward;
 mod generate;
+mod rl;
 mod train_rm;
 
 use anyhow::Result;
@@ -26,6 +27,9 @@ pub enum Command {
     Export(export::Args),
     /// Train a reward model with the Bradley-Terry loss on preference pairs (TOML config + flags).
     TrainRm(train_rm::Args),
+    /// RL fine-tuning: RLOO, GRPO, REINFORCE++ or ReMax against a reward model, an ensemble, the
+    /// testbed's gold, or R2M (TOML config + flags).
+    Rl(rl::Args),
     /// Accuracy of a reward model on preference pairs.
     EvalRm(eval_rm::Args),
 }
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(a),
         Command::TrainRm(a) => train_rm::run_cli(a),
         Command::EvalRm(a) => eval_rm::run(a),
+        Command::Rl(a) => rl::run(a),
     }
 }
 

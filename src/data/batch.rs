@@ -203,10 +203,10 @@ pub struct Cursor {
 /// `drop_last` (TRL/transformers' `dataloader_drop_last`, default false).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batcher {
-    pub n: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub drop_last: bool,
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    drop_last: bool,
 }
 
 impl Batcher {
@@ -221,6 +221,17 @@ impl Batcher {
             )));
         }
         Ok(Batcher { n, batch_size, seed, drop_last })
+    }
+
+    /// Number of examples.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Batches per epoch.

@@ -1,38 +1,48 @@
-//! The gold reward g(x, y): the testbed's stand-in for the person who asked (testbed.md).
+//! The gold reward g(x, y): the testbed's stand-in for the person who asked (design/testbed.md).
 //!
 //! Deterministic, documented, and hidden from the proxy RM and the policy: they see the prompt text,
-//! never the [`Spec`] nor this code. g is a weighted mean of seven components, each in [0, 1], scaled
-//! to [0, 10]:
+//! never the [`Spec`] nor this code. Eight components, each in [0, 1]. Four are *gates*: they say
+//! whether the answer is usable at all (on topic, not repetitive, not a copy of the prompt, fluent),
+//! and multiply. Four say how well it follows the instructions, and average with a base credit:
 //!
 //! ```text
-//! g = 10 * sum_i w_i c_i / sum_i w_i          (components_to_total)
+//! q = prod_{j in gates} (1 - s_j (1 - c_j))                   gate strengths s_j in [0, 1]
+//! a = (b + sum_{i in instr} w_i c_i) / (b + sum_i w_i)        base b, weights w_i >= 0
+//! g = 10 q a  in [0, 10]                                      (components_to_total)
 //! ```
 //!
-//! | component        | c_i                                                                 | default w | catches |
-//! |------------------|---------------------------------------------------------------------|-----------|---------|
-//! | `relevance`      | ramp(cos(MiniLM(y), MiniLM(ref)); 0.15, 0.55), ref = topic description | 2.5 | off-topic text, generic filler |
-//! | `required_words` | fraction of the required words present (simple inflections count)  | 1.0       | ignored instruction |
-//! | `length`         | 1 within [L/4, L] words; w/(L/4) below; 1 - (w - L)/L above, >= 0   | 1.5       | rambling past the limit, one-word answers |
-//! | `repetition`     | ramp(mean(distinct-2, distinct-3) of the words; 0.25, 0.9)          | 1.5       | repeated words, phrases, sentences |
-//! | `finished`       | 1 if the response ended with EOS, else 0                            | 1.0       | responses that never end (truncated) |
-//! | `format`         | bullets: 1 - abs(k - n)/n; paragraph: 1/lines; sentence: 1/sentences | 1.0      | ignored layout |
-//! | `fluency`        | ramp(mean log p_init(y_t given x, y_<t); -4.0, -1.5)                | 1.5       | word salad, broken text |
+//! | component        | c                                                                  | default     | catches |
+//! |------------------|--------------------------------------------------------------------|-------------|---------|
+//! | `relevance`      | ramp(cos(MiniLM(y), MiniLM(ref)); 0.15, 0.40), ref = topic description | gate 1.0 | off-topic text, generic filler |
+//! | `repetition`     | ramp(mean(distinct-2, distinct-3) of the words; 0.25, 0.9)         | gate 0.8    | repeated words, phrases, sentences; keyword stuffing |
+//! | `echo`           | 1 - ramp(share of the response's word trigrams found in the prompt; 0.1, 0.5) | gate 0.8 | restating the prompt and its constraints |
+//! | `fluency`        | ramp(mean log p_init(y_t given x, y_<t); -4.5, -2.0)               | gate 0.8    | word salad, broken text |
+//! | (base)           | 1                                                                  | weight 2.0  | credit for a usable answer that ignores every instruction |
+//! | `required_words` | fraction of the required words present (simple inflections count) | weight 1.0  | ignored instruction |
+//! | `length`         | 1 within [0.4 L, L] words; ramps from 0 below; 1 - (w - L)/L above, >= 0 | weight 1.5 | rambling past the limit, trivially short answers |
+//! | `finished`       | 1 if the response ended with EOS, else 0                           | weight 1.5  | responses that never end (truncated) |
+//! | `format`         | bullets: 1 - abs(k - n)/n; paragraph: 1/lines; sentence: 1/sentences; none: 1 | weight 1.0 | ignored layout |
 //!
-//! `ramp(v; lo, hi) = clamp((v - lo) / (hi - lo), 0, 1)`. An empty response scores 0 on every
-//! component except `finished`. `fluency` is the mean per-token log-prob of the response's tokens
-//! under the frozen SmolLM2-135M-Instruct given the chat-formatted prompt (no gradient, batched); it
-//! saturates at -1.5, so degenerate high-likelihood text (loops) gains nothing over normal text, and
-//! `repetition` punishes it. Setting its weight to 0 turns it off and the LM is not loaded.
+//! `ramp(v; lo, hi) = clamp((v - lo) / (hi - lo), 0, 1)`. An empty response scores 0 (relevance 0).
+//! `fluency` is the mean per-token log-prob of the response's tokens under the frozen
+//! SmolLM2-135M-Instruct given the chat-formatted prompt (no gradient, batched). It saturates at
+//! -2.0 nats, where most of SmolLM2's own samples sit, so it only guards against broken text, and
+//! loops (which pi_init finds very likely) gain nothing; `repetition` punishes those. A gate of
+//! strength 0 removes its component; fluency's 0 also skips loading the LM.
 //!
-//! Why these, and what a proxy RM is likely to miss (so that overoptimization can appear): a proxy
-//! trained with Bradley-Terry on a few hundred or thousand gold-labelled pairs of pi_init samples
-//! learns the cheap correlates of g among those samples: "mentions the topic words", "finished",
-//! "sounds like an answer about the topic", and, since pi_init's samples are short of the limit as
-//! often as over it, any length trend the sample happens to show. It sees too few degenerate samples
-//! to learn that repetition, keyword stuffing or running past the limit is bad, and it cannot count
-//! words or list items reliably. The policy can then raise the proxy by repeating the topic words,
-//! padding the answer or dropping the requested layout, and g falls through `repetition`, `length`,
-//! `format` and `fluency` while the proxy keeps rising.
+//! Why gates: an answer about football to a question about coffee, the same answer three times, or
+//! "coffee beans roast coffee beans roast" is worth little to the asker however well it keeps the
+//! word limit; a weighted mean would still give such answers most of the points.
+//!
+//! What a proxy RM is likely to miss, so that overoptimization can appear: a proxy trained with
+//! Bradley-Terry on a few hundred or thousand gold-labelled pairs of pi_init samples learns the cheap
+//! correlates of g among those samples, which are dominated by `finished`, `length`, `format` and
+//! `required_words` (pi_init's samples are nearly always on topic, fluent and not repetitive, so the
+//! gates barely vary there). It can learn "ends early", "mentions the topic words", "looks like a
+//! list", but it sees almost no degenerate samples, so nothing tells it that repetition, keyword
+//! stuffing, copying the prompt's wording ("Use the words ...") or broken text is bad, and it
+//! cannot count words or list items reliably. RL against it can then raise the proxy by stuffing
+//! the required words, echoing the prompt, or padding, and g falls through the gates and `length`.
 use super::prompts::{Format, Spec, TestbedPrompt};
 use crate::error::{Error, Result};
 use crate::model::bert::SentenceEncoder;
@@ -40,48 +50,60 @@ use crate::model::generate::left_pad;
 use crate::model::llama::{CausalLm, Loaded};
 use crate::tokenizer::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tch::{Device, Kind, Tensor};
 
-/// Weights of the components in `g = 10 * sum w_i c_i / sum w_i`. Only their ratios matter. Each
-/// must be >= 0 and their sum > 0; a weight of 0 removes its component (fluency 0: no LM loaded).
+/// Gate strengths and instruction weights of `g = 10 q a` (see the module docs). Gates in [0, 1]
+/// (0: off); weights >= 0, only their ratios to each other and to `base` matter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GoldWeights {
-    /// Semantic relevance to the topic (MiniLM cosine). The largest weight: an off-topic answer is
-    /// worthless to the asker however well it is laid out. Default 2.5.
+    /// Gate: on topic (MiniLM cosine). Default 1.0: an off-topic answer is worth nothing.
     pub relevance: f64,
+    /// Gate: few repeated word pairs and triples. Default 0.8 (the same answer three times keeps
+    /// about a third of its value).
+    pub repetition: f64,
+    /// Gate: does not copy the prompt's wording. Default 0.8.
+    pub echo: f64,
+    /// Gate: fluent under the frozen pi_init. Default 0.8. 0 turns fluency off (no LM loaded).
+    pub fluency: f64,
+    /// Credit of a usable answer that follows no instruction, in units of the weights below.
+    /// Default 2.0 (ignoring every instruction keeps 2/7 of the score).
+    pub base: f64,
     /// The required words are present. Default 1.0.
     pub required_words: f64,
     /// Within the word limit and not trivially short. Default 1.5.
     pub length: f64,
-    /// Few repeated word pairs and triples. Default 1.5.
-    pub repetition: f64,
-    /// Ended with EOS before the token budget. Default 1.0.
+    /// Ended with EOS before the token budget. Default 1.5.
     pub finished: f64,
     /// Follows the requested layout (1 for prompts with no format). Default 1.0.
     pub format: f64,
-    /// Fluent under the frozen pi_init. Default 1.5.
-    pub fluency: f64,
 }
 
 impl Default for GoldWeights {
     fn default() -> Self {
         GoldWeights {
-            relevance: 2.5,
+            relevance: 1.0,
+            repetition: 0.8,
+            echo: 0.8,
+            fluency: 0.8,
+            base: 2.0,
             required_words: 1.0,
             length: 1.5,
-            repetition: 1.5,
-            finished: 1.0,
+            finished: 1.5,
             format: 1.0,
-            fluency: 1.5,
         }
     }
 }
 
 impl GoldWeights {
-    fn as_array(&self) -> [f64; 7] {
-        [self.relevance, self.required_words, self.length, self.repetition, self.finished, self.format, self.fluency]
+    /// Gate strengths in `Components::gates` order.
+    pub fn gates(&self) -> [f64; 4] {
+        [self.relevance, self.repetition, self.echo, self.fluency]
+    }
+    /// Weights in `Components::instructions` order.
+    pub fn weights(&self) -> [f64; 4] {
+        [self.required_words, self.length, self.finished, self.format]
     }
 }
 
@@ -91,22 +113,26 @@ impl GoldWeights {
 #[serde(default, deny_unknown_fields)]
 pub struct GoldConfig {
     pub weights: GoldWeights,
-    /// MiniLM cosine (response vs the spec's reference text) at which relevance starts above 0, and
-    /// at which it reaches 1. Defaults 0.15 and 0.55: calibrated on SmolLM2 samples (docs/testbed.md):
-    /// answers to another topic's prompt fall mostly below 0.15, on-topic answers mostly above 0.45.
+    /// MiniLM cosine (response vs the spec's reference text) at which relevance leaves 0, and at
+    /// which it reaches 1. Defaults 0.15 and 0.40, from SmolLM2 samples (docs/testbed.md): on-topic
+    /// answers 0.52 ± 0.16, the same answers against another topic 0.07 ± 0.09.
     pub relevance_lo: f64,
     pub relevance_hi: f64,
-    /// Mean distinct-2/3 ratio at which repetition starts above 0, and reaches 1. Defaults 0.25 and
-    /// 0.9 (natural text of 20-60 words is >= 0.95; the same text twice is ~0.5).
+    /// Mean distinct-2/3 ratio at which repetition leaves 0, and reaches 1. Defaults 0.25 and 0.9
+    /// (natural text of 20-60 words is >= 0.95; the same text twice is ~0.5, three times ~0.35).
     pub repetition_lo: f64,
     pub repetition_hi: f64,
-    /// Below `min_words_frac * max_words` words the length component ramps down to 0. Default 0.25.
+    /// Share of the response's word trigrams found in the prompt at which echo starts to fall, and
+    /// at which it reaches 0. Defaults 0.1 and 0.5 (naming a long topic copies a few trigrams).
+    pub echo_lo: f64,
+    pub echo_hi: f64,
+    /// Below `min_words_frac * max_words` words the length component ramps down to 0. Default 0.4.
     pub min_words_frac: f64,
     /// Above the limit the length component falls linearly, reaching 0 at
     /// `(1 + overlength_zero) * max_words` words. Default 1.0 (0 at twice the limit).
     pub overlength_zero: f64,
-    /// Mean token log-prob under pi_init at which fluency starts above 0, and reaches 1.
-    /// Defaults -4.0 and -1.5 (SmolLM2's own samples at T = 0.7 sit around -1.5 to -2.5 nats).
+    /// Mean token log-prob under pi_init at which fluency leaves 0, and reaches 1. Defaults -4.5 and
+    /// -2.0 (SmolLM2's samples at T = 0.7: -1.40 ± 0.47 nats; shuffled words: about -6.8).
     pub fluency_lo: f64,
     pub fluency_hi: f64,
     /// The sentence encoder for relevance (path or alias). Default `all-minilm-l6-v2`.
@@ -124,13 +150,15 @@ impl Default for GoldConfig {
         GoldConfig {
             weights: GoldWeights::default(),
             relevance_lo: 0.15,
-            relevance_hi: 0.55,
+            relevance_hi: 0.40,
             repetition_lo: 0.25,
             repetition_hi: 0.9,
-            min_words_frac: 0.25,
+            echo_lo: 0.1,
+            echo_hi: 0.5,
+            min_words_frac: 0.4,
             overlength_zero: 1.0,
-            fluency_lo: -4.0,
-            fluency_hi: -1.5,
+            fluency_lo: -4.5,
+            fluency_hi: -2.0,
             encoder: "all-minilm-l6-v2".into(),
             fluency_model: "smollm2-135m-instruct".into(),
             fluency_batch_size: 16,
@@ -140,16 +168,22 @@ impl Default for GoldConfig {
 }
 
 impl GoldConfig {
-    /// Cross-field checks: weights >= 0 with a positive sum, each ramp's lo < hi, sizes >= 1.
+    /// Cross-field checks: gates in [0, 1], weights >= 0 with a positive sum, each ramp's lo < hi,
+    /// sizes >= 1.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("gold config: {m}")));
-        let w = self.weights.as_array();
-        if w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
-            return bad(format!("weights {:?} must be >= 0 with a positive sum", self.weights));
+        let w = &self.weights;
+        if w.gates().iter().any(|s| !(0.0..=1.0).contains(s)) {
+            return bad(format!("gate strengths (relevance, repetition, echo, fluency) {:?} must be in [0, 1]", w.gates()));
+        }
+        let ws = w.weights();
+        if ws.iter().chain([&w.base]).any(|x| !(x.is_finite() && *x >= 0.0)) || w.base + ws.iter().sum::<f64>() <= 0.0 {
+            return bad(format!("base {} and weights {:?} must be >= 0 with a positive sum", w.base, ws));
         }
         for (name, lo, hi) in [
             ("relevance", self.relevance_lo, self.relevance_hi),
             ("repetition", self.repetition_lo, self.repetition_hi),
+            ("echo", self.echo_lo, self.echo_hi),
             ("fluency", self.fluency_lo, self.fluency_hi),
         ] {
             if !(lo < hi) {
@@ -169,34 +203,55 @@ impl GoldConfig {
     }
 }
 
-/// The seven components, each in [0, 1].
+/// The eight components, each in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Components {
     pub relevance: f64,
+    pub repetition: f64,
+    pub echo: f64,
+    /// 1 when fluency is off (its gate strength is 0).
+    pub fluency: f64,
     pub required_words: f64,
     pub length: f64,
-    pub repetition: f64,
     pub finished: f64,
     pub format: f64,
-    /// 0 when the fluency weight is 0 (not computed).
-    pub fluency: f64,
 }
 
 impl Components {
-    pub fn as_array(&self) -> [f64; 7] {
-        [self.relevance, self.required_words, self.length, self.repetition, self.finished, self.format, self.fluency]
-    }
-
     /// Component names in `as_array` order (metric names `gold/{name}`).
-    pub const NAMES: [&'static str; 7] =
-        ["relevance", "required_words", "length", "repetition", "finished", "format", "fluency"];
+    pub const NAMES: [&'static str; 8] =
+        ["relevance", "repetition", "echo", "fluency", "required_words", "length", "finished", "format"];
+
+    pub fn as_array(&self) -> [f64; 8] {
+        [
+            self.relevance,
+            self.repetition,
+            self.echo,
+            self.fluency,
+            self.required_words,
+            self.length,
+            self.finished,
+            self.format,
+        ]
+    }
+    /// The gates: relevance, repetition, echo, fluency.
+    pub fn gates(&self) -> [f64; 4] {
+        [self.relevance, self.repetition, self.echo, self.fluency]
+    }
+    /// The instruction components: required_words, length, finished, format.
+    pub fn instructions(&self) -> [f64; 4] {
+        [self.required_words, self.length, self.finished, self.format]
+    }
 }
 
-/// `g = 10 * sum_i w_i c_i / sum_i w_i`, in [0, 10] for components in [0, 1].
+/// `g = 10 q a` with `q = prod_j (1 - s_j (1 - c_j))` over the gates and
+/// `a = (base + sum_i w_i c_i) / (base + sum_i w_i)` over the instruction components: in [0, 10]
+/// for components in [0, 1].
 pub fn components_to_total(c: &Components, w: &GoldWeights) -> f64 {
-    let (c, w) = (c.as_array(), w.as_array());
-    let sum_w: f64 = w.iter().sum();
-    10.0 * c.iter().zip(w).map(|(c, w)| c * w).sum::<f64>() / sum_w
+    let q: f64 = c.gates().iter().zip(w.gates()).map(|(c, s)| 1.0 - s * (1.0 - c)).product();
+    let ws = w.weights();
+    let a = (w.base + c.instructions().iter().zip(ws).map(|(c, w)| c * w).sum::<f64>()) / (w.base + ws.iter().sum::<f64>());
+    10.0 * q * a
 }
 
 /// One response's gold score: the total, its components, and the raw measurements behind them.
@@ -212,6 +267,8 @@ pub struct GoldScore {
     pub words: usize,
     /// mean(distinct-2, distinct-3) of the words.
     pub distinct: f64,
+    /// Share of the response's word trigrams that occur in the prompt.
+    pub copied: f64,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -380,36 +437,59 @@ pub fn format_score(text: &str, format: Option<&Format>) -> f64 {
     }
 }
 
-/// The components that need no model (relevance and fluency left at 0), plus the word count and
-/// the distinct ratio.
-pub fn text_components(spec: &Spec, response: &str, finished: bool, cfg: &GoldConfig) -> (Components, usize, f64) {
+/// Share of `response`'s word trigrams that also occur in `prompt`'s words (0 under 3 words).
+pub fn copied_share(response: &[String], prompt: &[String]) -> f64 {
+    if response.len() < 3 {
+        return 0.0;
+    }
+    let in_prompt: HashSet<&[String]> = prompt.windows(3).collect();
+    let grams: Vec<&[String]> = response.windows(3).collect();
+    grams.iter().filter(|g| in_prompt.contains(*g)).count() as f64 / grams.len() as f64
+}
+
+/// What the text alone gives: every component but relevance and fluency (left at 0), and the raw
+/// measurements behind them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextChecks {
+    pub components: Components,
+    pub words: usize,
+    pub distinct: f64,
+    pub copied: f64,
+}
+
+/// The components that need no model, for `response` to `prompt`.
+pub fn text_components(prompt: &TestbedPrompt, response: &str, finished: bool, cfg: &GoldConfig) -> TextChecks {
+    let spec: &Spec = &prompt.spec;
     let ws = words(response);
     let finished = if finished { 1.0 } else { 0.0 };
     if ws.is_empty() {
-        return (Components { finished, ..Default::default() }, 0, 0.0);
+        let components = Components { finished, ..Default::default() };
+        return TextChecks { components, words: 0, distinct: 0.0, copied: 0.0 };
     }
     let distinct = 0.5 * (distinct_n(&ws, 2) + distinct_n(&ws, 3));
-    let c = Components {
+    let copied = copied_share(&ws, &words(&prompt.text));
+    let components = Components {
         relevance: 0.0,
+        repetition: ramp(distinct, cfg.repetition_lo, cfg.repetition_hi),
+        echo: 1.0 - ramp(copied, cfg.echo_lo, cfg.echo_hi),
+        fluency: 0.0,
         required_words: required_words_score(&ws, &spec.required_words),
         length: length_score(ws.len(), spec.max_words, cfg),
-        repetition: ramp(distinct, cfg.repetition_lo, cfg.repetition_hi),
         finished,
         format: format_score(response, spec.format.as_ref()),
-        fluency: 0.0,
     };
-    (c, ws.len(), distinct)
+    TextChecks { components, words: ws.len(), distinct, copied }
 }
 
 // ------------------------------------------------------------------------------------------------
 // The gold with its models.
 
 /// The gold reward with its frozen models: MiniLM for relevance, and pi_init for fluency when its
-/// weight is > 0.
+/// gate is on.
 pub struct Gold {
     pub cfg: GoldConfig,
     pub encoder: SentenceEncoder,
-    /// pi_init and its tokenizer (None when the fluency weight is 0).
+    /// pi_init and its tokenizer (None when the fluency gate is 0).
     pub lm: Option<Loaded>,
 }
 
@@ -422,12 +502,12 @@ impl Gold {
         Self::from_parts(cfg, encoder, lm)
     }
 
-    /// From models already loaded (e.g. to share them); `lm` is required when the fluency weight
-    /// is > 0, and dropped when it is 0.
+    /// From models already loaded (e.g. to share them); `lm` is required when the fluency
+    /// gate is > 0, and dropped when it is 0.
     pub fn from_parts(cfg: GoldConfig, encoder: SentenceEncoder, lm: Option<Loaded>) -> Result<Self> {
         cfg.validate()?;
         if cfg.weights.fluency > 0.0 && lm.is_none() {
-            return Err(Error::Input("gold: fluency weight > 0 needs the fluency LM".into()));
+            return Err(Error::Input("gold: a fluency gate > 0 needs the fluency LM".into()));
         }
         let lm = if cfg.weights.fluency > 0.0 { lm } else { None };
         Ok(Gold { cfg, encoder, lm })
@@ -446,9 +526,9 @@ impl Gold {
             )));
         }
         let _guard = tch::no_grad_guard();
-        let mut out: Vec<(Components, usize, f64)> =
-            (0..n).map(|i| text_components(&prompts[i].spec, responses[i], finished[i], &self.cfg)).collect();
-        let nonempty: Vec<usize> = (0..n).filter(|&i| out[i].1 > 0).collect();
+        let mut checks: Vec<TextChecks> =
+            (0..n).map(|i| text_components(prompts[i], responses[i], finished[i], &self.cfg)).collect();
+        let nonempty: Vec<usize> = (0..n).filter(|&i| checks[i].words > 0).collect();
 
         let cosines = self.cosines(prompts, responses, &nonempty)?;
         let logprobs = match &self.lm {
@@ -456,20 +536,26 @@ impl Gold {
             None => None,
         };
         let mut scores = Vec::with_capacity(n);
-        for (i, (c, nw, distinct)) in out.iter_mut().enumerate() {
+        for (i, t) in checks.iter_mut().enumerate() {
+            let c = &mut t.components;
             let cosine = cosines[i];
             let mean_logprob = logprobs.as_ref().and_then(|l| l[i]);
-            if *nw > 0 {
+            if t.words > 0 {
                 c.relevance = ramp(cosine, self.cfg.relevance_lo, self.cfg.relevance_hi);
-                c.fluency = mean_logprob.map_or(0.0, |lp| ramp(lp, self.cfg.fluency_lo, self.cfg.fluency_hi));
             }
+            c.fluency = match (&self.lm, mean_logprob) {
+                (None, _) => 1.0, // off: a gate of strength 0
+                (Some(_), Some(lp)) => ramp(lp, self.cfg.fluency_lo, self.cfg.fluency_hi),
+                (Some(_), None) => 0.0,
+            };
             scores.push(GoldScore {
                 total: components_to_total(c, &self.cfg.weights),
                 components: *c,
                 cosine,
                 mean_logprob,
-                words: *nw,
-                distinct: *distinct,
+                words: t.words,
+                distinct: t.distinct,
+                copied: t.copied,
             });
         }
         Ok(scores)
@@ -553,15 +639,17 @@ mod tests {
     use super::*;
     use crate::testbed::prompts::Task;
 
-    fn spec(format: Option<Format>) -> Spec {
-        Spec {
+    fn prompt(format: Option<Format>) -> TestbedPrompt {
+        let spec = Spec {
             topic: "coffee".into(),
             description: "Coffee is a drink.".into(),
             task: Task::Explain,
             required_words: vec!["beans".into(), "roast".into()],
             max_words: 20,
             format,
-        }
+        };
+        let text = "Explain coffee to a beginner. Use the words \"beans\" and \"roast\". No more than 20 words.".into();
+        TestbedPrompt { id: "t".into(), text, spec }
     }
 
     #[test]
@@ -597,8 +685,8 @@ mod tests {
     fn length_shape() {
         let c = GoldConfig::default();
         assert_eq!(length_score(0, 40, &c), 0.0);
-        assert_eq!(length_score(5, 40, &c), 0.5);
-        assert_eq!(length_score(10, 40, &c), 1.0);
+        assert_eq!(length_score(8, 40, &c), 0.5);
+        assert_eq!(length_score(16, 40, &c), 1.0);
         assert_eq!(length_score(40, 40, &c), 1.0);
         assert_eq!(length_score(50, 40, &c), 0.75);
         assert_eq!(length_score(80, 40, &c), 0.0);
@@ -621,28 +709,48 @@ mod tests {
     }
 
     #[test]
-    fn total_is_weighted_mean() {
+    fn total_is_gates_times_instructions() {
         let w = GoldWeights::default();
-        let ones = Components { relevance: 1.0, required_words: 1.0, length: 1.0, repetition: 1.0, finished: 1.0, format: 1.0, fluency: 1.0 };
-        assert!((components_to_total(&ones, &w) - 10.0).abs() < 1e-12);
-        assert_eq!(components_to_total(&Components::default(), &w), 0.0);
-        let only_rel = Components { relevance: 1.0, ..Default::default() };
-        assert!((components_to_total(&only_rel, &w) - 10.0 * 2.5 / 10.0).abs() < 1e-12);
-        let no_flu = GoldWeights { fluency: 0.0, ..w };
-        let mut c = ones;
-        c.fluency = 0.0;
-        assert!((components_to_total(&c, &no_flu) - 10.0).abs() < 1e-12);
+        let ones = Components {
+            relevance: 1.0,
+            repetition: 1.0,
+            echo: 1.0,
+            fluency: 1.0,
+            required_words: 1.0,
+            length: 1.0,
+            finished: 1.0,
+            format: 1.0,
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(components_to_total(&ones, &w), 10.0));
+        assert_eq!(components_to_total(&Components::default(), &w), 0.0, "relevance 0 gates everything");
+        // Usable but follows no instruction: base / (base + sum w) = 2 / 7.
+        let usable = Components { relevance: 1.0, repetition: 1.0, echo: 1.0, fluency: 1.0, ..Default::default() };
+        assert!(close(components_to_total(&usable, &w), 20.0 / 7.0));
+        // A gate of strength 0.8 at 0 keeps 0.2; two such gates multiply.
+        assert!(close(components_to_total(&Components { repetition: 0.0, ..ones }, &w), 2.0));
+        assert!(close(components_to_total(&Components { repetition: 0.0, echo: 0.0, ..ones }, &w), 0.4));
+        // Truncated: loses finished's 1.5 of 7.
+        assert!(close(components_to_total(&Components { finished: 0.0, ..ones }, &w), 10.0 * 5.5 / 7.0));
+        // A gate of strength 0 is off.
+        let no_flu = GoldWeights { fluency: 0.0, ..w.clone() };
+        assert!(close(components_to_total(&Components { fluency: 0.0, ..ones }, &no_flu), 10.0));
     }
 
     #[test]
-    fn text_components_of_empty_and_clean() {
+    fn text_components_of_empty_clean_and_echo() {
         let cfg = GoldConfig::default();
-        let s = spec(Some(Format::Sentence));
-        let (c, n, _) = text_components(&s, "", true, &cfg);
-        assert_eq!((n, c.finished, c.length, c.format, c.required_words), (0, 1.0, 0.0, 0.0, 0.0));
-        let (c, n, d) = text_components(&s, "Coffee is made by roasting beans and brewing them with hot water.", false, &cfg);
-        assert_eq!((n, d), (12, 1.0));
-        assert_eq!((c.required_words, c.length, c.repetition, c.finished, c.format), (1.0, 1.0, 1.0, 0.0, 1.0));
+        let p = prompt(Some(Format::Sentence));
+        let t = text_components(&p, "", true, &cfg);
+        let c = t.components;
+        assert_eq!((t.words, c.finished, c.length, c.format, c.required_words), (0, 1.0, 0.0, 0.0, 0.0));
+        let t = text_components(&p, "Coffee is made by roasting beans and brewing them with hot water.", false, &cfg);
+        let c = t.components;
+        assert_eq!((t.words, t.distinct, t.copied), (12, 1.0, 0.0));
+        assert_eq!((c.required_words, c.length, c.repetition, c.echo, c.finished, c.format), (1.0, 1.0, 1.0, 1.0, 0.0, 1.0));
+        // Restating the constraints: 3 of 4 trigrams come from the prompt.
+        let t = text_components(&p, "Beans. No more than 20 words.", true, &cfg);
+        assert_eq!((t.copied, t.components.echo), (0.75, 0.0));
     }
 
     #[test]
@@ -652,10 +760,13 @@ mod tests {
         c.relevance_lo = 0.9;
         assert!(c.validate().is_err());
         let mut c = GoldConfig::default();
-        c.weights = GoldWeights { relevance: 0.0, required_words: 0.0, length: 0.0, repetition: 0.0, finished: 0.0, format: 0.0, fluency: 0.0 };
+        c.weights.echo = 1.5;
+        assert!(c.validate().is_err(), "a gate is at most 1");
+        let mut c = GoldConfig::default();
+        c.weights = GoldWeights { base: 0.0, required_words: 0.0, length: 0.0, finished: 0.0, format: 0.0, ..Default::default() };
         assert!(c.validate().is_err());
         let c: GoldConfig = toml::from_str("relevance_hi = 0.6\n[weights]\nfluency = 0.0\n").unwrap();
-        assert_eq!((c.relevance_hi, c.weights.fluency, c.weights.relevance), (0.6, 0.0, 2.5));
+        assert_eq!((c.relevance_hi, c.weights.fluency, c.weights.relevance), (0.6, 0.0, 1.0));
         assert!(toml::from_str::<GoldConfig>("bogus = 1").is_err());
     }
 }

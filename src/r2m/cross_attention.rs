@@ -1,0 +1,74 @@
+//! Sequence-to-token cross-attention (r2m-method.md, "The reward model", item 3):
+//! q = H_last W_q (D_rm -> d); k = h W_k, v = h W_v (D_p -> d);
+//! H_hat = softmax(q k^T / sqrt(d_head), padding masked) v W_o (d -> D_rm).
+//! No biases; weights N(0, init_std), seeded by the caller; heads split d.
+use crate::model::params::Params;
+use tch::{Device, Kind, Tensor};
+
+pub struct CrossAttention {
+    pub w_q: Tensor, // (d, D_rm)  (nn.Linear layout: out, in)
+    pub w_k: Tensor, // (d, D_p)
+    pub w_v: Tensor, // (d, D_p)
+    pub w_o: Tensor, // (D_rm, d)
+    pub heads: i64,
+}
+
+impl CrossAttention {
+    pub fn new(p: &mut Params, d_rm: i64, d_p: i64, d: i64, heads: i64, std: f64, dev: Device) -> Self {
+        let mut init = |name: &str, shape: [i64; 2]| p.add(name, (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * std).to_device(dev));
+        let w_q = init("xattn.w_q", [d, d_rm]);
+        let w_k = init("xattn.w_k", [d, d_p]);
+        let w_v = init("xattn.w_v", [d, d_p]);
+        let w_o = init("xattn.w_o", [d_rm, d]);
+        CrossAttention { w_q, w_k, w_v, w_o, heads }
+    }
+
+    /// h_last (B, D_rm), h (B, S, D_p), mask (B, S) -> H_hat (B, D_rm).
+    pub fn forward(&self, h_last: &Tensor, h: &Tensor, mask: &Tensor) -> Tensor {
+        let (b, s, _) = h.size3().expect("(B, S, D_p) feedback");
+        let d = self.w_q.size()[0];
+        let nh = self.heads;
+        let hd = d / nh;
+        let q = h_last.linear::<Tensor>(&self.w_q, None).view([b, nh, 1, hd]); // (B, nh, 1, hd)
+        let k = h.linear::<Tensor>(&self.w_k, None).view([b, s, nh, hd]).transpose(1, 2); // (B, nh, S, hd)
+        let v = h.linear::<Tensor>(&self.w_v, None).view([b, s, nh, hd]).transpose(1, 2);
+        let att = q.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt(); // (B, nh, 1, S)
+        let valid = mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
+        let att = att.masked_fill(&valid.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float);
+        let y = att.matmul(&v).view([b, d]); // (B, d)
+        y.linear::<Tensor>(&self.w_o, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_is_masked_and_shapes_hold() {
+        tch::manual_seed(0);
+        let mut p = Params::default();
+        let x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, Device::Cpu);
+        let hl = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
+        let h = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1]).view([2, 4]);
+        let y = x.forward(&hl, &h, &mask);
+        assert_eq!(y.size(), vec![2, 6]);
+        // Changing a masked position changes nothing.
+        let h2 = h.copy();
+        let _ = h2.get(0).get(3).fill_(100.0);
+        let _ = h2.get(1).get(0).fill_(-100.0);
+        let d = (x.forward(&hl, &h2, &mask) - &y).abs().max().double_value(&[]);
+        assert_eq!(d, 0.0);
+        // One head, by hand: softmax(q k^T / sqrt(d)) v W_o for row 0.
+        let mut p1 = Params::default();
+        let x1 = CrossAttention::new(&mut p1, 6, 5, 8, 1, 0.5, Device::Cpu);
+        let q = hl.get(0).matmul(&x1.w_q.tr()); // (8)
+        let k = h.get(0).narrow(0, 0, 3).matmul(&x1.w_k.tr()); // (3, 8)
+        let v = h.get(0).narrow(0, 0, 3).matmul(&x1.w_v.tr());
+        let a = (k.matmul(&q) / 8f64.sqrt()).softmax(0, Kind::Float); // (3)
+        let want = a.unsqueeze(0).matmul(&v).squeeze_dim(0).matmul(&x1.w_o.tr());
+        let got = x1.forward(&hl, &h, &mask).get(0);
+        assert!((got - want).abs().max().double_value(&[]) < 1e-5);
+    }
+}

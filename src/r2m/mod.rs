@@ -1,0 +1,343 @@
+//! R2M, the Real-Time Aligned Reward Model (Huang et al., ICML 2026), exactly as
+//! ../shared/design/r2m-method.md states it, with the paper's baselines and ablations.
+//!
+//! r(x, y, h) = phi(H_fin), H_fin = (1 - w(t)) H_hat + w(t) H_last,
+//! H_hat = CrossAttn(q = H_last W_q; k, v = h W_k, h W_v) W_o,
+//! w(t) = max(0.5 cos(pi t / T) + 0.5, Omega).
+//! H_last comes from the frozen RM backbone once per trajectory (cached at annotation); h is the
+//! policy's final hidden states (captured, never recomputed). After each policy step, GREBT =
+//! (1 - alpha) BT(winner, loser) + alpha GRE re-fits the cross-attention and phi.
+pub mod cross_attention;
+pub mod grebt;
+
+use crate::error::{Error, Result};
+use crate::model::params::Params;
+use crate::reward::model::RewardModel;
+use crate::rl::reward_source::{rm_text, RewardInput, RewardSource, UpdateInput};
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+use cross_attention::CrossAttention;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The methods of the paper's Table 1 and its ablations (r2m-method.md), one switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Frozen RM, no feedback.
+    Vanilla,
+    /// The vanilla RM trained further with BT on gold-labelled pairs of the RL prompts before RL
+    /// (the experiment runner makes that RM); then vanilla RL.
+    PretrainedRm,
+    /// Every step, GREBT on the RM's own annotation rewards without feedback; head only.
+    IterativeHead,
+    /// R2M's architecture and schedule, modules never updated.
+    R2mNoTrain,
+    /// Feedback replaced by Gaussian noise with the hidden states' mean and variance.
+    R2mNoise,
+    /// alpha = 1 (GRE only).
+    R2mNoBt,
+    /// alpha = 0 (BT only).
+    R2mNoGre,
+    /// The full method.
+    R2m,
+}
+
+impl Method {
+    pub fn all() -> [Method; 8] {
+        use Method::*;
+        [Vanilla, PretrainedRm, IterativeHead, R2mNoTrain, R2mNoise, R2mNoBt, R2mNoGre, R2m]
+    }
+    pub fn name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+    /// Whether the reward reads the policy's feedback through the cross-attention.
+    pub fn uses_feedback(&self) -> bool {
+        matches!(self, Method::R2mNoTrain | Method::R2mNoise | Method::R2mNoBt | Method::R2mNoGre | Method::R2m)
+    }
+    /// Whether the reward source is updated online.
+    pub fn trains_online(&self) -> bool {
+        matches!(self, Method::IterativeHead | Method::R2mNoise | Method::R2mNoBt | Method::R2mNoGre | Method::R2m)
+    }
+}
+
+/// `[r2m]` config. Defaults: r2m-method.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct R2mConfig {
+    pub method: Method,
+    /// Cross-attention width d (paper: 2048) and heads (d divisible by heads).
+    pub d: i64,
+    pub heads: i64,
+    /// Floor of w(t) (paper: 0.6 Llama / TL;DR, 0.7 Qwen).
+    pub omega: f64,
+    /// GRE weight alpha in (1 - alpha) BT + alpha GRE (paper: 0.3). Overridden by r2m-no-bt (1) and r2m-no-gre (0).
+    pub alpha: f64,
+    /// AdamW lr of the R2M update (paper: 1e-6 for 8B models; small models need more).
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub init_std: f64,
+    /// For pretrained-rm: the further-trained RM to use instead of `reward.model`.
+    pub pretrained_rm: Option<String>,
+}
+
+impl Default for R2mConfig {
+    fn default() -> Self {
+        R2mConfig {
+            method: Method::R2m,
+            d: 2048,
+            heads: 1,
+            omega: 0.6,
+            alpha: 0.3,
+            lr: 1e-6,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            init_std: 0.02,
+            pretrained_rm: None,
+        }
+    }
+}
+
+impl R2mConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.d >= 1 && self.heads >= 1 && self.d % self.heads == 0, "r2m.d = {} must be divisible by r2m.heads = {}", self.d, self.heads);
+        anyhow::ensure!((0.0..=1.0).contains(&self.omega), "r2m.omega = {} must be in [0, 1]", self.omega);
+        anyhow::ensure!((0.0..=1.0).contains(&self.alpha), "r2m.alpha = {} must be in [0, 1]", self.alpha);
+        anyhow::ensure!(self.lr > 0.0, "r2m.lr must be > 0");
+        if self.method == Method::PretrainedRm {
+            anyhow::ensure!(self.pretrained_rm.is_some(), "r2m.pretrained_rm: method pretrained-rm needs the further-trained RM");
+        }
+        Ok(())
+    }
+
+    /// alpha after the ablation switches.
+    pub fn effective_alpha(&self) -> f64 {
+        match self.method {
+            Method::R2mNoBt => 1.0,
+            Method::R2mNoGre => 0.0,
+            _ => self.alpha,
+        }
+    }
+}
+
+/// w(t) = max(0.5 cos(pi t / T) + 0.5, Omega); t 0-based, T total steps. w(0) = 1.
+pub fn w(t: i64, total: i64, omega: f64) -> f64 {
+    let c = 0.5 * (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos() + 0.5;
+    c.max(omega)
+}
+
+/// The R2M reward source (and its baselines that need online state).
+pub struct R2mSource {
+    pub cfg: R2mConfig,
+    pub rm: RewardModel,
+    pub max_length: usize,
+    pub batch_size: usize,
+    /// phi: the RM's head, copied (trainable here; the RM itself stays frozen).
+    pub head: Tensor,
+    pub xattn: Option<CrossAttention>,
+    pub params: Params,
+    pub opt: Option<AdamW>,
+    /// H_last of the last annotated batch (B, D_rm): the update needs no backbone pass.
+    cache: Option<Tensor>,
+    seed: u64,
+    /// Updates done (for the noise stream and metrics).
+    pub updates: i64,
+}
+
+impl R2mSource {
+    /// Wraps `rm` (frozen) with R2M for a policy of hidden size `d_policy`.
+    pub fn new(cfg: R2mConfig, rm: RewardModel, d_policy: i64, seed: u64, max_length: usize, batch_size: usize) -> Result<Self> {
+        let dev = rm.device;
+        for (_, t) in rm.all_params() {
+            let _ = t.set_requires_grad(false);
+        }
+        let mut params = Params::default();
+        let head = params.add("score.weight", rm.head.detach().copy());
+        let xattn = if cfg.method.uses_feedback() {
+            tch::manual_seed(seed as i64 ^ 0x52324d);
+            Some(CrossAttention::new(&mut params, rm.embed_dim(), d_policy, cfg.d, cfg.heads, cfg.init_std, dev))
+        } else {
+            None
+        };
+        // Only the head trains for iterative-head; nothing for vanilla / no-train.
+        if cfg.method == Method::IterativeHead {
+            params.set_trainable(|n| n == "score.weight");
+        }
+        let opt = if cfg.method.trains_online() {
+            let ac = AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() };
+            Some(AdamW::new(params.trainable(), ac))
+        } else {
+            params.freeze();
+            None
+        };
+        Ok(R2mSource { cfg, rm, max_length, batch_size, head, xattn, params, opt, cache: None, seed, updates: 0 })
+    }
+
+    /// H_last (B, D_rm) of the batch's texts, from the frozen backbone, no grad.
+    fn h_last(&self, input: &RewardInput) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let mut out = vec![];
+        let texts: Vec<(String, bool)> =
+            input.prompts.iter().zip(input.responses).map(|(p, r)| rm_text(&self.rm, &p.prompt, r)).collect::<Result<_>>()?;
+        let special = texts.first().map(|t| t.1).unwrap_or(true);
+        let texts: Vec<String> = texts.into_iter().map(|t| t.0).collect();
+        for chunk in texts.chunks(self.batch_size.max(1)) {
+            let b = self.rm.tokenize(chunk, special, self.max_length)?;
+            out.push(self.rm.embed(&b)?);
+        }
+        Ok(Tensor::cat(&out, 0).to_kind(Kind::Float))
+    }
+
+    /// The feedback the cross-attention reads: h itself, or (r2m-noise) Gaussian noise with h's
+    /// per-dimension mean and variance over valid tokens, seeded per update.
+    fn feedback(&self, h: &Tensor, mask: &Tensor) -> Tensor {
+        let h = h.to_device(self.rm.device).to_kind(Kind::Float).detach();
+        if self.cfg.method != Method::R2mNoise {
+            return h;
+        }
+        let m = mask.to_device(h.device()).to_kind(Kind::Float).unsqueeze(-1); // (B, S, 1)
+        let n = m.sum(Kind::Float).clamp_min(1.0);
+        let mean = (&h * &m).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Float) / &n; // (D)
+        let var = ((&h - &mean).square() * &m).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Float) / &n;
+        tch::manual_seed((self.seed as i64) ^ (self.updates.wrapping_mul(7919)) ^ 0x6e6f);
+        Tensor::randn(h.size(), (Kind::Float, h.device())) * var.sqrt() + mean
+    }
+
+    /// r = phi((1 - w) H_hat + w H_last) for cached H_last (B, D_rm) and feedback (B, S, D_p).
+    pub fn rewards(&self, h_last: &Tensor, feedback: Option<(&Tensor, &Tensor)>, wt: f64) -> Tensor {
+        let fin = match (&self.xattn, feedback) {
+            (Some(x), Some((h, mask))) => {
+                let hh = x.forward(h_last, &self.feedback(h, mask), &mask.to_device(h_last.device()));
+                hh * (1.0 - wt) + h_last * wt
+            }
+            _ => h_last.shallow_clone(),
+        };
+        fin.linear::<Tensor>(&self.head, None).squeeze_dim(-1)
+    }
+}
+
+impl RewardSource for R2mSource {
+    fn name(&self) -> String {
+        self.cfg.method.name()
+    }
+    fn wants_hidden(&self) -> bool {
+        self.cfg.method.uses_feedback()
+    }
+
+    fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
+        let h_last = self.h_last(input)?;
+        if self.cfg.method.uses_feedback() && input.hidden.is_none() {
+            return Err(Error::Input("R2M: the policy's hidden states were not passed to the reward source".into()));
+        }
+        let wt = w(input.step, input.total_steps, self.cfg.omega);
+        let r = tch::no_grad(|| self.rewards(&h_last, input.hidden, wt));
+        self.cache = Some(h_last);
+        Ok(r.to_device(Device::Cpu))
+    }
+
+    fn update(&mut self, input: &UpdateInput) -> Result<Map<String, Value>> {
+        let mut m = Map::new();
+        let wt = w(input.step, input.total_steps, self.cfg.omega);
+        m.insert("r2m/w".into(), json!(wt));
+        let Some(mut opt) = self.opt.take() else { return Ok(m) };
+        let h_last = self.cache.take().ok_or_else(|| Error::Input("R2M update before any annotation".into()))?;
+        let t0 = Instant::now();
+        let rss0 = peak_rss_kb();
+        let feedback = if self.xattn.is_some() {
+            Some(input.hidden.ok_or_else(|| Error::Input("R2M update: h' was not captured".into()))?)
+        } else {
+            None
+        };
+        let alpha = self.cfg.effective_alpha();
+        opt.zero_grad();
+        let r = self.rewards(&h_last, feedback, wt); // (B) with grad
+        let before = r.detach();
+        let (loss, bt, gre) = grebt::grebt(&r, input.annotation_rewards, input.group_size, alpha);
+        ensure_finite(&loss, input.step)?;
+        loss.backward();
+        let gn = clip_grad_norm(&opt.params, self.cfg.max_grad_norm).double_value(&[]);
+        opt.step(self.cfg.lr);
+        self.opt = Some(opt);
+        let after = tch::no_grad(|| self.rewards(&h_last, feedback, wt));
+        self.updates += 1;
+        m.insert("r2m/loss".into(), json!(loss.double_value(&[])));
+        m.insert("r2m/grad_norm".into(), json!(gn));
+        m.insert("r2m/bt".into(), json!(bt.double_value(&[])));
+        m.insert("r2m/gre".into(), json!(gre.double_value(&[])));
+        m.insert("r2m/reward_before".into(), json!(before.mean(Kind::Float).double_value(&[])));
+        m.insert("r2m/reward_after".into(), json!(after.mean(Kind::Float).double_value(&[])));
+        m.insert("r2m/update_time".into(), json!(t0.elapsed().as_secs_f64()));
+        m.insert("r2m/peak_rss_delta_mb".into(), json!((peak_rss_kb() - rss0) as f64 / 1024.0));
+        Ok(m)
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.params.named().iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
+        if let Some(o) = &self.opt {
+            v.extend(o.state().into_iter().map(|(n, t)| (format!("opt.{n}"), t)));
+        }
+        v.push(("updates".into(), Tensor::from(self.updates)));
+        v
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)], source: &std::path::Path) -> Result<()> {
+        let strip = |p: &str| -> Vec<(String, Tensor)> {
+            state.iter().filter_map(|(n, t)| n.strip_prefix(p).map(|s| (s.to_string(), t.shallow_clone()))).collect()
+        };
+        self.params.load_values(&strip("param."), source)?;
+        if let Some(o) = self.opt.as_mut() {
+            o.load_state(&strip("opt."), source)?;
+        }
+        if let Some((_, u)) = state.iter().find(|(n, _)| n == "updates") {
+            self.updates = u.int64_value(&[]);
+        }
+        Ok(())
+    }
+}
+
+fn ensure_finite(loss: &Tensor, step: i64) -> Result<()> {
+    let v = loss.double_value(&[]);
+    if !v.is_finite() {
+        return Err(Error::Input(format!("R2M GREBT loss at step {step} (reward-source update) is {v}")));
+    }
+    Ok(())
+}
+
+/// Peak resident set size of the process (VmHWM), in kB; 0 where /proc is absent.
+pub fn peak_rss_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_values() {
+        assert_eq!(w(0, 100, 0.6), 1.0);
+        assert!((w(50, 100, 0.0) - 0.5).abs() < 1e-12);
+        assert_eq!(w(100, 100, 0.6), 0.6);
+        // The floor crossing: 0.5 cos(pi t / T) + 0.5 = 0.6 at t / T = acos(0.2) / pi = 0.4359...
+        let tc = (0.2f64).acos() / std::f64::consts::PI * 100.0;
+        assert!(w(tc.floor() as i64, 100, 0.6) > 0.6);
+        assert_eq!(w(tc.ceil() as i64, 100, 0.6), 0.6);
+        assert_eq!(w(99, 100, 0.0), 0.5 * (std::f64::consts::PI * 0.99).cos() + 0.5);
+    }
+
+    #[test]
+    fn method_names_and_switches() {
+        assert_eq!(Method::R2mNoBt.name(), "r2m-no-bt");
+        assert_eq!(Method::PretrainedRm.name(), "pretrained-rm");
+        let mut c = R2mConfig { method: Method::R2mNoGre, ..Default::default() };
+        assert_eq!(c.effective_alpha(), 0.0);
+        c.method = Method::R2mNoBt;
+        assert_eq!(c.effective_alpha(), 1.0);
+        assert!(!Method::R2mNoTrain.trains_online() && Method::R2mNoTrain.uses_feedback());
+        assert!(Method::IterativeHead.trains_online() && !Method::IterativeHead.uses_feedback());
+    }
+}

@@ -1,0 +1,260 @@
+//! `r2m rl` configuration: TOML + `--set` overrides, validated once (cross-field rules here).
+//! Each default cites its source (rl-conventions.md, r2m-method.md, the named peer).
+use crate::reward::ensemble::Combine;
+use crate::rl::advantages::ScaleRewards;
+use crate::rl::losses::Aggregation;
+use crate::train::{Schedule, Trainable};
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algo {
+    Rloo,
+    Grpo,
+    ReinforcePp,
+    Remax,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    pub seed: u64,
+    pub out: PathBuf,
+    pub device: String,
+    pub policy: PolicyConfig,
+    pub reward: RewardConfig,
+    pub data: DataConfig,
+    pub rl: AlgoConfig,
+    /// R2M and its baselines (`crate::r2m`); absent = the reward source as configured.
+    pub r2m: Option<crate::r2m::R2mConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The initial policy (also the frozen reference: TRL's default `ref_model`).
+    pub model: String,
+    pub trainable: Trainable,
+    /// Render prompts through the policy's chat template as a user message.
+    pub chat: bool,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: i64,
+    pub schedule: Schedule,
+    pub max_grad_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// A reward model (`model`).
+    Rm,
+    /// An ensemble of reward models (`members`, `combine`).
+    Ensemble,
+    /// The testbed's gold reward (optimising it directly: the upper bound).
+    Gold,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    pub kind: RewardKind,
+    pub model: String,
+    pub members: Vec<String>,
+    pub combine: Combine,
+    pub max_length: usize,
+    pub batch_size: usize,
+    /// Also score with the testbed's gold for metrics (`gold/*`) when the prompts carry specs.
+    pub gold_metrics: bool,
+    pub gold: crate::testbed::GoldConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Prompt file (JSONL/Parquet, TRL prompt-only format); "testbed" = the built-in generator.
+    pub prompts: String,
+    /// Held-out prompts; for "testbed", the generator's disjoint test split.
+    pub eval_prompts: Option<String>,
+    /// Sizes of the testbed's train and test splits.
+    pub testbed_train: usize,
+    pub testbed_test: usize,
+    pub skip_invalid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlgoConfig {
+    pub algo: Algo,
+    /// T: total RL steps (known in advance: R2M's w(t) needs it).
+    pub steps: i64,
+    /// n: prompts per step.
+    pub prompts_per_step: usize,
+    /// K: samples per prompt (RLOO/GRPO need >= 2).
+    pub group_size: usize,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub max_new_tokens: i64,
+    /// Max prompt tokens (longer prompts are an error naming them).
+    pub max_prompt_tokens: usize,
+    /// k: policy epochs over each rollout (r2m-method.md: 2).
+    pub epochs: usize,
+    /// Sequences per optimiser step; `grad_accum` micro-batches of `minibatch / grad_accum`.
+    pub minibatch: usize,
+    pub grad_accum: usize,
+    /// KL coefficient; default per algorithm (RLOO 0.05, GRPO 0.04, REINFORCE++/ReMax 0.01).
+    pub beta: Option<f64>,
+    /// Clip range eps (0.2 everywhere); `eps_high` for an asymmetric upper clip (DAPO).
+    pub eps: f64,
+    pub eps_high: Option<f64>,
+    /// RLOO: normalise advantages over the batch (TRL `normalize_advantages`, default off).
+    pub normalize_advantages: bool,
+    /// GRPO advantage scaling and loss aggregation (TRL defaults: group, grpo).
+    pub scale_rewards: ScaleRewards,
+    pub aggregation: Aggregation,
+    /// REINFORCE++/ReMax reward clip (OpenRLHF: 10) and discount (1).
+    pub reward_clip: f64,
+    pub gamma: f64,
+    /// Old log-probs and h from a policy forward over prompt+response ("forward", default) or
+    /// from the generator's own (equal on CPU f32, tested; saves one forward).
+    pub logprobs_from: LogprobsFrom,
+    pub eval_every: i64,
+    pub eval_prompts: usize,
+    pub eval_temperature: f64,
+    pub save_every: i64,
+    /// Stop after this many steps as if interrupted (tests of resume).
+    pub stop_after: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogprobsFrom {
+    Forward,
+    Generator,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        RlConfig {
+            seed: 0,
+            out: "runs/rl".into(),
+            device: "auto".into(),
+            policy: PolicyConfig::default(),
+            reward: RewardConfig::default(),
+            data: DataConfig::default(),
+            rl: AlgoConfig::default(),
+            r2m: None,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            model: "smollm2-135m-instruct".into(),
+            // testbed.md: on the CPU, train a top slice on short responses.
+            trainable: Trainable::Top { layers: 4, head: false },
+            chat: true,
+            lr: 1e-5,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig {
+            kind: RewardKind::Rm,
+            model: String::new(),
+            members: vec![],
+            combine: Combine::Mean,
+            max_length: 1024,
+            batch_size: 16,
+            gold_metrics: true,
+            gold: crate::testbed::GoldConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { prompts: "testbed".into(), eval_prompts: None, testbed_train: 2000, testbed_test: 200, skip_invalid: false }
+    }
+}
+
+impl Default for AlgoConfig {
+    fn default() -> Self {
+        AlgoConfig {
+            algo: Algo::Rloo,
+            steps: 100,
+            prompts_per_step: 8,
+            group_size: 4,
+            temperature: 0.7, // r2m-method.md
+            top_p: None,
+            max_new_tokens: 64,
+            max_prompt_tokens: 256,
+            epochs: 2,
+            minibatch: 16,
+            grad_accum: 1,
+            beta: None,
+            eps: 0.2,
+            eps_high: None,
+            normalize_advantages: false,
+            scale_rewards: ScaleRewards::Group,
+            aggregation: Aggregation::Grpo,
+            reward_clip: 10.0,
+            gamma: 1.0,
+            logprobs_from: LogprobsFrom::Forward,
+            eval_every: 10,
+            eval_prompts: 32,
+            eval_temperature: 0.7,
+            save_every: 10,
+            stop_after: None,
+        }
+    }
+}
+
+impl AlgoConfig {
+    pub fn beta(&self) -> f64 {
+        self.beta.unwrap_or(match self.algo {
+            Algo::Rloo => 0.05,
+            Algo::Grpo => 0.04,
+            Algo::ReinforcePp | Algo::Remax => 0.01,
+        })
+    }
+}
+
+impl RlConfig {
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.rl;
+        ensure!(r.steps >= 1, "rl.steps = {} must be >= 1", r.steps);
+        ensure!(r.prompts_per_step >= 1, "rl.prompts_per_step must be >= 1");
+        if matches!(r.algo, Algo::Rloo | Algo::Grpo) {
+            ensure!(r.group_size >= 2, "rl.group_size = {}: {:?} needs >= 2 samples per prompt", r.group_size, r.algo);
+        }
+        ensure!(r.group_size >= 1, "rl.group_size must be >= 1");
+        let b = r.prompts_per_step * r.group_size;
+        ensure!(r.minibatch >= 1 && b % r.minibatch == 0, "rl.minibatch = {} must divide the batch of {b} sequences", r.minibatch);
+        ensure!(r.grad_accum >= 1 && r.minibatch % r.grad_accum == 0, "rl.grad_accum = {} must divide rl.minibatch = {}", r.grad_accum, r.minibatch);
+        ensure!(r.epochs >= 1, "rl.epochs must be >= 1");
+        ensure!(r.temperature > 0.0, "rl.temperature must be > 0 (sampling)");
+        ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");
+        ensure!(r.eps > 0.0 && r.eps < 1.0, "rl.eps = {} must be in (0, 1)", r.eps);
+        ensure!(self.policy.lr > 0.0, "policy.lr must be > 0");
+        match self.reward.kind {
+            RewardKind::Rm => ensure!(!self.reward.model.is_empty(), "reward.model: no reward model given (kind = \"rm\")"),
+            RewardKind::Ensemble => ensure!(self.reward.members.len() >= 2, "reward.members: an ensemble needs >= 2 models"),
+            RewardKind::Gold => ensure!(self.data.prompts == "testbed", "reward.kind = \"gold\" needs data.prompts = \"testbed\""),
+        }
+        if let Some(r2m) = &self.r2m {
+            r2m.validate()?;
+            ensure!(self.reward.kind == RewardKind::Rm, "r2m: needs reward.kind = \"rm\" (R2M wraps one reward model)");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,591 @@
+//! One RL step in Algorithm 1's order, and the run loop around it.
+//!
+//! Step t:
+//!  1. sample n prompts (a pure function of seed and step), K responses each from pi_old;
+//!  2. one policy forward over prompt+response: old log-probs AND h (or both from the generator);
+//!     reference log-probs;
+//!  3. annotate rewards (the reward source sees h and t), compute advantages;
+//!  4. k policy epochs over minibatches (clipped loss, AdamW); h' captured in the last epoch;
+//!  5. the reward source's update (R2M) with h'; metrics; eval; checkpoint.
+use crate::checkpoint::{find_checkpoint, write_atomic, write_dir_atomic};
+use crate::data::{PromptExample, Text};
+use crate::metrics::MetricsSink;
+use crate::model::generate::{generate, GenerateConfig, Sampling};
+use crate::model::llama::CausalLm;
+use crate::model::load::safetensors;
+use crate::rl::advantages as adv;
+use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
+use crate::rl::losses::{self, Aggregation};
+use crate::rl::reward_source::{GoldSource, RewardInput, RewardSource, UpdateInput};
+use crate::tokenizer::{Message, Tokenizer};
+use crate::train::{apply_trainable, clip_grad_norm, ensure_finite, lr_at, AdamW, AdamWConfig};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Everything the loop needs, built once.
+pub struct Run<'a> {
+    pub cfg: &'a RlConfig,
+    pub policy: CausalLm,
+    pub reference: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub reward: Box<dyn RewardSource + 'a>,
+    pub gold: Option<GoldSource>,
+    pub train_prompts: Vec<PromptExample>,
+    pub eval_prompts: Vec<PromptExample>,
+    pub opt: AdamW,
+    pub device: Device,
+    /// Forward passes of the policy per phase (the R2M test checks that feedback costs none).
+    pub policy_forwards: usize,
+}
+
+/// A collected rollout (B = n * K, group-major).
+pub struct Rollout {
+    pub prompt_idx: Vec<usize>,
+    pub seq: Tensor,      // (B, P + N) prompt + response ids
+    pub seq_mask: Tensor, // (B, P + N)
+    pub prompt_len: i64,
+    pub mask: Tensor,   // (B, N) response mask (1 up to and including EOS)
+    pub old_lp: Tensor, // (B, N)
+    pub ref_lp: Tensor, // (B, N)
+    pub hidden: Option<Tensor>, // (B, P + N, D)
+    pub responses: Vec<String>,
+    pub finished: Vec<bool>,
+    pub entropy: f64,
+}
+
+fn render(tok: &Tokenizer, p: &Text, chat: bool) -> Result<(String, bool)> {
+    Ok(match (p, chat) {
+        (Text::Chat(m), _) => (tok.apply_chat_template(m, true)?, false),
+        (Text::Plain(s), true) if tok.chat_template().is_some() => {
+            (tok.apply_chat_template(&[Message { role: "user".into(), content: s.clone() }], true)?, false)
+        }
+        (Text::Plain(s), _) => (s.clone(), true),
+    })
+}
+
+/// Tokenizes prompts for the policy, checking lengths (errors name the prompt's origin).
+pub fn prompt_ids(tok: &Tokenizer, prompts: &[&PromptExample], chat: bool, max_tokens: usize) -> Result<Vec<Vec<i64>>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let (text, special) = render(tok, &p.prompt, chat)?;
+            let ids: Vec<i64> = tok.encode(&text, special)?.into_iter().map(i64::from).collect();
+            ensure!(!ids.is_empty(), "{}: prompt is empty", p.origin);
+            ensure!(ids.len() <= max_tokens, "{}: prompt has {} tokens > rl.max_prompt_tokens = {max_tokens}", p.origin, ids.len());
+            Ok(ids)
+        })
+        .collect()
+}
+
+fn decode_responses(tok: &Tokenizer, ids: &Tensor, mask: &Tensor, eos: &[i64]) -> Result<(Vec<String>, Vec<bool>)> {
+    let b = ids.size()[0];
+    let (mut texts, mut fin) = (vec![], vec![]);
+    let lens = Vec::<i64>::try_from(mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))?;
+    for i in 0..b {
+        let row = Vec::<i64>::try_from(ids.get(i).narrow(0, 0, lens[i as usize]))?;
+        let ended = row.last().is_some_and(|t| eos.contains(t));
+        let body: Vec<u32> = row.iter().filter(|t| !eos.contains(t)).map(|&t| t as u32).collect();
+        texts.push(tok.decode(&body, true)?);
+        fin.push(ended);
+    }
+    Ok((texts, fin))
+}
+
+/// Timings of one step, in seconds (metric names `time/*`).
+#[derive(Default)]
+pub struct Clock(pub Vec<(&'static str, f64)>);
+
+impl Clock {
+    pub fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let out = f();
+        self.0.push((name, t0.elapsed().as_secs_f64()));
+        out
+    }
+}
+
+impl<'a> Run<'a> {
+    fn gen_config(&self, seed: u64, temperature: f64, return_hidden: bool) -> GenerateConfig {
+        GenerateConfig {
+            max_new_tokens: self.cfg.rl.max_new_tokens,
+            sampling: Sampling::Sample { temperature, top_k: None, top_p: self.cfg.rl.top_p },
+            seed,
+            eos_ids: self.tokenizer.eos_ids().into_iter().map(i64::from).collect(),
+            pad_id: self.tokenizer.pad_id() as i64,
+            return_hidden,
+            stop_check_every: 4,
+        }
+    }
+
+    /// Prompts of step t: a pure function of (seed, t) over the seeded epoch orders.
+    pub fn step_prompts(&self, t: i64) -> Vec<usize> {
+        let n = self.cfg.rl.prompts_per_step;
+        let total = self.train_prompts.len();
+        (0..n)
+            .map(|j| {
+                let flat = t as usize * n + j;
+                let order = crate::data::batch::epoch_order(total, self.cfg.seed, (flat / total) as u64);
+                order[flat % total]
+            })
+            .collect()
+    }
+
+    /// Phases 1-2: generation, old log-probs + h, reference log-probs.
+    pub fn collect(&mut self, t: i64, clock: &mut Clock) -> Result<Rollout> {
+        let k = self.cfg.rl.group_size;
+        let idx = self.step_prompts(t);
+        let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
+        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
+        let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat(p.clone()).take(k)).collect();
+        let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat(i).take(k)).collect();
+        let want_h = self.reward.wants_hidden();
+        let from_gen = self.cfg.rl.logprobs_from == LogprobsFrom::Generator;
+        let gcfg = self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
+        let g = clock.time("time/generate", || generate(&self.policy, &rep, &gcfg))?;
+        let (seq, seq_mask) = g.sequences();
+        let p = g.prompt_ids.size()[1];
+        let temp = self.cfg.rl.temperature;
+        let _guard = tch::no_grad_guard();
+        let (old_lp, hidden, entropy) = if from_gen {
+            (g.logprobs.shallow_clone(), g.hidden.as_ref().map(|h| h.shallow_clone()), f64::NAN)
+        } else {
+            clock.time("time/logprobs", || -> Result<_> {
+                self.policy_forwards += 1;
+                let h = self.policy.forward_hidden(&seq, &seq_mask, false)?;
+                let n = seq.size()[1] - p;
+                let logits = self.policy.logits(&h.last.narrow(1, p - 1, n)).to_kind(Kind::Float) / temp;
+                let next = seq.to_device(self.device).narrow(1, p, n).unsqueeze(-1);
+                let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
+                let ent = losses::entropy(&logits, &g.mask.to_device(self.device)).double_value(&[]);
+                Ok((lp, if want_h { Some(h.last) } else { None }, ent))
+            })?
+        };
+        let ref_lp = clock.time("time/reference", || self.reference.token_logprobs(&seq, &seq_mask, temp, p))?.0;
+        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
+        let (responses, finished) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
+        Ok(Rollout {
+            prompt_idx,
+            seq,
+            seq_mask,
+            prompt_len: p,
+            mask: g.mask.to_device(self.device),
+            old_lp: old_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
+            ref_lp: ref_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
+            hidden,
+            responses,
+            finished,
+            entropy,
+        })
+    }
+
+    /// ReMax's baseline: the reward of each prompt's greedy response (one extra generation).
+    fn remax_baseline(&mut self, r: &Rollout, t: i64, clock: &mut Clock) -> Result<Tensor> {
+        let k = self.cfg.rl.group_size;
+        let idx: Vec<usize> = r.prompt_idx.iter().step_by(k).copied().collect();
+        let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
+        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
+        let mut gcfg = self.gen_config(0, 1.0, self.reward.wants_hidden());
+        gcfg.sampling = Sampling::Greedy;
+        let g = clock.time("time/generate", || generate(&self.policy, &ids, &gcfg))?;
+        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
+        let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
+        let (seq, seq_mask) = g.sequences();
+        let hidden = g.hidden.as_ref();
+        let input = RewardInput {
+            prompts,
+            responses: &texts,
+            finished: &fin,
+            hidden: hidden.map(|h| (h, &seq_mask)),
+            step: t,
+            total_steps: self.cfg.rl.steps,
+            group_size: 1,
+        };
+        let _ = seq;
+        let b = clock.time("time/reward", || self.reward.score(&input))?;
+        // One baseline per prompt, repeated over its K samples.
+        Ok(b.repeat_interleave_self_int(k as i64, 0, None).to_device(self.device))
+    }
+
+    /// Phases 3-5 for one step; returns the step's metrics.
+    pub fn step(&mut self, t: i64) -> Result<Map<String, Value>> {
+        let mut clock = Clock::default();
+        let t_step = Instant::now();
+        let c = self.cfg.rl.clone();
+        let k = c.group_size as i64;
+        let beta = c.beta();
+        let r = self.collect(t, &mut clock)?;
+        let scores = {
+            let input = RewardInput {
+                prompts: r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect(),
+                responses: &r.responses,
+                finished: &r.finished,
+                hidden: r.hidden.as_ref().map(|h| (h, &r.seq_mask)),
+                step: t,
+                total_steps: c.steps,
+                group_size: k,
+            };
+            let reward = &mut self.reward;
+            clock.time("time/reward", || reward.score(&input))?
+        };
+        let scores = scores.to_device(self.device).to_kind(Kind::Float);
+        ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
+        let b = scores.size()[0];
+        let mask_f = r.mask.to_kind(Kind::Float);
+
+        // Advantages: (B) sequence-level or (B, N) token-level.
+        let advantages = match c.algo {
+            Algo::Rloo => {
+                let shaped = adv::kl_shaped_reward(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
+                let a = adv::rloo(&shaped, k);
+                if c.normalize_advantages {
+                    adv::normalize(&a)
+                } else {
+                    a
+                }
+            }
+            Algo::Grpo => adv::grpo(&scores, k, c.scale_rewards),
+            Algo::ReinforcePp => {
+                let rw = adv::token_rewards(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
+                adv::reinforce_pp(&rw, &r.mask, c.gamma)
+            }
+            Algo::Remax => {
+                let base = self.remax_baseline(&r, t, &mut clock)?;
+                let rw = adv::token_rewards(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
+                adv::remax(&rw, &r.mask, &base.to_kind(Kind::Float))
+            }
+        };
+
+        // Policy optimisation: k epochs of minibatches; h' captured in the last epoch.
+        let want_h = self.reward.wants_hidden();
+        let d = self.policy.config.hidden_size;
+        let h_prime = if want_h { Some(Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device))) } else { None };
+        let (mut loss_sum, mut n_opt, mut clip_low, mut clip_high, mut kl_term, mut gnorm) = (0.0, 0, 0.0, 0.0, 0.0, 0.0);
+        let micro = (c.minibatch / c.grad_accum) as i64;
+        let p = r.prompt_len;
+        let t_pol = Instant::now();
+        for epoch in 0..c.epochs {
+            // A fixed permutation per (seed, step, epoch): deterministic and resumable.
+            let order = crate::data::batch::epoch_order(b as usize, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
+            for mb in order.chunks(c.minibatch) {
+                let step_opt = self.opt.step as i64;
+                self.opt.zero_grad();
+                let mut mb_loss = 0.0;
+                for chunk in mb.chunks(micro as usize) {
+                    let ix = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
+                    let seq = r.seq.to_device(self.device).index_select(0, &ix);
+                    let sm = r.seq_mask.to_device(self.device).index_select(0, &ix);
+                    self.policy_forwards += 1;
+                    let (l, h) = self.policy.token_logprobs(&seq, &sm, c.temperature, p)?;
+                    if let (Some(hp), true) = (&h_prime, epoch + 1 == c.epochs) {
+                        let mut hp = hp.shallow_clone();
+                        let _ = hp.index_copy_(0, &ix, &h.detach().to_kind(Kind::Float));
+                    }
+                    let m = r.mask.index_select(0, &ix);
+                    let lo = r.old_lp.index_select(0, &ix);
+                    let a = advantages.index_select(0, &ix);
+                    let (loss, st) = match c.algo {
+                        Algo::Rloo => losses::sequence_clipped_loss(&l, &lo, &m, &a, c.eps),
+                        Algo::Grpo => {
+                            let lr = r.ref_lp.index_select(0, &ix);
+                            let kl = if beta != 0.0 { Some((&lr, beta)) } else { None };
+                            losses::token_clipped_loss(&l, &lo, &m, &a, c.eps, c.eps_high.unwrap_or(c.eps), kl, c.aggregation, c.max_new_tokens)
+                        }
+                        Algo::ReinforcePp | Algo::Remax => losses::token_clipped_loss(
+                            &l,
+                            &lo,
+                            &m,
+                            &a,
+                            c.eps,
+                            c.eps_high.unwrap_or(c.eps),
+                            None,
+                            Aggregation::TokenMean,
+                            c.max_new_tokens,
+                        ),
+                    };
+                    let scaled = &loss * (chunk.len() as f64 / mb.len() as f64);
+                    scaled.backward();
+                    let lv = loss.double_value(&[]);
+                    ensure_finite(lv, &format!("policy loss at step {t} (policy update)"))?;
+                    mb_loss += lv * chunk.len() as f64 / mb.len() as f64;
+                    clip_low += st.clip_low.double_value(&[]);
+                    clip_high += st.clip_high.double_value(&[]);
+                    kl_term += st.kl.double_value(&[]);
+                }
+                let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
+                ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
+                let lr = lr_at(step_opt, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0);
+                self.opt.step(lr);
+                loss_sum += mb_loss;
+                gnorm += gn;
+                n_opt += 1;
+            }
+        }
+        clock.0.push(("time/policy", t_pol.elapsed().as_secs_f64()));
+        let n_micro = (n_opt as f64) * (c.minibatch as f64 / micro as f64);
+
+        // Phase 5: the reward source's update (R2M), with h' from the last epoch.
+        let upd = {
+            let u = UpdateInput {
+                annotation_rewards: &scores,
+                hidden: h_prime.as_ref().map(|h| (h, &r.seq_mask)),
+                step: t,
+                total_steps: c.steps,
+                group_size: k,
+            };
+            let reward = &mut self.reward;
+            clock.time("time/r2m", || reward.update(&u))?
+        };
+
+        // Metrics (TRL names where the quantity is the same).
+        let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let mut m = Map::new();
+        m.insert("step".into(), json!(t));
+        m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
+        m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
+        let g = scores.view([-1, k]);
+        let zero_std = g.std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        m.insert("frac_reward_zero_std".into(), json!(zero_std));
+        m.insert("kl".into(), json!(kl_seq.mean(Kind::Float).double_value(&[])));
+        if !r.entropy.is_nan() {
+            m.insert("entropy".into(), json!(r.entropy));
+        }
+        m.insert("loss".into(), json!(loss_sum / n_opt.max(1) as f64));
+        m.insert("grad_norm".into(), json!(gnorm / n_opt.max(1) as f64));
+        m.insert("clip_ratio/low_mean".into(), json!(clip_low / n_micro));
+        m.insert("clip_ratio/high_mean".into(), json!(clip_high / n_micro));
+        m.insert("clip_ratio/region_mean".into(), json!((clip_low + clip_high) / n_micro));
+        if c.algo == Algo::Grpo {
+            m.insert("kl_term".into(), json!(kl_term / n_micro));
+        }
+        m.insert("completions/mean_length".into(), json!(lens.mean(Kind::Float).double_value(&[])));
+        let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
+        m.insert("completions/clipped_ratio".into(), json!(clipped));
+        m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
+        m.insert("learning_rate".into(), json!(lr_at(self.opt.step as i64 - 1, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0)));
+        if let Some(gold) = &self.gold {
+            let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
+            let gs = clock.time("time/gold", || gold.scores(&prompts, &r.responses, &r.finished))?;
+            m.insert("gold/reward".into(), json!(gs.mean(Kind::Float).double_value(&[])));
+        }
+        for (k2, v) in upd {
+            m.insert(k2, v);
+        }
+        for (name, s) in &clock.0 {
+            let e = m.entry(name.to_string()).or_insert(json!(0.0));
+            *e = json!(e.as_f64().unwrap_or(0.0) + s);
+        }
+        m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
+        Ok(m)
+    }
+
+    fn total_opt_steps(&self) -> i64 {
+        let c = &self.cfg.rl;
+        let b = c.prompts_per_step * c.group_size;
+        c.steps * (c.epochs * b / c.minibatch) as i64
+    }
+
+    /// Evaluation on held-out prompts: one sample each at `eval_temperature` with a fixed seed;
+    /// reward (the source at step t), gold (if configured), KL to the reference, length.
+    pub fn evaluate(&mut self, t: i64) -> Result<Map<String, Value>> {
+        let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
+        let mut m = Map::new();
+        if n == 0 {
+            return Ok(m);
+        }
+        let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
+        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
+        let want_h = self.reward.wants_hidden();
+        let gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
+        let g = generate(&self.policy, &ids, &gcfg)?;
+        let (seq, seq_mask) = g.sequences();
+        let p = g.prompt_ids.size()[1];
+        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
+        let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
+        let _guard = tch::no_grad_guard();
+        let rlp = self.reference.token_logprobs(&seq, &seq_mask, self.cfg.rl.eval_temperature, p)?.0;
+        let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
+        let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let input = RewardInput {
+            prompts: prompts.clone(),
+            responses: &texts,
+            finished: &fin,
+            hidden: g.hidden.as_ref().map(|h| (h, &seq_mask)),
+            step: t,
+            total_steps: self.cfg.rl.steps,
+            group_size: 1,
+        };
+        let rw = self.reward.score(&input)?;
+        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
+        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
+        m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
+        if let Some(gold) = &self.gold {
+            let gs = gold.scores(&prompts, &texts, &fin)?;
+            m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
+        }
+        Ok(m)
+    }
+
+    fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
+        write_dir_atomic(dir, |tmp| {
+            let w: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+            safetensors::write_file(&tmp.join("policy.safetensors"), &w)?;
+            safetensors::write_file(&tmp.join("optimizer.safetensors"), &self.opt.state())?;
+            let rs = self.reward.state();
+            if !rs.is_empty() {
+                safetensors::write_file(&tmp.join("reward_source.safetensors"), &rs)?;
+            }
+            let st = json!({"step": step, "seed": self.cfg.seed, "reward_source": self.reward.name()});
+            write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&st).unwrap_or_default().as_bytes())
+        })?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, dir: &Path) -> Result<i64> {
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+            .with_context(|| format!("{}/state.json", dir.display()))?;
+        ensure!(st["seed"].as_u64() == Some(self.cfg.seed), "{}: checkpoint seed differs from config seed {}", dir.display(), self.cfg.seed);
+        let pol = dir.join("policy.safetensors");
+        let saved = safetensors::read_file(&pol)?;
+        let _g = tch::no_grad_guard();
+        for (n, p) in &self.opt.params {
+            let s = saved.iter().find(|(m, _)| m == n).map(|(_, t)| t).with_context(|| format!("{}: lacks '{n}'", pol.display()))?;
+            p.shallow_clone().copy_(s);
+        }
+        let o = dir.join("optimizer.safetensors");
+        self.opt.load_state(&safetensors::read_file(&o)?, &o)?;
+        let rs = dir.join("reward_source.safetensors");
+        if rs.exists() {
+            self.reward.load_state(&safetensors::read_file(&rs)?, &rs)?;
+        }
+        st["step"].as_i64().context("state.json: step")
+    }
+}
+
+/// Builds the policy, reference, optimiser and prompts for `cfg` on `device`; `reward` makes the
+/// reward source given the policy's hidden size (R2M's D_p).
+pub fn build<'a>(
+    cfg: &'a RlConfig,
+    reward: impl FnOnce(i64) -> Result<Box<dyn RewardSource + 'a>>,
+    gold: Option<GoldSource>,
+    device: Device,
+) -> Result<Run<'a>> {
+    cfg.validate()?;
+    let loaded = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading policy {}", cfg.policy.model))?;
+    let mut policy = loaded.model;
+    let reward = reward(policy.config.hidden_size)?;
+    let reference = CausalLm::load_path(&cfg.policy.model, device)?.model;
+    reference.params.freeze();
+    let params = apply_trainable(&mut policy, &cfg.policy.trainable, cfg.seed as i64)?;
+    let opt = AdamW::new(params, AdamWConfig { lr: cfg.policy.lr, weight_decay: cfg.policy.weight_decay, ..Default::default() });
+    let (train_prompts, eval_prompts) = load_prompts(cfg)?;
+    ensure!(!train_prompts.is_empty(), "no training prompts");
+    Ok(Run {
+        cfg,
+        policy,
+        reference,
+        tokenizer: loaded.tokenizer,
+        reward,
+        gold,
+        train_prompts,
+        eval_prompts,
+        opt,
+        device,
+        policy_forwards: 0,
+    })
+}
+
+/// Train and eval prompts from the config (the testbed generator or files).
+pub fn load_prompts(cfg: &RlConfig) -> Result<(Vec<PromptExample>, Vec<PromptExample>)> {
+    let opts = crate::data::LoadOptions { skip_invalid: cfg.data.skip_invalid };
+    if cfg.data.prompts == "testbed" {
+        use crate::testbed::prompts::{generate_split, Split};
+        let to_ex = |v: Vec<crate::testbed::TestbedPrompt>, name: &str| -> Vec<PromptExample> {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut meta = Map::new();
+                    meta.insert("id".into(), json!(p.id));
+                    meta.insert("spec".into(), serde_json::to_value(&p.spec).unwrap_or(Value::Null));
+                    PromptExample {
+                        prompt: Text::Plain(p.text),
+                        origin: crate::data::Origin { file: format!("testbed:{name}").into(), line: i + 1 },
+                        meta,
+                    }
+                })
+                .collect()
+        };
+        let tr = generate_split(Split::Train, cfg.data.testbed_train, cfg.seed_data())?;
+        let te = generate_split(Split::Test, cfg.data.testbed_test, cfg.seed_data())?;
+        return Ok((to_ex(tr, "train"), to_ex(te, "test")));
+    }
+    let train = crate::data::load_prompts(Path::new(&cfg.data.prompts), &opts)?.items;
+    let eval = match &cfg.data.eval_prompts {
+        Some(p) => crate::data::load_prompts(Path::new(p), &opts)?.items,
+        None => vec![],
+    };
+    Ok((train, eval))
+}
+
+impl RlConfig {
+    /// The testbed's prompts do not depend on the run seed: every seed of a grid sees the same
+    /// prompt pool (seeds vary sampling, order and init).
+    pub fn seed_data(&self) -> u64 {
+        0
+    }
+}
+
+/// Runs (or resumes) training; returns the path of the metrics file.
+pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::PathBuf> {
+    let cfg = run.cfg;
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ck_dir = out.join("checkpoint");
+    let ck = if resume { find_checkpoint(&ck_dir) } else { None };
+    if !resume && ck_dir.exists() {
+        bail!("{} already has a checkpoint: pass --resume to continue it, or choose another out folder", out.display());
+    }
+    crate::config::save(cfg, &out.join("config.toml"))?;
+    let start = match &ck {
+        Some(d) => run.load_checkpoint(d)?,
+        None => 0,
+    };
+    let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
+    let bar = crate::reward::train::progress_bar(progress, cfg.rl.steps as u64, start as u64);
+    for t in start..cfg.rl.steps {
+        if cfg.rl.stop_after == Some(t) {
+            bail!("stopped after {t} steps (rl.stop_after); resume with --resume");
+        }
+        let mut m = run.step(t)?;
+        let last = t + 1 == cfg.rl.steps;
+        if cfg.rl.eval_every > 0 && (t % cfg.rl.eval_every == 0 || last) {
+            let t0 = Instant::now();
+            for (k, v) in run.evaluate(t)? {
+                m.insert(k, v);
+            }
+            m.insert("time/eval".into(), json!(t0.elapsed().as_secs_f64()));
+        }
+        let msg = format!(
+            "reward {:.3} kl {:.3} {:.1}s/step",
+            m["reward"].as_f64().unwrap_or(f64::NAN),
+            m["kl"].as_f64().unwrap_or(f64::NAN),
+            m["time/step"].as_f64().unwrap_or(f64::NAN)
+        );
+        sink.write(&m)?;
+        if let Some(b) = &bar {
+            b.set_message(msg);
+            b.inc(1);
+        }
+        if cfg.rl.save_every > 0 && (t + 1) % cfg.rl.save_every == 0 || last {
+            run.save_checkpoint(&ck_dir, t + 1)?;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
+    Ok(sink.path().to_path_buf())
+}
