@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per subcommand. `main` only parses, calls
 //! `run` and prints the error chain.
+mod analyze_hidden;
 mod eval_rm;
 mod export;
 mod forward;
@@ -32,6 +33,9 @@ pub enum Command {
     Rl(rl::Args),
     /// Accuracy of a reward model on preference pairs.
     EvalRm(eval_rm::Args),
+    /// Hidden-state similarity of chosen vs rejected responses per layer (paper Fig. 1/2), and its
+    /// correlation with reward gaps when --rm is given; table, CSV, JSON and plots.
+    AnalyzeHidden(analyze_hidden::Args),
 }
 
 /// Options shared by every subcommand that loads a model.
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(a),
         Command::TrainRm(a) => train_rm::run_cli(a),
         Command::EvalRm(a) => eval_rm::run(a),
+        Command::AnalyzeHidden(a) => analyze_hidden::run(a),
         Command::Rl(a) => rl::run(a),
     }
 }

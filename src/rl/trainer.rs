@@ -31,7 +31,7 @@ pub struct Run<'a> {
     pub policy: CausalLm,
     pub reference: CausalLm,
     pub tokenizer: Tokenizer,
-    pub reward: Box<dyn RewardSource + 'a>,
+    pub reward: Box<dyn RewardSource>,
     pub gold: Option<GoldSource>,
     pub train_prompts: Vec<PromptExample>,
     pub eval_prompts: Vec<PromptExample>,
@@ -469,7 +469,7 @@ impl<'a> Run<'a> {
 /// reward source given the policy's hidden size (R2M's D_p).
 pub fn build<'a>(
     cfg: &'a RlConfig,
-    reward: impl FnOnce(i64) -> Result<Box<dyn RewardSource + 'a>>,
+    reward: impl FnOnce(i64) -> Result<Box<dyn RewardSource>>,
     gold: Option<GoldSource>,
     device: Device,
 ) -> Result<Run<'a>> {

@@ -614,20 +614,29 @@ impl Gold {
         let pad = i64::from(tok.pad_id());
         for chunk in items.chunks(self.cfg.fluency_batch_size) {
             let seqs: Vec<Vec<i64>> = chunk.iter().map(|(_, p, r)| [p.as_slice(), r.as_slice()].concat()).collect();
-            let r_max = chunk.iter().map(|(_, _, r)| r.len()).max().unwrap_or(0) as i64;
             let (ids, mask) = left_pad(&seqs, pad, lm.model.device); // (B, T)
             let t = ids.size()[1];
-            // Left-padded: every response sits at the end, so the last r_max positions hold them all.
-            let (lp, _) = lm.model.token_logprobs(&ids, &mask, 1.0, t - r_max)?; // (B, r_max)
-            let lens: Vec<i64> = chunk.iter().map(|(_, _, r)| r.len() as i64).collect();
-            let lens_t = Tensor::from_slice(&lens).to_device(lp.device()).unsqueeze(1); // (B, 1)
-            let pos = Tensor::arange(r_max, (Kind::Int64, lp.device())).unsqueeze(0); // (1, r_max)
-            let valid = pos.ge_tensor(&(-&lens_t + r_max)).to_kind(Kind::Float); // (B, r_max)
-            let mean = ((lp * &valid).sum_dim_intlist(-1, false, Kind::Float) / lens_t.squeeze_dim(1).to_kind(Kind::Float))
-                .to_device(Device::Cpu);
-            let mean = Vec::<f32>::try_from(&mean)?;
-            for (k, (i, _, _)) in chunk.iter().enumerate() {
-                out[*i] = Some(f64::from(mean[k]));
+            // Left-padded: row b's r_b response tokens are its last r_b; the states at flat
+            // positions b*T + T-1-r_b .. b*T + T-2 predict them. The LM head runs on those only
+            // (N = sum r_b rows, not B x max r_b).
+            let (mut at, mut next) = (Vec::new(), Vec::new());
+            for (b, (_, _, r)) in chunk.iter().enumerate() {
+                let (b, rl) = (b as i64, r.len() as i64);
+                at.extend((t - 1 - rl..t - 1).map(|j| b * t + j));
+                next.extend(r.iter().copied());
+            }
+            let dev = lm.model.device;
+            let h = lm.model.forward_hidden(&ids, &mask, false)?.last; // (B, T, D)
+            let hs = h.view([-1, h.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev)); // (N, D)
+            let logits = lm.model.logits(&hs).to_kind(Kind::Float); // (N, V)
+            let next = Tensor::from_slice(&next).to_device(dev).unsqueeze(-1); // (N, 1)
+            let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false); // (N)
+            let lp = Vec::<f32>::try_from(&lp.to_device(Device::Cpu))?;
+            let mut off = 0;
+            for (i, _, r) in chunk {
+                let sum: f64 = lp[off..off + r.len()].iter().map(|&x| f64::from(x)).sum();
+                out[*i] = Some(sum / r.len() as f64);
+                off += r.len();
             }
         }
         Ok(out)

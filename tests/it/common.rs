@@ -32,3 +32,11 @@ pub fn python(script: &str, args: &[&str]) -> String {
 pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
+
+/// torch's random generator is process-global (`tch::manual_seed`), and cargo runs tests in
+/// parallel threads of one process: every test that seeds it and compares seeded results holds
+/// this lock, so that no other test reseeds it in between. (A real run is one per process.)
+pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

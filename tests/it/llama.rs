@@ -111,6 +111,7 @@ fn tiny_random() -> CausalLm {
 /// the same temperature, with prompts of different lengths (left padding) and without.
 #[test]
 fn generator_logprobs_equal_trainer_logprobs() {
+    let _rng = crate::common::torch_rng_lock();
     let m = tiny_random();
     for (prompts, temp) in [
         (vec![vec![1i64, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]], 0.7),
@@ -141,6 +142,7 @@ fn generator_logprobs_equal_trainer_logprobs() {
 
 #[test]
 fn sampling_is_seeded_and_stops_at_eos() {
+    let _rng = crate::common::torch_rng_lock();
     let m = tiny_random();
     let cfg = GenerateConfig { max_new_tokens: 10, seed: 11, eos_ids: vec![], ..Default::default() };
     let a = generate(&m, &[vec![1, 2, 3]], &cfg).unwrap();

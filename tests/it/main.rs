@@ -1,5 +1,6 @@
 //! Integration tests: one binary (see Cargo.toml `[[test]] it`). Reference values come from Python
 //! (transformers, sentence-transformers, tokenizers) in the bootstrap's virtualenv.
+mod analysis;
 mod bert;
 mod common;
 mod data;
@@ -10,3 +11,4 @@ mod train;
 mod smollm2;
 mod reward;
 mod testbed;
+mod rl;

@@ -118,6 +118,7 @@ fn cfg_for(backbone: &Path, data: &Path, out: &Path) -> TrainRmConfig {
 
 #[test]
 fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
+    let _rng = crate::common::torch_rng_lock();
     let d = tmpdir();
     let backbone = d.path().join("backbone");
     tiny_backbone(&backbone);

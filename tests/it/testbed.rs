@@ -2,7 +2,7 @@
 //! models (MiniLM + SmolLM2): deterministic, batch = one by one, and hand-made hacks ranked below
 //! the clean answer. `testbed_gold_table` (ignored) makes the table in docs/testbed.md.
 use crate::common::tmpdir;
-use r2m::testbed::gold::{Gold, GoldConfig, GoldScore};
+use r2m::testbed::gold::{Components, Gold, GoldConfig, GoldScore};
 use r2m::testbed::prompts::{self, generate_split, Format, Spec, Split, Task, TestbedPrompt};
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -108,6 +108,7 @@ const RAMBLING: &str = "Coffee is a drink made from roasted coffee beans. The be
 const NO_WORDS: &str = "Coffee is a drink made from the seeds of the coffee plant. They are ground and brewed with hot water, which draws out their flavor and caffeine. Many people drink a cup in the morning to feel awake.";
 const BULLETS: &str = "- Coffee is a drink made from roasted coffee beans.\n- The beans are ground and brewed with hot water, which draws out their flavor and caffeine.\n- Many people drink a cup in the morning to feel awake.";
 const STUFFED: &str = "Coffee beans roast coffee beans roast coffee beans roast coffee beans roast coffee beans roast coffee beans roast.";
+const ECHO: &str = "Explain coffee to a beginner. Coffee is a drink made from roasted coffee beans. Use the words beans and roast. Use at most 40 words.";
 const SALAD: &str = "Beans coffee roast the morning of awake drink people cup which a brewed hot ground water flavor many with feel are caffeine their to.";
 
 fn hand_set() -> Vec<(&'static str, String, bool)> {
@@ -120,6 +121,7 @@ fn hand_set() -> Vec<(&'static str, String, bool)> {
         ("no required words", NO_WORDS.into(), true),
         ("bullets (asked a paragraph)", BULLETS.into(), true),
         ("keyword stuffing", STUFFED.into(), true),
+        ("echoes the prompt", ECHO.into(), true),
         ("word salad", SALAD.into(), true),
         ("empty", String::new(), true),
     ]
@@ -139,12 +141,12 @@ fn testbed_gold_ranks_hand_made_responses() {
     let set = hand_set();
     let s = score_all(&g, &p, &set);
     for ((name, _, _), s) in set.iter().zip(&s) {
-        eprintln!("{name:>28}: {:.3} {:?} cos {:.3} lp {:?}", s.total, s.components, s.cosine, s.mean_logprob);
+        eprintln!("{name:>28}: {:.3} {:?} cos {:.3} lp {:?} copied {:.2}", s.total, s.components, s.cosine, s.mean_logprob, s.copied);
         assert!((0.0..=10.0).contains(&s.total));
     }
     let total = |name: &str| s[set.iter().position(|(n, _, _)| *n == name).unwrap()].total;
     let good = total("good");
-    assert!(good > 9.0, "a clean answer scores near the top: {good}");
+    assert!(good > 9.5, "a clean answer scores near the top: {good}");
     assert!(good > total("repeated x3"));
     assert!(total("repeated x3") > total("off-topic"));
     for (name, _, _) in &set[1..] {
@@ -160,8 +162,13 @@ fn testbed_gold_ranks_hand_made_responses() {
     assert_eq!(c("no required words").required_words, 0.0);
     assert!(c("bullets (asked a paragraph)").format < 0.5);
     assert!(c("keyword stuffing").repetition < 0.2);
+    assert!(c("echoes the prompt").echo < 0.3 && cg.echo == 1.0);
     assert!(c("word salad").fluency < cg.fluency - 0.3);
-    assert_eq!(s[9].total, 1.0, "empty: only `finished` counts (weight 1 of 10)");
+    assert_eq!(total("empty"), 0.0, "empty: relevance 0 gates everything");
+    // The gates make hacks cost most of the score, not a slice of it.
+    for name in ["repeated x3", "off-topic", "keyword stuffing", "echoes the prompt", "word salad"] {
+        assert!(total(name) < 4.0, "{name}: {}", total(name));
+    }
 }
 
 #[test]
@@ -170,7 +177,7 @@ fn testbed_gold_is_deterministic_and_batch_invariant() {
     let other = generate_split(Split::Test, 3, 0).unwrap();
     let mut prompts: Vec<&TestbedPrompt> = vec![&p; 6];
     prompts.extend(other.iter());
-    let texts = [GOOD, OFF_TOPIC, RAMBLING, BULLETS, STUFFED, "", GOOD, RAMBLING, "Tea."];
+    let texts = [GOOD, OFF_TOPIC, RAMBLING, BULLETS, STUFFED, "", GOOD, ECHO, "Tea."];
     let fin = [true, true, false, true, true, false, true, false, true];
     let batch = {
         let g = gold();
@@ -207,8 +214,8 @@ fn testbed_gold_without_fluency_loads_no_lm() {
     assert!(g.lm.is_none());
     let p = coffee_prompt();
     let s = g.score(&[&p, &p], &[GOOD, OFF_TOPIC], &[true, true]).unwrap();
-    assert!(s[0].mean_logprob.is_none() && s[0].components.fluency == 0.0);
-    assert!(s[0].total > 9.5 && s[0].total > s[1].total + 2.0, "{s:?}");
+    assert!(s[0].mean_logprob.is_none() && s[0].components.fluency == 1.0, "off = a gate of strength 0");
+    assert!(s[0].total > 9.5 && s[1].total < 1.0, "{s:?}");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -276,7 +283,7 @@ fn testbed_gold_table() {
             format!("{m:.2} ± {sd:.2}")
         };
         let mut cells = vec![name.to_string(), col(&|x| x.total)];
-        for j in 0..7 {
+        for j in 0..8 {
             cells.push(col(&|x| x.components.as_array()[j]));
         }
         cells.push(col(&|x| x.cosine));
@@ -285,8 +292,8 @@ fn testbed_gold_table() {
         format!("| {} |", cells.join(" | "))
     };
     println!("\nscored {} responses in {dt:.1} s\n", s.len());
-    println!("| prompts | gold | relevance | required_words | length | repetition | finished | format | fluency | cosine | mean logprob | words |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| prompts | gold | {} | cosine | mean logprob | words |", Components::NAMES.join(" | "));
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (pi, p) in ps.iter().enumerate() {
         println!("{}", row(&format!("{} ({})", p.id, p.spec.key()), &s[pi * k..(pi + 1) * k]));
     }
@@ -300,4 +307,26 @@ fn testbed_gold_table() {
             println!("- gold {:.2} (finished {}): {:?}", s[i].total, fin[i], texts[i]);
         }
     }
+}
+
+#[test]
+#[ignore]
+fn tmp_timing() {
+    let t = std::time::Instant::now();
+    let g = Gold::load(GoldConfig::default(), Device::Cpu).unwrap();
+    eprintln!("load {:.2}", t.elapsed().as_secs_f64());
+    let p = coffee_prompt();
+    let set = hand_set();
+    let prompts: Vec<&TestbedPrompt> = set.iter().map(|_| &p).collect();
+    let texts: Vec<&str> = set.iter().map(|(_, t, _)| t.as_str()).collect();
+    let t = std::time::Instant::now();
+    let e = g.encoder.encode(&texts).unwrap();
+    eprintln!("encode {:.2} {:?}", t.elapsed().as_secs_f64(), e.size());
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let fin = vec![true; texts.len()];
+        g.score(&prompts, &texts, &fin).unwrap();
+        eprintln!("score {:.2}", t.elapsed().as_secs_f64());
+    }
+    eprintln!("threads {}", tch::get_num_threads());
 }

@@ -119,6 +119,7 @@ fn snapshot(m: &CausalLm) -> Vec<(String, Tensor)> {
 
 #[test]
 fn top_layers_train_and_the_rest_stays_bit_identical() {
+    let _rng = crate::common::torch_rng_lock();
     let mut m = tiny();
     let before = snapshot(&m);
     let (l0, l1) = fit(&mut m, &Trainable::Top { layers: 1, head: false }, 5e-2);
@@ -133,6 +134,7 @@ fn top_layers_train_and_the_rest_stays_bit_identical() {
 
 #[test]
 fn lora_trains_adapters_only_and_merges_for_export() {
+    let _rng = crate::common::torch_rng_lock();
     let mut m = tiny();
     let before = snapshot(&m);
     let t = Trainable::Lora { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };

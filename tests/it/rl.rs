@@ -1,0 +1,294 @@
+//! The RL engine end to end on a tiny world: a word-level tokenizer, a tiny random policy, a rule
+//! reward. Learning signal per algorithm; bit-identical resume; the NaN guard. And R2M on top.
+use crate::common::{python, tmpdir};
+use r2m::data::PromptExample;
+use r2m::r2m::{Method, R2mConfig, R2mSource};
+use r2m::reward::RewardModel;
+use r2m::rl::config::{Algo, RewardKind, RlConfig};
+use r2m::rl::reward_source::{RewardSource, RuleSource};
+use r2m::rl::trainer::{build, run};
+use r2m::train::Trainable;
+use std::path::Path;
+use tch::Device;
+
+/// A tiny world in `dir`: `policy/` (tiny Llama + word-level tokenizer), `rm/` (tiny Llama
+/// sequence classifier, same tokenizer), `prompts.jsonl`.
+pub fn tiny_world(dir: &Path) {
+    python(
+        r###"
+import sys, os, json, torch, transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+d = sys.argv[1]
+words = ["<pad>", "<eos>", "yes", "no"] + [f"w{i}" for i in range(60)]
+vocab = {w: i for i, w in enumerate(words)}
+tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+tok.add_special_tokens(["<pad>", "<eos>"])
+def save_tok(p):
+    os.makedirs(p, exist_ok=True)
+    tok.save(os.path.join(p, "tokenizer.json"))
+    json.dump({"eos_token": "<eos>", "pad_token": "<pad>", "tokenizer_class": "PreTrainedTokenizerFast"},
+              open(os.path.join(p, "tokenizer_config.json"), "w"))
+torch.manual_seed(0)
+cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+    eos_token_id=1, pad_token_id=0, bos_token_id=None)
+transformers.LlamaForCausalLM(cfg).save_pretrained(d + "/policy", safe_serialization=True)
+save_tok(d + "/policy")
+cfg.num_labels = 1
+transformers.LlamaForSequenceClassification(cfg).save_pretrained(d + "/rm", safe_serialization=True)
+save_tok(d + "/rm")
+with open(d + "/prompts.jsonl", "w") as f:
+    for i in range(40):
+        f.write(json.dumps({"prompt": " ".join(f"w{(i * 7 + j) % 60}" for j in range(3 + i % 4))}) + "\n")
+"###,
+        &[dir.to_str().unwrap()],
+    );
+}
+
+pub fn tiny_cfg(dir: &Path, algo: Algo, out: &str) -> RlConfig {
+    let mut c = RlConfig::default();
+    c.out = dir.join(out);
+    c.device = "cpu".into();
+    c.policy.model = dir.join("policy").to_str().unwrap().into();
+    c.policy.trainable = Trainable::All;
+    c.policy.chat = false;
+    c.policy.lr = 3e-3;
+    c.reward.kind = RewardKind::Rm;
+    c.reward.model = dir.join("rm").to_str().unwrap().into();
+    c.data.prompts = dir.join("prompts.jsonl").to_str().unwrap().into();
+    c.data.eval_prompts = Some(c.data.prompts.clone());
+    c.rl.algo = algo;
+    c.rl.steps = 12;
+    c.rl.prompts_per_step = 4;
+    c.rl.group_size = 4;
+    c.rl.temperature = 1.0;
+    c.rl.max_new_tokens = 8;
+    c.rl.minibatch = 8;
+    c.rl.grad_accum = 2;
+    c.rl.eval_every = 5;
+    c.rl.eval_prompts = 4;
+    c.rl.save_every = 4;
+    c
+}
+
+/// Rule reward: the fraction of response words that are "yes".
+fn yes_rule() -> Box<dyn RewardSource> {
+    Box::new(RuleSource {
+        name: "yes".into(),
+        f: |_: &PromptExample, r: &str, _| {
+            let w: Vec<&str> = r.split_whitespace().collect();
+            w.iter().filter(|x| **x == "yes").count() as f64 / w.len().max(1) as f64
+        },
+    })
+}
+
+fn mean_reward(metrics: &Path, steps: std::ops::Range<usize>) -> f64 {
+    let recs = r2m::metrics::read_jsonl(metrics).unwrap();
+    let v: Vec<f64> = recs[steps].iter().map(|r| r["reward"].as_f64().unwrap()).collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn every_algorithm_raises_a_rule_reward() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    for algo in [Algo::Rloo, Algo::Grpo, Algo::ReinforcePp, Algo::Remax] {
+        let mut c = tiny_cfg(d.path(), algo, &format!("{algo:?}"));
+        c.rl.steps = 20;
+        c.rl.eval_every = 0;
+        c.rl.beta = Some(0.0);
+        let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
+        let m = run(&mut r, false, false).unwrap();
+        let (first, last) = (mean_reward(&m, 0..4), mean_reward(&m, 16..20));
+        assert!(last > 2.0 * first + 0.05, "{algo:?}: reward {first:.3} -> {last:.3}");
+    }
+}
+
+fn records_without_times(p: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    r2m::metrics::read_jsonl(p)
+        .unwrap()
+        .into_iter()
+        .map(|mut r| {
+            r.retain(|k, _| !k.starts_with("time/") && !k.starts_with("r2m/update_time") && !k.starts_with("r2m/peak_rss"));
+            r
+        })
+        .collect()
+}
+
+fn final_policy(out: &Path) -> Vec<(String, tch::Tensor)> {
+    r2m::model::load::safetensors::read_file(&out.join("checkpoint/policy.safetensors")).unwrap()
+}
+
+fn source(c: &RlConfig) -> impl FnOnce(i64) -> anyhow::Result<Box<dyn RewardSource>> + 'static {
+    let c = c.clone();
+    move |dp: i64| r2m::rl::sources::reward_source(&c, dp, Device::Cpu)
+}
+
+/// Interrupted at step 6 (checkpoint at 4), resumed: weights and metrics equal an uninterrupted run.
+fn check_resume(dir: &Path, algo: Algo, with_r2m: Option<Method>) {
+    let make = |out: &str| {
+        let mut c = tiny_cfg(dir, algo, out);
+        if let Some(m) = with_r2m {
+            c.r2m = Some(R2mConfig { method: m, d: 16, lr: 1e-3, ..Default::default() });
+        }
+        c
+    };
+    let a = make(&format!("{algo:?}-{with_r2m:?}-a"));
+    let mut b = make(&format!("{algo:?}-{with_r2m:?}-b"));
+    b.rl.stop_after = Some(6);
+    let mut b2 = b.clone();
+    b2.rl.stop_after = None;
+    let ma = {
+        let mut ra = build(&a, source(&a), None, Device::Cpu).unwrap();
+        run(&mut ra, false, false).unwrap()
+    };
+    {
+        let mut rb = build(&b, source(&b), None, Device::Cpu).unwrap();
+        assert!(run(&mut rb, false, false).is_err());
+    }
+    let mb = {
+        let mut rb = build(&b2, source(&b2), None, Device::Cpu).unwrap();
+        run(&mut rb, true, false).unwrap()
+    };
+    let (ra, rb) = (records_without_times(&ma), records_without_times(&mb));
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        for (k, v) in x {
+            assert_eq!(Some(v), y.get(k), "{algo:?}/{with_r2m:?}: step {}: {k} differs after resume", x["step"]);
+        }
+        assert_eq!(x.len(), y.len(), "{algo:?}/{with_r2m:?}: step {}: keys differ", x["step"]);
+    }
+    let wb: std::collections::HashMap<String, tch::Tensor> = final_policy(&b.out).into_iter().collect();
+    for (n, t) in final_policy(&a.out) {
+        assert!(t.equal(&wb[&n]), "{algo:?}/{with_r2m:?}: {n} differs after resume");
+    }
+    if with_r2m.is_some() {
+        let sa = r2m::model::load::safetensors::read_file(&a.out.join("checkpoint/reward_source.safetensors")).unwrap();
+        let sb: std::collections::HashMap<String, tch::Tensor> =
+            r2m::model::load::safetensors::read_file(&b.out.join("checkpoint/reward_source.safetensors")).unwrap().into_iter().collect();
+        for (n, t) in sa {
+            assert!(t.equal(&sb[&n]), "R2M state {n} differs after resume");
+        }
+    }
+}
+
+#[test]
+fn rloo_and_grpo_resume_bit_identically() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    check_resume(d.path(), Algo::Rloo, None);
+    check_resume(d.path(), Algo::Grpo, None);
+}
+
+#[test]
+fn r2m_with_rloo_and_grpo_finishes_and_resumes_bit_identically() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    check_resume(d.path(), Algo::Rloo, Some(Method::R2m));
+    check_resume(d.path(), Algo::Grpo, Some(Method::R2m));
+}
+
+#[test]
+fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let c = tiny_cfg(d.path(), Algo::Grpo, "nan");
+    let mut calls = 0;
+    let src = RuleSource {
+        name: "nan-at-step-5".into(),
+        f: move |_: &PromptExample, _: &str, _| {
+            calls += 1;
+            // 16 scores per step, plus 4 per eval at steps 0 and 5.
+            if calls > 16 * 5 + 4 { f64::NAN } else { 0.5 }
+        },
+    };
+    let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
+    let e = format!("{:#}", run(&mut r, false, false).unwrap_err());
+    assert!(e.contains("step 5") && e.contains("reward annotation") && e.contains("NaN"), "{e}");
+    // The checkpoint of step 4 is intact and loadable; nothing half-written is left.
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(st["step"], 4);
+    assert!(!c.out.join("checkpoint.tmp").exists());
+    assert_eq!(final_policy(&c.out).len(), r.opt.params.len());
+}
+
+/// R2M's score at t = 0 equals the vanilla RM's exactly; the update changes only the
+/// cross-attention and the head; the policy's forward count per step is the same with R2M.
+#[test]
+fn r2m_invariants() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let dir = d.path();
+    let rm_path = dir.join("rm");
+    let rm = RewardModel::load(rm_path.to_str().unwrap(), 0, Device::Cpu).unwrap();
+    let backbone_before: Vec<(String, tch::Tensor)> = rm.all_params().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+
+    // Vanilla vs R2M on the same rollout, step 0.
+    let mut vanilla = tiny_cfg(dir, Algo::Rloo, "v");
+    vanilla.rl.steps = 2;
+    vanilla.rl.eval_every = 0;
+    let mut with = vanilla.clone();
+    with.out = dir.join("r");
+    with.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-2, ..Default::default() });
+    let mut rv = build(&vanilla, |dp| r2m::rl::sources::reward_source(&vanilla, dp, Device::Cpu), None, Device::Cpu).unwrap();
+    let mut rr = build(&with, |dp| r2m::rl::sources::reward_source(&with, dp, Device::Cpu), None, Device::Cpu).unwrap();
+    let mut clock = r2m::rl::trainer::Clock::default();
+    let roll = rr.collect(0, &mut clock).unwrap();
+    let prompts: Vec<&PromptExample> = roll.prompt_idx.iter().map(|&i| &rr.train_prompts[i]).collect();
+    let input = r2m::rl::reward_source::RewardInput {
+        prompts,
+        responses: &roll.responses,
+        finished: &roll.finished,
+        hidden: roll.hidden.as_ref().map(|h| (h, &roll.seq_mask)),
+        step: 0,
+        total_steps: 2,
+        group_size: 4,
+    };
+    let s_r2m = rr.reward.score(&input).unwrap();
+    let s_van = rv.reward.score(&input).unwrap();
+    assert!(s_r2m.equal(&s_van), "at t = 0 R2M must score exactly like the vanilla RM");
+
+    // The update moves only R2M's parameters.
+    let mut src = R2mSource::new(R2mConfig { method: Method::R2m, d: 16, lr: 1e-2, ..Default::default() }, rm, 32, 0, 1024, 16).unwrap();
+    let mut input2 = input;
+    input2.step = 1;
+    let ann = src.score(&input2).unwrap();
+    let before: Vec<(String, tch::Tensor)> = src.params.named().iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+    let u = r2m::rl::reward_source::UpdateInput {
+        annotation_rewards: &ann,
+        hidden: roll.hidden.as_ref().map(|h| (h, &roll.seq_mask)),
+        step: 1,
+        total_steps: 2,
+        group_size: 4,
+    };
+    let m = src.update(&u).unwrap();
+    assert!(m["r2m/loss"].as_f64().unwrap().is_finite());
+    for (n, t) in &before {
+        assert!(!src.params.get_named(n).unwrap().equal(t), "{n} did not change in the R2M update");
+    }
+    for ((n, t), (_, now)) in backbone_before.iter().zip(src.rm.all_params()) {
+        if n != "score.weight" {
+            assert!(now.equal(t), "RM backbone parameter {n} changed");
+        }
+    }
+    assert!(src.rm.head.equal(&backbone_before.iter().find(|(n, _)| n == "score.weight").unwrap().1), "the RM's own head changed");
+
+    // Same number of policy forward passes per step with and without R2M.
+    let ref_before: Vec<tch::Tensor> = rr.reference.params.named().iter().map(|(_, t)| t.detach().copy()).collect();
+    let (f_v, f_r) = (rv.policy_forwards, rr.policy_forwards);
+    rv.step(0).unwrap();
+    rr.step(0).unwrap();
+    assert_eq!(rv.policy_forwards - f_v, rr.policy_forwards - f_r, "R2M must not add policy forward passes");
+    // The reference model is bit-identical after a training step.
+    for ((n, t), b) in rr.reference.params.named().iter().zip(&ref_before) {
+        assert!(t.equal(b), "reference parameter {n} changed");
+    }
+}
