@@ -22,7 +22,8 @@
 //! that BPE merges across the boundary thus counts as response. Implicit-prompt pairs: messages
 //! take the common leading messages of chosen and rejected as the prompt (TRL `extract_prompt`);
 //! plain text takes the common token prefix of the chosen and rejected ids. The EOS token that
-//! plain-text rendering appends (TRL `add_eos`) belongs to the response.
+//! plain-text rendering appends (TRL `add_eos`), and the end-of-turn tokens that a chat template
+//! writes after the assistant message, belong to the response.
 //!
 //! Cosines use x / max(|x|, 1e-12) (PyTorch `F.normalize`), in f64.
 use crate::data::{self, LoadOptions, PreferenceExample, Text};
@@ -188,7 +189,10 @@ pub fn pool_responses(model: &CausalLm, pad_id: i64, seqs: &[(Vec<i64>, usize)],
             out[i] = Some(pooled.select(1, b as i64));
         }
     }
-    let rows: Vec<Tensor> = out.into_iter().map(|t| t.ok_or_else(|| Error::Input("pool_responses: a sequence was not pooled".into()))).collect::<Result<_>>()?;
+    let rows: Vec<Tensor> = out
+        .into_iter()
+        .map(|t| t.ok_or_else(|| Error::Input("pool_responses: a sequence was not pooled".into())))
+        .collect::<Result<_>>()?;
     Ok(Tensor::stack(&rows, 1)) // (L+1, S, D)
 }
 
@@ -230,7 +234,7 @@ pub fn cosine_stats(c: &Tensor, r: &Tensor) -> Result<CosineStats> {
     let cc = c.matmul(&c.tr()); // (N, N)
     let rr = r.matmul(&r.tr());
     let cr = c.matmul(&r.tr()); // [i, j] = cos(c_i, r_j)
-    // Symmetric matrices: the off-diagonal mean equals the mean over i < j.
+                                // Symmetric matrices: the off-diagonal mean equals the mean over i < j.
     let (intra_chosen, intra_rejected) = (offdiag_mean(&cc), offdiag_mean(&rr));
     let matched_per_pair = Vec::<f64>::try_from(cr.diagonal(0, 0, 1).contiguous())?;
     let matched = matched_per_pair.iter().sum::<f64>() / matched_per_pair.len() as f64;
@@ -462,7 +466,17 @@ impl HiddenReport {
     /// Every column, full precision, for the CSV file.
     pub fn csv_table(&self) -> Table {
         let mut t = Table::new([
-            "layer", "intra", "intra_chosen", "intra_rejected", "cross", "gap", "matched", "pearson", "pearson_lo", "pearson_hi", "spearman",
+            "layer",
+            "intra",
+            "intra_chosen",
+            "intra_rejected",
+            "cross",
+            "gap",
+            "matched",
+            "pearson",
+            "pearson_lo",
+            "pearson_hi",
+            "spearman",
         ]);
         let opt = |v: Option<f64>| v.map(csv_num).unwrap_or_default();
         for r in &self.layers {
@@ -549,8 +563,7 @@ pub fn analyze(cfg: &HiddenConfig) -> Result<HiddenReport> {
         return Err(Error::Input(format!("max_length = {} must be >= 2 and batch = {} >= 1", cfg.max_length, cfg.batch)));
     }
     let loaded = data::load_preferences(&cfg.data, &LoadOptions { skip_invalid: cfg.skip_invalid })?;
-    let mut skipped: Vec<Skipped> =
-        loaded.skipped.iter().map(|(o, why)| Skipped { origin: o.to_string(), reason: why.clone() }).collect();
+    let mut skipped: Vec<Skipped> = loaded.skipped.iter().map(|(o, why)| Skipped { origin: o.to_string(), reason: why.clone() }).collect();
     let exs: Vec<&PreferenceExample> = loaded.items.iter().take(cfg.max_pairs).collect();
 
     let lm = CausalLm::load_path(&cfg.model, cfg.device)?;

@@ -64,9 +64,9 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Map<String, Value>>> {
     Ok(out)
 }
 
-/// Writes `records` as CSV with the union of their keys (first-seen order) as columns.
+/// Writes `records` as CSV: `step`, then the union of the other keys (sorted) as columns.
 pub fn write_csv(path: &Path, records: &[Map<String, Value>]) -> Result<()> {
-    let mut cols: Vec<String> = vec![];
+    let mut cols: Vec<String> = vec!["step".into()];
     for r in records {
         for k in r.keys() {
             if !cols.contains(k) {
@@ -117,5 +117,6 @@ mod tests {
         write_csv(&d.path().join("m.csv"), &read_jsonl(&p).unwrap()).unwrap();
         let csv = std::fs::read_to_string(d.path().join("m.csv")).unwrap();
         assert!(csv.starts_with("step,loss\n0,1.0\n"), "{csv}");
+        assert_eq!(csv.lines().count(), 4, "{csv}");
     }
 }

@@ -44,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
         skip_invalid: a.skip_invalid,
         out: a.out,
     };
-    let report = analyze(&cfg).with_context(|| format!("analyze-hidden on {}", cfg.data.display()))?;
+    let report = analyze(&cfg).with_context(|| format!("analyze-hidden with model {}", cfg.model))?;
     println!(
         "{}: {} pairs, {} layers + embeddings, mean-pooled over response tokens{}",
         report.model,

@@ -6,6 +6,7 @@ mod export;
 mod forward;
 mod generate;
 mod rl;
+mod testbed;
 mod train_rm;
 
 use anyhow::Result;
@@ -31,6 +32,8 @@ pub enum Command {
     /// RL fine-tuning: RLOO, GRPO, REINFORCE++ or ReMax against a reward model, an ensemble, the
     /// testbed's gold, or R2M (TOML config + flags).
     Rl(rl::Args),
+    /// The overoptimization testbed: prompts and gold-labelled preference pairs.
+    Testbed(testbed::Args),
     /// Accuracy of a reward model on preference pairs.
     EvalRm(eval_rm::Args),
     /// Hidden-state similarity of chosen vs rejected responses per layer (paper Fig. 1/2), and its
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalRm(a) => eval_rm::run(a),
         Command::AnalyzeHidden(a) => analyze_hidden::run(a),
         Command::Rl(a) => rl::run(a),
+        Command::Testbed(a) => testbed::run(a),
     }
 }
 

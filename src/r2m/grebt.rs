@@ -10,22 +10,23 @@ use tch::{Kind, Tensor};
 /// r: recomputed rewards (B) with grad; annotation: the step's annotation rewards (B); K: group
 /// size. Returns (L, mean L_BT, mean L_GRE) — the last two detached, for metrics.
 pub fn grebt(r: &Tensor, annotation: &Tensor, k: i64, alpha: f64) -> (Tensor, Tensor, Tensor) {
+    let kind = r.kind(); // f32 in training; f64 in the finite-difference test
     let r = r.view([-1, k]); // (n, K)
     let a = annotation.to_device(r.device()).to_kind(Kind::Float).view([-1, k]);
     let win = a.argmax(1, true); // (n, 1)
     let lose = a.argmin(1, true);
     let bt = -(r.gather(1, &win, false) - r.gather(1, &lose, false)).squeeze_dim(1).log_sigmoid(); // (n)
-    let mean = r.mean_dim(1, true, Kind::Float);
+    let mean = r.mean_dim(1, true, kind);
     let std = r.std_dim(1, false, true); // population std, (n, 1)
-    let ok = std.gt(1e-6).squeeze_dim(1).to_kind(Kind::Float); // (n)
+    let ok = std.gt(1e-6).squeeze_dim(1).to_kind(kind); // (n)
     // Zero-variance groups: divide by 1 instead (their term is then masked out), so no NaN
     // reaches the graph.
     let safe = std.where_self(&std.gt(1e-6), &std.ones_like());
     let z = (&r - mean) / safe;
-    let logp = z.log_softmax(1, Kind::Float);
-    let gre = -(logp.exp() * &logp).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) * &ok; // (n)
-    let loss = (&bt * (1.0 - alpha) + &gre * alpha).mean(Kind::Float);
-    (loss, bt.mean(Kind::Float).detach(), gre.mean(Kind::Float).detach())
+    let logp = z.log_softmax(1, kind);
+    let gre = -(logp.exp() * &logp).sum_dim_intlist([1i64].as_slice(), false, kind) * &ok; // (n)
+    let loss = (&bt * (1.0 - alpha) + &gre * alpha).mean(kind);
+    (loss, bt.mean(kind).detach(), gre.mean(kind).detach())
 }
 
 #[cfg(test)]

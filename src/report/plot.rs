@@ -134,12 +134,8 @@ impl LineChart {
 
     fn render<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>, series: &[Series]) -> std::result::Result<(), String> {
         root.fill(&WHITE).map_err(s)?;
-        let xs = series.iter().flat_map(|s| {
-            s.points.iter().map(|p| p.0).chain(s.band.iter().flatten().map(|b| b.0))
-        });
-        let ys = series.iter().flat_map(|s| {
-            s.points.iter().map(|p| p.1).chain(s.band.iter().flatten().flat_map(|b| [b.1, b.2]))
-        });
+        let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().flatten().map(|b| b.0)));
+        let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().flatten().flat_map(|b| [b.1, b.2])));
         let xr = self.x_range.unwrap_or_else(|| fit_range(xs, false));
         let yr = self.y_range.unwrap_or_else(|| fit_range(ys.chain(self.hlines.iter().copied()), false));
 
@@ -154,9 +150,7 @@ impl LineChart {
 
         for &y in &self.hlines {
             let grey = RGBColor(120, 120, 120);
-            chart
-                .draw_series(DashedLineSeries::new([(xr.0, y), (xr.1, y)], 6, 4, grey.stroke_width(1)))
-                .map_err(s)?;
+            chart.draw_series(DashedLineSeries::new([(xr.0, y), (xr.1, y)], 6, 4, grey.stroke_width(1))).map_err(s)?;
         }
         // Shaded bands first, so lines and markers lie on top.
         for (i, se) in series.iter().enumerate() {
@@ -291,9 +285,7 @@ impl BarChart {
     ) -> std::result::Result<(), String> {
         root.fill(&WHITE).map_err(s)?;
         let n = categories.len();
-        let ys = series.iter().flat_map(|se| {
-            se.values.iter().copied().chain(se.intervals.iter().flatten().flat_map(|&(lo, hi)| [lo, hi]))
-        });
+        let ys = series.iter().flat_map(|se| se.values.iter().copied().chain(se.intervals.iter().flatten().flat_map(|&(lo, hi)| [lo, hi])));
         let yr = self.y_range.unwrap_or_else(|| fit_range(ys, self.style == BarStyle::Bars));
         let xr = (-0.5, n as f64 - 0.5);
         let mut chart = ChartBuilder::on(&root)
@@ -322,9 +314,7 @@ impl BarChart {
                         Rectangle::new([(x - w * 0.45, base), (x + w * 0.45, v)], c.filled())
                     }))
                     .map_err(s)?,
-                BarStyle::Points => {
-                    chart.draw_series(vals.iter().map(|&(i, v)| Circle::new((centre(i), v), 5, c.filled()))).map_err(s)?
-                }
+                BarStyle::Points => chart.draw_series(vals.iter().map(|&(i, v)| Circle::new((centre(i), v), 5, c.filled()))).map_err(s)?,
             };
             if !se.name.is_empty() {
                 ann.label(se.name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
@@ -423,10 +413,8 @@ fn write_both(stem: &Path, size: (u32, u32), fig: &impl Figure) -> Result<(PathB
     if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let fail = |p: &Path, msg: String| Error::Io {
-        path: p.to_path_buf(),
-        source: std::io::Error::other(format!("drawing the plot: {msg}")),
-    };
+    let fail =
+        |p: &Path, msg: String| Error::Io { path: p.to_path_buf(), source: std::io::Error::other(format!("drawing the plot: {msg}")) };
     fig.render(BitMapBackend::new(&png, size).into_drawing_area()).map_err(|m| fail(&png, m))?;
     fig.render(SVGBackend::new(&svg, size).into_drawing_area()).map_err(|m| fail(&svg, m))?;
     Ok((png, svg))
@@ -437,7 +425,6 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 }
 
 type Chart<'a, DB, X> = ChartContext<'a, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
-
 
 fn configure_mesh<DB: DrawingBackend, X: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     chart: &mut Chart<'_, DB, X>,
@@ -608,7 +595,7 @@ mod tests {
         assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
         let cats = vec!["c1".to_string(), "c2".to_string()];
         let bars = BarSeries::new("m", vec![1.0, -0.5]).with_intervals(vec![(0.8, 1.2), (-0.7, -0.3)]);
-        bar_chart(&d.path().join("bars"), "t", "y", &cats, &[bars.clone()]).unwrap();
+        bar_chart(&d.path().join("bars"), "t", "y", &cats, std::slice::from_ref(&bars)).unwrap();
         let bad = BarSeries::new("m", vec![1.0]);
         assert!(bar_chart(&d.path().join("bad"), "t", "y", &cats, &[bad]).unwrap_err().to_string().contains("1 values"));
     }
@@ -631,14 +618,21 @@ mod tests {
             &[
                 Series::mean_ci("gold (vanilla RM)", &gold),
                 Series::mean_ci("proxy (vanilla RM)", &proxy),
-                Series::new("gold (R2M)", r2m).with_error_bars(steps.iter().map(|&t| (t, (t / 60.0).tanh() * 1.1 - 0.08, (t / 60.0).tanh() * 1.1 + 0.08)).collect()),
+                Series::new("gold (R2M)", r2m)
+                    .with_error_bars(steps.iter().map(|&t| (t, (t / 60.0).tanh() * 1.1 - 0.08, (t / 60.0).tanh() * 1.1 + 0.08)).collect()),
             ],
         )
         .unwrap();
         let cats: Vec<String> = ["generate", "logprobs", "ref", "reward", "policy", "r2m"].iter().map(|s| s.to_string()).collect();
         let a = BarSeries::new("vanilla", vec![4.1, 1.2, 1.1, 0.6, 2.5, f64::NAN]);
-        let b = BarSeries::new("R2M", vec![4.2, 1.2, 1.1, 0.7, 2.6, 0.3])
-            .with_intervals(vec![(4.0, 4.4), (1.1, 1.3), (1.0, 1.2), (0.6, 0.8), (2.4, 2.8), (0.25, 0.35)]);
+        let b = BarSeries::new("R2M", vec![4.2, 1.2, 1.1, 0.7, 2.6, 0.3]).with_intervals(vec![
+            (4.0, 4.4),
+            (1.1, 1.3),
+            (1.0, 1.2),
+            (0.6, 0.8),
+            (2.4, 2.8),
+            (0.25, 0.35),
+        ]);
         BarChart::new("Time per phase", "phase", "seconds per step").draw(&dir.join("bars"), &cats, &[a.clone(), b.clone()]).unwrap();
         let mut p = BarChart::new("Time per phase (points)", "phase", "seconds per step");
         p.style = BarStyle::Points;

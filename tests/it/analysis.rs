@@ -45,7 +45,7 @@ fn cfg(model: &Path, data: &Path, out: &Path) -> HiddenConfig {
         model: model.to_str().unwrap().into(),
         data: data.to_path_buf(),
         rm: Some(model.to_str().unwrap().into()), // the LM as an RM backbone with a fresh head
-        batch: 3,                                  // 16 sequences: batches of 3 with padding
+        batch: 3,                                 // 16 sequences: batches of 3 with padding
         out: out.to_path_buf(),
         ..Default::default()
     }
@@ -165,7 +165,8 @@ fn response_start_for_each_format() {
     assert_eq!((p.chosen_start, p.rejected_start), (prompt_len, prompt_len));
     assert!(p.chosen.len() > prompt_len && p.rejected.len() > prompt_len);
     // Implicit prompt: the shared leading messages are the prompt; same start as explicit.
-    let imp = PreferenceExample { prompt: None, chosen: Text::Chat(msgs("Blue.")), rejected: Text::Chat(msgs("No.")), origin: origin.clone() };
+    let imp =
+        PreferenceExample { prompt: None, chosen: Text::Chat(msgs("Blue.")), rejected: Text::Chat(msgs("No.")), origin: origin.clone() };
     let q = tokenize_pair(&tok, &imp, 1024).unwrap().unwrap();
     assert_eq!(q, p);
     // Plain, implicit prompt: the common token prefix of chosen and rejected.
