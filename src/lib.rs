@@ -13,6 +13,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod experiment;
 pub mod metrics;
 pub mod model;
 pub mod paths;

@@ -6,6 +6,7 @@ mod export;
 mod forward;
 mod generate;
 mod rl;
+mod score;
 mod testbed;
 mod train_rm;
 
@@ -25,13 +26,16 @@ pub enum Command {
     Generate(generate::Args),
     /// One forward pass: write logits [S, V] and hidden_states [L+1, S, D] to a safetensors file.
     Forward(forward::Args),
-    /// Write a model (HF folder or GGUF) as an HF folder (f32 safetensors) that transformers loads.
+    /// Write a model (HF folder or GGUF), or the policy of an `r2m rl` run, as an HF folder (f32
+    /// safetensors, LoRA merged) that transformers loads.
     Export(export::Args),
     /// Train a reward model with the Bradley-Terry loss on preference pairs (TOML config + flags).
     TrainRm(train_rm::Args),
     /// RL fine-tuning: RLOO, GRPO, REINFORCE++ or ReMax against a reward model, an ensemble, the
     /// testbed's gold, or R2M (TOML config + flags).
     Rl(rl::Args),
+    /// Score prompt/completion records with a reward model (one JSON line per record).
+    Score(score::Args),
     /// The overoptimization testbed: prompts and gold-labelled preference pairs.
     Testbed(testbed::Args),
     /// Accuracy of a reward model on preference pairs.
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::AnalyzeHidden(a) => analyze_hidden::run(a),
         Command::Rl(a) => rl::run(a),
         Command::Testbed(a) => testbed::run(a),
+        Command::Score(a) => score::run(a),
     }
 }
 

@@ -1,6 +1,6 @@
 use crate::data::{self, LoadOptions, Text};
-use crate::reward::model::Backbone;
 use crate::reward::RewardModel;
+use crate::rl::reward_source::rm_text;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,12 +38,17 @@ pub fn run(a: Args) -> Result<()> {
         if *chat.get_or_insert(is_chat) != is_chat {
             bail!("{}: mixes plain and conversational records", ex.origin);
         }
-        texts.push(match &rm.backbone {
-            Backbone::Decoder { tokenizer, .. } => data::batch::render_completion(tokenizer, &ex.prompt, &ex.completion)?,
-            Backbone::Encoder { .. } => data::batch::plain_text(&ex.prompt, &ex.completion),
-        });
+        // The same rendering as RL scoring: [prompt messages.., assistant: completion] through
+        // the RM's chat template, or prompt + completion for plain text.
+        let completion = match &ex.completion {
+            Text::Plain(s) => s.clone(),
+            Text::Chat(m) => m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
+        };
+        texts.push(rm_text(&rm, &ex.prompt, &completion)?);
     }
-    let scores = rm.score_texts(&texts, !chat.unwrap_or(false), a.max_length, a.batch)?;
+    let special = texts.first().map(|t| t.1).unwrap_or(true);
+    let texts: Vec<String> = texts.into_iter().map(|t| t.0).collect();
+    let scores = rm.score_texts(&texts, special, a.max_length, a.batch)?;
     let scores = Vec::<f32>::try_from(scores)?;
     let mut w: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),

@@ -288,6 +288,29 @@ fn parse_preference(mut obj: Map<String, Value>, origin: Origin) -> std::result:
     Ok(PreferenceExample { prompt, chosen, rejected, origin })
 }
 
+/// One (prompt, completion) record: TRL's prompt-completion format, for scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionExample {
+    pub prompt: Text,
+    pub completion: Text,
+    pub origin: Origin,
+}
+
+/// Loads prompt-completion records (`{"prompt": .., "completion": ..}`, plain or conversational).
+pub fn load_completions(path: &Path, opts: &LoadOptions) -> Result<Loaded<CompletionExample>> {
+    load_with(path, opts, "completion", parse_completion, |p| p.completion.is_chat())
+}
+
+fn parse_completion(mut obj: Map<String, Value>, origin: Origin) -> std::result::Result<CompletionExample, String> {
+    const NEEDS: &str = "a prompt-completion record has \"prompt\" and \"completion\"";
+    let prompt = parse_text("prompt", take_required(&mut obj, "prompt", NEEDS)?)?;
+    let completion = parse_text("completion", take_required(&mut obj, "completion", NEEDS)?)?;
+    if prompt.is_chat() != completion.is_chat() {
+        return Err(format!("completion: {} but prompt is {}: one record can't mix plain text and messages", completion.kind(), prompt.kind()));
+    }
+    Ok(CompletionExample { prompt, completion, origin })
+}
+
 fn parse_prompt(mut obj: Map<String, Value>, origin: Origin) -> std::result::Result<PromptExample, String> {
     let prompt = parse_text("prompt", take_required(&mut obj, "prompt", "a prompt record has \"prompt\"")?)?;
     Ok(PromptExample { prompt, origin, meta: obj })

@@ -390,11 +390,13 @@ impl<'a> Run<'a> {
 
     /// Evaluation on held-out prompts: one sample each at `eval_temperature` with a fixed seed;
     /// reward (the source at step t), gold (if configured), KL to the reference, length.
-    pub fn evaluate(&mut self, t: i64) -> Result<Map<String, Value>> {
+    /// Also returns one row per prompt (`eval.jsonl`: step, prompt index and id, reward, gold,
+    /// length, kl, finished) for win rates against pi_init (the rows of step -1).
+    pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
         let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
         let mut m = Map::new();
         if n == 0 {
-            return Ok(m);
+            return Ok((m, vec![]));
         }
         let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
@@ -422,11 +424,34 @@ impl<'a> Run<'a> {
         m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
         m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
         m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
-        if let Some(gold) = &self.gold {
-            let gs = gold.scores(&prompts, &texts, &fin)?;
-            m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
-        }
-        Ok(m)
+        let gold = match &self.gold {
+            Some(gold) => {
+                let gs = gold.scores(&prompts, &texts, &fin)?;
+                m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
+                Some(Vec::<f64>::try_from(gs.to_kind(Kind::Double))?)
+            }
+            None => None,
+        };
+        let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
+        let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
+        let lens = Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?;
+        let rows = (0..n)
+            .map(|i| {
+                let mut r = Map::new();
+                r.insert("step".into(), json!(t));
+                r.insert("prompt".into(), json!(i));
+                r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
+                r.insert("reward".into(), json!(rwv[i]));
+                if let Some(g) = &gold {
+                    r.insert("gold".into(), json!(g[i]));
+                }
+                r.insert("length".into(), json!(lens[i]));
+                r.insert("kl".into(), json!(klv[i]));
+                r.insert("finished".into(), json!(fin[i]));
+                r
+            })
+            .collect();
+        Ok((m, rows))
     }
 
     fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
@@ -554,6 +579,20 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         None => 0,
     };
     let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
+    let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
+    let eval_on = cfg.rl.eval_every > 0;
+    let mut init_gold: Vec<f64> = vec![];
+    if eval_on {
+        // pi_init's eval rows (step -1): the baseline of the win rates. Recomputed on resume
+        // (deterministic), written once.
+        let (_, rows) = run.evaluate(-1)?;
+        init_gold = rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect();
+        if ck.is_none() {
+            for r in &rows {
+                eval_sink.write(r)?;
+            }
+        }
+    }
     let bar = crate::reward::train::progress_bar(progress, cfg.rl.steps as u64, start as u64);
     for t in start..cfg.rl.steps {
         if cfg.rl.stop_after == Some(t) {
@@ -561,10 +600,20 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         }
         let mut m = run.step(t)?;
         let last = t + 1 == cfg.rl.steps;
-        if cfg.rl.eval_every > 0 && (t % cfg.rl.eval_every == 0 || last) {
+        if eval_on && (t % cfg.rl.eval_every == 0 || last) {
             let t0 = Instant::now();
-            for (k, v) in run.evaluate(t)? {
+            let (em, rows) = run.evaluate(t)?;
+            for (k, v) in em {
                 m.insert(k, v);
+            }
+            let gold: Vec<f64> = rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect();
+            if !gold.is_empty() && gold.len() == init_gold.len() {
+                // Win rate vs pi_init judged by gold (ties count half), the AlpacaEval-WR analogue.
+                let w: f64 = gold.iter().zip(&init_gold).map(|(a, b)| if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 }).sum();
+                m.insert("eval/win_rate".into(), json!(w / gold.len() as f64));
+            }
+            for r in &rows {
+                eval_sink.write(r)?;
             }
             m.insert("time/eval".into(), json!(t0.elapsed().as_secs_f64()));
         }

@@ -243,6 +243,7 @@ fn testbed_gold_table() {
     let mut prompts = Vec::new();
     let mut texts = Vec::new();
     let mut fin = Vec::new();
+    let t_gen = std::time::Instant::now();
     for (pi, p) in ps.iter().enumerate() {
         let chat = tok.apply_chat_template(&[Message::user(p.text.clone())], true).unwrap();
         let ids: Vec<i64> = tok.encode(&chat, false).unwrap().into_iter().map(i64::from).collect();
@@ -264,6 +265,7 @@ fn testbed_gold_table() {
             fin.push(done);
         }
     }
+    let gen_s = t_gen.elapsed().as_secs_f64();
     drop(pol);
     let g = gold();
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
@@ -273,6 +275,13 @@ fn testbed_gold_table() {
     // The same responses judged against the next prompt's spec (another topic).
     let shifted: Vec<&TestbedPrompt> = (0..prompts.len()).map(|i| &ps[(i / k + 1) % ps.len()]).collect();
     let s_off = g.score(&shifted, &refs, &fin).unwrap();
+    drop(g);
+    let mut cfg = GoldConfig::default();
+    cfg.weights.fluency = 0.0;
+    let g0 = Gold::load(cfg, Device::Cpu).unwrap();
+    let t0 = std::time::Instant::now();
+    g0.score(&prompts, &refs, &fin).unwrap();
+    let dt0 = t0.elapsed().as_secs_f64();
 
     let row = |name: &str, s: &[GoldScore]| {
         let col = |f: &dyn Fn(&GoldScore) -> f64| {
@@ -288,7 +297,7 @@ fn testbed_gold_table() {
         cells.push(col(&|x| x.words as f64));
         format!("| {} |", cells.join(" | "))
     };
-    println!("\nscored {} responses in {dt:.1} s\n", s.len());
+    println!("\ngenerated {} responses (max_new_tokens {max_new}) in {gen_s:.1} s; gold scored them in {dt:.1} s ({dt0:.1} s without fluency)\n", s.len());
     println!("| prompts | gold | {} | cosine | mean logprob | words |", Components::NAMES.join(" | "));
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (pi, p) in ps.iter().enumerate() {

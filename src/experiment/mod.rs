@@ -1,0 +1,14 @@
+//! Experiments: a grid of runs (method x algo x seed), read back and reported.
+//!
+//! - [`stats`]: mean, 95% CI (Student t), Welch and paired t-tests, interpolation at a matched
+//!   sqrt(KL), the length-controlled win rate.
+//! - [`aggregate`]: a grid folder -> runs -> per method x algo aggregates over seeds, comparisons
+//!   with vanilla and the ablation table.
+//! - [`report`]: `results.csv`, `runs.csv`, `comparisons.csv`, plots, `report.md`, `report.html`
+//!   ([`write_report`]).
+pub mod aggregate;
+pub mod report;
+pub mod stats;
+
+pub use aggregate::{aggregate, load_grid, AggregateOptions};
+pub use report::{write_report, write_report_with, ReportSummary};
