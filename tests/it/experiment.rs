@@ -1,0 +1,366 @@
+//! The experiment report on a fixture grid (tests/fixtures/grid): 2 methods (vanilla, r2m) x 2
+//! algorithms (RLOO, GRPO) x 3 seeds, 10 steps each, plus two folders the report must list as
+//! incomplete (no metrics; stopped early). The fixture is synthetic and made by
+//! [`write_fixture_grid`] below (regenerate: `cargo test --test it experiment::regenerate -- --ignored`):
+//! vanilla's gold rises then falls while its proxy keeps rising (overoptimization by construction),
+//! R2M's gold keeps rising; lengths grow more under vanilla.
+use crate::common::tmpdir;
+use r2m::experiment::aggregate::{self, AggregateOptions};
+use r2m::experiment::{stats, write_report};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grid")
+}
+
+/// splitmix64: a deterministic stream from a key, arithmetic only (no libm: the fixture is
+/// bit-identical on every platform).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A roughly normal value with sd about `sd` (Irwin-Hall: sum of 4 uniforms, centred and scaled),
+/// keyed by `parts`.
+fn noise(parts: &[u64], sd: f64) -> f64 {
+    let mut h = 0x5EED_u64;
+    for p in parts {
+        h = mix(h ^ p);
+    }
+    let mut s = 0.0;
+    for _ in 0..4 {
+        h = mix(h);
+        s += (h >> 11) as f64 / (1u64 << 53) as f64;
+    }
+    // Sum of 4 U(0,1): mean 2, variance 4/12 = 1/3.
+    (s - 2.0) * sd * 1.732_050_807_568_877_2
+}
+
+/// Rounded to 4 decimals (files stay short and exact).
+fn r4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+const STEPS: i64 = 10;
+const EVAL_EVERY: i64 = 2;
+const PROMPTS: usize = 8;
+
+/// Writes one synthetic run folder.
+fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Option<i64>) {
+    let name = format!("{method}-{algo}-s{seed}");
+    let dir = grid.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mi, ai) = (if method == "r2m" { 1u64 } else { 0 }, if algo == "grpo" { 1u64 } else { 0 });
+    let mut cfg = r2m::rl::config::RlConfig::default();
+    cfg.seed = seed;
+    cfg.out = PathBuf::from(format!("runs/grid/{name}"));
+    cfg.reward.model = "runs/testbed/rm".into();
+    cfg.rl.algo = if ai == 1 { r2m::rl::config::Algo::Grpo } else { r2m::rl::config::Algo::Rloo };
+    cfg.rl.steps = STEPS;
+    cfg.rl.eval_every = EVAL_EVERY;
+    cfg.rl.eval_prompts = PROMPTS;
+    if mi == 1 {
+        cfg.r2m = Some(r2m::r2m::R2mConfig { method: r2m::r2m::Method::R2m, d: 64, lr: 1e-4, ..Default::default() });
+    }
+    r2m::config::save(&cfg, &dir.join("config.toml")).unwrap();
+    if stop_after == Some(0) {
+        return;
+    }
+
+    // pi_init on the eval prompts: depends on the seed only (same sampling seed for every method).
+    let prompt_gold: Vec<f64> = (0..PROMPTS).map(|p| noise(&[1, p as u64], 0.4)).collect();
+    let init_gold: Vec<f64> = (0..PROMPTS).map(|p| r4(prompt_gold[p] + noise(&[2, seed, p as u64], 0.1))).collect();
+    let init_proxy: Vec<f64> = (0..PROMPTS).map(|p| r4(0.5 * prompt_gold[p] + noise(&[3, seed, p as u64], 0.2))).collect();
+    let init_len: Vec<f64> = (0..PROMPTS).map(|p| (40.0 + noise(&[4, seed, p as u64], 8.0)).round()).collect();
+    // Dynamics at progress x in (0, 1]: vanilla's gold peaks near x = 0.45 and ends below pi_init.
+    let scale = if ai == 1 { 0.9 } else { 1.0 };
+    let gold_gain = |x: f64| if mi == 0 { scale * (1.2 * x - 1.3 * x * x) } else { scale * (0.6 * x - 0.15 * x * x) };
+    let proxy_gain = |x: f64| if mi == 0 { 1.4 * x } else { 0.9 * x };
+    let kl_at = |x: f64| if mi == 0 { 6.0 * x } else { 4.5 * x } * (1.0 + 0.1 * ai as f64);
+    let len_gain = |x: f64| if mi == 0 { 25.0 * x } else { 6.0 * x };
+    let key = |k: u64, t: i64| [k, mi, ai, seed, (t + 1) as u64];
+
+    let mut metrics = String::new();
+    let mut eval = String::new();
+    let row = |step: i64, p: usize, reward: f64, gold: f64, len: f64, kl: f64| {
+        let mut r = Map::new();
+        r.insert("step".into(), json!(step));
+        r.insert("prompt".into(), json!(p));
+        r.insert("id".into(), json!(format!("test-{p:04}")));
+        r.insert("reward".into(), json!(reward));
+        r.insert("gold".into(), json!(gold));
+        r.insert("length".into(), json!(len));
+        r.insert("kl".into(), json!(kl));
+        r.insert("finished".into(), json!(len < 64.0));
+        serde_json::to_string(&Value::Object(r)).unwrap() + "\n"
+    };
+    for p in 0..PROMPTS {
+        eval.push_str(&row(-1, p, init_proxy[p], init_gold[p], init_len[p], 0.0));
+    }
+    let last = stop_after.map(|s| s - 1).unwrap_or(STEPS - 1);
+    for t in 0..=last {
+        // The rollout at step t follows t updates; the eval at step t follows t + 1.
+        let xr = t as f64 / STEPS as f64;
+        let x = (t + 1) as f64 / STEPS as f64;
+        let seed_off = noise(&key(5, -1), 0.03);
+        let mut m = Map::new();
+        m.insert("step".into(), json!(t));
+        m.insert("reward".into(), json!(r4(0.1 + proxy_gain(xr) + noise(&key(6, t), 0.08))));
+        m.insert("gold/reward".into(), json!(r4(0.05 + gold_gain(xr) + seed_off + noise(&key(7, t), 0.08))));
+        m.insert("kl".into(), json!(r4(kl_at(xr) * (1.0 + noise(&key(8, t), 0.05)))));
+        m.insert("completions/mean_length".into(), json!(r4(40.0 + len_gain(xr) + noise(&key(9, t), 2.0))));
+        let times = [
+            ("time/generate", 3.0),
+            ("time/logprobs", 0.8),
+            ("time/reference", 0.7),
+            ("time/reward", 0.4),
+            ("time/policy", 2.5),
+            ("time/r2m", if mi == 1 { 0.3 } else { 0.0 }),
+            ("time/gold", 0.2),
+        ];
+        let mut total = 0.0;
+        for (k, v) in times {
+            let v = r4(v * (1.0 + noise(&[10, mi, ai, seed, t as u64, k.len() as u64], 0.05)));
+            total += v;
+            m.insert(k.into(), json!(v));
+        }
+        if mi == 1 {
+            m.insert("r2m/w".into(), json!(r4(1.0 - 0.4 * xr)));
+            m.insert("r2m/loss".into(), json!(r4(0.69 - 0.1 * xr + noise(&key(11, t), 0.01))));
+        }
+        if t % EVAL_EVERY == 0 || t == STEPS - 1 {
+            let (mut g, mut rw, mut kl, mut ln, mut wins) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for p in 0..PROMPTS {
+                let pk = |k: u64| [k, mi, ai, seed, (t + 1) as u64, p as u64];
+                let gp = r4(init_gold[p] + gold_gain(x) + seed_off + noise(&pk(12), 0.1));
+                let rp = r4(init_proxy[p] + proxy_gain(x) + noise(&pk(13), 0.1));
+                let kp = r4((kl_at(x) * (1.0 + noise(&pk(14), 0.2))).max(0.0));
+                let lp = (init_len[p] + len_gain(x) + noise(&pk(15), 4.0)).round().max(1.0);
+                eval.push_str(&row(t, p, rp, gp, lp, kp));
+                g += gp;
+                rw += rp;
+                kl += kp;
+                ln += lp;
+                wins += stats::win(gp, init_gold[p]);
+            }
+            let n = PROMPTS as f64;
+            m.insert("eval/reward".into(), json!(rw / n));
+            m.insert("eval/gold".into(), json!(g / n));
+            m.insert("eval/kl".into(), json!(kl / n));
+            m.insert("eval/mean_length".into(), json!(ln / n));
+            m.insert("eval/win_rate".into(), json!(wins / n));
+            let te = r4(1.5 * (1.0 + noise(&key(16, t), 0.05)));
+            m.insert("time/eval".into(), json!(te));
+            total += te;
+        }
+        m.insert("time/step".into(), json!(r4(total)));
+        metrics.push_str(&(serde_json::to_string(&Value::Object(m)).unwrap() + "\n"));
+    }
+    std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
+    if mi == 1 {
+        // Run-level RM accuracy (R2M: before and after RL, with feedback and w(T)).
+        let acc = json!({"method": method, "before": r4(0.66 + noise(&[17, ai, seed], 0.01)), "after": r4(0.74 + noise(&[18, ai, seed], 0.015))});
+        std::fs::write(dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc).unwrap()).unwrap();
+    }
+}
+
+/// The whole fixture grid in `dir`.
+pub fn write_fixture_grid(dir: &Path) {
+    for method in ["vanilla", "r2m"] {
+        for algo in ["rloo", "grpo"] {
+            for seed in 0..3 {
+                write_run(dir, method, algo, seed, None);
+            }
+        }
+    }
+    // Incomplete: a run that never started, and one stopped after 5 of 10 steps.
+    write_run(dir, "vanilla", "remax", 0, Some(0));
+    write_run(dir, "r2m", "grpo", 3, Some(5));
+    // Grid-level RM accuracy for the frozen RM (vanilla: no update, before = after).
+    let acc = json!([{"method": "vanilla", "before": 0.683, "after": 0.683}]);
+    std::fs::write(dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc).unwrap() + "\n").unwrap();
+}
+
+/// Regenerates tests/fixtures/grid.
+#[test]
+#[ignore]
+fn regenerate_fixture_grid() {
+    let d = fixture_dir();
+    if d.exists() {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    write_fixture_grid(&d);
+}
+
+/// The checked-in fixture is what the generator writes (metrics and eval rows, byte for byte;
+/// config.toml follows RlConfig and may gain fields).
+#[test]
+fn fixture_grid_is_reproducible() {
+    let d = tmpdir();
+    write_fixture_grid(d.path());
+    let mut n = 0;
+    for e in std::fs::read_dir(d.path()).unwrap() {
+        let e = e.unwrap();
+        for f in ["metrics.jsonl", "eval.jsonl", "rm_accuracy.json"] {
+            let p = e.path().join(f);
+            if p.exists() {
+                let q = fixture_dir().join(e.file_name()).join(f);
+                assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap_or_default(), "{} differs", q.display());
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 26, "{n} files compared");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn fixture_copy() -> tempfile::TempDir {
+    let d = tmpdir();
+    copy_dir(&fixture_dir(), d.path());
+    d
+}
+
+#[test]
+fn aggregates_the_fixture_grid() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    assert_eq!(grid.runs.len(), 12);
+    let inc: Vec<&str> = grid.incomplete.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(inc, ["r2m-grpo-s3", "vanilla-remax-s0"], "{:?}", grid.incomplete);
+    assert!(grid.incomplete[0].reason.contains("5 of 10"), "{}", grid.incomplete[0].reason);
+    assert!(grid.incomplete[1].reason.contains("no metrics"), "{}", grid.incomplete[1].reason);
+
+    let agg = aggregate::aggregate(&grid, &opts);
+    assert_eq!(agg.cells.len(), 4);
+    assert_eq!(agg.algos(), ["rloo", "grpo"]);
+    assert_eq!(agg.methods(), ["vanilla", "r2m"]);
+    for c in &agg.cells {
+        assert_eq!(c.seeds, [0, 1, 2]);
+        // Win rates from eval.jsonl agree with the trainer-style eval/win_rate of the last step.
+        for (&i, rs) in c.runs.iter().zip(&c.run_stats) {
+            let last = grid.runs[i].metrics.iter().rev().find_map(|m| m.get("eval/win_rate").and_then(Value::as_f64)).unwrap();
+            assert!((rs.win_rate - last).abs() < 1e-12, "{} {} vs {last}", grid.runs[i].name, rs.win_rate);
+            assert_eq!(rs.last_eval_step, Some(9));
+            // gold @ d lies on the curve: d <= the run's final sqrt(KL).
+            assert!(rs.gold_at_d.is_finite() && c.matched_d <= rs.sqrt_kl_final + 1e-12);
+        }
+        // By construction: vanilla overoptimizes, R2M does not.
+        let o = c.overopt.as_ref().unwrap();
+        assert_eq!(o.overoptimized, Some(c.method == "vanilla"), "{} {}: {}", c.method, c.algo, o.describe());
+    }
+    // The matched d is the smallest final sqrt(KL) of the algorithm's runs.
+    for algo in ["rloo", "grpo"] {
+        let min = agg.cells.iter().filter(|c| c.algo == algo).flat_map(|c| c.run_stats.iter().map(|r| r.sqrt_kl_final)).fold(f64::INFINITY, f64::min);
+        assert_eq!(agg.matched_d[algo], min);
+    }
+    // R2M vs vanilla: better final gold (by construction), Welch p < 0.05; RM accuracy from both file kinds.
+    let c = agg.vs_vanilla.iter().find(|c| c.algo == "rloo" && c.method == "r2m" && c.metric == "gold_final").unwrap();
+    assert!(c.welch.diff > 0.0 && c.significant(), "{c:?}");
+    let r2m = agg.cell("r2m", "rloo").unwrap();
+    assert_eq!(r2m.get("rm_acc_after").n, 3);
+    assert_eq!(agg.cell("vanilla", "rloo").unwrap().get("rm_acc_before").mean, 0.683);
+    // No ablation runs in the fixture: an empty ablation table, not an error.
+    assert!(agg.ablations.is_empty());
+    // A configured matched d is used as is.
+    let agg = aggregate::aggregate(&grid, &AggregateOptions { matched_d: Some(0.5), ..Default::default() });
+    assert_eq!(agg.matched_d["rloo"], 0.5);
+}
+
+#[test]
+fn report_renders_from_the_fixture_grid() {
+    let d = fixture_copy();
+    let s = write_report(d.path()).unwrap();
+    for p in [&s.results_csv, &s.runs_csv, &s.comparisons_csv, &s.report_md, &s.report_html] {
+        assert!(p.exists(), "{} missing", p.display());
+    }
+    for stem in ["gold_vs_step_rloo", "proxy_vs_step_grpo", "gold_vs_sqrt_kl_rloo", "gold_vs_sqrt_kl_grpo", "time_per_phase_rloo", "rm_accuracy"] {
+        for ext in ["png", "svg"] {
+            let p = d.path().join("plots").join(format!("{stem}.{ext}"));
+            assert!(p.exists() && s.plots.contains(&p), "{} missing", p.display());
+        }
+    }
+    let md = std::fs::read_to_string(&s.report_md).unwrap();
+    for m in ["vanilla", "r2m", "RLOO", "GRPO", "r2m-grpo-s3", "vanilla-remax-s0", "Verdict", "overoptimization: YES"] {
+        assert!(md.contains(m), "report.md lacks {m}");
+    }
+    assert!(md.contains("R2M vs vanilla (RLOO): gold at the last step +"), "{md}");
+    assert!(md.contains("plots/gold_vs_sqrt_kl_rloo.png"));
+
+    let html = std::fs::read_to_string(&s.report_html).unwrap();
+    let lower = html.to_lowercase();
+    for bad in ["http://", "https://", "<link", "<script", "url(", "@import", "src=\"plots", "href="] {
+        assert!(!lower.contains(bad), "report.html has an external reference: {bad}");
+    }
+    let imgs = lower.matches("<img").count();
+    assert_eq!(imgs, lower.matches("src=\"data:image/png;base64,").count());
+    assert!(imgs >= 7, "{imgs} images");
+    for m in ["vanilla", "r2m", "RLOO", "GRPO"] {
+        assert!(html.contains(m));
+    }
+
+    let results = std::fs::read_to_string(&s.results_csv).unwrap();
+    assert_eq!(results.lines().count(), 5, "{results}");
+    assert!(results.lines().next().unwrap().starts_with("method,algo,n_seeds,seeds,matched_d,gold_final_mean,gold_final_ci95"));
+    let runs = std::fs::read_to_string(&s.runs_csv).unwrap();
+    assert_eq!(runs.lines().count(), 15, "{runs}");
+    assert!(runs.contains("incomplete: no metrics"));
+    assert_eq!(s.n_runs, 12);
+    assert!(s.table.contains("gold (final)") && s.table.contains("r2m"));
+    assert!(s.verdicts.iter().any(|v| v.contains("R2M beats vanilla RLOO")), "{:?}", s.verdicts);
+    // Writing twice (plots/ now present) gives the same result.
+    let s2 = write_report(d.path()).unwrap();
+    assert_eq!(s2.n_runs, 12);
+    assert_eq!(s2.table, s.table);
+}
+
+#[test]
+fn report_of_an_empty_or_broken_grid_does_not_crash() {
+    let d = tmpdir();
+    let s = write_report(d.path()).unwrap();
+    assert_eq!(s.n_runs, 0);
+    assert!(std::fs::read_to_string(&s.report_md).unwrap().contains("No complete runs"));
+    // A run folder with garbage metrics and one with only a config: listed, not fatal.
+    let bad = d.path().join("vanilla-rloo-s0");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("metrics.jsonl"), "{not json\n").unwrap();
+    let s = write_report(d.path()).unwrap();
+    assert_eq!(s.incomplete.len(), 1);
+    assert!(s.incomplete[0].reason.contains("line 1"), "{}", s.incomplete[0].reason);
+    assert!(write_report(&d.path().join("missing")).is_err());
+}
+
+/// The verdict says plainly when R2M does not beat vanilla: here vanilla and R2M are the same runs
+/// under different names.
+#[test]
+fn verdict_says_when_r2m_does_not_beat_vanilla() {
+    let d = tmpdir();
+    for seed in 0..3 {
+        write_run(d.path(), "vanilla", "rloo", seed, None);
+        let from = d.path().join(format!("vanilla-rloo-s{seed}"));
+        let to = d.path().join(format!("r2m-rloo-s{seed}"));
+        copy_dir(&from, &to);
+        let cfg = std::fs::read_to_string(to.join("config.toml")).unwrap();
+        std::fs::write(to.join("config.toml"), format!("{cfg}\n[r2m]\nmethod = \"r2m\"\n")).unwrap();
+    }
+    let s = write_report(d.path()).unwrap();
+    assert!(s.verdicts.iter().any(|v| v.contains("R2M does NOT beat vanilla RLOO")), "{:?}", s.verdicts);
+    assert!(s.verdicts.iter().any(|v| v.contains("p = 1.000: not significant")), "{:?}", s.verdicts);
+}
