@@ -22,9 +22,20 @@ pub struct Args {
     pub device: String,
     #[arg(long)]
     pub json: bool,
+    /// An `r2m rl` run with R2M (or an ablation that reads feedback): evaluate its reward model
+    /// (the run's RM + trained cross-attention and head) with the run's final policy's feedback
+    /// at w(T), as the paper's Table 3. `--model` is then ignored.
+    #[arg(long)]
+    pub feedback_from: Option<PathBuf>,
+    /// With --feedback-from: use freshly initialised R2M modules (accuracy before R2M training).
+    #[arg(long)]
+    pub untrained: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(run) = &a.feedback_from {
+        return run_feedback(&a, run);
+    }
     let device = crate::device::parse(&a.device)?;
     let rm = RewardModel::load(&a.model, 0, device).with_context(|| format!("loading {}", a.model))?;
     let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
@@ -37,6 +48,30 @@ pub fn run(a: Args) -> Result<()> {
         if !d.skipped.is_empty() {
             println!("skipped {} malformed records", d.skipped.len());
         }
+    }
+    Ok(())
+}
+
+fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
+    use crate::r2m::{eval::feedback_accuracy, w, R2mSource};
+    let device = crate::device::parse(&a.device)?;
+    let (cfg, policy, ptok, ck) = crate::rl::trainer::load_run(run, device)?;
+    let r2m_cfg = cfg.r2m.clone().context("the run has no [r2m] table: nothing reads feedback")?;
+    anyhow::ensure!(r2m_cfg.method.uses_feedback(), "the run's method {} reads no feedback", r2m_cfg.method.name());
+    let rm = RewardModel::load(&cfg.reward.model, cfg.seed as i64, device).with_context(|| format!("loading {}", cfg.reward.model))?;
+    let mut src = R2mSource::new(r2m_cfg.clone(), rm, policy.config.hidden_size, cfg.seed, a.max_length, a.batch)?;
+    if !a.untrained {
+        let p = ck.join("reward_source.safetensors");
+        use crate::rl::reward_source::RewardSource;
+        src.load_state(&crate::model::load::safetensors::read_file(&p)?, &p)?;
+    }
+    let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
+    let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
+    let (acc, n) = feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, a.batch)?;
+    if a.json {
+        println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run}));
+    } else {
+        println!("pairs {n}  accuracy {acc:.4}  (R2M {}, w(T) = {wt:.3}, feedback from {})", if a.untrained { "untrained" } else { "trained" }, run.display());
     }
     Ok(())
 }

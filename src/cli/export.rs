@@ -1,8 +1,7 @@
 use super::ModelArgs;
 use crate::model::export::export_hf;
-use crate::model::load::safetensors;
 use crate::model::CausalLm;
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -26,22 +25,8 @@ pub fn run(a: Args) -> Result<()> {
             (l.model, l.tokenizer)
         }
         Some(run) => {
-            let cfg: crate::rl::config::RlConfig = crate::config::load(Some(&run.join("config.toml")), &[])?;
-            let ck = crate::checkpoint::find_checkpoint(&run.join("checkpoint"))
-                .with_context(|| format!("{}: no checkpoint/ folder", run.display()))?;
-            let l = CausalLm::load_path(&cfg.policy.model, tch::Device::Cpu)
-                .with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
-            let mut m = l.model;
-            let params = crate::train::apply_trainable(&mut m, &cfg.policy.trainable, cfg.seed as i64)?;
-            let path = ck.join("policy.safetensors");
-            let saved: std::collections::HashMap<String, tch::Tensor> = safetensors::read_file(&path)?.into_iter().collect();
-            let _g = tch::no_grad_guard();
-            for (n, p) in &params {
-                let s = saved.get(n).with_context(|| format!("{}: lacks '{n}'", path.display()))?;
-                ensure!(s.size() == p.size(), "{}: '{n}' has shape {:?}, model has {:?}", path.display(), s.size(), p.size());
-                p.shallow_clone().copy_(s);
-            }
-            (m, l.tokenizer)
+            let (_, m, tok, _) = crate::rl::trainer::load_run(run, tch::Device::Cpu)?;
+            (m, tok)
         }
     };
     export_hf(&model, &tok, &a.out)?;

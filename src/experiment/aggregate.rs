@@ -32,6 +32,8 @@ pub const METHOD_ORDER: [&str; 8] =
 pub const ALGO_ORDER: [&str; 4] = ["rloo", "grpo", "reinforce_pp", "remax"];
 /// The ablations R2M is compared with (r2m-method.md).
 pub const ABLATIONS: [&str; 4] = ["r2m-no-bt", "r2m-no-gre", "r2m-noise", "r2m-no-train"];
+/// Algorithms the paper runs only as vanilla baselines (R2M under RLOO/GRPO is compared with them).
+pub const OTHER_BASELINES: [&str; 2] = ["reinforce_pp", "remax"];
 /// The baseline every method is compared with.
 pub const BASELINE: &str = "vanilla";
 /// The full method.
@@ -574,7 +576,7 @@ impl Overopt {
     /// A sentence for the report.
     pub fn describe(&self) -> String {
         let head = format!(
-            "gold peaks at step {} ({:.3}) and ends at {:.3} at step {}: drop {} ; proxy after the peak {}",
+            "seed-mean gold peaks at step {} ({:.3}) and ends at {:.3} at step {}; per seed, gold fell {} from the peak and the proxy changed by {} after it",
             self.peak_step,
             self.peak_gold,
             self.final_gold,
@@ -636,12 +638,16 @@ impl Cell {
     }
 }
 
-/// `a` (method) against `b` (baseline) on one metric under one algorithm.
+/// `a` (method) against `b` (baseline) on one metric; under one algorithm, except R2M against
+/// the other algorithms' vanilla baselines ([`Aggregate::vs_baselines`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// The method's algorithm.
     pub algo: String,
     pub method: String,
     pub baseline: String,
+    /// The baseline's algorithm (= `algo` except in [`Aggregate::vs_baselines`]).
+    pub baseline_algo: String,
     pub metric: &'static str,
     pub a: Summary,
     pub b: Summary,
@@ -661,7 +667,11 @@ impl Comparison {
         let d = self.welch.diff * scale;
         let ci = self.welch.ci95 * scale;
         let diff = if ci.is_finite() { format!("{d:+.digits$} ± {ci:.digits$}") } else { format!("{d:+.digits$}") };
-        let p = if self.welch.p.is_finite() { format!("p = {}", fmt_p(self.welch.p)) } else { "p undefined (< 2 seeds)".into() };
+        let p = match self.welch.p {
+            p if !p.is_finite() => "p undefined (< 2 seeds)".into(),
+            p if p < 0.001 => "p < 0.001".into(),
+            p => format!("p = {}", fmt_p(p)),
+        };
         let verdict = if !self.welch.p.is_finite() {
             "cannot tell"
         } else if self.significant() {
@@ -699,6 +709,8 @@ pub struct Aggregate {
     pub vs_vanilla: Vec<Comparison>,
     /// r2m vs each ablation, same algo (a = r2m, b = the ablation).
     pub ablations: Vec<Comparison>,
+    /// R2M under each algorithm vs vanilla ReMax and REINFORCE++ (a = r2m, b = that baseline).
+    pub vs_baselines: Vec<Comparison>,
 }
 
 impl Aggregate {
@@ -717,7 +729,7 @@ impl Aggregate {
     }
 }
 
-fn compare(algo: &str, a: &Cell, b: &Cell, metric: &'static str) -> Comparison {
+fn compare(a: &Cell, b: &Cell, metric: &'static str) -> Comparison {
     let (va, vb) = (a.values(metric), b.values(metric));
     // Pairs by seed.
     let (mut pa, mut pb) = (vec![], vec![]);
@@ -728,9 +740,10 @@ fn compare(algo: &str, a: &Cell, b: &Cell, metric: &'static str) -> Comparison {
         }
     }
     Comparison {
-        algo: algo.to_string(),
+        algo: a.algo.clone(),
         method: a.method.clone(),
         baseline: b.method.clone(),
+        baseline_algo: b.algo.clone(),
         metric,
         a: summarize(&va),
         b: summarize(&vb),
@@ -802,7 +815,9 @@ fn mean_curve(grid: &Grid, idx: &[usize]) -> Vec<CurvePoint> {
 /// Aggregates a grid: cells, matched d per algorithm, comparisons vs vanilla and the ablations.
 pub fn aggregate(grid: &Grid, opts: &AggregateOptions) -> Aggregate {
     // Group run indices by (method, algo).
-    let mut groups: BTreeMap<((usize, String), (usize, String)), Vec<usize>> = BTreeMap::new();
+    // Keyed by (algo rank, method rank): cells come out in table order.
+    type Key = ((usize, String), (usize, String));
+    let mut groups: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
     for (i, r) in grid.runs.iter().enumerate() {
         groups.entry((algo_rank(&r.algo), method_rank(&r.method))).or_default().push(i);
     }
@@ -879,22 +894,32 @@ pub fn aggregate(grid: &Grid, opts: &AggregateOptions) -> Aggregate {
         if c.method != BASELINE {
             if let Some(base) = cells.iter().find(|b| b.method == BASELINE && b.algo == c.algo) {
                 for m in COMPARED {
-                    vs_vanilla.push(compare(&c.algo, c, base, m));
+                    vs_vanilla.push(compare(c, base, m));
                 }
-                vs_vanilla.push(compare(&c.algo, c, base, "rm_acc_after"));
+                vs_vanilla.push(compare(c, base, "rm_acc_after"));
             }
         }
         if ABLATIONS.contains(&c.method.as_str()) {
             if let Some(full) = cells.iter().find(|f| f.method == FULL && f.algo == c.algo) {
                 for m in COMPARED {
-                    ablations.push(compare(&c.algo, full, c, m));
+                    ablations.push(compare(full, c, m));
                 }
             }
         }
     }
     // RM accuracy after RL is compared only where runs carry it (a grid-level single value has no spread).
     vs_vanilla.retain(|c| c.metric != "rm_acc_after" || (c.a.n >= 2 && c.b.n >= 2));
-    Aggregate { cells, matched_d, vs_vanilla, ablations }
+    // R2M (under each algorithm) against the vanilla runs of the other baselines (the paper's
+    // ReMax and REINFORCE++ rows). Gold @ d is left out: d differs between algorithms.
+    let mut vs_baselines = vec![];
+    for c in cells.iter().filter(|c| c.method == FULL) {
+        for b in cells.iter().filter(|b| b.method == BASELINE && b.algo != c.algo && OTHER_BASELINES.contains(&b.algo.as_str())) {
+            for m in ["gold_final", "win_rate", "lc_win_rate"] {
+                vs_baselines.push(compare(c, b, m));
+            }
+        }
+    }
+    Aggregate { cells, matched_d, vs_vanilla, ablations, vs_baselines }
 }
 
 #[cfg(test)]

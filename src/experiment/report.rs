@@ -136,7 +136,7 @@ fn overopt_cell(c: &Cell) -> String {
 
 /// The main table: one row per algo x method. `full` adds proxy, gap, length columns.
 fn main_table(agg: &Aggregate, full: bool) -> Table {
-    let mut cols = vec!["algo", "method", "seeds", "gold (final)", "gold @ d", "peak gold", "peak step", "win rate (%)", "LC win rate (%)"];
+    let mut cols = vec!["algo", "method", "seeds", "gold (final)", "gold @ d", "peak gold", "peak step (per run)", "win rate (%)", "LC win rate (%)"];
     if full {
         cols.extend(["proxy (final)", "proxy - gold", "std. gap", "sqrt KL", "length"]);
     } else {
@@ -168,12 +168,21 @@ fn main_table(agg: &Aggregate, full: bool) -> Table {
     t
 }
 
+/// The phases in the order of a step (Algorithm 1), then any others alphabetically, the total last.
+const PHASE_ORDER: [&str; 9] =
+    ["time/generate", "time/logprobs", "time/reference", "time/reward", "time/r2m", "time/policy", "time/gold", "time/eval", "time/step"];
+
 fn all_phases(agg: &Aggregate) -> Vec<String> {
     let s: BTreeSet<String> = agg.cells.iter().flat_map(|c| c.times.iter().map(|(p, _)| p.clone())).collect();
-    // time/step (the total) last.
-    let mut v: Vec<String> = s.iter().filter(|p| *p != "time/step").cloned().collect();
-    if s.contains("time/step") {
-        v.push("time/step".into());
+    let mut v: Vec<String> = s.into_iter().collect();
+    v.sort_by_key(|p| {
+        let i = PHASE_ORDER.iter().position(|q| q == p).unwrap_or(PHASE_ORDER.len() - 1);
+        (i, p.clone())
+    });
+    // The total last.
+    if let Some(i) = v.iter().position(|p| p == "time/step") {
+        let t = v.remove(i);
+        v.push(t);
     }
     v
 }
@@ -264,16 +273,22 @@ fn runs_table(grid: &Grid, agg: &Aggregate) -> Table {
 
 fn comparisons_table(agg: &Aggregate) -> Table {
     let mut t = Table::new([
-        "table", "algo", "method", "baseline", "metric", "a_mean", "a_ci95", "a_n", "b_mean", "b_ci95", "b_n", "diff", "diff_ci95", "df",
+        "table", "algo", "method", "baseline", "baseline_algo", "metric", "a_mean", "a_ci95", "a_n", "b_mean", "b_ci95", "b_n", "diff", "diff_ci95", "df",
         "t", "p_welch", "significant", "p_paired", "n_paired",
     ]);
-    let rows = agg.vs_vanilla.iter().map(|c| ("vs_vanilla", c)).chain(agg.ablations.iter().map(|c| ("ablation", c)));
+    let rows = agg
+        .vs_vanilla
+        .iter()
+        .map(|c| ("vs_vanilla", c))
+        .chain(agg.ablations.iter().map(|c| ("ablation", c)))
+        .chain(agg.vs_baselines.iter().map(|c| ("vs_other_baselines", c)));
     for (table, c) in rows {
         let _ = t.push(vec![
             table.into(),
             c.algo.clone(),
             c.method.clone(),
             c.baseline.clone(),
+            c.baseline_algo.clone(),
             c.metric.into(),
             csv_num(c.a.mean),
             csv_num(c.a.ci95),
@@ -305,7 +320,7 @@ fn comparison_md_table(cs: &[&Comparison], a_title: &str, b_title: &str) -> Tabl
         let _ = t.push(vec![
             algo_label(&c.algo),
             c.method.clone(),
-            c.baseline.clone(),
+            if c.baseline_algo == c.algo { c.baseline.clone() } else { format!("{} ({})", c.baseline, algo_label(&c.baseline_algo)) },
             label(c.metric),
             pm(&scaled(&c.a, k), d),
             pm(&scaled(&c.b, k), d),
@@ -419,28 +434,47 @@ fn toml_text(v: &toml::Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // Verdicts
 
+/// "R2M" for the full method (as the paper writes it), the config name otherwise.
+fn method_label(m: &str) -> String {
+    if m == FULL {
+        "R2M".into()
+    } else {
+        m.to_string()
+    }
+}
+
 fn find<'a>(cs: &'a [Comparison], algo: &str, method: &str, baseline: &str, metric: &str) -> Option<&'a Comparison> {
     cs.iter().find(|c| c.algo == algo && c.method == method && c.baseline == baseline && c.metric == metric)
 }
 
-fn comparison_line(c: &Comparison) -> String {
-    let (d, k) = metric_format(c.metric);
-    let unit = if k == 100.0 { " points" } else { "" };
-    let what = match c.metric {
+/// A metric in words, for the verdict.
+fn metric_words(m: &str) -> &str {
+    match m {
         "gold_final" => "gold at the last step",
         "gold_at_d" => "gold at matched sqrt(KL)",
         "lc_win_rate" => "LC win rate vs pi_init",
         "win_rate" => "win rate vs pi_init",
         "peak_gold" => "peak gold",
         "gap_std_final" => "standardized proxy-gold gap",
+        "rm_acc_after" => "RM accuracy after RL",
         m => m,
-    };
+    }
+}
+
+fn comparison_line(c: &Comparison) -> String {
+    let (d, k) = metric_format(c.metric);
+    let unit = if k == 100.0 { " points" } else { "" };
+    let what = metric_words(c.metric);
     let desc = c.describe(d, k);
     let desc = match desc.split_once(',') {
         Some((diff, rest)) => format!("{diff}{unit},{rest}"),
         None => desc,
     };
-    format!("{} vs {} ({}): {what} {desc}", c.method, c.baseline, algo_label(&c.algo))
+    if c.algo == c.baseline_algo {
+        format!("{} vs {} ({}): {what} {desc}", method_label(&c.method), c.baseline, algo_label(&c.algo))
+    } else {
+        format!("{} ({}) vs {} ({}): {what} {desc}", method_label(&c.method), algo_label(&c.algo), c.baseline, algo_label(&c.baseline_algo))
+    }
 }
 
 /// The plain-language verdict lines.
@@ -480,7 +514,7 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
         let mut sig_down = vec![];
         for m in ["gold_final", "gold_at_d", "lc_win_rate", "win_rate"] {
             if let Some(c) = find(&agg.vs_vanilla, &algo, FULL, BASELINE, m) {
-                out.push(format!("R2M {}", comparison_line(c)));
+                out.push(comparison_line(c));
                 if c.significant() {
                     if c.welch.diff > 0.0 {
                         sig_up.push(m);
@@ -491,6 +525,8 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
             }
         }
         let a = algo_label(&algo);
+        let sig_up: Vec<&str> = sig_up.into_iter().map(metric_words).collect();
+        let sig_down: Vec<&str> = sig_down.into_iter().map(metric_words).collect();
         out.push(match (sig_up.is_empty(), sig_down.is_empty()) {
             (true, true) => format!(
                 "Verdict ({a}): R2M does NOT beat vanilla {a}: no difference in gold or win rate is significant at 0.05."
@@ -517,9 +553,13 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
             }
         }
     }
-    let k = agg.vs_vanilla.iter().chain(&agg.ablations).filter(|c| c.welch.p.is_finite()).count();
+    for c in agg.vs_baselines.iter().filter(|c| c.metric == "gold_final" || c.metric == "lc_win_rate") {
+        out.push(comparison_line(c));
+    }
+    let all = || agg.vs_vanilla.iter().chain(&agg.ablations).chain(&agg.vs_baselines);
+    let k = all().filter(|c| c.welch.p.is_finite()).count();
     if k > 0 {
-        let sig = agg.vs_vanilla.iter().chain(&agg.ablations).filter(|c| c.significant()).count();
+        let sig = all().filter(|c| c.significant()).count();
         out.push(format!(
             "{sig} of {k} tests are significant at 0.05, uncorrected for multiple comparisons: about {:.1} would be by chance alone if no method differed.",
             k as f64 * 0.05
@@ -637,7 +677,8 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
 
     b.push(H(2, "Setup".into()));
     b.push(Table(setup_table(grid)));
-    let ds: Vec<String> = agg.matched_d.iter().map(|(a, d)| format!("{} d = {d:.3}", algo_label(a))).collect();
+    let ds: Vec<String> =
+        agg.algos().iter().filter_map(|a| agg.matched_d.get(a).map(|d| format!("{} d = {d:.3}", algo_label(a)))).collect();
     b.push(P(format!(
         "Matched KL: gold @ d is each run's eval gold interpolated at d = sqrt(KL) on its curve from pi_init (d = 0), at \
          the first crossing; d per algorithm is the smallest final sqrt(KL) over its runs: {}.",
@@ -690,6 +731,13 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
         b.push(P("Difference = r2m - ablation: positive means the full method does better.".into()));
     }
 
+    if !agg.vs_baselines.is_empty() {
+        b.push(H(2, "R2M vs the other RL baselines (vanilla REINFORCE++ / ReMax)".into()));
+        let cs: Vec<&Comparison> = agg.vs_baselines.iter().collect();
+        b.push(Table(comparison_md_table(&cs, "r2m", "baseline")));
+        b.push(P("As in the paper's tables, R2M under RLOO / GRPO against vanilla runs of the other algorithms. Gold @ d is not compared: d differs between algorithms.".into()));
+    }
+
     b.push(H(2, "RM accuracy".into()));
     let rm = rm_table(agg);
     if rm.rows.is_empty() {
@@ -713,9 +761,17 @@ fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
+/// Whether every non-empty cell of column `c` reads as a number ("0.5 ± 0.1", "+3", "n/a", "< 0.001").
+fn numeric_column(t: &Table, c: usize) -> bool {
+    t.rows.iter().map(|r| r[c].trim()).filter(|v| !v.is_empty()).all(|v| {
+        v == "n/a" || v.starts_with("< ") || v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-' || ch == '.')
+    })
+}
+
 fn md_table(t: &Table) -> String {
     let mut s = format!("| {} |\n", t.headers.iter().map(|h| md_escape(h)).collect::<Vec<_>>().join(" | "));
-    s.push_str(&format!("|{}|\n", t.headers.iter().enumerate().map(|(i, _)| if i < 2 { "---" } else { "---:" }).collect::<Vec<_>>().join("|")));
+    let align: Vec<&str> = (0..t.headers.len()).map(|c| if numeric_column(t, c) { "---:" } else { "---" }).collect();
+    s.push_str(&format!("|{}|\n", align.join("|")));
     for r in &t.rows {
         s.push_str(&format!("| {} |\n", r.iter().map(|c| md_escape(c)).collect::<Vec<_>>().join(" | ")));
     }
@@ -752,6 +808,7 @@ fn html_escape(s: &str) -> String {
 }
 
 fn html_table(t: &Table) -> String {
+    let numeric: Vec<bool> = (0..t.headers.len()).map(|c| numeric_column(t, c)).collect();
     let mut s = String::from("<table>\n<thead><tr>");
     for h in &t.headers {
         s.push_str(&format!("<th>{}</th>", html_escape(h)));
@@ -760,7 +817,7 @@ fn html_table(t: &Table) -> String {
     for r in &t.rows {
         s.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
-            let class = if i >= 2 { " class=\"n\"" } else { "" };
+            let class = if numeric[i] { " class=\"n\"" } else { "" };
             s.push_str(&format!("<td{class}>{}</td>", html_escape(c)));
         }
         s.push_str("</tr>\n");

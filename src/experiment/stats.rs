@@ -104,7 +104,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 /// The regularized incomplete beta function I_x(a, b), a, b > 0, x in [0, 1] (Numerical Recipes
 /// 3rd ed. §6.4: the continued fraction by modified Lentz, on the side where it converges fast).
 pub fn betai(a: f64, b: f64, x: f64) -> f64 {
-    if !(a > 0.0 && b > 0.0) || !(0.0..=1.0).contains(&x) {
+    if a.is_nan() || b.is_nan() || a <= 0.0 || b <= 0.0 || !(0.0..=1.0).contains(&x) {
         return f64::NAN;
     }
     if x == 0.0 || x == 1.0 {
@@ -165,7 +165,7 @@ fn betacf(a: f64, b: f64, x: f64) -> f64 {
 /// CDF of Student's t with `df` > 0 degrees of freedom (non-integer allowed):
 /// P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0, symmetric below.
 pub fn t_cdf(t: f64, df: f64) -> f64 {
-    if t.is_nan() || !(df > 0.0) {
+    if t.is_nan() || df.is_nan() || df <= 0.0 {
         return f64::NAN;
     }
     if t.is_infinite() {
@@ -181,7 +181,7 @@ pub fn t_cdf(t: f64, df: f64) -> f64 {
 
 /// Two-sided p-value of a t statistic: P(|T| >= |t|).
 pub fn t_two_sided_p(t: f64, df: f64) -> f64 {
-    if t.is_nan() || !(df > 0.0) {
+    if t.is_nan() || df.is_nan() || df <= 0.0 {
         return f64::NAN;
     }
     if t.is_infinite() {
@@ -193,7 +193,7 @@ pub fn t_two_sided_p(t: f64, df: f64) -> f64 {
 /// The quantile of Student's t: the t with P(T <= t) = p, for p in (0, 1) and df > 0 (non-integer
 /// allowed). Bisection on [`t_cdf`] to ~1e-12 (t_{0.975, 2} = 4.302652729749464).
 pub fn t_quantile(p: f64, df: f64) -> f64 {
-    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+    if p.is_nan() || p <= 0.0 || p >= 1.0 || df.is_nan() || df <= 0.0 {
         return f64::NAN;
     }
     if p == 0.5 {

@@ -8,6 +8,7 @@
 //! policy's final hidden states (captured, never recomputed). After each policy step, GREBT =
 //! (1 - alpha) BT(winner, loser) + alpha GRE re-fits the cross-attention and phi.
 pub mod cross_attention;
+pub mod eval;
 pub mod grebt;
 
 use crate::error::{Error, Result};
@@ -177,10 +178,15 @@ impl R2mSource {
 
     /// H_last (B, D_rm) of the batch's texts, from the frozen backbone, no grad.
     fn h_last(&self, input: &RewardInput) -> Result<Tensor> {
+        self.h_last_of(&input.prompts, input.responses)
+    }
+
+    /// H_last (B, D_rm) for (prompt, response) pairs, from the frozen backbone, no grad.
+    pub fn h_last_of(&self, prompts: &[&crate::data::PromptExample], responses: &[String]) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let mut out = vec![];
         let texts: Vec<(String, bool)> =
-            input.prompts.iter().zip(input.responses).map(|(p, r)| rm_text(&self.rm, &p.prompt, r)).collect::<Result<_>>()?;
+            prompts.iter().zip(responses).map(|(p, r)| rm_text(&self.rm, &p.prompt, r)).collect::<Result<_>>()?;
         let special = texts.first().map(|t| t.1).unwrap_or(true);
         let texts: Vec<String> = texts.into_iter().map(|t| t.0).collect();
         for chunk in texts.chunks(self.batch_size.max(1)) {

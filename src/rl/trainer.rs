@@ -638,3 +638,23 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
     Ok(sink.path().to_path_buf())
 }
+
+/// A finished or stopped `r2m rl` run, loaded back: its config, the policy with the checkpoint's
+/// trained weights (the initial policy + its trainable set, overwritten), the tokenizer, and the
+/// checkpoint folder.
+pub fn load_run(run_dir: &Path, device: Device) -> Result<(RlConfig, CausalLm, Tokenizer, std::path::PathBuf)> {
+    let cfg: RlConfig = crate::config::load(Some(&run_dir.join("config.toml")), &[])?;
+    let ck = find_checkpoint(&run_dir.join("checkpoint")).with_context(|| format!("{}: no checkpoint/ folder", run_dir.display()))?;
+    let l = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
+    let mut m = l.model;
+    let params = apply_trainable(&mut m, &cfg.policy.trainable, cfg.seed as i64)?;
+    let path = ck.join("policy.safetensors");
+    let saved: std::collections::HashMap<String, Tensor> = safetensors::read_file(&path)?.into_iter().collect();
+    let _g = tch::no_grad_guard();
+    for (n, p) in &params {
+        let s = saved.get(n).with_context(|| format!("{}: lacks '{n}'", path.display()))?;
+        ensure!(s.size() == p.size(), "{}: '{n}' has shape {:?}, model has {:?}", path.display(), s.size(), p.size());
+        p.shallow_clone().copy_(&s.to_device(device));
+    }
+    Ok((cfg, m, l.tokenizer, ck))
+}

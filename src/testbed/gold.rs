@@ -186,14 +186,14 @@ impl GoldConfig {
             ("echo", self.echo_lo, self.echo_hi),
             ("fluency", self.fluency_lo, self.fluency_hi),
         ] {
-            if !(lo < hi) {
+            if lo.is_nan() || hi.is_nan() || lo >= hi {
                 return bad(format!("{name}_lo = {lo} must be < {name}_hi = {hi}"));
             }
         }
         if !(self.min_words_frac >= 0.0 && self.min_words_frac <= 1.0) {
             return bad(format!("min_words_frac = {} must be in [0, 1]", self.min_words_frac));
         }
-        if !(self.overlength_zero > 0.0) {
+        if self.overlength_zero.is_nan() || self.overlength_zero <= 0.0 {
             return bad(format!("overlength_zero = {} must be > 0", self.overlength_zero));
         }
         if self.fluency_batch_size == 0 || self.fluency_max_tokens == 0 {
@@ -390,7 +390,7 @@ pub fn count_sentences(text: &str) -> usize {
             if c.is_alphanumeric() {
                 has_word = true;
             }
-            let end = matches!(c, '.' | '!' | '?') && chars.get(i + 1).map_or(true, |c| c.is_whitespace());
+            let end = matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|c| c.is_whitespace());
             if end && has_word {
                 n += 1;
                 has_word = false;

@@ -45,20 +45,28 @@ fn r4(x: f64) -> f64 {
 }
 
 const STEPS: i64 = 10;
-const EVAL_EVERY: i64 = 2;
-const PROMPTS: usize = 8;
+const EVAL_EVERY: i64 = 3;
+const PROMPTS: usize = 16;
 
 /// Writes one synthetic run folder.
 fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Option<i64>) {
     let name = format!("{method}-{algo}-s{seed}");
     let dir = grid.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
-    let (mi, ai) = (if method == "r2m" { 1u64 } else { 0 }, if algo == "grpo" { 1u64 } else { 0 });
-    let mut cfg = r2m::rl::config::RlConfig::default();
-    cfg.seed = seed;
-    cfg.out = PathBuf::from(format!("runs/grid/{name}"));
+    let mi = if method == "r2m" { 1u64 } else { 0 };
+    let ai = match algo {
+        "rloo" => 0u64,
+        "grpo" => 1,
+        _ => 2,
+    };
+    let mut cfg = r2m::rl::config::RlConfig { seed, out: PathBuf::from(format!("runs/grid/{name}")), ..Default::default() };
     cfg.reward.model = "runs/testbed/rm".into();
-    cfg.rl.algo = if ai == 1 { r2m::rl::config::Algo::Grpo } else { r2m::rl::config::Algo::Rloo };
+    cfg.rl.algo = match algo {
+        "rloo" => r2m::rl::config::Algo::Rloo,
+        "grpo" => r2m::rl::config::Algo::Grpo,
+        "remax" => r2m::rl::config::Algo::Remax,
+        _ => r2m::rl::config::Algo::ReinforcePp,
+    };
     cfg.rl.steps = STEPS;
     cfg.rl.eval_every = EVAL_EVERY;
     cfg.rl.eval_prompts = PROMPTS;
@@ -75,9 +83,9 @@ fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Optio
     let init_gold: Vec<f64> = (0..PROMPTS).map(|p| r4(prompt_gold[p] + noise(&[2, seed, p as u64], 0.1))).collect();
     let init_proxy: Vec<f64> = (0..PROMPTS).map(|p| r4(0.5 * prompt_gold[p] + noise(&[3, seed, p as u64], 0.2))).collect();
     let init_len: Vec<f64> = (0..PROMPTS).map(|p| (40.0 + noise(&[4, seed, p as u64], 8.0)).round()).collect();
-    // Dynamics at progress x in (0, 1]: vanilla's gold peaks near x = 0.45 and ends below pi_init.
+    // Dynamics at progress x in (0, 1]: vanilla's gold peaks near x = 0.4 and ends below pi_init.
     let scale = if ai == 1 { 0.9 } else { 1.0 };
-    let gold_gain = |x: f64| if mi == 0 { scale * (1.2 * x - 1.3 * x * x) } else { scale * (0.6 * x - 0.15 * x * x) };
+    let gold_gain = |x: f64| if mi == 0 { scale * (1.2 * x - 1.6 * x * x) } else { scale * (0.6 * x - 0.15 * x * x) };
     let proxy_gain = |x: f64| if mi == 0 { 1.4 * x } else { 0.9 * x };
     let kl_at = |x: f64| if mi == 0 { 6.0 * x } else { 4.5 * x } * (1.0 + 0.1 * ai as f64);
     let len_gain = |x: f64| if mi == 0 { 25.0 * x } else { 6.0 * x };
@@ -135,8 +143,8 @@ fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Optio
             let (mut g, mut rw, mut kl, mut ln, mut wins) = (0.0, 0.0, 0.0, 0.0, 0.0);
             for p in 0..PROMPTS {
                 let pk = |k: u64| [k, mi, ai, seed, (t + 1) as u64, p as u64];
-                let gp = r4(init_gold[p] + gold_gain(x) + seed_off + noise(&pk(12), 0.1));
-                let rp = r4(init_proxy[p] + proxy_gain(x) + noise(&pk(13), 0.1));
+                let gp = r4(init_gold[p] + gold_gain(x) + seed_off + noise(&pk(12), 0.45));
+                let rp = r4(init_proxy[p] + proxy_gain(x) + noise(&pk(13), 0.3));
                 let kp = r4((kl_at(x) * (1.0 + noise(&pk(14), 0.2))).max(0.0));
                 let lp = (init_len[p] + len_gain(x) + noise(&pk(15), 4.0)).round().max(1.0);
                 eval.push_str(&row(t, p, rp, gp, lp, kp));
@@ -302,6 +310,7 @@ fn report_renders_from_the_fixture_grid() {
         assert!(md.contains(m), "report.md lacks {m}");
     }
     assert!(md.contains("R2M vs vanilla (RLOO): gold at the last step +"), "{md}");
+    assert!(!md.contains("R2M r2m"));
     assert!(md.contains("plots/gold_vs_sqrt_kl_rloo.png"));
 
     let html = std::fs::read_to_string(&s.report_html).unwrap();
@@ -360,7 +369,23 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
         let cfg = std::fs::read_to_string(to.join("config.toml")).unwrap();
         std::fs::write(to.join("config.toml"), format!("{cfg}\n[r2m]\nmethod = \"r2m\"\n")).unwrap();
     }
+    // Vanilla ReMax as a further baseline (the paper's table rows).
+    for seed in 0..3 {
+        write_run(d.path(), "vanilla", "remax", seed, None);
+    }
     let s = write_report(d.path()).unwrap();
     assert!(s.verdicts.iter().any(|v| v.contains("R2M does NOT beat vanilla RLOO")), "{:?}", s.verdicts);
-    assert!(s.verdicts.iter().any(|v| v.contains("p = 1.000: not significant")), "{:?}", s.verdicts);
+    assert!(s.verdicts.iter().any(|v| v.starts_with("R2M (RLOO) vs vanilla (ReMax): gold at the last step")), "{:?}", s.verdicts);
+    assert!(s.verdicts.iter().any(|v| v.contains("R2M vs vanilla (RLOO): gold at the last step +0.000 ± ") && v.ends_with("p = 1.000: not significant")), "{:?}", s.verdicts);
+}
+
+/// Writes the fixture's report to `$R2M_REPORT_DEMO` (a folder) for a look:
+/// `R2M_REPORT_DEMO=/tmp/grid cargo test --test it experiment::demo -- --ignored`.
+#[test]
+#[ignore]
+fn demo_report() {
+    let out = PathBuf::from(std::env::var("R2M_REPORT_DEMO").expect("set R2M_REPORT_DEMO"));
+    copy_dir(&fixture_dir(), &out);
+    let s = write_report(&out).unwrap();
+    println!("{}", s.table);
 }

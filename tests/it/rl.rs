@@ -324,3 +324,41 @@ fn export_run_writes_the_trained_policy() {
     let init = r2m::model::CausalLm::load_path(c.policy.model.as_str(), Device::Cpu).unwrap().model;
     assert!((init.forward(&ids, &ids.ones_like()).unwrap() - want).abs().max().double_value(&[]) > 1e-4);
 }
+
+/// `eval-rm --feedback-from RUN` (Table 3): the run's R2M scores held-out pairs with the final
+/// policy's feedback at w(T); `--untrained` gives the before-training number.
+#[test]
+fn eval_rm_with_feedback_from_an_r2m_run() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut c = tiny_cfg(d.path(), Algo::Rloo, "fb");
+    c.rl.steps = 3;
+    c.rl.eval_every = 0;
+    c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-2, omega: 0.0, ..Default::default() });
+    {
+        let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
+        run(&mut r, false, false).unwrap();
+    }
+    let pairs = d.path().join("pairs.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| serde_json::json!({"prompt": format!("w{i} w{}", i + 1), "chosen": "yes yes", "rejected": format!("no w{i}")}).to_string())
+        .collect();
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
+            .args(["eval-rm", "--model", "unused", "--device", "cpu", "--json", "--data", pairs.to_str().unwrap(), "--feedback-from", c.out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let trained = eval(&[]);
+    let untrained = eval(&["--untrained"]);
+    assert_eq!(trained["pairs"], 6);
+    let (a, b) = (trained["accuracy"].as_f64().unwrap(), untrained["accuracy"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b));
+    // w(T) with omega 0 is 0: the score is the cross-attention's alone.
+    assert_eq!(trained["w"].as_f64().unwrap(), 0.0);
+}

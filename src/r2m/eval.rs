@@ -1,0 +1,72 @@
+//! RM accuracy on held-out preference pairs with a policy's feedback (the paper's Table 3):
+//! each pair's chosen and rejected responses are read by the policy (prompt + response, one
+//! forward) for h, by the frozen RM backbone for H_last, and scored by R2M at a given w
+//! (offline evaluation uses w(T)).
+use crate::data::{PreferenceExample, PromptExample, Text};
+use crate::error::{Error, Result};
+use crate::model::generate::left_pad;
+use crate::model::llama::CausalLm;
+use crate::r2m::R2mSource;
+use crate::reward::loss::accuracy;
+use crate::rl::trainer::prompt_ids;
+use crate::tokenizer::Tokenizer;
+use tch::{Device, Kind, Tensor};
+
+fn response_text(t: &Text) -> String {
+    match t {
+        Text::Plain(s) => s.clone(),
+        Text::Chat(m) => m.iter().filter(|m| m.role == "assistant").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
+    }
+}
+
+/// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with `policy`'s final
+/// hidden states as feedback. Returns (accuracy, pairs scored).
+pub fn feedback_accuracy(
+    src: &R2mSource,
+    policy: &CausalLm,
+    ptok: &Tokenizer,
+    pairs: &[PreferenceExample],
+    chat: bool,
+    wt: f64,
+    batch: usize,
+) -> Result<(f64, usize)> {
+    let _g = tch::no_grad_guard();
+    let eos = ptok.eos_ids().first().copied().map(i64::from);
+    let (mut cs, mut rs) = (vec![], vec![]);
+    for chunk in pairs.chunks(batch.max(1)) {
+        let mut prompts = vec![];
+        let mut responses = vec![];
+        for ex in chunk {
+            let p = ex.prompt.clone().ok_or_else(|| Error::Input(format!("{}: feedback evaluation needs an explicit prompt", ex.origin)))?;
+            let pe = PromptExample { prompt: p, origin: ex.origin.clone(), meta: Default::default() };
+            for resp in [&ex.chosen, &ex.rejected] {
+                prompts.push(pe.clone());
+                responses.push(response_text(resp));
+            }
+        }
+        let prefs: Vec<&PromptExample> = prompts.iter().collect();
+        // The policy reads prompt + response as it would have produced it (+ EOS).
+        let pids = prompt_ids(ptok, &prefs, chat, usize::MAX).map_err(|e| Error::Input(format!("{e:#}")))?;
+        let seqs: Vec<Vec<i64>> = pids
+            .iter()
+            .zip(&responses)
+            .map(|(p, r)| -> Result<Vec<i64>> {
+                let mut s = p.clone();
+                s.extend(ptok.encode(r, false)?.into_iter().map(i64::from));
+                s.extend(eos);
+                Ok(s)
+            })
+            .collect::<Result<_>>()?;
+        let (ids, mask) = left_pad(&seqs, ptok.pad_id() as i64, policy.device);
+        let h = policy.forward_hidden(&ids, &mask, false)?.last;
+        let hl = src.h_last_of(&prefs, &responses)?;
+        let r = src.rewards(&hl, Some((&h, &mask)), wt).to_device(Device::Cpu).to_kind(Kind::Float).view([-1, 2]);
+        cs.push(r.select(1, 0));
+        rs.push(r.select(1, 1));
+    }
+    if cs.is_empty() {
+        return Ok((f64::NAN, 0));
+    }
+    let (c, r) = (Tensor::cat(&cs, 0), Tensor::cat(&rs, 0));
+    Ok((accuracy(&c, &r), c.size()[0] as usize))
+}
