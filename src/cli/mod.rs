@@ -79,3 +79,29 @@ pub(crate) fn render_prompt(tok: &crate::tokenizer::Tokenizer, text: &str, chat:
     let msgs = [crate::tokenizer::Message { role: "user".into(), content: text.to_string() }];
     Ok(tok.apply_chat_template(&msgs, true)?)
 }
+
+/// `--set` overrides from convenience flags: each present (key, value) becomes `key="value"`
+/// (a TOML string), each number `key=value`; then the user's own `--set`s, which win.
+pub(crate) fn flag_sets(strings: &[(&str, Option<&String>)], numbers: &[(&str, Option<u64>)], user: &[String]) -> Vec<String> {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut sets: Vec<String> = strings.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", q(v)))).collect();
+    sets.extend(numbers.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))));
+    sets.extend(user.iter().cloned());
+    sets
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flag_sets_quote_strings_and_keep_user_sets_last() {
+        let path = "dir with \"quotes\"".to_string();
+        let s = super::flag_sets(&[("out", Some(&path)), ("device", None)], &[("seed", Some(3))], &["seed=4".into()]);
+        assert_eq!(s.len(), 3);
+        let mut t = toml::Table::new();
+        for x in &s {
+            crate::config::apply_set(&mut t, x).unwrap();
+        }
+        assert_eq!(t["out"].as_str(), Some("dir with \"quotes\""));
+        assert_eq!(t["seed"].as_integer(), Some(4));
+    }
+}

@@ -28,18 +28,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let mut sets = vec![];
-    if let Some(o) = &a.out {
-        sets.push(format!("out={}", q(o)));
-    }
-    if let Some(s) = a.seed {
-        sets.push(format!("seed={s}"));
-    }
-    if let Some(d) = &a.device {
-        sets.push(format!("device={}", q(d)));
-    }
-    sets.extend(a.sets.iter().cloned());
+    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("seed", a.seed)], &a.sets);
     let cfg: RlConfig = crate::config::load(a.config.as_deref(), &sets)?;
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;

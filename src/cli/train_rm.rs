@@ -40,30 +40,21 @@ pub struct Args {
 }
 
 pub fn run_cli(a: Args) -> Result<()> {
-    let mut sets = vec![];
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    if let Some(m) = &a.model {
-        sets.push(format!("model={}", q(m)));
-    }
-    if let Some(d) = &a.data {
-        sets.push(format!("data.train={}", q(d)));
-    }
-    if let Some(d) = &a.eval_data {
-        sets.push(format!("data.eval={}", q(d)));
-    }
-    if let Some(o) = &a.out {
-        sets.push(format!("out={}", q(o)));
-    }
-    if let Some(s) = a.seed {
-        sets.push(format!("seed={s}"));
-    }
-    if let Some(d) = &a.device {
-        sets.push(format!("device={}", q(d)));
-    }
+    let mut user = a.sets.clone();
     if a.skip_invalid {
-        sets.push("data.skip_invalid=true".into());
+        user.insert(0, "data.skip_invalid=true".into());
     }
-    sets.extend(a.sets.iter().cloned());
+    let sets = super::flag_sets(
+        &[
+            ("model", a.model.as_ref()),
+            ("data.train", a.data.as_ref()),
+            ("data.eval", a.eval_data.as_ref()),
+            ("out", a.out.as_ref()),
+            ("device", a.device.as_ref()),
+        ],
+        &[("seed", a.seed)],
+        &user,
+    );
     let cfg: TrainRmConfig = crate::config::load(a.config.as_deref(), &sets)?;
     let s = run(&cfg, a.resume, !a.quiet)?;
     if s.skipped_records > 0 {
