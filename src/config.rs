@@ -9,17 +9,21 @@ use std::path::Path;
 /// Reads `path` (if any) as TOML, applies `sets` ("a.b.c=value"; the value is a TOML literal, or a
 /// bare string), and deserializes into `T`.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, sets: &[String]) -> Result<T> {
-    let mut table = match path {
+    match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str::<toml::Table>(&text).with_context(|| format!("{}: invalid TOML", p.display()))?
+            load_str(&text, &p.display().to_string(), sets)
         }
-        None => toml::Table::new(),
-    };
+        None => load_str("", "command-line config", sets),
+    }
+}
+
+/// [`load`] from TOML text; `origin` names it in errors (a file, or a built-in preset).
+pub fn load_str<T: DeserializeOwned>(text: &str, origin: &str, sets: &[String]) -> Result<T> {
+    let mut table = toml::from_str::<toml::Table>(text).with_context(|| format!("{origin}: invalid TOML"))?;
     for s in sets {
         apply_set(&mut table, s)?;
     }
-    let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "command-line config".into());
     let de = toml::Value::Table(table);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();

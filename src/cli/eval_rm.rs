@@ -67,7 +67,7 @@ fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
     }
     let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
     let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
-    let (acc, n) = feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, a.batch)?;
+    let (acc, n) = feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, a.batch, true)?;
     if a.json {
         println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run}));
     } else {

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and one module per subcommand. `main` only parses, calls
 //! `run` and prints the error chain.
 mod analyze_hidden;
+mod demo;
 mod eval_rm;
+mod experiment;
 mod export;
 mod forward;
 mod generate;
@@ -22,6 +24,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The main job: R2M against vanilla RLOO on the overoptimization testbed (makes the proxy RM,
+    /// runs the grid, prints the table and writes the report). --smoke: minutes; --full: the
+    /// paper-style grid.
+    Demo(demo::Args),
+    /// A grid of RL runs (methods x algorithms x seeds) on shared artefacts, resumable, then the
+    /// report (tables with 95% CIs, plots, Markdown + HTML).
+    Experiment(experiment::Args),
     /// Generate text from a prompt (streams to the terminal; --json prints ids, text and log-probs).
     Generate(generate::Args),
     /// One forward pass: write logits [S, V] and hidden_states [L+1, S, D] to a safetensors file.
@@ -59,6 +68,8 @@ pub struct ModelArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Experiment(a) => experiment::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Export(a) => export::run(a),

@@ -20,7 +20,8 @@ fn response_text(t: &Text) -> String {
 }
 
 /// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with `policy`'s final
-/// hidden states as feedback. Returns (accuracy, pairs scored).
+/// hidden states as feedback (`feedback`; otherwise phi(H_last), as the methods that read none).
+/// Returns (accuracy, pairs scored).
 pub fn feedback_accuracy(
     src: &R2mSource,
     policy: &CausalLm,
@@ -29,6 +30,7 @@ pub fn feedback_accuracy(
     chat: bool,
     wt: f64,
     batch: usize,
+    feedback: bool,
 ) -> Result<(f64, usize)> {
     let _g = tch::no_grad_guard();
     let eos = ptok.eos_ids().first().copied().map(i64::from);
@@ -45,22 +47,27 @@ pub fn feedback_accuracy(
             }
         }
         let prefs: Vec<&PromptExample> = prompts.iter().collect();
-        // The policy reads prompt + response as it would have produced it (+ EOS).
-        let pids = prompt_ids(ptok, &prefs, chat, usize::MAX).map_err(|e| Error::Input(format!("{e:#}")))?;
-        let seqs: Vec<Vec<i64>> = pids
-            .iter()
-            .zip(&responses)
-            .map(|(p, r)| -> Result<Vec<i64>> {
-                let mut s = p.clone();
-                s.extend(ptok.encode(r, false)?.into_iter().map(i64::from));
-                s.extend(eos);
-                Ok(s)
-            })
-            .collect::<Result<_>>()?;
-        let (ids, mask) = left_pad(&seqs, ptok.pad_id() as i64, policy.device);
-        let h = policy.forward_hidden(&ids, &mask, false)?.last;
         let hl = src.h_last_of(&prefs, &responses)?;
-        let r = src.rewards(&hl, Some((&h, &mask)), wt).to_device(Device::Cpu).to_kind(Kind::Float).view([-1, 2]);
+        let r = if feedback {
+            // The policy reads prompt + response as it would have produced it (+ EOS).
+            let pids = prompt_ids(ptok, &prefs, chat, usize::MAX).map_err(|e| Error::Input(format!("{e:#}")))?;
+            let seqs: Vec<Vec<i64>> = pids
+                .iter()
+                .zip(&responses)
+                .map(|(p, r)| -> Result<Vec<i64>> {
+                    let mut s = p.clone();
+                    s.extend(ptok.encode(r, false)?.into_iter().map(i64::from));
+                    s.extend(eos);
+                    Ok(s)
+                })
+                .collect::<Result<_>>()?;
+            let (ids, mask) = left_pad(&seqs, ptok.pad_id() as i64, policy.device);
+            let h = policy.forward_hidden(&ids, &mask, false)?.last;
+            src.rewards(&hl, Some((&h, &mask)), wt)
+        } else {
+            src.rewards(&hl, None, wt)
+        };
+        let r = r.to_device(Device::Cpu).to_kind(Kind::Float).view([-1, 2]);
         cs.push(r.select(1, 0));
         rs.push(r.select(1, 1));
     }

@@ -97,6 +97,9 @@ pub struct AlgoConfig {
     pub temperature: f64,
     pub top_p: Option<f64>,
     pub max_new_tokens: i64,
+    /// Never stop at EOS: every response is exactly `max_new_tokens` long (benchmarks: TRL's
+    /// `min_new_tokens = max_new_tokens`).
+    pub ignore_eos: bool,
     /// Max prompt tokens (longer prompts are an error naming them).
     pub max_prompt_tokens: usize,
     /// k: policy epochs over each rollout (r2m-method.md: 2).
@@ -197,6 +200,7 @@ impl Default for AlgoConfig {
             temperature: 0.7, // r2m-method.md
             top_p: None,
             max_new_tokens: 64,
+            ignore_eos: false,
             max_prompt_tokens: 256,
             epochs: 2,
             minibatch: 16,

@@ -113,7 +113,7 @@ impl<'a> Run<'a> {
             max_new_tokens: self.cfg.rl.max_new_tokens,
             sampling: Sampling::Sample { temperature, top_k: None, top_p: self.cfg.rl.top_p },
             seed,
-            eos_ids: self.tokenizer.eos_ids().into_iter().map(i64::from).collect(),
+            eos_ids: if self.cfg.rl.ignore_eos { vec![] } else { self.tokenizer.eos_ids().into_iter().map(i64::from).collect() },
             pad_id: self.tokenizer.pad_id() as i64,
             return_hidden,
             stop_check_every: 4,

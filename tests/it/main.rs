@@ -5,6 +5,7 @@ mod bert;
 mod common;
 mod data;
 mod experiment;
+mod grid;
 mod llama;
 mod gguf;
 mod tokenizer;

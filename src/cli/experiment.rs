@@ -1,0 +1,59 @@
+use crate::experiment::grid::{run_grid, ExperimentConfig, GridOutcome};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config (see configs/experiment.toml); --set overrides its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config key: --set seeds=[0,1] --set run.rl.steps=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// = --set out=...
+    #[arg(long)]
+    pub out: Option<String>,
+    /// = --set device=...
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Only (re)write the report from the run folders already in `out`.
+    #[arg(long)]
+    pub report_only: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[], &a.sets);
+    let cfg: ExperimentConfig = crate::config::load(a.config.as_deref(), &sets)?;
+    if a.report_only {
+        let r = crate::experiment::write_report(&cfg.out)?;
+        print_report(&r);
+        return Ok(());
+    }
+    let o = run_grid(&cfg, !a.quiet)?;
+    print_outcome(&o);
+    Ok(())
+}
+
+pub(crate) fn print_report(r: &crate::experiment::ReportSummary) {
+    println!("{}", r.table);
+    for v in &r.verdicts {
+        println!("- {v}");
+    }
+    for i in &r.incomplete {
+        println!("left out: {} ({})", i.name, i.reason);
+    }
+    println!("report: {}", r.report_md.display());
+    println!("        {}", r.report_html.display());
+}
+
+pub(crate) fn print_outcome(o: &GridOutcome) {
+    print_report(&o.report);
+    println!(
+        "{} runs made, {} reused; {:.1} min",
+        o.ran.len(),
+        o.skipped.len(),
+        o.wall_s / 60.0
+    );
+}

@@ -1,0 +1,548 @@
+//! `r2m experiment`: a grid of RL runs (methods x algorithms x seeds) on shared artefacts, then the
+//! report.
+//!
+//! The grid folder holds
+//! - `experiment.toml`: the resolved grid config;
+//! - `shared/`: what every run reuses, each made once and reused when present (a stopped grid
+//!   resumes here too): the gold-labelled pairs (`pairs-train.jsonl` on the testbed's train
+//!   prompts with label noise, `pairs-test.jsonl` on its disjoint test prompts, noise-free), the
+//!   proxy RM (`proxy-rm/`, an `r2m train-rm` folder; or the user's `proxy.model`), for
+//!   pretrained-rm the pairs on the RL prompts and the further-trained RM (`pretrained-rm/`), and
+//!   `rm-accuracy.json` (the RMs' held-out accuracy before RL);
+//! - one folder per run, `{method}-{algo}-s{seed}` (an `r2m rl` folder, plus `rm_accuracy.json`:
+//!   the RM's held-out accuracy before RL and after it, with the final policy's feedback at w(T)
+//!   for the methods that read feedback: the paper's Table 3), and `done.json` once finished;
+//! - the report ([`super::write_report`]): `results.csv`, `runs.csv`, `comparisons.csv`,
+//!   `plots/`, `report.md`, `report.html`.
+//!
+//! Resume: running the same config again skips runs with `done.json`, continues runs with a
+//! checkpoint, and restarts the others. A run folder made with a different config is an error
+//! (naming the folder), never silently reused.
+use super::report::{write_report, ReportSummary};
+use crate::checkpoint::{find_checkpoint, write_atomic};
+use crate::data::{self, LoadOptions};
+use crate::model::CausalLm;
+use crate::r2m::eval::feedback_accuracy;
+use crate::r2m::{w, Method, R2mConfig, R2mSource};
+use crate::reward::train::{evaluate, tokenize_pairs, RmData, RmTrain, TrainRmConfig};
+use crate::reward::RewardModel;
+use crate::rl::config::{Algo, RewardKind, RlConfig};
+use crate::rl::reward_source::RewardSource;
+use crate::rl::{sources, trainer};
+use crate::testbed::pairs::{make_pairs, write_jsonl, Noise, PairsConfig};
+use crate::testbed::prompts::Split;
+use crate::testbed::Gold;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// `r2m experiment` config (TOML; see configs/experiment.toml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The grid folder.
+    pub out: PathBuf,
+    pub device: String,
+    /// Methods (r2m-method.md: vanilla, pretrained-rm, iterative-head, r2m-no-train, r2m-noise,
+    /// r2m-no-bt, r2m-no-gre, r2m), each run under every algorithm of `algos`.
+    pub methods: Vec<Method>,
+    pub algos: Vec<Algo>,
+    /// Algorithms run with vanilla only (the paper's ReMax / REINFORCE++ baselines).
+    pub baseline_algos: Vec<Algo>,
+    pub seeds: Vec<u64>,
+    /// Evaluate each run's RM on the held-out pairs before and after RL (Table 3 analogue).
+    pub rm_accuracy: bool,
+    /// Batch size of the RM-accuracy evaluation.
+    pub eval_batch: usize,
+    pub proxy: ProxyConfig,
+    pub pretrained: PretrainedConfig,
+    /// The config of every run (an `r2m rl` config): `seed`, `out`, `device`, `rl.algo`,
+    /// `r2m.method` and, unless given, `reward.model` are set per run by the grid.
+    pub run: RlConfig,
+}
+
+/// The proxy reward model and its gold-labelled pairs (testbed.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Use this RM (a folder or alias) instead of making one; with `test_pairs`, this runs the grid
+    /// on user data (then `run.data.prompts` is the user's prompt file).
+    pub model: Option<String>,
+    /// Held-out preference pairs for RM accuracy (default: the testbed's, made here).
+    pub test_pairs: Option<PathBuf>,
+    /// The RM backbone (a fresh, seeded head on it).
+    pub backbone: String,
+    /// Prompts of the train split for the proxy's pairs (two pi_init samples each).
+    pub train_prompts: usize,
+    /// Prompts of the test split for the held-out pairs.
+    pub test_prompts: usize,
+    /// Label flips in the training pairs (Coste et al.: 0.25); the held-out pairs are noise-free.
+    pub flip: f64,
+    pub temperature: f64,
+    pub max_new_tokens: i64,
+    /// Generation batch of pair making.
+    pub batch: usize,
+    pub seed: u64,
+    pub max_length: usize,
+    pub train: RmTrain,
+}
+
+/// The pretrained-rm baseline: the proxy trained further with BT on gold-labelled pairs of the RL
+/// prompts before RL (r2m-method.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainedConfig {
+    /// RL-train-split prompts to make pairs on (fresh samples, same noise as the proxy's).
+    pub prompts: usize,
+    pub train: RmTrain,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig {
+            out: "runs/experiment".into(),
+            device: "auto".into(),
+            methods: Method::all().to_vec(),
+            algos: vec![Algo::Rloo, Algo::Grpo],
+            baseline_algos: vec![],
+            seeds: vec![0, 1, 2],
+            rm_accuracy: true,
+            eval_batch: 16,
+            proxy: ProxyConfig::default(),
+            pretrained: PretrainedConfig::default(),
+            run: RlConfig::default(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            model: None,
+            test_pairs: None,
+            backbone: "smollm2-135m-instruct".into(),
+            train_prompts: 512,
+            test_prompts: 128,
+            flip: 0.25,
+            temperature: 1.0,
+            max_new_tokens: 64,
+            batch: 32,
+            seed: 0,
+            max_length: 512,
+            train: RmTrain {
+                epochs: 2,
+                micro_batch: 8,
+                lr: 3e-5,
+                warmup_ratio: 0.05,
+                trainable_layers: Some(4),
+                eval_every: 20,
+                save_every: 40,
+                ..RmTrain::default()
+            },
+        }
+    }
+}
+
+impl Default for PretrainedConfig {
+    fn default() -> Self {
+        PretrainedConfig {
+            prompts: 256,
+            train: RmTrain {
+                epochs: 1,
+                micro_batch: 8,
+                lr: 1e-5,
+                trainable_layers: Some(4),
+                eval_every: 20,
+                save_every: 40,
+                ..RmTrain::default()
+            },
+        }
+    }
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub method: Method,
+    pub algo: Algo,
+    pub seed: u64,
+}
+
+impl RunSpec {
+    /// `{method}-{algo}-s{seed}` (what the aggregation parses).
+    pub fn name(&self) -> String {
+        format!("{}-{}-s{}", self.method.name(), algo_key(self.algo), self.seed)
+    }
+}
+
+pub fn algo_key(a: Algo) -> String {
+    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// The paths of the shared artefacts, resolved.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The proxy RM every run starts from.
+    pub proxy_rm: String,
+    /// The further-trained RM of pretrained-rm.
+    pub pretrained_rm: Option<String>,
+    /// Held-out pairs for RM accuracy.
+    pub test_pairs: Option<PathBuf>,
+    /// Held-out accuracy of each RM before RL (key: the RM path).
+    pub accuracy_before: BTreeMap<String, f64>,
+}
+
+impl ExperimentConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.methods.is_empty(), "methods: empty");
+        ensure!(!self.algos.is_empty() || !self.baseline_algos.is_empty(), "algos: empty");
+        ensure!(!self.seeds.is_empty(), "seeds: empty");
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.seeds {
+            ensure!(seen.insert(s), "seeds: {s} is listed twice");
+        }
+        ensure!(self.run.reward.kind == RewardKind::Rm, "run.reward.kind: the grid trains against a reward model (\"rm\")");
+        ensure!(self.eval_batch >= 1, "eval_batch must be >= 1");
+        if self.proxy.model.is_none() {
+            ensure!(
+                self.run.data.prompts == "testbed",
+                "proxy.model: with your own prompts (run.data.prompts = {:?}) give the reward model to use; the grid makes one only on the testbed",
+                self.run.data.prompts
+            );
+            ensure!(self.proxy.train_prompts >= 2, "proxy.train_prompts must be >= 2");
+            ensure!(self.proxy.test_prompts >= 1, "proxy.test_prompts must be >= 1");
+            ensure!((0.0..=0.5).contains(&self.proxy.flip), "proxy.flip = {} must be in [0, 0.5]", self.proxy.flip);
+        }
+        if self.methods.contains(&Method::PretrainedRm) {
+            ensure!(self.run.data.prompts == "testbed", "methods: pretrained-rm needs gold-labelled pairs of the RL prompts: the testbed's");
+            ensure!(self.pretrained.prompts >= 2, "pretrained.prompts must be >= 2");
+        }
+        for spec in self.runs() {
+            self.run_config(&spec, &Shared::placeholder()).validate().with_context(|| format!("run {}", spec.name()))?;
+        }
+        Ok(())
+    }
+
+    /// Every run, seed-major (a grid stopped early has whole seeds), then algorithm, then method.
+    pub fn runs(&self) -> Vec<RunSpec> {
+        let mut v = vec![];
+        for &seed in &self.seeds {
+            for &algo in &self.algos {
+                for &method in &self.methods {
+                    v.push(RunSpec { method, algo, seed });
+                }
+            }
+            for &algo in &self.baseline_algos {
+                if !self.algos.contains(&algo) {
+                    v.push(RunSpec { method: Method::Vanilla, algo, seed });
+                }
+            }
+        }
+        v
+    }
+
+    /// The `r2m rl` config of one run.
+    pub fn run_config(&self, spec: &RunSpec, shared: &Shared) -> RlConfig {
+        let mut c = self.run.clone();
+        c.seed = spec.seed;
+        c.out = self.out.join(spec.name());
+        c.device = self.device.clone();
+        c.rl.algo = spec.algo;
+        c.reward.model = shared.proxy_rm.clone();
+        let mut r = c.r2m.clone().unwrap_or_default();
+        r.method = spec.method;
+        r.pretrained_rm = if spec.method == Method::PretrainedRm { shared.pretrained_rm.clone() } else { None };
+        c.r2m = Some(r);
+        c
+    }
+}
+
+impl Shared {
+    fn placeholder() -> Shared {
+        Shared { proxy_rm: "proxy".into(), pretrained_rm: Some("pretrained".into()), test_pairs: None, accuracy_before: BTreeMap::new() }
+    }
+}
+
+fn say(progress: bool, msg: impl AsRef<str>) {
+    if progress {
+        eprintln!("experiment: {}", msg.as_ref());
+    }
+}
+
+/// Makes gold-labelled pairs into `path` unless it exists.
+fn ensure_pairs(path: &Path, cfg: &PairsConfig, policy: &mut Option<crate::model::llama::Loaded>, gold: &mut Option<Gold>, model: &str, device: Device, progress: bool) -> Result<()> {
+    if path.exists() {
+        say(progress, format!("reusing {}", path.display()));
+        return Ok(());
+    }
+    say(progress, format!("making {} gold-labelled pairs on the {:?} split -> {}", cfg.n_prompts, cfg.split, path.display()));
+    if policy.is_none() {
+        *policy = Some(CausalLm::load_path(model, device).with_context(|| format!("loading pi_init {model}"))?);
+    }
+    if gold.is_none() {
+        *gold = Some(Gold::load(crate::testbed::GoldConfig::default(), device)?);
+    }
+    let (p, g) = (policy.as_ref().unwrap(), gold.as_ref().unwrap());
+    let bar = crate::reward::train::progress_bar(progress, cfg.n_prompts as u64, 0);
+    let (pairs, dropped) = make_pairs(&p.model, &p.tokenizer, g, cfg, |n| {
+        if let Some(b) = &bar {
+            b.inc(n as u64);
+        }
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    ensure!(!pairs.is_empty(), "{}: every pair was dropped (identical or tied responses)", path.display());
+    write_jsonl(path, &pairs)?;
+    say(progress, format!("{} pairs ({dropped} dropped: identical or tied)", pairs.len()));
+    Ok(())
+}
+
+/// Trains an RM into `out` unless `out/model` exists (a stopped training resumes).
+fn ensure_rm(cfg: &TrainRmConfig, progress: bool) -> Result<String> {
+    let model = cfg.out.join("model");
+    if model.join("config.json").exists() {
+        say(progress, format!("reusing {}", model.display()));
+        return Ok(model.display().to_string());
+    }
+    let resume = find_checkpoint(&cfg.out.join("checkpoint")).is_some();
+    say(progress, format!("training the reward model {} on {}", cfg.out.display(), cfg.data.train.display()));
+    let s = crate::reward::train::run(cfg, resume, progress)?;
+    say(progress, format!("{}: held-out accuracy {:.3} on {} pairs", cfg.out.display(), s.eval_accuracy, s.eval_pairs));
+    Ok(s.model_dir.display().to_string())
+}
+
+/// Held-out accuracy of a plain RM on `pairs`.
+fn rm_accuracy(rm_path: &str, pairs: &Path, max_length: usize, batch: usize, device: Device) -> Result<f64> {
+    let rm = RewardModel::load(rm_path, 0, device).with_context(|| format!("loading {rm_path}"))?;
+    let d = data::load_preferences(pairs, &LoadOptions::default())?;
+    let ids = tokenize_pairs(&rm, &d.items, max_length)?;
+    Ok(evaluate(&rm, &ids, batch)?.0)
+}
+
+/// Makes (or reuses) the shared artefacts.
+pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) -> Result<Shared> {
+    let dir = cfg.out.join("shared");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (mut policy, mut gold) = (None, None);
+    let p = &cfg.proxy;
+    let rm_cfg = |model: String, out: PathBuf, train: PathBuf, eval: Option<PathBuf>, t: &RmTrain| TrainRmConfig {
+        seed: p.seed,
+        model,
+        out,
+        device: cfg.device.clone(),
+        data: RmData { train, eval, max_length: p.max_length, ..RmData::default() },
+        train: t.clone(),
+    };
+    let pairs = |split, n, seed, flip| PairsConfig {
+        split,
+        n_prompts: n,
+        seed,
+        temperature: p.temperature,
+        max_new_tokens: p.max_new_tokens,
+        batch: p.batch,
+        noise: Noise::Flip { p: flip },
+    };
+    let test_pairs = match (&p.test_pairs, &p.model) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) if cfg.run.data.prompts != "testbed" => None,
+        (None, _) => {
+            let t = dir.join("pairs-test.jsonl");
+            ensure_pairs(&t, &pairs(Split::Test, p.test_prompts, p.seed + 1, 0.0), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+            Some(t)
+        }
+    };
+    let proxy_rm = match &p.model {
+        Some(m) => m.clone(),
+        None => {
+            let tr = dir.join("pairs-train.jsonl");
+            ensure_pairs(&tr, &pairs(Split::Train, p.train_prompts, p.seed, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+            ensure_rm(&rm_cfg(p.backbone.clone(), dir.join("proxy-rm"), tr, test_pairs.clone(), &p.train), progress)?
+        }
+    };
+    let pretrained_rm = if cfg.methods.contains(&Method::PretrainedRm) {
+        let rl = dir.join("pairs-rl.jsonl");
+        let n = cfg.pretrained.prompts;
+        ensure_pairs(&rl, &pairs(Split::Train, n, p.seed + 2, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+        Some(ensure_rm(&rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train), progress)?)
+    } else {
+        None
+    };
+    drop((policy, gold));
+    let mut accuracy_before = BTreeMap::new();
+    if let (true, Some(t)) = (cfg.rm_accuracy, &test_pairs) {
+        let path = dir.join("rm-accuracy.json");
+        let mut cached: BTreeMap<String, f64> = match std::fs::read_to_string(&path) {
+            Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        for rm in std::iter::once(&proxy_rm).chain(pretrained_rm.as_ref()) {
+            if !cached.contains_key(rm) {
+                say(progress, format!("held-out accuracy of {rm} on {}", t.display()));
+                cached.insert(rm.clone(), rm_accuracy(rm, t, cfg.run.reward.max_length, cfg.eval_batch, device)?);
+            }
+            accuracy_before.insert(rm.clone(), cached[rm]);
+        }
+        write_atomic(&path, serde_json::to_string_pretty(&cached)?.as_bytes())?;
+    }
+    Ok(Shared { proxy_rm, pretrained_rm, test_pairs, accuracy_before })
+}
+
+/// The run's RM accuracy on `pairs` after RL: the run's reward source as it stands at the last
+/// checkpoint (R2M modules and head trained online), with the final policy's feedback at w(T) for
+/// the methods that read feedback. Frozen RMs (vanilla, pretrained-rm, r2m-no-train's RM part)
+/// are evaluated the same way, so every method's number comes from one code path.
+pub fn run_rm_accuracy_after(run_dir: &Path, pairs: &Path, batch: usize, device: Device) -> Result<(f64, usize)> {
+    let (cfg, policy, ptok, ck) = trainer::load_run(run_dir, device)?;
+    let r2m_cfg = cfg.r2m.clone().unwrap_or(R2mConfig { method: Method::Vanilla, ..R2mConfig::default() });
+    let model = match r2m_cfg.method {
+        Method::PretrainedRm => r2m_cfg.pretrained_rm.clone().context("pretrained-rm run without r2m.pretrained_rm")?,
+        _ => cfg.reward.model.clone(),
+    };
+    let rm = RewardModel::load(&model, cfg.seed as i64, device).with_context(|| format!("loading {model}"))?;
+    let mut src = R2mSource::new(r2m_cfg.clone(), rm, policy.config.hidden_size, cfg.seed, cfg.reward.max_length, batch)?;
+    let state = ck.join("reward_source.safetensors");
+    if r2m_cfg.method.uses_feedback() || r2m_cfg.method.trains_online() {
+        src.load_state(&crate::model::load::safetensors::read_file(&state)?, &state)?;
+    }
+    let d = data::load_preferences(pairs, &LoadOptions::default())?;
+    let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
+    Ok(feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, batch, r2m_cfg.method.uses_feedback())?)
+}
+
+/// What [`run_grid`] did.
+#[derive(Debug)]
+pub struct GridOutcome {
+    pub ran: Vec<String>,
+    pub skipped: Vec<String>,
+    pub report: ReportSummary,
+    pub wall_s: f64,
+}
+
+/// Runs (or resumes) the grid and writes the report.
+pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
+    let t0 = Instant::now();
+    cfg.validate()?;
+    let device = crate::device::parse(&cfg.device)?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
+    let shared = prepare_shared(cfg, device, progress)?;
+    let specs = cfg.runs();
+    let (mut ran, mut skipped) = (vec![], vec![]);
+    for (i, spec) in specs.iter().enumerate() {
+        let name = spec.name();
+        let rc = cfg.run_config(spec, &shared);
+        let dir = rc.out.clone();
+        let done = dir.join("done.json");
+        if dir.join("config.toml").exists() {
+            let old: RlConfig = crate::config::load(Some(&dir.join("config.toml")), &[])
+                .with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
+            // rl.stop_after only simulates an interruption: it may differ.
+            let same = |c: &RlConfig| RlConfig { rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() }, ..c.clone() };
+            if same(&old) != same(&rc) {
+                bail!(
+                    "{}: this run folder was made with a different config; choose another `out` for the grid, or delete the folder to rerun it",
+                    dir.display()
+                );
+            }
+        }
+        if done.exists() {
+            say(progress, format!("[{}/{}] {name}: done, skipped", i + 1, specs.len()));
+            skipped.push(name);
+            continue;
+        }
+        let resume = find_checkpoint(&dir.join("checkpoint")).is_some();
+        if !resume && dir.exists() {
+            // Started but never checkpointed: nothing to keep.
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        say(progress, format!("[{}/{}] {name}{}", i + 1, specs.len(), if resume { ": resuming" } else { "" }));
+        let tr = Instant::now();
+        {
+            let gold = sources::gold_metrics(&rc, device)?;
+            let mut r = trainer::build(&rc, |d| sources::reward_source(&rc, d, device), gold, device)?;
+            trainer::run(&mut r, resume, progress).with_context(|| format!("run {name}"))?;
+        }
+        let mut summary = json!({"run": name, "wall_s": tr.elapsed().as_secs_f64()});
+        if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
+            let rm = match spec.method {
+                Method::PretrainedRm => shared.pretrained_rm.clone().unwrap_or_default(),
+                _ => shared.proxy_rm.clone(),
+            };
+            let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
+            let (after, n) = run_rm_accuracy_after(&dir, t, cfg.eval_batch, device)?;
+            let acc = json!({"method": spec.method.name(), "algo": algo_key(spec.algo), "seed": spec.seed,
+                             "before": before, "after": after, "pairs": n});
+            write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
+            summary["rm_accuracy"] = acc;
+        }
+        write_atomic(&done, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        ran.push(name);
+    }
+    let report = write_report(&cfg.out)?;
+    Ok(GridOutcome { ran, skipped, report, wall_s: t0.elapsed().as_secs_f64() })
+}
+
+/// Reads `done.json` of every run (for tests and tools).
+pub fn done_runs(grid: &Path) -> Result<Vec<Value>> {
+    let mut v = vec![];
+    for e in std::fs::read_dir(grid).with_context(|| format!("reading {}", grid.display()))? {
+        let p = e?.path().join("done.json");
+        if p.exists() {
+            v.push(serde_json::from_str(&std::fs::read_to_string(&p)?)?);
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_seed_major_and_named_for_the_aggregation() {
+        let cfg = ExperimentConfig {
+            methods: vec![Method::Vanilla, Method::R2m],
+            algos: vec![Algo::Rloo],
+            baseline_algos: vec![Algo::Remax, Algo::Rloo],
+            seeds: vec![3, 4],
+            ..ExperimentConfig::default()
+        };
+        let names: Vec<String> = cfg.runs().iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["vanilla-rloo-s3", "r2m-rloo-s3", "vanilla-remax-s3", "vanilla-rloo-s4", "r2m-rloo-s4", "vanilla-remax-s4"]);
+        for n in &names {
+            let (m, a, s) = super::super::aggregate::parse_run_name(n).unwrap();
+            assert!(n.starts_with(&m) && n.contains(&a) && n.ends_with(&s.to_string()));
+        }
+    }
+
+    #[test]
+    fn run_config_sets_what_varies_and_nothing_else() {
+        let cfg = ExperimentConfig { out: "g".into(), ..ExperimentConfig::default() };
+        let shared = Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: BTreeMap::new() };
+        let spec = RunSpec { method: Method::PretrainedRm, algo: Algo::Grpo, seed: 7 };
+        let c = cfg.run_config(&spec, &shared);
+        assert_eq!((c.seed, c.rl.algo, c.out.clone()), (7, Algo::Grpo, PathBuf::from("g/pretrained-rm-grpo-s7")));
+        assert_eq!(c.r2m.as_ref().unwrap().pretrained_rm.as_deref(), Some("q"));
+        assert_eq!(c.reward.model, "p");
+        let v = cfg.run_config(&RunSpec { method: Method::Vanilla, algo: Algo::Grpo, seed: 7 }, &shared);
+        assert_eq!(v.r2m.as_ref().unwrap().pretrained_rm, None);
+        assert_eq!((v.rl.clone(), v.policy.clone()), (c.rl.clone(), c.policy.clone()));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = crate::config::load_str::<ExperimentConfig>("methods = [\"r2m\", \"r3m\"]", "x.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("methods"), "{e}");
+        let cfg = ExperimentConfig { seeds: vec![1, 1], ..ExperimentConfig::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("twice"));
+        let mut cfg = ExperimentConfig::default();
+        cfg.run.data.prompts = "mine.jsonl".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("proxy.model"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The experiment runner end to end: a tiny grid (tiny random policy and RM, user prompts and
+//! held-out pairs) that is interrupted, resumed and then fully reused; and `r2m demo --smoke` on
+//! SmolLM2 (the README's main command at a tiny budget).
+use crate::common::tmpdir;
+use crate::rl::tiny_world;
+use r2m::experiment::grid::{done_runs, run_grid, ExperimentConfig};
+use r2m::r2m::Method;
+use r2m::rl::config::Algo;
+use r2m::train::Trainable;
+use std::path::Path;
+
+fn tiny_grid(dir: &Path) -> ExperimentConfig {
+    let pairs = dir.join("pairs.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| serde_json::json!({"prompt": format!("w{i} w{}", i + 1), "chosen": "yes yes", "rejected": format!("no w{i}")}).to_string())
+        .collect();
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let mut c = ExperimentConfig {
+        out: dir.join("grid"),
+        device: "cpu".into(),
+        methods: vec![Method::Vanilla, Method::R2m],
+        algos: vec![Algo::Rloo],
+        seeds: vec![0, 1],
+        eval_batch: 4,
+        ..ExperimentConfig::default()
+    };
+    c.proxy.model = Some(dir.join("rm").to_str().unwrap().into());
+    c.proxy.test_pairs = Some(pairs);
+    let r = &mut c.run;
+    r.policy.model = dir.join("policy").to_str().unwrap().into();
+    r.policy.trainable = Trainable::All;
+    r.policy.chat = false;
+    r.policy.lr = 3e-3;
+    r.reward.max_length = 64;
+    r.data.prompts = dir.join("prompts.jsonl").to_str().unwrap().into();
+    r.data.eval_prompts = Some(r.data.prompts.clone());
+    r.rl.steps = 3;
+    r.rl.prompts_per_step = 2;
+    r.rl.group_size = 2;
+    r.rl.temperature = 1.0;
+    r.rl.max_new_tokens = 6;
+    r.rl.minibatch = 4;
+    r.rl.epochs = 1;
+    r.rl.eval_every = 1;
+    r.rl.eval_prompts = 4;
+    r.rl.save_every = 1;
+    r.r2m = Some(r2m::r2m::R2mConfig { d: 16, lr: 1e-2, ..Default::default() });
+    c
+}
+
+#[test]
+fn tiny_grid_runs_resumes_and_skips_finished_runs() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let cfg = tiny_grid(d.path());
+    // Interrupted in its first run (as a crash after step 2's checkpoint).
+    let mut stopped = cfg.clone();
+    stopped.run.rl.stop_after = Some(2);
+    let e = format!("{:#}", run_grid(&stopped, false).unwrap_err());
+    assert!(e.contains("vanilla-rloo-s0") && e.contains("stopped after 2"), "{e}");
+    assert!(!cfg.out.join("vanilla-rloo-s0/done.json").exists());
+    // Resumed: the stopped run continues from its checkpoint, the others run.
+    let o = run_grid(&cfg, false).unwrap();
+    assert_eq!(o.ran, ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"]);
+    assert!(o.skipped.is_empty());
+    assert_eq!(o.report.n_runs, 4, "incomplete: {:?}", o.report.incomplete);
+    let m = r2m::metrics::read_jsonl(&cfg.out.join("vanilla-rloo-s0/metrics.jsonl")).unwrap();
+    let steps: Vec<i64> = m.iter().map(|r| r["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, [0, 1, 2], "one metrics row per step across the interruption");
+    for f in ["report.md", "report.html", "results.csv", "runs.csv", "experiment.toml"] {
+        assert!(cfg.out.join(f).exists(), "{f}");
+    }
+    // RM accuracy before/after: the vanilla RM is frozen (after == before); R2M's is its own.
+    let done = done_runs(&cfg.out).unwrap();
+    assert_eq!(done.len(), 4);
+    for r in &done {
+        let acc = &r["rm_accuracy"];
+        let (b, a) = (acc["before"].as_f64().unwrap(), acc["after"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&b) && (0.0..=1.0).contains(&a), "{r}");
+        assert_eq!(acc["pairs"], 6);
+        if acc["method"] == "vanilla" {
+            assert_eq!(a, b, "{r}");
+        }
+    }
+    // Again: everything is reused, nothing reruns.
+    let before = std::fs::read(cfg.out.join("r2m-rloo-s1/metrics.jsonl")).unwrap();
+    let o = run_grid(&cfg, false).unwrap();
+    assert!(o.ran.is_empty());
+    assert_eq!(o.skipped.len(), 4);
+    assert_eq!(std::fs::read(cfg.out.join("r2m-rloo-s1/metrics.jsonl")).unwrap(), before);
+    // A changed config is refused, naming the run folder, instead of mixing results.
+    let mut changed = cfg.clone();
+    changed.run.policy.lr = 1e-3;
+    let e = format!("{:#}", run_grid(&changed, false).unwrap_err());
+    assert!(e.contains("vanilla-rloo-s0") && e.contains("different config"), "{e}");
+}
+
+/// `r2m demo --smoke`: pairs from SmolLM2, the proxy RM, vanilla and R2M RLOO runs on 2 seeds, RM
+/// accuracy, the table, plots and report, through the binary as a user runs it.
+#[test]
+fn demo_smoke_runs_end_to_end_on_smollm2() {
+    let d = tmpdir();
+    let out = d.path().join("demo");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
+        .args(["demo", "--smoke", "--device", "cpu", "--quiet", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    for name in ["vanilla", "r2m", "report:", "4 runs made"] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+    for f in ["report.md", "report.html", "results.csv", "shared/pairs-train.jsonl", "shared/pairs-test.jsonl", "shared/proxy-rm/model/config.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let plots: Vec<_> = std::fs::read_dir(out.join("plots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(plots.iter().any(|p| p.ends_with(".png")) && plots.iter().any(|p| p.ends_with(".svg")), "{plots:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("gold"), "{md}");
+    for r in ["vanilla-rloo-s0", "r2m-rloo-s1"] {
+        let e = r2m::metrics::read_jsonl(&out.join(r).join("eval.jsonl")).unwrap();
+        assert!(e.iter().all(|row| row["gold"].as_f64().is_some()), "{r}: gold scored on every eval row");
+    }
+}
