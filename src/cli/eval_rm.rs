@@ -53,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
-    use crate::r2m::{eval::feedback_accuracy, w, R2mSource};
+    use crate::r2m::{eval::{feedback_accuracy, Feedback}, w, R2mSource};
     let device = crate::device::parse(&a.device)?;
     let (cfg, policy, ptok, ck) = crate::rl::trainer::load_run(run, device)?;
     let r2m_cfg = cfg.r2m.clone().context("the run has no [r2m] table: nothing reads feedback")?;
@@ -67,7 +67,8 @@ fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
     }
     let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
     let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
-    let (acc, n) = feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, a.batch, true)?;
+    let fb = Feedback { policy: &policy, tokenizer: &ptok, chat: cfg.policy.chat };
+    let (acc, n) = feedback_accuracy(&src, Some(fb), &d.items, wt, a.batch)?;
     if a.json {
         println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run}));
     } else {

@@ -22,9 +22,9 @@ use super::report::{write_report, ReportSummary};
 use crate::checkpoint::{find_checkpoint, write_atomic};
 use crate::data::{self, LoadOptions};
 use crate::model::CausalLm;
-use crate::r2m::eval::feedback_accuracy;
+use crate::r2m::eval::{feedback_accuracy, Feedback};
 use crate::r2m::{w, Method, R2mConfig, R2mSource};
-use crate::reward::train::{evaluate, tokenize_pairs, RmData, RmTrain, TrainRmConfig};
+use crate::reward::train::{RmData, RmTrain, TrainRmConfig};
 use crate::reward::RewardModel;
 use crate::rl::config::{Algo, RewardKind, RlConfig};
 use crate::rl::reward_source::RewardSource;
@@ -316,12 +316,13 @@ fn ensure_rm(cfg: &TrainRmConfig, progress: bool) -> Result<String> {
     Ok(s.model_dir.display().to_string())
 }
 
-/// Held-out accuracy of a plain RM on `pairs`.
+/// Held-out accuracy of a plain RM on `pairs`, scored as in RL (the same path as after RL).
 fn rm_accuracy(rm_path: &str, pairs: &Path, max_length: usize, batch: usize, device: Device) -> Result<f64> {
     let rm = RewardModel::load(rm_path, 0, device).with_context(|| format!("loading {rm_path}"))?;
+    let cfg = R2mConfig { method: Method::Vanilla, ..R2mConfig::default() };
+    let src = R2mSource::new(cfg, rm, 1, 0, max_length, batch)?;
     let d = data::load_preferences(pairs, &LoadOptions::default())?;
-    let ids = tokenize_pairs(&rm, &d.items, max_length)?;
-    Ok(evaluate(&rm, &ids, batch)?.0)
+    Ok(feedback_accuracy(&src, None, &d.items, 1.0, batch)?.0)
 }
 
 /// Makes (or reuses) the shared artefacts.
@@ -411,7 +412,8 @@ pub fn run_rm_accuracy_after(run_dir: &Path, pairs: &Path, batch: usize, device:
     }
     let d = data::load_preferences(pairs, &LoadOptions::default())?;
     let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
-    Ok(feedback_accuracy(&src, &policy, &ptok, &d.items, cfg.policy.chat, wt, batch, r2m_cfg.method.uses_feedback())?)
+    let fb = r2m_cfg.method.uses_feedback().then_some(Feedback { policy: &policy, tokenizer: &ptok, chat: cfg.policy.chat });
+    Ok(feedback_accuracy(&src, fb, &d.items, wt, batch)?)
 }
 
 /// What [`run_grid`] did.

@@ -19,21 +19,20 @@ fn response_text(t: &Text) -> String {
     }
 }
 
-/// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with `policy`'s final
-/// hidden states as feedback (`feedback`; otherwise phi(H_last), as the methods that read none).
+/// The policy whose final hidden states are the feedback: the model, its tokenizer, and whether
+/// prompts go through its chat template.
+pub struct Feedback<'a> {
+    pub policy: &'a CausalLm,
+    pub tokenizer: &'a Tokenizer,
+    pub chat: bool,
+}
+
+/// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with the policy's final
+/// hidden states as feedback when given (otherwise phi(H_last): the score of the methods that read
+/// none, and of the plain RM before RL). Texts reach the RM exactly as in RL (`rm_text`).
 /// Returns (accuracy, pairs scored).
-pub fn feedback_accuracy(
-    src: &R2mSource,
-    policy: &CausalLm,
-    ptok: &Tokenizer,
-    pairs: &[PreferenceExample],
-    chat: bool,
-    wt: f64,
-    batch: usize,
-    feedback: bool,
-) -> Result<(f64, usize)> {
+pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[PreferenceExample], wt: f64, batch: usize) -> Result<(f64, usize)> {
     let _g = tch::no_grad_guard();
-    let eos = ptok.eos_ids().first().copied().map(i64::from);
     let (mut cs, mut rs) = (vec![], vec![]);
     for chunk in pairs.chunks(batch.max(1)) {
         let mut prompts = vec![];
@@ -48,9 +47,10 @@ pub fn feedback_accuracy(
         }
         let prefs: Vec<&PromptExample> = prompts.iter().collect();
         let hl = src.h_last_of(&prefs, &responses)?;
-        let r = if feedback {
+        let r = if let Some(Feedback { policy, tokenizer: ptok, chat }) = &feedback {
             // The policy reads prompt + response as it would have produced it (+ EOS).
-            let pids = prompt_ids(ptok, &prefs, chat, usize::MAX).map_err(|e| Error::Input(format!("{e:#}")))?;
+            let eos = ptok.eos_ids().first().copied().map(i64::from);
+            let pids = prompt_ids(ptok, &prefs, *chat, usize::MAX).map_err(|e| Error::Input(format!("{e:#}")))?;
             let seqs: Vec<Vec<i64>> = pids
                 .iter()
                 .zip(&responses)
