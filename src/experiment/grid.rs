@@ -121,10 +121,12 @@ impl Default for ExperimentConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
+        // docs/testbed.md ("Measured"): the MiniLM encoder trained whole learns from a few hundred
+        // noisy pairs where a SmolLM2 backbone with its top layers did not.
         ProxyConfig {
             model: None,
             test_pairs: None,
-            backbone: "smollm2-135m-instruct".into(),
+            backbone: "all-minilm-l6-v2".into(),
             train_prompts: 512,
             test_prompts: 128,
             flip: 0.25,
@@ -132,17 +134,8 @@ impl Default for ProxyConfig {
             max_new_tokens: 64,
             batch: 32,
             seed: 0,
-            max_length: 512,
-            train: RmTrain {
-                epochs: 2,
-                micro_batch: 8,
-                lr: 3e-5,
-                warmup_ratio: 0.05,
-                trainable_layers: Some(4),
-                eval_every: 20,
-                save_every: 40,
-                ..RmTrain::default()
-            },
+            max_length: 256,
+            train: RmTrain { epochs: 4, micro_batch: 8, lr: 1e-4, warmup_ratio: 0.05, eval_every: 50, save_every: 100, ..RmTrain::default() },
         }
     }
 }
@@ -151,15 +144,7 @@ impl Default for PretrainedConfig {
     fn default() -> Self {
         PretrainedConfig {
             prompts: 256,
-            train: RmTrain {
-                epochs: 1,
-                micro_batch: 8,
-                lr: 1e-5,
-                trainable_layers: Some(4),
-                eval_every: 20,
-                save_every: 40,
-                ..RmTrain::default()
-            },
+            train: RmTrain { epochs: 2, micro_batch: 8, lr: 3e-5, eval_every: 32, save_every: 64, ..RmTrain::default() },
         }
     }
 }
@@ -275,7 +260,15 @@ fn say(progress: bool, msg: impl AsRef<str>) {
 
 /// Makes gold-labelled pairs into `path` unless it exists.
 fn ensure_pairs(path: &Path, cfg: &PairsConfig, policy: &mut Option<crate::model::llama::Loaded>, gold: &mut Option<Gold>, model: &str, device: Device, progress: bool) -> Result<()> {
+    // The settings the pairs were made with sit beside them: a changed config is an error, never
+    // a silent reuse of other pairs.
+    let meta = path.with_extension("config.json");
+    let want = serde_json::to_value(cfg)?;
     if path.exists() {
+        if let Ok(text) = std::fs::read_to_string(&meta) {
+            let had: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", meta.display()))?;
+            ensure!(had == want, "{}: made with other settings ({had}) than now ({want}); delete it or choose another `out`", path.display());
+        }
         say(progress, format!("reusing {}", path.display()));
         return Ok(());
     }
@@ -297,14 +290,24 @@ fn ensure_pairs(path: &Path, cfg: &PairsConfig, policy: &mut Option<crate::model
         b.finish_and_clear();
     }
     ensure!(!pairs.is_empty(), "{}: every pair was dropped (identical or tied responses)", path.display());
+    write_atomic(&meta, serde_json::to_string_pretty(&want)?.as_bytes())?;
     write_jsonl(path, &pairs)?;
     say(progress, format!("{} pairs ({dropped} dropped: identical or tied)", pairs.len()));
     Ok(())
 }
 
 /// Trains an RM into `out` unless `out/model` exists (a stopped training resumes).
-fn ensure_rm(cfg: &TrainRmConfig, progress: bool) -> Result<String> {
+fn ensure_rm(cfg: &TrainRmConfig, progress: bool, trained: &mut bool) -> Result<String> {
     let model = cfg.out.join("model");
+    let saved = cfg.out.join("config.toml");
+    if saved.exists() {
+        let had: TrainRmConfig = crate::config::load(Some(&saved), &[])?;
+        ensure!(
+            had == *cfg,
+            "{}: this reward model was trained with other settings; delete the folder or choose another `out`",
+            cfg.out.display()
+        );
+    }
     if model.join("config.json").exists() {
         say(progress, format!("reusing {}", model.display()));
         return Ok(model.display().to_string());
@@ -312,6 +315,7 @@ fn ensure_rm(cfg: &TrainRmConfig, progress: bool) -> Result<String> {
     let resume = find_checkpoint(&cfg.out.join("checkpoint")).is_some();
     say(progress, format!("training the reward model {} on {}", cfg.out.display(), cfg.data.train.display()));
     let s = crate::reward::train::run(cfg, resume, progress)?;
+    *trained = true;
     say(progress, format!("{}: held-out accuracy {:.3} on {} pairs", cfg.out.display(), s.eval_accuracy, s.eval_pairs));
     Ok(s.model_dir.display().to_string())
 }
@@ -329,7 +333,7 @@ fn rm_accuracy(rm_path: &str, pairs: &Path, max_length: usize, batch: usize, dev
 pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) -> Result<Shared> {
     let dir = cfg.out.join("shared");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (mut policy, mut gold) = (None, None);
+    let (mut policy, mut gold, mut trained) = (None, None, false);
     let p = &cfg.proxy;
     let rm_cfg = |model: String, out: PathBuf, train: PathBuf, eval: Option<PathBuf>, t: &RmTrain| TrainRmConfig {
         seed: p.seed,
@@ -362,14 +366,14 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         None => {
             let tr = dir.join("pairs-train.jsonl");
             ensure_pairs(&tr, &pairs(Split::Train, p.train_prompts, p.seed, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
-            ensure_rm(&rm_cfg(p.backbone.clone(), dir.join("proxy-rm"), tr, test_pairs.clone(), &p.train), progress)?
+            ensure_rm(&rm_cfg(p.backbone.clone(), dir.join("proxy-rm"), tr, test_pairs.clone(), &p.train), progress, &mut trained)?
         }
     };
     let pretrained_rm = if cfg.methods.contains(&Method::PretrainedRm) {
         let rl = dir.join("pairs-rl.jsonl");
         let n = cfg.pretrained.prompts;
         ensure_pairs(&rl, &pairs(Split::Train, n, p.seed + 2, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
-        Some(ensure_rm(&rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train), progress)?)
+        Some(ensure_rm(&rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train), progress, &mut trained)?)
     } else {
         None
     };
@@ -377,9 +381,10 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
     let mut accuracy_before = BTreeMap::new();
     if let (true, Some(t)) = (cfg.rm_accuracy, &test_pairs) {
         let path = dir.join("rm-accuracy.json");
+        // Keyed by the RM's path: cleared whenever an RM was (re)trained here.
         let mut cached: BTreeMap<String, f64> = match std::fs::read_to_string(&path) {
-            Ok(s) => serde_json::from_str(&s).unwrap_or_default(),
-            Err(_) => BTreeMap::new(),
+            Ok(s) if !trained => serde_json::from_str(&s).unwrap_or_default(),
+            _ => BTreeMap::new(),
         };
         for rm in std::iter::once(&proxy_rm).chain(pretrained_rm.as_ref()) {
             if !cached.contains_key(rm) {

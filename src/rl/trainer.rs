@@ -545,14 +545,31 @@ pub fn load_prompts(cfg: &RlConfig) -> Result<(Vec<PromptExample>, Vec<PromptExa
         };
         let tr = generate_split(Split::Train, cfg.data.testbed_train, cfg.seed_data())?;
         let te = generate_split(Split::Test, cfg.data.testbed_test, cfg.seed_data())?;
-        return Ok((to_ex(tr, "train"), to_ex(te, "test")));
+        return Ok((as_chat(cfg, to_ex(tr, "train")), as_chat(cfg, to_ex(te, "test"))));
     }
     let train = crate::data::load_prompts(Path::new(&cfg.data.prompts), &opts)?.items;
     let eval = match &cfg.data.eval_prompts {
         Some(p) => crate::data::load_prompts(Path::new(p), &opts)?.items,
         None => vec![],
     };
-    Ok((train, eval))
+    Ok((as_chat(cfg, train), as_chat(cfg, eval)))
+}
+
+/// With `policy.chat`, a plain prompt is one user message: the policy renders it through its chat
+/// template, and the reward model reads the same conversation it was trained on (TRL's
+/// conversational pairs, as `testbed make-pairs` writes them), not the bare concatenation.
+fn as_chat(cfg: &RlConfig, v: Vec<PromptExample>) -> Vec<PromptExample> {
+    if !cfg.policy.chat {
+        return v;
+    }
+    v.into_iter()
+        .map(|mut p| {
+            if let Text::Plain(s) = &p.prompt {
+                p.prompt = Text::Chat(vec![Message { role: "user".into(), content: s.clone() }]);
+            }
+            p
+        })
+        .collect()
 }
 
 impl RlConfig {

@@ -42,3 +42,30 @@ fn example_train_rm_config_resolves() {
     let defaults = TrainRmConfig::default();
     assert_eq!((defaults.train.lr, defaults.train.micro_batch, defaults.data.eval_fraction), (1e-5, 8, 0.1));
 }
+
+/// The experiment presets (`r2m demo`, `--smoke`, `--full`) parse, validate and resolve to the
+/// grids their comments and the README describe.
+#[test]
+fn experiment_presets_resolve() {
+    use r2m::experiment::ExperimentConfig;
+    let load = |p: &str| -> ExperimentConfig {
+        let c: ExperimentConfig = r2m::config::load(Some(&repo(p)), &[]).unwrap();
+        c.validate().unwrap();
+        c
+    };
+    let demo = load("configs/demo.toml");
+    let names: Vec<String> = demo.runs().iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"]);
+    assert_eq!(demo.proxy.backbone, "all-minilm-l6-v2");
+    assert_eq!(demo.proxy.train.trainable_layers, None);
+    assert_eq!((demo.run.rl.steps, demo.run.rl.prompts_per_step, demo.run.rl.group_size), (10, 4, 4));
+    let smoke = load("configs/demo-smoke.toml");
+    assert_eq!(smoke.runs().len(), 4);
+    let full = load("configs/experiment.toml");
+    // 8 methods x {RLOO, GRPO} + vanilla {REINFORCE++, ReMax}, 3 seeds.
+    assert_eq!(full.runs().len(), (8 * 2 + 2) * 3);
+    assert_eq!((full.run.rl.steps, full.run.rl.group_size, full.run.rl.epochs), (100, 8, 2));
+    assert_eq!(full.run.r2m.as_ref().unwrap().d, 2048);
+    let e = r2m::config::load::<ExperimentConfig>(Some(&repo("configs/demo.toml")), &["run.rl.stepz=3".into()]).unwrap_err();
+    assert!(e.to_string().contains("run.rl.stepz"), "{e}");
+}
