@@ -204,8 +204,9 @@ fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
         name: "nan-at-step-5".into(),
         f: move |_: &PromptExample, _: &str, _| {
             calls += 1;
-            // 16 scores per step, plus 4 per eval at steps 0 and 5.
-            if calls > 16 * 5 + 4 { f64::NAN } else { 0.5 }
+            // 16 scores per step, plus 4 per eval: pi_init's (step -1) and step 0's come before
+            // step 5's annotation.
+            if calls > 16 * 5 + 4 * 2 { f64::NAN } else { 0.5 }
         },
     };
     let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
