@@ -31,8 +31,13 @@
 //! --gen-batches 1,32, --new-tokens N, --train-batch B, --train-seq T, --gen-reps R1,R2,
 //! --train-reps R, --variants (also times alternative implementations of r2m's hot paths and splits
 //! the training step into phases on both sides: the diagnosis in docs/benchmarks.md).
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
-use r2m::model::export::{export_hf, hf_state_dict, write_json};
+use common::{
+    device_description, export_f32, git_commit, interleave, median, peer_python, peer_script, sync, timed, JsonChild, Rep, Side, QUESTIONS,
+};
+use r2m::model::export::{hf_state_dict, write_json};
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
 use r2m::model::llama::CausalLm;
 use r2m::model::load::safetensors::write_file;
@@ -40,46 +45,10 @@ use r2m::model::LlamaConfig;
 use r2m::tokenizer::Message;
 use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-const QUESTIONS: [&str; 32] = [
-    "What is the capital of France?",
-    "Explain photosynthesis in simple terms.",
-    "Write a haiku about the sea.",
-    "How do I reverse a list in Python?",
-    "What causes the seasons on Earth?",
-    "Give me three tips for better sleep.",
-    "Who wrote Pride and Prejudice?",
-    "What is the difference between a virus and a bacterium?",
-    "Summarize the plot of Romeo and Juliet in two sentences.",
-    "How does a rainbow form?",
-    "Translate 'good morning' into Spanish and German.",
-    "What is 17 times 23?",
-    "Why is the sky blue?",
-    "Suggest a name for a friendly robot.",
-    "What are the main ingredients of a pancake?",
-    "Describe a cat to someone who has never seen one.",
-    "What is machine learning?",
-    "How many continents are there, and what are they?",
-    "Write a short thank-you note to a teacher.",
-    "What is the boiling point of water at sea level?",
-    "Explain what a prime number is.",
-    "What should I pack for a weekend hiking trip?",
-    "Why do leaves change colour in autumn?",
-    "Tell me a fun fact about octopuses.",
-    "What is the tallest mountain in the world?",
-    "How do vaccines work?",
-    "Give an example of a metaphor.",
-    "What is the Pythagorean theorem?",
-    "How can I make my code easier to read?",
-    "What does a bee do in a hive?",
-    "Recommend a good habit for learning a language.",
-    "What is the speed of light?",
-];
 
 /// SmolLM2-135M's shape (the GGUF's config), for `--random-weights`.
 fn smollm2_config() -> LlamaConfig {
@@ -210,71 +179,12 @@ fn parse_opts() -> Result<Opts> {
     Ok(o)
 }
 
-fn sync(dev: Device) {
-    if let Device::Cuda(i) = dev {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// CPU time, in clock ticks: busy time of the whole machine, and of this process + the peer.
-struct CpuSnap {
-    busy: u64,
-    ours: u64,
-    at: Instant,
-}
-
-fn proc_ticks(pid: &str) -> u64 {
-    // Fields after the command (which may hold spaces): state is field 3; utime, stime 14, 15.
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else { return 0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn cpu_snap(peer_pid: Option<u32>) -> CpuSnap {
-    let busy = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().next()?.to_string();
-            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-            // user nice system idle iowait irq softirq steal
-            Some(v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let ours = proc_ticks("self") + peer_pid.map(|p| proc_ticks(&p.to_string())).unwrap_or(0);
-    CpuSnap { busy, ours, at: Instant::now() }
-}
-
-/// Cores kept busy by other processes between two snapshots (100 ticks a second on Linux).
-fn other_load(a: &CpuSnap, b: &CpuSnap) -> f64 {
-    let secs = (b.at - a.at).as_secs_f64().max(1e-3);
-    let other = (b.busy.saturating_sub(a.busy)) as f64 - (b.ours.saturating_sub(a.ours)) as f64;
-    (other / 100.0 / secs).max(0.0)
-}
-
 /// The f32 HF folder both sides load, and the tokenizer's prompts (or synthetic ones).
 struct Prepared {
     dir: PathBuf,
     prompts: Vec<Vec<i64>>,
     pad_id: i64,
     source: String,
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn prepare(o: &Opts) -> Result<Prepared> {
@@ -307,30 +217,13 @@ fn prepare(o: &Opts) -> Result<Prepared> {
     let (dir, from) = if gguf.is_dir() {
         (gguf.clone(), format!("{}", gguf.display()))
     } else {
-        let dir = o.f32_dir.clone().unwrap_or_else(|| r2m::paths::r2m_home().join("models/smollm2-135m-instruct-f32"));
-        if !dir.join("model.safetensors").exists() {
-            ensure!(
-                gguf.exists(),
-                "{} not found: run scripts/bootstrap.sh, pass --model GGUF|DIR, or use --random-weights",
-                gguf.display()
-            );
-            eprintln!("r2m: exporting {} to the f32 HF folder {} (once)", gguf.display(), dir.display());
-            let t = Instant::now();
-            let loaded = CausalLm::load(&r2m::model::load::ModelSource::Gguf(gguf.clone()), Device::Cpu)?;
-            let tmp = dir.with_extension("tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
-            export_hf(&loaded.model, &loaded.tokenizer, &tmp)?;
-            // TRL/transformers refuse a "quantized" config for training.
-            let cj = tmp.join("config.json");
-            let mut j: Value = serde_json::from_str(&std::fs::read_to_string(&cj)?)?;
-            if let Some(m) = j.as_object_mut() {
-                m.remove("quantization_config");
-            }
-            write_json(&cj, &j)?;
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir)?;
-            eprintln!("r2m: exported in {:.1} s", t.elapsed().as_secs_f64());
-        }
+        let dir = o.f32_dir.clone().unwrap_or_else(common::default_f32_dir);
+        ensure!(
+            dir.join("model.safetensors").exists() || gguf.exists(),
+            "{} not found: run scripts/bootstrap.sh, pass --model GGUF|DIR, or use --random-weights",
+            gguf.display()
+        );
+        export_f32(&gguf, &dir)?;
         let name = gguf.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         (dir.clone(), format!("{name}, as the f32 HF folder {}", dir.display()))
     };
@@ -349,92 +242,46 @@ fn batch_of(prompts: &[Vec<i64>], b: i64) -> Vec<Vec<i64>> {
 
 /// The peer process (`peer_foundation.py --serve`): one JSON request per line, one JSON answer.
 struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    proc: JsonChild,
     hello: Value,
     prompts_file: PathBuf,
 }
 
 impl Peer {
     fn start(o: &Opts, p: &Prepared, threads: i32) -> Result<Peer> {
-        let python = o.python.clone().unwrap_or_else(|| {
-            let venv = manifest_dir().join(".venv/bin/python");
-            if venv.exists() {
-                venv.display().to_string()
-            } else {
-                "python3".into()
-            }
-        });
-        let script = o.peer_script.clone().unwrap_or_else(|| {
-            let s = manifest_dir().join("benches/peer_foundation.py");
-            if s.exists() {
-                s
-            } else {
-                PathBuf::from("benches/peer_foundation.py")
-            }
-        });
+        let python = peer_python(o.python.as_deref());
+        let script = peer_script(o.peer_script.as_deref(), "peer_foundation.py");
         let prompts_file = std::env::temp_dir().join(format!("r2m-bench-prompts-{}.json", std::process::id()));
         std::fs::write(&prompts_file, serde_json::to_string(&json!({"prompts": p.prompts, "pad_id": p.pad_id}))?)?;
         eprintln!("r2m: starting the peer: {python} {}", script.display());
-        let mut child = Command::new(&python)
-            .arg(&script)
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script)
             .arg("--serve")
             .args(["--model", &p.dir.display().to_string()])
             .args(["--prompts", &prompts_file.display().to_string()])
             .args(["--threads", &threads.to_string()])
-            .args(["--device", &o.device_name.replace("auto", "cpu")])
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting the peer with {python}"))?;
-        let stdin = child.stdin.take().context("peer stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
-        let mut peer = Peer { child, stdin, stdout, hello: Value::Null, prompts_file };
-        peer.hello = peer.read()?;
+            .args(["--device", &o.device_name.replace("auto", "cpu")]);
+        let proc = JsonChild::spawn(cmd, &format!("the peer with {python}"))?;
+        let mut peer = Peer { proc, hello: Value::Null, prompts_file };
+        peer.hello = peer.proc.read()?;
         Ok(peer)
     }
 
-    fn read(&mut self) -> Result<Value> {
-        loop {
-            let mut line = String::new();
-            if self.stdout.read_line(&mut line)? == 0 {
-                bail!("the peer exited (see its messages above)");
-            }
-            // transformers may print to stdout; answers are the JSON lines.
-            if line.starts_with('{') {
-                let v: Value = serde_json::from_str(&line)?;
-                if let Some(e) = v.get("error") {
-                    bail!("peer: {e}");
-                }
-                return Ok(v);
-            }
-            eprint!("peer (stdout): {line}");
-        }
-    }
-
     fn call(&mut self, req: Value) -> Result<Value> {
-        writeln!(self.stdin, "{req}")?;
-        self.stdin.flush()?;
-        self.read()
+        self.proc.call(req)
     }
 
     fn secs(&mut self, req: Value) -> Result<f64> {
-        self.call(req)?.get("s").and_then(|s| s.as_f64()).context("peer answer without 's'")
+        self.proc.secs(req)
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
-        let _ = self.stdin.flush();
-        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.prompts_file);
     }
 }
@@ -458,9 +305,8 @@ impl Row {
 }
 
 /// Warmup of both sides, then `reps` timed pairs, alternating which side goes first (peer, r2m,
-/// r2m, peer, ...). On the CPU, a pair during which other processes kept more than
-/// `R2M_BENCH_MAX_OTHER_LOAD` cores busy (default 0.25) is redone, up to `reps` extra pairs; the
-/// kept pairs' worst load is returned. Only r2m's side when there is no peer.
+/// r2m, peer, ...), with other-load detection (`common::interleave`). Only r2m's side when there is
+/// no peer.
 fn side_by_side(
     what: &str,
     dev: Device,
@@ -470,62 +316,16 @@ fn side_by_side(
     mut r2m_run: impl FnMut(usize) -> Result<()>,
     mut peer_run: impl FnMut(&mut Peer, usize) -> Result<f64>,
 ) -> Result<(Vec<f64>, Vec<f64>, f64)> {
-    let max_load: f64 = if dev.is_cuda() {
-        f64::INFINITY
-    } else {
-        std::env::var("R2M_BENCH_MAX_OTHER_LOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(0.25)
-    };
-    let mut time_r2m = |i: usize| -> Result<f64> {
-        sync(dev);
-        let t = Instant::now();
-        r2m_run(i)?;
-        sync(dev);
-        Ok(t.elapsed().as_secs_f64())
-    };
-    for i in 0..warmup {
-        if let Some(p) = peer.as_mut() {
-            let s = peer_run(p, i)?;
-            eprintln!("peer: {what}: warmup {}/{warmup} {s:.3} s", i + 1);
-        }
-        let s = time_r2m(i)?;
-        eprintln!("r2m:  {what}: warmup {}/{warmup} {s:.3} s", i + 1);
+    let helpers: Vec<u32> = peer.as_ref().map(|p| p.pid()).into_iter().collect();
+    let has_peer = peer.is_some();
+    let mut sides = vec![];
+    if let Some(p) = peer.as_mut() {
+        sides.push(Side::new("peer", move |i| Ok(Rep::secs(peer_run(p, i)?))));
     }
-    let (mut tr, mut tp, mut worst) = (vec![], vec![], 0.0f64);
-    let (mut tries, mut redone) = (0, 0);
-    while tr.len() < reps {
-        tries += 1;
-        let i = tr.len();
-        let peer_first = tries % 2 == 1;
-        let (mut r, mut pe, mut load) = (None, None, 0.0f64);
-        for side in 0..2 {
-            let is_peer = (side == 0) == peer_first;
-            let pid = peer.as_ref().map(|p| p.pid());
-            let a = cpu_snap(pid);
-            if is_peer {
-                if let Some(p) = peer.as_mut() {
-                    let s = peer_run(p, warmup + tries)?;
-                    let l = other_load(&a, &cpu_snap(pid));
-                    load = load.max(l);
-                    eprintln!("peer: {what}: rep {}/{reps} {s:.3} s (other load {l:.2} cores)", i + 1);
-                    pe = Some(s);
-                }
-            } else {
-                let s = time_r2m(warmup + tries)?;
-                let l = other_load(&a, &cpu_snap(pid));
-                load = load.max(l);
-                eprintln!("r2m:  {what}: rep {}/{reps} {s:.3} s (other load {l:.2} cores)", i + 1);
-                r = Some(s);
-            }
-        }
-        if load > max_load && redone < reps {
-            redone += 1;
-            eprintln!("bench: {what}: other processes kept {load:.2} cores busy: redoing this pair ({redone}/{reps})");
-            continue;
-        }
-        worst = worst.max(load);
-        tr.extend(r);
-        tp.extend(pe);
-    }
+    sides.push(Side::new("r2m", |i| timed(dev, || r2m_run(i).map(|_| Value::Null))));
+    let (kept, worst) = interleave(what, dev, warmup, reps, &helpers, &mut sides)?;
+    let secs = |v: &Vec<Rep>| v.iter().map(|r| r.s).collect::<Vec<f64>>();
+    let (tp, tr) = if has_peer { (secs(&kept[0]), secs(&kept[1])) } else { (vec![], secs(&kept[0])) };
     Ok((tr, tp, worst))
 }
 
@@ -642,45 +442,11 @@ fn parity(model: &CausalLm, p: &Prepared, hello: &Value) -> Result<Option<f64>> 
     Ok(Some(d))
 }
 
-fn git_commit() -> String {
-    if let Some(c) = std::env::var("R2M_BENCH_COMMIT").ok().filter(|c| !c.is_empty()) {
-        return c;
-    }
-    let dirty = Command::new("git")
-        .args(["-C", &manifest_dir().display().to_string(), "status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| !o.stdout.is_empty())
-        .unwrap_or(false);
-    Command::new("git")
-        .args(["-C", &manifest_dir().display().to_string(), "rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string() + if dirty { " (+ uncommitted changes)" } else { "" })
-        .unwrap_or_else(|| "uncommitted".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
 fn main() -> Result<()> {
     let o = parse_opts()?;
     let t_all = Instant::now();
     let threads = tch::get_num_threads();
-    let dev_desc = match o.device {
-        Device::Cuda(_) => format!("{} (CUDA)", o.device_name),
-        _ => format!("cpu, {threads} threads, {} ({} logical CPUs)", cpu_model(), num_cpus()),
-    };
+    let dev_desc = device_description(o.device, &o.device_name);
     eprintln!("r2m: foundation bench on {dev_desc}{}", if o.quick { " [quick]" } else { "" });
     let p = prepare(&o)?;
 
