@@ -361,6 +361,20 @@ impl CausalLm {
         }
     }
 
+    /// logits / temperature, f32. A bias-free head is linear, so the division is applied to the
+    /// hidden states (B, n, D) instead of the logits (B, n, V): one full-vocabulary tensor less,
+    /// forward and backward (V / D = 85 for SmolLM2).
+    pub fn scaled_logits(&self, hidden: &Tensor, temperature: f64) -> Tensor {
+        let linear_head = self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
+        if temperature == 1.0 {
+            self.logits(hidden).to_kind(Kind::Float)
+        } else if linear_head {
+            self.logits(&(hidden / temperature)).to_kind(Kind::Float)
+        } else {
+            self.logits(hidden).to_kind(Kind::Float) / temperature
+        }
+    }
+
     fn check_ids(&self, ids: &Tensor, mask: &Tensor) -> Result<()> {
         let s = ids.size();
         if s.len() != 2 || mask.size() != s {
@@ -406,7 +420,7 @@ impl CausalLm {
         let h = self.forward_hidden(ids, mask, false)?;
         let n = t - from;
         let hs = h.last.narrow(1, from - 1, n); // (B, n, D): states that predict ids[from..]
-        let logits = (self.logits(&hs).to_kind(Kind::Float)) / temperature; // (B, n, V)
+        let logits = self.scaled_logits(&hs, temperature); // (B, n, V)
         let next = ids.to_device(self.device).narrow(1, from, n).unsqueeze(-1); // (B, n, 1)
         let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
         Ok((lp, h.last))

@@ -156,7 +156,7 @@ impl<'a> Run<'a> {
                 self.policy_forwards += 1;
                 let h = self.policy.forward_hidden(&seq, &seq_mask, false)?;
                 let n = seq.size()[1] - p;
-                let logits = self.policy.logits(&h.last.narrow(1, p - 1, n)).to_kind(Kind::Float) / temp;
+                let logits = self.policy.scaled_logits(&h.last.narrow(1, p - 1, n), temp);
                 let next = seq.to_device(self.device).narrow(1, p, n).unsqueeze(-1);
                 let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
                 let ent = losses::entropy(&logits, &g.mask.to_device(self.device)).double_value(&[]);
