@@ -337,6 +337,7 @@ fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
         eos_ids: vec![],
         pad_id,
         return_hidden: false,
+        return_trunk: None,
         stop_check_every: 4,
     }
 }

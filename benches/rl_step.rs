@@ -390,7 +390,18 @@ fn secs(reps: &[Rep]) -> Vec<f64> {
 }
 
 /// r2m's phases of one step: the `time/*` metrics, plus "other" = wall - their sum.
-const R2M_PHASES: [&str; 6] = ["time/generate", "time/logprobs", "time/reference", "time/reward", "time/policy", "time/r2m"];
+const R2M_PHASES: [&str; 10] = [
+    "time/prompts",
+    "time/generate",
+    "time/logprobs",
+    "time/reference",
+    "time/decode",
+    "time/reward",
+    "time/advantages",
+    "time/policy",
+    "time/r2m",
+    "time/metrics",
+];
 
 fn r2m_step(run: &mut Run, t: &mut i64, dev: Device) -> Result<Rep> {
     let mut rep = timed(dev, || Ok(Value::Object(run.step(*t)?)))?;

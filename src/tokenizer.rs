@@ -441,7 +441,8 @@ impl Tokenizer {
     /// Text of `ids`. Unlike transformers' Python `decode`, no `clean_up_tokenization_spaces`
     /// pass: `decode(encode(s))` gives `s` back for byte-level tokenizers.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        if let Some(bad) = ids.iter().find(|i| **i as usize >= self.vocab_size()) {
+        // id_to_token is a map lookup; vocab_size() rebuilds the whole vocabulary map on each call.
+        if let Some(bad) = ids.iter().find(|&&i| self.inner.id_to_token(i).is_none()) {
             return Err(Error::Input(format!(
                 "{}: token id {bad} is out of the vocabulary (size {})",
                 self.source.display(),

@@ -45,6 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         eos_ids: tok.eos_ids().into_iter().map(i64::from).collect(),
         pad_id: tok.pad_id() as i64,
         return_hidden: false,
+        return_trunk: None,
         stop_check_every: 1,
     };
     let mut out_ids: Vec<u32> = vec![];

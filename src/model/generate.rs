@@ -59,6 +59,9 @@ pub struct GenerateConfig {
     pub pad_id: i64,
     /// Also return the final hidden states of prompt + response (one extra decode step).
     pub return_hidden: bool,
+    /// Also return the input of block k (the output of a frozen trunk of k blocks) for prompt +
+    /// response (one extra decode step), for `CausalLm::token_logprobs_from_trunk`.
+    pub return_trunk: Option<usize>,
     /// Check for "all rows finished" every this many tokens (each check is a host sync on GPU).
     pub stop_check_every: i64,
 }
@@ -72,6 +75,7 @@ impl Default for GenerateConfig {
             eos_ids: vec![],
             pad_id: 0,
             return_hidden: false,
+            return_trunk: None,
             stop_check_every: 4,
         }
     }
@@ -90,6 +94,10 @@ pub struct Generation {
     pub mask: Tensor,
     /// Final hidden states of prompt + response (B, P + N', D), on request.
     pub hidden: Option<Tensor>,
+    /// The input of block `return_trunk` for prompt + response (B, P + N', D), on request.
+    pub trunk: Option<Tensor>,
+    /// Entropy of softmax(logits / T) at each response token (B, N'), f32; 0 where masked.
+    pub entropy: Tensor,
 }
 
 impl Generation {
@@ -122,10 +130,12 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, dev: Device) -> (Tensor, Tens
     (Tensor::from_slice(&ids).view(shape).to_device(dev), Tensor::from_slice(&mask).view(shape).to_device(dev))
 }
 
-/// Picks the next tokens from `logits` (B, V): returns (tokens (B), log-probs at temperature (B)).
-fn pick(logits: &Tensor, s: &Sampling) -> (Tensor, Tensor) {
+/// Picks the next tokens from `logits` (B, V): returns (tokens (B), log-probs at temperature (B),
+/// entropy of the temperature-scaled distribution (B)).
+fn pick(logits: &Tensor, s: &Sampling) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
     let logp = (&logits / s.temperature()).log_softmax(-1, Kind::Float); // (B, V)
+    let entropy = -(logp.exp() * &logp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
     let tok = match s {
         Sampling::Greedy => logits.argmax(-1, false),
         Sampling::Sample { top_k, top_p, .. } => {
@@ -148,7 +158,7 @@ fn pick(logits: &Tensor, s: &Sampling) -> (Tensor, Tensor) {
         }
     };
     let lp = logp.gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
-    (tok, lp)
+    (tok, lp, entropy)
 }
 
 /// Generates for a batch of tokenized prompts. Errors (naming the prompt) on an empty prompt or a
@@ -191,7 +201,8 @@ pub fn generate_stream(
     let (b, p) = prompt_ids.size2()?;
     let n = cfg.max_new_tokens;
     let c = &model.config;
-    let extra = i64::from(cfg.return_hidden);
+    let extra = i64::from(cfg.return_hidden || cfg.return_trunk.is_some());
+    let capture = cfg.return_trunk.map(|k| k.min(c.num_hidden_layers as usize));
     let kind = model.head_weight().kind();
     let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
 
@@ -200,20 +211,25 @@ pub fn generate_stream(
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));
 
     // Prefill.
-    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &causal_mask(&prompt_mask), Some(&mut cache), false);
+    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &causal_mask(&prompt_mask), Some(&mut cache), capture.is_some());
     let mut hidden = if cfg.return_hidden { vec![h.last.shallow_clone()] } else { vec![] };
+    // `all` holds the input of every block (then the final states): entry k is the trunk's output.
+    let trunk_of = |h: &crate::model::llama::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));
+    let mut trunk: Vec<Tensor> = trunk_of(&h).into_iter().collect();
     let mut logits = model.logits(&h.last.narrow(1, p - 1, 1)).squeeze_dim(1); // (B, V)
     let mut pos = prompt_mask.sum_dim_intlist([1i64].as_slice(), true, Kind::Int64) - 1; // (B, 1): last position
     let eos = Tensor::from_slice(&cfg.eos_ids).to_device(dev);
     let mut finished = Tensor::zeros([b], (Kind::Bool, dev));
-    let (mut toks, mut lps, mut masks) = (vec![], vec![], vec![]);
+    let (mut toks, mut lps, mut masks, mut ents) = (vec![], vec![], vec![], vec![]);
+    let keep_going = cfg.return_hidden || capture.is_some();
     for step in 0..n {
-        let (tok, lp) = pick(&logits, &cfg.sampling);
+        let (tok, lp, ent) = pick(&logits, &cfg.sampling);
         let alive = finished.logical_not();
         let tok = tok.where_self(&alive, &Tensor::from(cfg.pad_id).to_device(dev));
         on_step(step, &tok);
         toks.push(tok.shallow_clone());
         lps.push(lp * alive.to_kind(Kind::Float));
+        ents.push(ent * alive.to_kind(Kind::Float));
         masks.push(alive.to_kind(Kind::Int64));
         if !cfg.eos_ids.is_empty() {
             finished = finished.logical_or(&tok.unsqueeze(-1).eq_tensor(&eos.unsqueeze(0)).any_dim(-1, false));
@@ -221,17 +237,18 @@ pub fn generate_stream(
         let last = step + 1 == n;
         let check = (step + 1) % cfg.stop_check_every.max(1) == 0;
         let done = (last || check) && finished.all().int64_value(&[]) == 1;
-        if (last || done) && !cfg.return_hidden {
+        if (last || done) && !keep_going {
             break;
         }
         // Feed the token: one new slot per row.
         pos += 1;
         let s = cache.len;
         let mask = slot_valid.narrow(1, 0, s + 1).unsqueeze(1).unsqueeze(1); // (B, 1, 1, S)
-        let h = model.model.forward(&tok.unsqueeze(-1), &pos, &mask, Some(&mut cache), false);
+        let h = model.model.forward(&tok.unsqueeze(-1), &pos, &mask, Some(&mut cache), capture.is_some());
         if cfg.return_hidden {
             hidden.push(h.last.shallow_clone());
         }
+        trunk.extend(trunk_of(&h));
         if last || done {
             break;
         }
@@ -242,6 +259,8 @@ pub fn generate_stream(
         logprobs: Tensor::stack(&lps, 1),
         mask: Tensor::stack(&masks, 1),
         hidden: if cfg.return_hidden { Some(Tensor::cat(&hidden, 1)) } else { None },
+        trunk: if capture.is_some() { Some(Tensor::cat(&trunk, 1)) } else { None },
+        entropy: Tensor::stack(&ents, 1),
         prompt_ids,
         prompt_mask,
     })
@@ -258,7 +277,7 @@ mod tests {
         tch::manual_seed(0);
         for _ in 0..50 {
             let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.6) };
-            let (t, _) = pick(&logits, &s);
+            let (t, _, _) = pick(&logits, &s);
             assert!(t.int64_value(&[0]) < 2);
             let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.5) };
             assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
@@ -266,7 +285,7 @@ mod tests {
             assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
         }
         // The reported log-prob is the untruncated one.
-        let (_, lp) = pick(&logits, &Sampling::Greedy);
+        let (_, lp, _) = pick(&logits, &Sampling::Greedy);
         assert!((lp.double_value(&[0]) - 0.5f64.ln()).abs() < 1e-6);
     }
 

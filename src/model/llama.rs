@@ -260,6 +260,28 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Embeddings and blocks [0, k) of a full-sequence pass: the input of block k, (B, T, D).
+    pub fn forward_prefix(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, k: usize) -> Tensor {
+        let rope = self.rope.cos_sin(positions);
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        for layer in &self.layers[..k] {
+            x = layer.forward(&x, &rope, mask, None);
+        }
+        x
+    }
+
+    /// Blocks [k, L) and the final norm from `x`, the input of block k: the final hidden states.
+    pub fn forward_suffix(&self, x: &Tensor, positions: &Tensor, mask: &Tensor, k: usize) -> Tensor {
+        let rope = self.rope.cos_sin(positions);
+        let mut x = x.shallow_clone();
+        for layer in &self.layers[k..] {
+            x = layer.forward(&x, &rope, mask, None);
+        }
+        self.norm.forward(&x)
+    }
+}
+
 /// Positions `cumsum(mask) - 1`, clamped at 0 for the pads: (B, T) int64.
 pub fn positions_from_mask(mask: &Tensor) -> Tensor {
     (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
@@ -418,12 +440,70 @@ impl CausalLm {
             return Err(Error::Input(format!("token_logprobs: temperature = {temperature} must be > 0")));
         }
         let h = self.forward_hidden(ids, mask, false)?;
-        let n = t - from;
-        let hs = h.last.narrow(1, from - 1, n); // (B, n, D): states that predict ids[from..]
+        Ok((self.logprobs_of(&h.last, ids, temperature, from), h.last))
+    }
+
+    /// Log-probs of `ids[:, from..]` given the final hidden states `last` (B, T, D) of `ids`.
+    fn logprobs_of(&self, last: &Tensor, ids: &Tensor, temperature: f64, from: i64) -> Tensor {
+        let n = ids.size()[1] - from;
+        let hs = last.narrow(1, from - 1, n); // (B, n, D): states that predict ids[from..]
         let logits = self.scaled_logits(&hs, temperature); // (B, n, V)
         let next = ids.to_device(self.device).narrow(1, from, n).unsqueeze(-1); // (B, n, 1)
-        let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
-        Ok((lp, h.last))
+        logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false)
+    }
+
+    /// How many leading blocks are frozen together with the embeddings (0 when the embeddings
+    /// train): the part of every forward pass that no optimiser step changes (the frozen trunk).
+    pub fn frozen_prefix(&self) -> usize {
+        let grad = |prefix: &str| self.params.named().iter().any(|(n, t)| n.starts_with(prefix) && t.requires_grad());
+        if grad("model.embed_tokens.") {
+            return 0;
+        }
+        (0..self.model.layers.len()).take_while(|i| !grad(&format!("model.layers.{i}."))).count()
+    }
+
+    /// True when this model's embeddings and first `k` blocks hold the same values as `other`'s,
+    /// so that one trunk pass serves both.
+    pub fn same_prefix(&self, other: &CausalLm, k: usize) -> bool {
+        let in_prefix = |n: &str| {
+            n.starts_with("model.embed_tokens.")
+                || n.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < k)
+        };
+        let mine: Vec<&(String, Tensor)> = self.params.named().iter().filter(|(n, _)| in_prefix(n)).collect();
+        let theirs: Vec<&(String, Tensor)> = other.params.named().iter().filter(|(n, _)| in_prefix(n)).collect();
+        self.config.hidden_size == other.config.hidden_size
+            && mine.len() == theirs.len()
+            && mine.iter().zip(&theirs).all(|(a, b)| a.0 == b.0 && a.1.size() == b.1.size() && a.1.kind() == b.1.kind() && a.1.equal(&b.1))
+    }
+
+    /// The frozen trunk of a full-sequence pass: embeddings and blocks [0, k), no gradient, (B, T, D).
+    /// Feed it to `token_logprobs_from_trunk` as often as needed (policy epochs, the reference).
+    pub fn trunk(&self, ids: &Tensor, mask: &Tensor, k: usize) -> Result<Tensor> {
+        self.check_ids(ids, mask)?;
+        let _g = tch::no_grad_guard();
+        let (ids, mask) = (ids.to_device(self.device), mask.to_device(self.device));
+        Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &causal_mask(&mask), k.min(self.model.layers.len())))
+    }
+
+    /// `token_logprobs` from a trunk (the input of block k, from `trunk`): blocks [k, L), the
+    /// norm and the head only. Equal to `token_logprobs` up to float rounding.
+    pub fn token_logprobs_from_trunk(&self, trunk: &Tensor, k: usize, ids: &Tensor, mask: &Tensor, temperature: f64, from: i64) -> Result<(Tensor, Tensor)> {
+        let t = ids.size().get(1).copied().unwrap_or(0);
+        if from < 1 || from >= t.max(1) || !(temperature > 0.0) {
+            return Err(Error::Input(format!("token_logprobs_from_trunk: from = {from} must be in [1, {t}) and temperature = {temperature} > 0")));
+        }
+        self.check_ids(ids, mask)?;
+        if trunk.size().get(..2) != Some(&ids.size()[..]) {
+            return Err(Error::Input(format!("trunk {:?} does not match ids {:?}", trunk.size(), ids.size())));
+        }
+        let last = self.hidden_from_trunk(trunk, k, mask);
+        Ok((self.logprobs_of(&last, ids, temperature, from), last))
+    }
+
+    /// The final hidden states (B, T, D) from a trunk (the input of block k) and the ids' mask.
+    pub fn hidden_from_trunk(&self, trunk: &Tensor, k: usize, mask: &Tensor) -> Tensor {
+        let mask = mask.to_device(self.device);
+        self.model.forward_suffix(trunk, &positions_from_mask(&mask), &causal_mask(&mask), k.min(self.model.layers.len()))
     }
 }
 
@@ -472,6 +552,56 @@ mod tests {
         );
         let d = (lp - naive.squeeze_dim(-1)).abs().max().double_value(&[]);
         assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn frozen_trunk_gives_the_same_logprobs_and_gradients() {
+        use crate::train::{apply_trainable, Trainable};
+        let mut cfg = tiny_config();
+        cfg.num_hidden_layers = 4;
+        // (Other tests reseed torch's global RNG concurrently: copy the values, do not reseed.)
+        let mut m = CausalLm::random(&cfg, 3, Device::Cpu).unwrap();
+        let reference = CausalLm::random(&cfg, 5, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for ((_, a), (_, b)) in reference.params.named().iter().zip(m.params.named()) {
+                a.shallow_clone().copy_(b);
+            }
+        });
+        apply_trainable(&mut m, &Trainable::Top { layers: 1, head: false }, 0).unwrap();
+        assert_eq!(m.frozen_prefix(), 3);
+        assert!(m.same_prefix(&reference, 3));
+        // Left-padded batch: the trunk path equals the full pass, values and gradients.
+        let ids = Tensor::from_slice(&[0i64, 0, 5, 6, 7, 8, 9, 3, 4, 5, 6, 7, 8, 9]).view([2, 7]);
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 7]);
+        let (a, _) = m.token_logprobs(&ids, &mask, 0.7, 3).unwrap();
+        let trainable: Vec<Tensor> = m.params.trainable().into_iter().map(|(_, t)| t).collect();
+        let ga = Tensor::run_backward(&[a.sum(Kind::Float)], &trainable, false, false);
+        let x = m.trunk(&ids, &mask, 3).unwrap();
+        assert!(!x.requires_grad());
+        let (b, _) = m.token_logprobs_from_trunk(&x, 3, &ids, &mask, 0.7, 3).unwrap();
+        let gb = Tensor::run_backward(&[b.sum(Kind::Float)], &trainable, false, false);
+        assert!((&a - &b).abs().max().double_value(&[]) < 1e-5);
+        for (u, v) in ga.iter().zip(&gb) {
+            assert!((u - v).abs().max().double_value(&[]) < 1e-5);
+        }
+        // A different block 0, trained embeddings or LoRA everywhere: nothing shared.
+        let other = CausalLm::random(&cfg, 4, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for ((n, a), (_, b)) in other.params.named().iter().zip(m.params.named()) {
+                if !n.starts_with("model.layers.0.") {
+                    a.shallow_clone().copy_(b);
+                }
+            }
+        });
+        assert!(!m.same_prefix(&other, 3) && !other.same_prefix(&m, 1));
+        assert!(other.same_prefix(&m, 0), "the embeddings are the same");
+        let mut e = CausalLm::random(&cfg, 3, Device::Cpu).unwrap();
+        apply_trainable(&mut e, &Trainable::Top { layers: 1, head: true }, 0).unwrap();
+        assert_eq!(e.frozen_prefix(), 0, "tied head = embeddings train");
+        let mut l = CausalLm::random(&cfg, 3, Device::Cpu).unwrap();
+        apply_trainable(&mut l, &Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into()] }, 0).unwrap();
+        assert_eq!(l.frozen_prefix(), 0);
+        assert!(m.token_logprobs_from_trunk(&x.narrow(1, 0, 5), 3, &ids, &mask, 0.7, 3).is_err());
     }
 
     #[test]

@@ -120,9 +120,15 @@ pub struct AlgoConfig {
     /// REINFORCE++/ReMax reward clip (OpenRLHF: 10) and discount (1).
     pub reward_clip: f64,
     pub gamma: f64,
-    /// Old log-probs and h from a policy forward over prompt+response ("forward", default) or
-    /// from the generator's own (equal on CPU f32, tested; saves one forward).
+    /// Old log-probs, h and the frozen trunk from a policy forward over prompt+response
+    /// ("forward") or from the generator's own pass ("generator": equal to 1e-4 in f32, tested;
+    /// saves one forward); "auto" (default): the generator's in f32, a forward otherwise.
     pub logprobs_from: LogprobsFrom,
+    /// Run the frozen trunk (embeddings + the blocks below the trainable ones, when the policy
+    /// trains only its top blocks) once per rollout and reuse its output for the old log-probs,
+    /// the reference (when it shares those weights) and every policy epoch. Exact up to float
+    /// rounding; false recomputes the whole model in every pass.
+    pub trunk_cache: bool,
     pub eval_every: i64,
     pub eval_prompts: usize,
     pub eval_temperature: f64,
@@ -134,6 +140,9 @@ pub struct AlgoConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogprobsFrom {
+    /// The generator's when the policy runs in f32 (where they equal a forward's to 1e-4,
+    /// tested), a forward pass otherwise (reduced precision).
+    Auto,
     Forward,
     Generator,
 }
@@ -213,7 +222,8 @@ impl Default for AlgoConfig {
             aggregation: Aggregation::Grpo,
             reward_clip: 10.0,
             gamma: 1.0,
-            logprobs_from: LogprobsFrom::Forward,
+            logprobs_from: LogprobsFrom::Auto,
+            trunk_cache: true,
             eval_every: 10,
             eval_prompts: 32,
             eval_temperature: 0.7,

@@ -39,6 +39,11 @@ pub struct Run<'a> {
     pub device: Device,
     /// Forward passes of the policy per phase (the R2M test checks that feedback costs none).
     pub policy_forwards: usize,
+    /// Frozen trunk: the policy's first `trunk_layers` blocks (and embeddings) never train, so
+    /// their output is computed once per rollout (0: off, `rl.trunk_cache`); `reference_shares_trunk`
+    /// when the reference holds the same weights there.
+    pub trunk_layers: usize,
+    pub reference_shares_trunk: bool,
 }
 
 /// A collected rollout (B = n * K, group-major).
@@ -51,6 +56,8 @@ pub struct Rollout {
     pub old_lp: Tensor, // (B, N)
     pub ref_lp: Tensor, // (B, N)
     pub hidden: Option<Tensor>, // (B, P + N, D)
+    /// The frozen trunk's output (the input of block `Run::trunk_layers`), (B, P + N, D).
+    pub trunk: Option<Tensor>,
     pub responses: Vec<String>,
     pub finished: Vec<bool>,
     pub entropy: f64,
@@ -116,7 +123,17 @@ impl<'a> Run<'a> {
             eos_ids: if self.cfg.rl.ignore_eos { vec![] } else { self.tokenizer.eos_ids().into_iter().map(i64::from).collect() },
             pad_id: self.tokenizer.pad_id() as i64,
             return_hidden,
+            return_trunk: None,
             stop_check_every: 4,
+        }
+    }
+
+    /// Whether old log-probs, h and the trunk come from the generator (`rl.logprobs_from`).
+    pub fn logprobs_from_generator(&self) -> bool {
+        match self.cfg.rl.logprobs_from {
+            LogprobsFrom::Generator => true,
+            LogprobsFrom::Forward => false,
+            LogprobsFrom::Auto => self.policy.head_weight().kind() == Kind::Float,
         }
     }
 
@@ -138,34 +155,51 @@ impl<'a> Run<'a> {
         let k = self.cfg.rl.group_size;
         let idx = self.step_prompts(t);
         let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
-        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
+        let ids = clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
         let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat(p.clone()).take(k)).collect();
         let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat(i).take(k)).collect();
         let want_h = self.reward.wants_hidden();
-        let from_gen = self.cfg.rl.logprobs_from == LogprobsFrom::Generator;
-        let gcfg = self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
+        let from_gen = self.logprobs_from_generator();
+        let kt = self.trunk_layers;
+        let mut gcfg = self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
+        gcfg.return_trunk = if from_gen && kt > 0 { Some(kt) } else { None };
         let g = clock.time("time/generate", || generate(&self.policy, &rep, &gcfg))?;
         let (seq, seq_mask) = g.sequences();
         let p = g.prompt_ids.size()[1];
         let temp = self.cfg.rl.temperature;
         let _guard = tch::no_grad_guard();
+        let trunk = match (kt, &g.trunk) {
+            (0, _) => None,
+            (_, Some(x)) => Some(x.shallow_clone()),
+            (_, None) => Some(clock.time("time/logprobs", || self.policy.trunk(&seq, &seq_mask, kt))?),
+        };
         let (old_lp, hidden, entropy) = if from_gen {
-            (g.logprobs.shallow_clone(), g.hidden.as_ref().map(|h| h.shallow_clone()), f64::NAN)
+            let m = g.mask.to_kind(Kind::Float);
+            let ent = ((&g.entropy * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)).double_value(&[]);
+            (g.logprobs.shallow_clone(), g.hidden.as_ref().map(|h| h.shallow_clone()), ent)
         } else {
             clock.time("time/logprobs", || -> Result<_> {
                 self.policy_forwards += 1;
-                let h = self.policy.forward_hidden(&seq, &seq_mask, false)?;
+                let last = match &trunk {
+                    Some(x) => self.policy.hidden_from_trunk(x, kt, &seq_mask),
+                    None => self.policy.forward_hidden(&seq, &seq_mask, false)?.last,
+                };
                 let n = seq.size()[1] - p;
-                let logits = self.policy.scaled_logits(&h.last.narrow(1, p - 1, n), temp);
+                let logits = self.policy.scaled_logits(&last.narrow(1, p - 1, n), temp);
                 let next = seq.to_device(self.device).narrow(1, p, n).unsqueeze(-1);
                 let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
                 let ent = losses::entropy(&logits, &g.mask.to_device(self.device)).double_value(&[]);
-                Ok((lp, if want_h { Some(h.last) } else { None }, ent))
+                Ok((lp, if want_h { Some(last) } else { None }, ent))
             })?
         };
-        let ref_lp = clock.time("time/reference", || self.reference.token_logprobs(&seq, &seq_mask, temp, p))?.0;
+        let ref_lp = clock
+            .time("time/reference", || match (&trunk, self.reference_shares_trunk) {
+                (Some(x), true) => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
+                _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+            })?
+            .0;
         let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
-        let (responses, finished) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
+        let (responses, finished) = clock.time("time/decode", || decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos))?;
         Ok(Rollout {
             prompt_idx,
             seq,
@@ -175,6 +209,7 @@ impl<'a> Run<'a> {
             old_lp: old_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
             ref_lp: ref_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
             hidden,
+            trunk,
             responses,
             finished,
             entropy,
@@ -236,6 +271,7 @@ impl<'a> Run<'a> {
         let mask_f = r.mask.to_kind(Kind::Float);
 
         // Advantages: (B) sequence-level or (B, N) token-level.
+        let (t_adv, n_clock) = (Instant::now(), clock.0.len());
         let advantages = match c.algo {
             Algo::Rloo => {
                 let shaped = adv::kl_shaped_reward(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
@@ -258,6 +294,10 @@ impl<'a> Run<'a> {
             }
         };
 
+        // ReMax's baseline generation and reward are timed as such, not as advantages.
+        let inner: f64 = clock.0[n_clock..].iter().map(|x| x.1).sum();
+        clock.0.push(("time/advantages", t_adv.elapsed().as_secs_f64() - inner));
+
         // Policy optimisation: k epochs of minibatches; h' captured in the last epoch.
         let want_h = self.reward.wants_hidden();
         let d = self.policy.config.hidden_size;
@@ -278,7 +318,10 @@ impl<'a> Run<'a> {
                     let seq = r.seq.to_device(self.device).index_select(0, &ix);
                     let sm = r.seq_mask.to_device(self.device).index_select(0, &ix);
                     self.policy_forwards += 1;
-                    let (l, h) = self.policy.token_logprobs(&seq, &sm, c.temperature, p)?;
+                    let (l, h) = match &r.trunk {
+                        Some(x) => self.policy.token_logprobs_from_trunk(&x.index_select(0, &ix), self.trunk_layers, &seq, &sm, c.temperature, p)?,
+                        None => self.policy.token_logprobs(&seq, &sm, c.temperature, p)?,
+                    };
                     if let (Some(hp), true) = (&h_prime, epoch + 1 == c.epochs) {
                         let mut hp = hp.shallow_clone();
                         let _ = hp.index_copy_(0, &ix, &h.detach().to_kind(Kind::Float));
@@ -340,6 +383,7 @@ impl<'a> Run<'a> {
         };
 
         // Metrics (TRL names where the quantity is the same).
+        let t_metrics = Instant::now();
         let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let mut m = Map::new();
@@ -374,6 +418,8 @@ impl<'a> Run<'a> {
         for (k2, v) in upd {
             m.insert(k2, v);
         }
+        let gold_s: f64 = clock.0.iter().filter(|x| x.0 == "time/gold").map(|x| x.1).sum();
+        clock.0.push(("time/metrics", t_metrics.elapsed().as_secs_f64() - gold_s));
         for (name, s) in &clock.0 {
             let e = m.entry(name.to_string()).or_insert(json!(0.0));
             *e = json!(e.as_f64().unwrap_or(0.0) + s);
@@ -506,6 +552,9 @@ pub fn build<'a>(
     reference.params.freeze();
     let params = apply_trainable(&mut policy, &cfg.policy.trainable, cfg.seed as i64)?;
     let opt = AdamW::new(params, AdamWConfig { lr: cfg.policy.lr, weight_decay: cfg.policy.weight_decay, ..Default::default() });
+    // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
+    let trunk_layers = if cfg.rl.trunk_cache { policy.frozen_prefix().min(policy.model.num_layers().saturating_sub(1)) } else { 0 };
+    let reference_shares_trunk = trunk_layers > 0 && policy.same_prefix(&reference, trunk_layers);
     let (train_prompts, eval_prompts) = load_prompts(cfg)?;
     ensure!(!train_prompts.is_empty(), "no training prompts");
     Ok(Run {
@@ -520,6 +569,8 @@ pub fn build<'a>(
         opt,
         device,
         policy_forwards: 0,
+        trunk_layers,
+        reference_shares_trunk,
     })
 }
 

@@ -103,6 +103,7 @@ pub fn make_pairs(model: &CausalLm, tok: &Tokenizer, gold: &Gold, cfg: &PairsCon
                 eos_ids: eos.clone(),
                 pad_id: tok.pad_id() as i64,
                 return_hidden: false,
+                return_trunk: None,
                 stop_check_every: 4,
             },
         )?;

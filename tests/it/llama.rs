@@ -124,6 +124,7 @@ fn generator_logprobs_equal_trainer_logprobs() {
             eos_ids: vec![0],
             pad_id: 95,
             return_hidden: true,
+            return_trunk: Some(1),
             stop_check_every: 1,
         };
         let g = generate(&m, &prompts, &cfg).unwrap();
@@ -137,6 +138,19 @@ fn generator_logprobs_equal_trainer_logprobs() {
         assert_eq!(gh.size(), hidden.size());
         let dh = masked_max_diff(gh, &hidden.detach(), &mask);
         assert!(dh <= 1e-4, "hidden states differ by {dh}");
+        // So is the trunk (the input of block 1), and log-probs from it equal the full pass's.
+        let gt = g.trunk.as_ref().unwrap();
+        let dt = masked_max_diff(gt, &m.trunk(&seq, &mask, 1).unwrap(), &mask);
+        assert!(dt <= 1e-4, "trunk differs by {dt}");
+        let (lpt, _) = m.token_logprobs_from_trunk(gt, 1, &seq, &mask, temp, p).unwrap();
+        let d = masked_max_diff(&lpt.unsqueeze(-1), &lp.unsqueeze(-1), &g.mask);
+        assert!(d <= 1e-4, "log-probs from the generator's trunk differ by {d}");
+        // The generator's per-token entropy is the trainer's at the same temperature.
+        let n = seq.size()[1] - p;
+        let logp = (m.forward(&seq, &mask).unwrap().narrow(1, p - 1, n) / temp).log_softmax(-1, tch::Kind::Float);
+        let ent = -(logp.exp() * &logp).sum_dim_intlist([-1i64].as_slice(), false, tch::Kind::Float);
+        let de = masked_max_diff(&ent.unsqueeze(-1), &g.entropy.unsqueeze(-1), &g.mask);
+        assert!(de <= 1e-4, "entropy differs by {de}");
     }
 }
 

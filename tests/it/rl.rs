@@ -133,6 +133,8 @@ fn check_resume(dir: &Path, algo: Algo, with_r2m: Option<Method>) {
         let mut c = tiny_cfg(dir, algo, out);
         if let Some(m) = with_r2m {
             c.r2m = Some(R2mConfig { method: m, d: 16, lr: 1e-3, ..Default::default() });
+            // The top block trains: the frozen-trunk path (and R2M's h from it) resumes exactly too.
+            c.policy.trainable = Trainable::Top { layers: 1, head: true };
         }
         c
     };
@@ -191,6 +193,36 @@ fn r2m_with_rloo_and_grpo_finishes_and_resumes_bit_identically() {
     tiny_world(d.path());
     check_resume(d.path(), Algo::Rloo, Some(Method::R2m));
     check_resume(d.path(), Algo::Grpo, Some(Method::R2m));
+}
+
+/// The frozen trunk (block 0 + embeddings, computed once per rollout and shared with the
+/// reference) changes nothing but float rounding: one step with and without it.
+#[test]
+fn frozen_trunk_cache_matches_full_passes() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let one_step = |cache: bool| {
+        let mut c = tiny_cfg(d.path(), Algo::Grpo, &format!("trunk-{cache}"));
+        c.policy.trainable = Trainable::Top { layers: 1, head: true };
+        c.rl.trunk_cache = cache;
+        c.rl.steps = 1;
+        c.rl.eval_every = 0;
+        let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
+        assert_eq!((r.trunk_layers, r.reference_shares_trunk), if cache { (1, true) } else { (0, false) });
+        let m = r.step(0).unwrap();
+        let w: Vec<tch::Tensor> = r.opt.params.iter().map(|(_, t)| t.detach().copy()).collect();
+        (m, w)
+    };
+    let (ma, wa) = one_step(true);
+    let (mb, wb) = one_step(false);
+    for k in ["reward", "kl", "loss", "kl_term", "grad_norm", "entropy"] {
+        let (x, y) = (ma[k].as_f64().unwrap(), mb[k].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{k}: {x} with the trunk cache, {y} without");
+    }
+    for (x, y) in wa.iter().zip(&wb) {
+        assert!((x - y).abs().max().double_value(&[]) < 1e-5);
+    }
 }
 
 #[test]

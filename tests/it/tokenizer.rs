@@ -165,6 +165,10 @@ fn smollm2_gguf_special_tokens_follow_the_file() {
     assert_eq!(f.smol.vocab_size(), 49152);
     assert_eq!(f.smol.id_to_token(2).as_deref(), Some("<|im_end|>"));
     assert_eq!(f.smol.token_to_id("<|endoftext|>"), Some(0));
+    // The last id decodes; the first id past the vocabulary is an error that names it.
+    assert!(f.smol.decode(&[49151], false).is_ok());
+    let e = f.smol.decode(&[5, 49152], false).unwrap_err().to_string();
+    assert!(e.contains("token id 49152 is out of the vocabulary (size 49152)"), "{e}");
 }
 
 #[test]
