@@ -604,11 +604,13 @@ fn print_trl(o: &Opts, rows: &[Compared]) {
     println!("{head}\n{rule}");
     type Cell = fn(&Compared) -> (f64, f64);
     let lines: [(&str, Cell); 8] = [
-        ("generate", |c| (med(&c.r2m, "time/generate"), med(&c.trl, "generate"))),
-        ("old log-probs (policy forward)", |c| (med(&c.r2m, "time/logprobs"), f64::NAN)),
+        ("generate (r2m: + old log-probs, trunk)", |c| (med(&c.r2m, "time/generate"), med(&c.trl, "generate"))),
+        ("old log-probs (r2m: a policy forward, if any)", |c| (med(&c.r2m, "time/logprobs"), f64::NAN)),
         ("reference log-probs", |c| (med(&c.r2m, "time/reference"), f64::NAN)),
         ("old + reference log-probs", |c| {
-            (med(&c.r2m, "time/logprobs") + med(&c.r2m, "time/reference"), med(&c.trl, "logprobs_reference"))
+            // r2m's old log-probs come from the generator by default (no `time/logprobs`).
+            let old = med(&c.r2m, "time/logprobs");
+            (if old.is_nan() { 0.0 } else { old } + med(&c.r2m, "time/reference"), med(&c.trl, "logprobs_reference"))
         }),
         ("reward (RM forward)", |c| (med(&c.r2m, "time/reward"), med(&c.trl, "reward"))),
         ("policy update (fwd + bwd + AdamW)", |c| (med(&c.r2m, "time/policy"), med(&c.trl, "update"))),

@@ -301,7 +301,9 @@ fn ensure_rm(cfg: &TrainRmConfig, progress: bool, trained: &mut bool) -> Result<
     let model = cfg.out.join("model");
     let saved = cfg.out.join("config.toml");
     if saved.exists() {
-        let had: TrainRmConfig = crate::config::load(Some(&saved), &[])?;
+        let mut had: TrainRmConfig = crate::config::load(Some(&saved), &[])?;
+        // The device it was trained on does not change what it is.
+        had.device = cfg.device.clone();
         ensure!(
             had == *cfg,
             "{}: this reward model was trained with other settings; delete the folder or choose another `out`",

@@ -123,3 +123,38 @@ fn demo_smoke_runs_end_to_end_on_smollm2() {
         assert!(e.iter().all(|row| row["gold"].as_f64().is_some()), "{r}: gold scored on every eval row");
     }
 }
+
+/// The pretrained-rm baseline end to end on SmolLM2 (the smoke preset, one seed): gold-labelled
+/// pairs on RL-train prompts, the proxy trained further on them into `shared/pretrained-rm/`, the
+/// run scored by that RM (not the proxy), and its RM accuracy before/after recorded.
+#[test]
+fn pretrained_rm_baseline_runs_end_to_end_on_smollm2() {
+    let d = tmpdir();
+    let out = d.path().join("pre");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
+        .args(["experiment", "--config", "configs/demo-smoke.toml", "--device", "cpu", "--quiet", "--out", out.to_str().unwrap()])
+        .args(["--set", "methods=[\"pretrained-rm\"]", "--set", "seeds=[0]", "--set", "pretrained.prompts=6"])
+        .args(["--set", "pretrained.train.epochs=1", "--set", "pretrained.train.micro_batch=4", "--set", "pretrained.train.trainable_layers=2"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pretrained-rm"), "{stdout}");
+    let sh = out.join("shared");
+    let pairs = std::fs::read_to_string(sh.join("pairs-rl.jsonl")).unwrap();
+    assert!(pairs.lines().count() >= 1, "pairs on the RL prompts");
+    let rm = sh.join("pretrained-rm/model");
+    assert!(rm.join("config.json").exists());
+    // The further-trained RM differs from the proxy it started from.
+    let a = r2m::model::load::safetensors::read_dir(&rm).unwrap();
+    let b: std::collections::HashMap<String, tch::Tensor> =
+        r2m::model::load::safetensors::read_dir(&sh.join("proxy-rm/model")).unwrap().into_iter().collect();
+    assert!(a.iter().any(|(n, t)| b.get(n).is_some_and(|u| !t.equal(u))), "pretrained-rm equals the proxy");
+    let run = out.join("pretrained-rm-rloo-s0");
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("pretrained-rm/model"), "the run is scored by the further-trained RM:\n{cfg}");
+    let acc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("rm_accuracy.json")).unwrap()).unwrap();
+    assert_eq!(acc["method"], "pretrained-rm");
+    assert!(acc["before"].as_f64().is_some() && acc["before"] == acc["after"], "a frozen RM: {acc}");
+    assert!(run.join("done.json").exists());
+}

@@ -106,7 +106,7 @@ fn fit(m: &mut CausalLm, t: &Trainable, lr: f64) -> (f64, f64) {
         let (lp, _) = m.token_logprobs(&ids, &mask, 1.0, 1).unwrap();
         let loss = -lp.mean(Kind::Float);
         loss.backward();
-        clip_grad_norm(&opt.params, 1.0);
+        let _ = clip_grad_norm(&opt.params, 1.0);
         opt.step(lr);
         losses.push(loss.double_value(&[]));
     }
