@@ -5,14 +5,37 @@
 //!   torch to use its CUDA build).
 //! * libtorch_cuda is NOT force-linked: a CPU-only torch install has no cuBLAS, and a binary that
 //!   needs libtorch_cuda would not start there. `r2m::device` dlopens it when CUDA is asked for.
+//! * csrc/fused.cpp, compiled against the same libtorch's headers (as torch-sys compiles its own
+//!   C++): libtorch ops that tch does not bind (the fused AdamW kernel).
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if let Ok(lt) = std::env::var("LIBTORCH") {
-        let p = PathBuf::from(&lt);
-        let p = std::fs::canonicalize(&p).unwrap_or(p);
-        let lib = p.join("lib");
-        println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());
-    }
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    // libtorch's root: LIBTORCH (set by .cargo/config.toml), else where torch-sys found it.
+    let root = match std::env::var("LIBTORCH") {
+        Ok(lt) => {
+            let p = PathBuf::from(&lt);
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
+            println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", p.join("lib").display());
+            p
+        }
+        Err(_) => {
+            let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("neither LIBTORCH nor torch-sys's libtorch_lib is set: see docs/building.md");
+            PathBuf::from(lib).parent().expect("libtorch lib dir has a parent").to_path_buf()
+        }
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .opt_level(2)
+        .file("csrc/fused.cpp")
+        .compile("r2m_fused");
 }

@@ -399,7 +399,7 @@ fn bench_train(o: &Opts, model: &mut CausalLm, peer: &mut Option<Peer>, rows: &m
             let (lp, _) = model.token_logprobs(&ids, &mask, 1.0, 1)?;
             let loss = -lp.mean(Kind::Float);
             loss.backward();
-            opt.step(1e-5);
+            opt.step(1e-5).unwrap();
             opt.zero_grad();
             Ok(())
         },
@@ -744,7 +744,7 @@ mod variants {
         for _ in 0..reps {
             sync(m.device);
             let t = Instant::now();
-            opt.step(lr);
+            opt.step(lr).unwrap();
             sync(m.device);
             ta.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
@@ -776,7 +776,7 @@ mod variants {
         loss.backward();
         sync(dev);
         let t2 = Instant::now();
-        opt.step(1e-5);
+        opt.step(1e-5).unwrap();
         sync(dev);
         let t3 = Instant::now();
         opt.zero_grad();

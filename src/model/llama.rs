@@ -429,8 +429,8 @@ impl CausalLm {
     /// (log softmax(logits / T)), in f32: (B, T - from); plus the final hidden states (B, T, D),
     /// captured from the same pass (R2M's feedback h). `from >= 1`.
     ///
-    /// Equivalent to `log_softmax(logits / T).gather(-1, next_ids)` but computed as
-    /// `logit[next] - logsumexp(logits)` so backward keeps no (B, T, V) log-softmax.
+    /// `log_softmax(logits / T).gather(-1, next_ids)`, computed as `-cross_entropy` (libtorch's
+    /// fused log-softmax and NLL kernels, forward and backward).
     pub fn token_logprobs(&self, ids: &Tensor, mask: &Tensor, temperature: f64, from: i64) -> Result<(Tensor, Tensor)> {
         let t = ids.size().get(1).copied().unwrap_or(0);
         if from < 1 || from >= t.max(1) {
@@ -448,8 +448,12 @@ impl CausalLm {
         let n = ids.size()[1] - from;
         let hs = last.narrow(1, from - 1, n); // (B, n, D): states that predict ids[from..]
         let logits = self.scaled_logits(&hs, temperature); // (B, n, V)
-        let next = ids.to_device(self.device).narrow(1, from, n).unsqueeze(-1); // (B, n, 1)
-        logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false)
+        let (b, v) = (logits.size()[0], logits.size()[2]);
+        let next = ids.to_device(self.device).narrow(1, from, n).reshape([-1]); // (B n)
+        // -cross_entropy = log_softmax + nll_loss: libtorch's fused kernels both ways (what
+        // PyTorch's `labels=` loss runs), with fewer (B, n, V) temporaries than
+        // `gather - logsumexp` (whose backward adds two full-vocabulary gradients).
+        -logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(&next, None, tch::Reduction::None, -100, 0.0).view([b, n])
     }
 
     /// How many leading blocks are frozen together with the embeddings (0 when the embeddings

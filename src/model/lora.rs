@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn fresh_adapter_is_zero_and_merge_matches_forward() {
         tch::manual_seed(0);
-        let (a, b) = LoraAdapter::init(6, 4, 2);
+        let (a, _b) = LoraAdapter::init(6, 4, 2);
         let lora = LoraAdapter { a, b: Tensor::randn([4, 2], (Kind::Float, tch::Device::Cpu)), scale: 2.0 };
         let x = Tensor::randn([3, 6], (Kind::Float, tch::Device::Cpu));
         let via_delta = x.linear::<Tensor>(&lora.delta(), None);

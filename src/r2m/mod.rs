@@ -264,7 +264,7 @@ impl RewardSource for R2mSource {
         ensure_finite(&loss, input.step)?;
         loss.backward();
         let gn = clip_grad_norm(&opt.params, self.cfg.max_grad_norm).double_value(&[]);
-        opt.step(self.cfg.lr);
+        opt.step(self.cfg.lr)?;
         self.opt = Some(opt);
         let after = tch::no_grad(|| self.rewards(&h_last, feedback, wt));
         self.updates += 1;

@@ -318,7 +318,7 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
         let grad_norm = clip_grad_norm(&opt.params, t.max_grad_norm).double_value(&[]);
         ensure_finite(grad_norm, &format!("gradient norm at step {step} (reward-model update)"))?;
         let lr = lr_at(step as i64, t.lr, warmup, total as i64, t.schedule, 0.0);
-        opt.step(lr);
+        opt.step(lr)?;
 
         let mut rec = serde_json::Map::new();
         rec.insert("step".into(), json!(step));

@@ -360,7 +360,7 @@ impl<'a> Run<'a> {
                 let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
                 ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
                 let lr = lr_at(step_opt, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0);
-                self.opt.step(lr);
+                self.opt.step(lr)?;
                 loss_sum += mb_loss;
                 gnorm += gn;
                 n_opt += 1;

@@ -60,7 +60,7 @@ fn one_training_step_matches_pytorch() {
     let loss = -(lp * &tm).sum(Kind::Float) / tm.sum(Kind::Float);
     loss.backward();
     let norm = clip_grad_norm(&opt.params, 1.0).double_value(&[]);
-    opt.step(1e-3);
+    opt.step(1e-3).unwrap();
     let want_loss = after["__loss"].double_value(&[0]);
     let want_norm = after["__norm"].double_value(&[0]);
     // Float32 with weights ~N(0, 0.1): agreement to ~1e-5 relative is what op-order differences allow.
@@ -107,7 +107,7 @@ fn fit(m: &mut CausalLm, t: &Trainable, lr: f64) -> (f64, f64) {
         let loss = -lp.mean(Kind::Float);
         loss.backward();
         let _ = clip_grad_norm(&opt.params, 1.0);
-        opt.step(lr);
+        opt.step(lr).unwrap();
         losses.push(loss.double_value(&[]));
     }
     (losses[0], *losses.last().unwrap())

@@ -1,0 +1,63 @@
+// Kernels libtorch has but tch does not bind (its generator skips ops over tensor lists).
+// Tensors arrive as tch's `C_tensor` pointers, which are `at::Tensor*` (torch-sys's torch_api.h).
+// Every entry point catches C++ exceptions and hands the message back: no unwinding into Rust.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+static void copy_error(const char* what, char* err, size_t err_len) {
+  if (err_len == 0) return;
+  std::strncpy(err, what, err_len - 1);
+  err[err_len - 1] = '\0';
+}
+
+// Runs `f`, turning any C++ exception into 1 and a message in `err` (0 on success).
+template <typename F>
+static int guarded(F f, const char* what, char* err, size_t err_len) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+  } catch (...) {
+    copy_error(what, err, err_len);
+  }
+  return 1;
+}
+
+static std::vector<at::Tensor> gather(at::Tensor** ts, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(*ts[i]);
+  return out;
+}
+
+// One AdamW step over `n` parameters with the fused multi-tensor kernel (torch.optim.AdamW with
+// fused=True): `steps` are 0-dim float tensors the caller has already incremented.
+// Returns 0 on success, 1 with a message in `err`.
+extern "C" int r2m_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
+                               at::Tensor** exp_avg_sqs, at::Tensor** steps, int64_t n, double lr,
+                               double beta1, double beta2, double weight_decay, double eps,
+                               char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        std::vector<at::Tensor> max_v;
+        at::_fused_adamw_(gather(params, n), gather(grads, n), gather(exp_avgs, n),
+                          gather(exp_avg_sqs, n), max_v, gather(steps, n), lr, beta1, beta2,
+                          weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+      },
+      "unknown C++ exception in _fused_adamw_", err, err_len);
+}
+
+// Sets the `.grad` of `n` tensors to undefined (PyTorch's `zero_grad(set_to_none=True)`, its
+// default): the next backward then stores its gradient buffer instead of zero-filling and adding
+// into the old one. Returns 0 on success, 1 with a message in `err`.
+extern "C" int r2m_clear_grads(at::Tensor** ts, int64_t n, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        for (int64_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+      },
+      "unknown C++ exception in r2m_clear_grads", err, err_len);
+}
