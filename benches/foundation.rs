@@ -339,6 +339,7 @@ fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
         return_hidden: false,
         return_trunk: None,
         stop_check_every: 4,
+        pack_weights: None,
     }
 }
 

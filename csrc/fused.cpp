@@ -1,8 +1,10 @@
-// Kernels libtorch has but tch does not bind (its generator skips ops over tensor lists).
+// libtorch ops that tch does not bind: ops over tensor lists (its generator skips them) and ops
+// registered only through the dispatcher (mkl::*). Bound in Rust by src/ffi.rs.
 // Tensors arrive as tch's `C_tensor` pointers, which are `at::Tensor*` (torch-sys's torch_api.h).
 // Every entry point catches C++ exceptions and hands the message back: no unwinding into Rust.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -60,4 +62,37 @@ extern "C" int r2m_clear_grads(at::Tensor** ts, int64_t n, char* err, size_t err
         for (int64_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
       },
       "unknown C++ exception in r2m_clear_grads", err, err_len);
+}
+
+// MKL-packed weights for CPU matmuls with a fixed row count (what torch's CPU inference path
+// uses after `torch.jit.freeze` / inductor weight prepacking): `mkl::_mkl_reorder_linear_weight`
+// packs W (out, in) once for `m` rows; `mkl::_mkl_linear` then multiplies without re-packing W on
+// every call. Results equal `at::linear`'s; rows != m fall back to it inside the op. These ops are
+// registered by libtorch_cpu only when it was built with MKL: a missing op is an error here, and
+// the caller then keeps the plain path.
+extern "C" int r2m_mkl_pack(at::Tensor* w, int64_t m, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        static auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mkl::_mkl_reorder_linear_weight", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t)>();
+        *out = new at::Tensor(op.call(*w, m));
+      },
+      "unknown C++ exception in mkl::_mkl_reorder_linear_weight", err, err_len);
+}
+
+extern "C" int r2m_mkl_linear(at::Tensor* x, at::Tensor* packed, at::Tensor* w, at::Tensor* bias,
+                              int64_t m, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        static auto op =
+            c10::Dispatcher::singleton()
+                .findSchemaOrThrow("mkl::_mkl_linear", "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const std::optional<at::Tensor>&, int64_t)>();
+        std::optional<at::Tensor> b;
+        if (bias != nullptr) b = *bias;
+        *out = new at::Tensor(op.call(*x, *packed, *w, b, m));
+      },
+      "unknown C++ exception in mkl::_mkl_linear", err, err_len);
 }

@@ -5,6 +5,7 @@
 //!   generation, LoRA, and export back to HF folders.
 //! - [`tokenizer`]: HF tokenizers from tokenizer.json or GGUF metadata, with chat templates.
 //! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.
+//! - [`ffi`]: libtorch ops tch does not bind (csrc/fused.cpp): fused AdamW, MKL-packed linear.
 //! - [`device`]: `cpu|cuda`, loading libtorch's CUDA backend on demand.
 pub mod analysis;
 pub mod checkpoint;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod experiment;
+pub mod ffi;
 pub mod metrics;
 pub mod model;
 pub mod paths;

@@ -80,7 +80,7 @@ impl AdamW {
             let m: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg[i]).collect();
             let v: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg_sq[i]).collect();
             let s: Vec<&Tensor> = ix.iter().map(|&i| &self.state_steps[i]).collect();
-            fused_adamw(&p.iter().collect::<Vec<_>>(), &g.iter().collect::<Vec<_>>(), &m, &v, &s, lr, c.beta1, c.beta2, wd, c.eps)
+            crate::ffi::fused_adamw(&p.iter().collect::<Vec<_>>(), &g.iter().collect::<Vec<_>>(), &m, &v, &s, lr, c.beta1, c.beta2, wd, c.eps)
                 .map_err(|e| Error::Input(format!("AdamW step {} (fused kernel, {} parameters from {}): {e}", self.step, ix.len(), self.params[ix[0]].0)))?;
         }
         Ok(())
@@ -90,7 +90,7 @@ impl AdamW {
     /// backward stores fresh gradient buffers instead of zero-filling and accumulating into old ones.
     pub fn zero_grad(&self) {
         let ts: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
-        clear_grads(&ts).expect("clearing .grad of leaf tensors cannot fail");
+        crate::ffi::clear_grads(&ts).expect("clearing .grad of leaf tensors cannot fail");
     }
 
     /// The optimiser state as named tensors (for checkpoints): `{name}.exp_avg`, `{name}.exp_avg_sq`, `step`.
@@ -117,76 +117,6 @@ impl AdamW {
             self.exp_avg_sq[i].copy_(&find(&format!("{n}.exp_avg_sq"))?);
         }
         Ok(())
-    }
-}
-
-extern "C" {
-    /// csrc/fused.cpp: `at::_fused_adamw_` over lists of tensors; 0 on success, else 1 and a message.
-    fn r2m_fused_adamw(
-        params: *const *mut torch_sys::C_tensor,
-        grads: *const *mut torch_sys::C_tensor,
-        exp_avgs: *const *mut torch_sys::C_tensor,
-        exp_avg_sqs: *const *mut torch_sys::C_tensor,
-        steps: *const *mut torch_sys::C_tensor,
-        n: i64,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        err: *mut std::os::raw::c_char,
-        err_len: usize,
-    ) -> i32;
-    /// csrc/fused.cpp: `t.mutable_grad().reset()` for each tensor.
-    fn r2m_clear_grads(ts: *const *mut torch_sys::C_tensor, n: i64, err: *mut std::os::raw::c_char, err_len: usize) -> i32;
-}
-
-/// Sets `.grad` of each tensor to undefined (`tensor.grad = None`, which tch cannot express).
-pub fn clear_grads(ts: &[&Tensor]) -> std::result::Result<(), String> {
-    let p = ts.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect::<Vec<_>>();
-    let mut err = vec![0 as std::os::raw::c_char; 1024];
-    // SAFETY: as in `fused_adamw`.
-    let rc = unsafe { r2m_clear_grads(p.as_ptr(), p.len() as i64, err.as_mut_ptr(), err.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        // SAFETY: NUL-terminated by the C++ side.
-        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
-    }
-}
-
-/// libtorch's fused AdamW (`at::_fused_adamw_`, what `torch.optim.AdamW(fused=True)` calls) on
-/// equal-length lists; `steps` must already hold the new step count. All tensors of one call share
-/// a device and dtype.
-pub fn fused_adamw(
-    params: &[&Tensor],
-    grads: &[&Tensor],
-    exp_avgs: &[&Tensor],
-    exp_avg_sqs: &[&Tensor],
-    steps: &[&Tensor],
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    weight_decay: f64,
-    eps: f64,
-) -> std::result::Result<(), String> {
-    let n = params.len();
-    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()].iter().any(|&l| l != n) {
-        return Err("tensor lists of different lengths".into());
-    }
-    let ptrs = |ts: &[&Tensor]| ts.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect::<Vec<_>>();
-    let (p, g, m, v, s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
-    let mut err = vec![0 as std::os::raw::c_char; 1024];
-    // SAFETY: every pointer is a live `at::Tensor` owned by the borrowed `Tensor`s for the call;
-    // the C++ side only reads the lists and catches its own exceptions.
-    let rc = unsafe {
-        r2m_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n as i64, lr, beta1, beta2, weight_decay, eps, err.as_mut_ptr(), err.len())
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        // SAFETY: the C++ side always NUL-terminates within err_len.
-        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
     }
 }
 

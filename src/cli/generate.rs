@@ -47,6 +47,7 @@ pub fn run(a: Args) -> Result<()> {
         return_hidden: false,
         return_trunk: None,
         stop_check_every: 1,
+        pack_weights: None,
     };
     let mut out_ids: Vec<u32> = vec![];
     let mut printed = 0usize;

@@ -6,6 +6,7 @@
 //! Shapes: B = prompts, P = padded prompt length, N = max_new_tokens, V = vocab, D = hidden.
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
+use crate::model::packed;
 use crate::model::llama::{causal_mask, positions_from_mask, CausalLm};
 use tch::{Device, Kind, Tensor};
 
@@ -64,6 +65,10 @@ pub struct GenerateConfig {
     pub return_trunk: Option<usize>,
     /// Check for "all rows finished" every this many tokens (each check is a host sync on GPU).
     pub stop_check_every: i64,
+    /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, batch
+    /// >= `packed::MIN_BATCH`, libtorch built with MKL), `Some(false)` = never, `Some(true)` =
+    /// always (an error where libtorch has no MKL). Same results either way.
+    pub pack_weights: Option<bool>,
 }
 
 impl Default for GenerateConfig {
@@ -77,6 +82,7 @@ impl Default for GenerateConfig {
             return_hidden: false,
             return_trunk: None,
             stop_check_every: 4,
+            pack_weights: None,
         }
     }
 }
@@ -205,6 +211,13 @@ pub fn generate_stream(
     let capture = cfg.return_trunk.map(|k| k.min(c.num_hidden_layers as usize));
     let kind = model.head_weight().kind();
     let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
+    // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows.
+    let _packs = match cfg.pack_weights {
+        Some(false) => None,
+        Some(true) => Some(packed::install(&model.linear_weights(), b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        None if packed::pays(dev, kind, b) => packed::install(&model.linear_weights(), b).ok(),
+        None => None,
+    };
 
     // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.
     let slot_valid = Tensor::ones([b, p + n + extra], (Kind::Bool, dev));

@@ -33,7 +33,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = crate::model::packed::linear(x, &self.weight, self.bias.as_ref());
         match &self.lora {
             Some(l) => y + l.forward(x),
             None => y,
@@ -379,8 +379,22 @@ impl CausalLm {
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
             Some(l) => l.forward(hidden),
-            None => hidden.linear::<Tensor>(&self.model.embed_tokens, None),
+            None => crate::model::packed::linear(hidden, &self.model.embed_tokens, None),
         }
+    }
+
+    /// Every weight a decode step multiplies by (the blocks' projections and the LM head, tied or
+    /// not), for `model::packed`.
+    pub fn linear_weights(&self) -> Vec<&Tensor> {
+        let mut w = vec![];
+        for l in &self.model.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for lin in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj] {
+                w.push(&lin.weight);
+            }
+        }
+        w.push(self.head_weight());
+        w
     }
 
     /// logits / temperature, f32. A bias-free head is linear, so the division is applied to the

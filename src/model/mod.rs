@@ -6,6 +6,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod packed;
 pub mod params;
 
 pub use config::LlamaConfig;

@@ -125,6 +125,7 @@ impl<'a> Run<'a> {
             return_hidden,
             return_trunk: None,
             stop_check_every: 4,
+            pack_weights: None,
         }
     }
 

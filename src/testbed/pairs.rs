@@ -105,6 +105,7 @@ pub fn make_pairs(model: &CausalLm, tok: &Tokenizer, gold: &Gold, cfg: &PairsCon
                 return_hidden: false,
                 return_trunk: None,
                 stop_check_every: 4,
+                pack_weights: None,
             },
         )?;
         let (mut texts, mut fin) = (vec![], vec![]);

@@ -126,6 +126,7 @@ fn generator_logprobs_equal_trainer_logprobs() {
             return_hidden: true,
             return_trunk: Some(1),
             stop_check_every: 1,
+            pack_weights: None,
         };
         let g = generate(&m, &prompts, &cfg).unwrap();
         let (seq, mask) = g.sequences();
@@ -152,6 +153,28 @@ fn generator_logprobs_equal_trainer_logprobs() {
         let de = masked_max_diff(&ent.unsqueeze(-1), &g.entropy.unsqueeze(-1), &g.mask);
         assert!(de <= 1e-4, "entropy differs by {de}");
     }
+}
+
+/// Decoding with MKL-packed weights (`model::packed`) gives exactly the tokens, log-probs and
+/// hidden states of the plain path (x86-64 libtorch has MKL; elsewhere the forced path may error).
+#[test]
+fn packed_weights_decode_exactly_as_plain() {
+    let _rng = crate::common::torch_rng_lock();
+    let m = tiny_random();
+    let prompts: Vec<Vec<i64>> = (0..8).map(|i| (1..3 + i % 4).map(|t| (t * 7 + i) % 90 + 1).collect()).collect();
+    let run = |pack| {
+        let cfg = GenerateConfig { max_new_tokens: 10, seed: 5, return_hidden: true, pack_weights: Some(pack), ..Default::default() };
+        generate(&m, &prompts, &cfg)
+    };
+    let plain = run(false).unwrap();
+    let packed = match run(true) {
+        Ok(g) => g,
+        Err(e) if !cfg!(target_arch = "x86_64") => return eprintln!("skipped: {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(packed.ids.equal(&plain.ids), "tokens differ");
+    assert!(packed.logprobs.equal(&plain.logprobs), "log-probs differ");
+    assert!(packed.hidden.unwrap().equal(&plain.hidden.unwrap()), "hidden states differ");
 }
 
 #[test]

@@ -1,0 +1,111 @@
+//! libtorch ops that tch does not bind, compiled from csrc/fused.cpp by build.rs: ops over tensor
+//! lists (tch's generator skips them: the fused AdamW kernel), `.grad = None`, and ops registered
+//! only through the dispatcher (MKL weight packing). Safe wrappers; every C++ exception comes back
+//! as `Err(message)`.
+use std::os::raw::c_char;
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn r2m_fused_adamw(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        steps: *const *mut C_tensor,
+        n: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn r2m_clear_grads(ts: *const *mut C_tensor, n: i64, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_mkl_pack(w: *mut C_tensor, m: i64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_mkl_linear(
+        x: *mut C_tensor,
+        packed: *mut C_tensor,
+        w: *mut C_tensor,
+        bias: *mut C_tensor,
+        m: i64,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+}
+
+/// Calls `f(err, err_len)`, which returns the C side's status, and turns a non-zero status into
+/// the message the C side wrote.
+fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), String> {
+    let mut err = vec![0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        Ok(())
+    } else {
+        // SAFETY: the C side NUL-terminates within err_len (and the buffer starts zeroed).
+        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+}
+
+fn ptrs(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+fn ptr(t: &Tensor) -> *mut C_tensor {
+    t.as_ptr() as *mut C_tensor
+}
+
+/// libtorch's fused AdamW (`at::_fused_adamw_`, what `torch.optim.AdamW(fused=True)` calls) on
+/// equal-length lists; `steps` must already hold the new step count. All tensors of one call share
+/// a device and dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    steps: &[&Tensor],
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    weight_decay: f64,
+    eps: f64,
+) -> Result<(), String> {
+    let n = params.len();
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()].iter().any(|&l| l != n) {
+        return Err("tensor lists of different lengths".into());
+    }
+    let (p, g, m, v, s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
+    // SAFETY: every pointer is a live `at::Tensor` owned by a borrowed `Tensor` for the call; the
+    // C++ side only reads the lists.
+    call(|e, l| unsafe { r2m_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n as i64, lr, beta1, beta2, weight_decay, eps, e, l) })
+}
+
+/// Sets `.grad` of each tensor to undefined (`tensor.grad = None`, which tch cannot express).
+pub fn clear_grads(ts: &[&Tensor]) -> Result<(), String> {
+    let p = ptrs(ts);
+    // SAFETY: as in `fused_adamw`.
+    call(|e, l| unsafe { r2m_clear_grads(p.as_ptr(), p.len() as i64, e, l) })
+}
+
+/// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows
+/// (`torch.ops.mkl._mkl_reorder_linear_weight`). CPU, f32; an error where libtorch has no MKL.
+pub fn mkl_pack(w: &Tensor, m: i64) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `w` is live for the call; on success the C side hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_mkl_pack(ptr(w), m, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own (tch frees it on drop).
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// `x W^T + b` with `packed = mkl_pack(w, m)` (`torch.ops.mkl._mkl_linear`); `x` (..., in) with
+/// `m` rows in all. No autograd: call it under no_grad only.
+pub fn mkl_linear(x: &Tensor, packed: &Tensor, w: &Tensor, bias: Option<&Tensor>, m: i64) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let b = bias.map_or(std::ptr::null_mut(), ptr);
+    // SAFETY: as in `mkl_pack`; a null bias means none.
+    call(|e, l| unsafe { r2m_mkl_linear(ptr(x), ptr(packed), ptr(w), b, m, &mut out, e, l) })?;
+    // SAFETY: as in `mkl_pack`.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
