@@ -710,8 +710,34 @@ mod variants {
         Ok(())
     }
 
-    /// r2m's AdamW step against a variant with 2 temporaries per parameter instead of 5 (torch's
-    /// single-tensor AdamW has 2): v.lerp_(g*g, 1-b2); denom = sqrt(v) scaled in place.
+    /// Whole `generate` calls with MKL-packed weights forced on and off (`GenerateConfig::pack_weights`;
+    /// the default packs from batch `packed::MIN_BATCH` up), packing time included.
+    fn packing(m: &CausalLm, prompts: &[Vec<i64>], n: i64, pad_id: i64, reps: usize) -> Result<()> {
+        let (mut on, mut off) = (vec![], vec![]);
+        for i in 0..=reps {
+            for (pack, times) in [(true, &mut on), (false, &mut off)] {
+                let cfg = GenerateConfig { pack_weights: Some(pack), ..gen_cfg(n, pad_id, i as u64 + 1) };
+                let t = Instant::now();
+                generate(m, prompts, &cfg)?;
+                sync(m.device);
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        println!(
+            "variants: generate, batch {}, {n} new tokens: packed weights {:.2} s, plain {:.2} s ({:.2}x)",
+            prompts.len(),
+            median(&on),
+            median(&off),
+            median(&off) / median(&on)
+        );
+        Ok(())
+    }
+
+    /// r2m's AdamW step (libtorch's fused kernel) against the same update as tensor ops with 2
+    /// temporaries per parameter (as torch's single-tensor AdamW): v.lerp_(g*g, 1-b2); denom =
+    /// sqrt(v) scaled in place.
     fn adamw(m: &mut CausalLm, o: &Opts, reps: usize) -> Result<()> {
         let params = apply_trainable(m, &Trainable::All, 0)?;
         // Gradients from one real step.
@@ -755,7 +781,7 @@ mod variants {
         }
         let n: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
         println!(
-            "variants: AdamW step over {} tensors ({n} weights): r2m {:.1} ms, 2-temporary variant {:.1} ms ({:.2}x)",
+            "variants: AdamW step over {} tensors ({n} weights): r2m (fused kernel) {:.1} ms, tensor-op variant {:.1} ms ({:.2}x)",
             params.len(),
             median(&ta) * 1e3,
             median(&tb) * 1e3,
@@ -801,6 +827,7 @@ mod variants {
         let steps = o.new_tokens.min(32);
         for &b in &o.gen_batches {
             decode_steps(model, &fused, &batch_of(&p.prompts, b), steps, 2, p.pad_id)?;
+            packing(model, &batch_of(&p.prompts, b), o.new_tokens, p.pad_id, 2)?;
         }
         drop(fused);
         adamw(model, o, 3)?;
