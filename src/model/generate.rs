@@ -66,8 +66,9 @@ pub struct GenerateConfig {
     /// Check for "all rows finished" every this many tokens (each check is a host sync on GPU).
     pub stop_check_every: i64,
     /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, batch
-    /// >= `packed::MIN_BATCH`, libtorch built with MKL), `Some(false)` = never, `Some(true)` =
-    /// always (an error where libtorch has no MKL). Same results either way.
+    /// >= `packed::MIN_BATCH`, memory for a second copy of the weights, libtorch built with
+    /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
+    /// Same results either way.
     pub pack_weights: Option<bool>,
 }
 
@@ -212,10 +213,11 @@ pub fn generate_stream(
     let kind = model.head_weight().kind();
     let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
     // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows.
+    let weights = model.linear_weights();
     let _packs = match cfg.pack_weights {
         Some(false) => None,
-        Some(true) => Some(packed::install(&model.linear_weights(), b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
-        None if packed::pays(dev, kind, b) => packed::install(&model.linear_weights(), b).ok(),
+        Some(true) => Some(packed::install(&weights, b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        None if packed::pays(dev, kind, b, &weights) => packed::install(&weights, b).ok(),
         None => None,
     };
 

@@ -41,9 +41,20 @@ impl Drop for PackScope {
     }
 }
 
-/// Whether packing pays for a decode of `rows` rows: CPU, f32, `rows >= MIN_BATCH`.
-pub fn pays(device: Device, kind: Kind, rows: i64) -> bool {
-    device == Device::Cpu && kind == Kind::Float && rows >= MIN_BATCH
+/// Whether packing pays for a decode of `rows` rows over `weights`: CPU, f32, `rows >=
+/// MIN_BATCH`, and the packed copies (about the weights' size again) fit in half the memory the
+/// OS reports available (2 GiB when it reports nothing).
+pub fn pays(device: Device, kind: Kind, rows: i64, weights: &[&Tensor]) -> bool {
+    let bytes: i64 = weights.iter().map(|w| w.numel() as i64 * 4).sum();
+    device == Device::Cpu && kind == Kind::Float && rows >= MIN_BATCH && bytes < available_memory().unwrap_or(4 << 30) / 2
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (Linux).
+fn available_memory() -> Option<i64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Packs `weights` (each (out, in), f32 on the CPU; others are left unpacked) for inputs of
