@@ -541,7 +541,7 @@ fn main() -> Result<()> {
 mod variants {
     use super::*;
     use r2m::model::kv_cache::KvCache;
-    use r2m::model::llama::{causal_mask, positions_from_mask};
+    use r2m::model::llama::{causal_mask, positions_from_mask, AttnMask};
 
     /// A decode-step body with fewer ops than r2m's `Llama::forward`: q/k/v and gate/up fused into
     /// one matmul each, `at::rms_norm`, RoPE from a precomputed cos/sin table applied once to q and
@@ -652,7 +652,7 @@ mod variants {
         slot_valid.narrow(1, 0, p).copy_(&pmask.to_kind(Kind::Bool));
         let pos0 = positions_from_mask(&pmask);
         let mut cache = new_cache(m, b, smax);
-        let h_pre = m.model.forward(&ids, &pos0, &causal_mask(&pmask), Some(&mut cache), false);
+        let h_pre = m.model.forward(&ids, &pos0, &AttnMask::Explicit(causal_mask(&pmask)), Some(&mut cache), false);
         let mut cache_f = new_cache(m, b, smax);
         let h_pre_f = fused.forward(&ids, &pos0, &causal_mask(&pmask), &mut cache_f);
         let pre_diff = (&h_pre.last - &h_pre_f).abs().max().double_value(&[]);
@@ -668,7 +668,7 @@ mod variants {
                     let mask = slot_valid.narrow(1, 0, p + s + 1).unsqueeze(1).unsqueeze(1);
                     sync(dev);
                     let t0 = Instant::now();
-                    let h = if which == 0 { m.model.forward(&tok, &pos, &mask, Some(c), false).last } else { fused.forward(&tok, &pos, &mask, c) };
+                    let h = if which == 0 { m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(c), false).last } else { fused.forward(&tok, &pos, &mask, c) };
                     sync(dev);
                     let dt = t0.elapsed().as_secs_f64();
                     if which == 0 {
@@ -694,7 +694,7 @@ mod variants {
             let mask = slot_valid.narrow(1, 0, p + s + 1).unsqueeze(1).unsqueeze(1);
             cache.len = p + s;
             cache_f.len = p + s;
-            let ha = m.model.forward(&tok, &pos, &mask, Some(&mut cache), false).last;
+            let ha = m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(&mut cache), false).last;
             let hb = fused.forward(&tok, &pos, &mask, &mut cache_f);
             step_diff = step_diff.max((ha - hb).abs().max().double_value(&[]));
         }

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
-use crate::model::llama::{causal_mask, positions_from_mask, CausalLm};
+use crate::model::llama::{attn_mask, positions_from_mask, AttnMask, CausalLm};
 use tch::{Device, Kind, Tensor};
 
 /// How the next token is picked.
@@ -226,7 +226,7 @@ pub fn generate_stream(
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));
 
     // Prefill.
-    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &causal_mask(&prompt_mask), Some(&mut cache), capture.is_some());
+    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &attn_mask(&prompt_mask), Some(&mut cache), capture.is_some());
     let mut hidden = if cfg.return_hidden { vec![h.last.shallow_clone()] } else { vec![] };
     // `all` holds the input of every block (then the final states): entry k is the trunk's output.
     let trunk_of = |h: &crate::model::llama::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));
@@ -258,7 +258,7 @@ pub fn generate_stream(
         // Feed the token: one new slot per row.
         pos += 1;
         let s = cache.len;
-        let mask = slot_valid.narrow(1, 0, s + 1).unsqueeze(1).unsqueeze(1); // (B, 1, 1, S)
+        let mask = AttnMask::Explicit(slot_valid.narrow(1, 0, s + 1).unsqueeze(1).unsqueeze(1)); // (B, 1, 1, S)
         let h = model.model.forward(&tok.unsqueeze(-1), &pos, &mask, Some(&mut cache), capture.is_some());
         if cfg.return_hidden {
             hidden.push(h.last.shallow_clone());

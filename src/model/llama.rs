@@ -146,8 +146,8 @@ impl Attention {
         })
     }
 
-    /// x (B, T, D); mask (B, 1, T, S) bool, true = attend; cache slots [start, start + T) get written.
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+    /// x (B, T, D); `mask`: which keys each query attends; cache slots [start, start + T) get written.
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
         let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
         let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2); // (B, nh, T, hd)
         let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2); // (B, nkv, T, hd)
@@ -158,7 +158,11 @@ impl Attention {
             Some((c, start)) => c.append(start, &k, &v), // (B, nkv, S, hd)
             None => (k, v),
         };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, self.n_kv != self.n_heads);
+        let gqa = self.n_kv != self.n_heads;
+        let y = match mask {
+            AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa),
+            AttnMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa),
+        };
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]); // (B, T, nh*hd)
         self.o_proj.forward(&y)
     }
@@ -204,7 +208,7 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
@@ -237,7 +241,7 @@ impl Llama {
 
     /// ids (B, T) int64, positions (B, T), mask (B, 1, T, S) bool. With a cache, slots
     /// [cache.len, cache.len + T) are written and `cache.len` advances.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &AttnMask, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false); // (B, T, D)
         let rope = self.rope.cos_sin(positions);
         let mut all = if all_hidden { Some(vec![]) } else { None };
@@ -262,7 +266,7 @@ impl Llama {
 
 impl Llama {
     /// Embeddings and blocks [0, k) of a full-sequence pass: the input of block k, (B, T, D).
-    pub fn forward_prefix(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor, k: usize) -> Tensor {
+    pub fn forward_prefix(&self, ids: &Tensor, positions: &Tensor, mask: &AttnMask, k: usize) -> Tensor {
         let rope = self.rope.cos_sin(positions);
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         for layer in &self.layers[..k] {
@@ -272,7 +276,7 @@ impl Llama {
     }
 
     /// Blocks [k, L) and the final norm from `x`, the input of block k: the final hidden states.
-    pub fn forward_suffix(&self, x: &Tensor, positions: &Tensor, mask: &Tensor, k: usize) -> Tensor {
+    pub fn forward_suffix(&self, x: &Tensor, positions: &Tensor, mask: &AttnMask, k: usize) -> Tensor {
         let rope = self.rope.cos_sin(positions);
         let mut x = x.shallow_clone();
         for layer in &self.layers[k..] {
@@ -285,6 +289,25 @@ impl Llama {
 /// Positions `cumsum(mask) - 1`, clamped at 0 for the pads: (B, T) int64.
 pub fn positions_from_mask(mask: &Tensor) -> Tensor {
     (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Which keys each query attends.
+pub enum AttnMask {
+    /// Plain causal attention over unpadded sequences, queries and keys aligned (SDPA's
+    /// `is_causal`, whose kernels skip the masked half instead of reading a mask).
+    Causal,
+    /// An explicit (B, 1, T, S) bool mask, true = attend.
+    Explicit(Tensor),
+}
+
+/// The attention mask for full sequences with padding mask `mask` (B, T): `Causal` when nothing
+/// is padded (one host sync), else `causal_mask(mask)`.
+pub fn attn_mask(mask: &Tensor) -> AttnMask {
+    if mask.numel() == 0 || mask.to_kind(Kind::Bool).all().int64_value(&[]) == 1 {
+        AttnMask::Causal
+    } else {
+        AttnMask::Explicit(causal_mask(mask))
+    }
 }
 
 /// Causal mask over a full (left-padded) sequence, (B, 1, T, T) bool: query i attends key j <= i
@@ -431,7 +454,7 @@ impl CausalLm {
         self.check_ids(ids, mask)?;
         let ids = ids.to_device(self.device);
         let mask = mask.to_device(self.device);
-        Ok(self.model.forward(&ids, &positions_from_mask(&mask), &causal_mask(&mask), None, all_hidden))
+        Ok(self.model.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, all_hidden))
     }
 
     /// Logits (B, T, V) of a full-sequence forward.
@@ -500,7 +523,7 @@ impl CausalLm {
         self.check_ids(ids, mask)?;
         let _g = tch::no_grad_guard();
         let (ids, mask) = (ids.to_device(self.device), mask.to_device(self.device));
-        Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &causal_mask(&mask), k.min(self.model.layers.len())))
+        Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len())))
     }
 
     /// `token_logprobs` from a trunk (the input of block k, from `trunk`): blocks [k, L), the
@@ -521,7 +544,7 @@ impl CausalLm {
     /// The final hidden states (B, T, D) from a trunk (the input of block k) and the ids' mask.
     pub fn hidden_from_trunk(&self, trunk: &Tensor, k: usize, mask: &Tensor) -> Tensor {
         let mask = mask.to_device(self.device);
-        self.model.forward_suffix(trunk, &positions_from_mask(&mask), &causal_mask(&mask), k.min(self.model.layers.len()))
+        self.model.forward_suffix(trunk, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len()))
     }
 }
 

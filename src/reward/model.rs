@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::bert::SentenceEncoder;
 use crate::model::config::LlamaConfig;
 use crate::model::export::write_json;
-use crate::model::llama::{causal_mask, positions_from_mask, Llama};
+use crate::model::llama::{attn_mask, positions_from_mask, Llama};
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
 use crate::tokenizer::Tokenizer;
@@ -165,7 +165,7 @@ impl RewardModel {
                         config.max_position_embeddings
                     )));
                 }
-                let h = body.forward(&ids, &positions_from_mask(&mask), &causal_mask(&mask), None, false).last; // (B, T, D)
+                let h = body.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, false).last; // (B, T, D)
                 // Last non-pad token: argmax of (index + 1) * mask, as HF's sequence classifier.
                 let idx = (Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0) + 1) * &mask;
                 let last = idx.argmax(-1, false); // (B)
