@@ -38,9 +38,6 @@ pub struct AdamW {
     pub exp_avg: Vec<Tensor>,
     pub exp_avg_sq: Vec<Tensor>,
     pub step: i64,
-    /// Per-parameter step counters as 0-dim f32 tensors on the parameter's device (the fused
-    /// kernel's `state_steps`); always equal to `step` before an update.
-    state_steps: Vec<Tensor>,
 }
 
 impl AdamW {
@@ -48,8 +45,7 @@ impl AdamW {
         let no_decay = params.iter().map(|(n, t)| t.dim() < 2 || n.contains("norm")).collect();
         let exp_avg = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();
         let exp_avg_sq = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();
-        let state_steps = params.iter().map(|(_, t)| Tensor::zeros([], (Kind::Float, t.device()))).collect();
-        AdamW { cfg, params, no_decay, exp_avg, exp_avg_sq, step: 0, state_steps }
+        AdamW { cfg, params, no_decay, exp_avg, exp_avg_sq, step: 0 }
     }
 
     /// One update at learning rate `lr` (from the schedule). Parameters without a gradient are
@@ -70,16 +66,16 @@ impl AdamW {
                 None => groups.push((key, vec![i])),
             }
         }
-        for ((_, _, no_decay), ix) in groups {
+        for ((dev, _, no_decay), ix) in groups {
             let wd = if no_decay { 0.0 } else { c.weight_decay };
-            for &i in &ix {
-                let _ = self.state_steps[i].fill_(self.step as f64);
-            }
+            // The kernel's per-parameter step counters (0-dim f32 on the parameters' device): all
+            // equal to `step` here, so one tensor serves the whole group.
+            let step = Tensor::from(self.step as f32).to_device(dev);
             let p: Vec<Tensor> = ix.iter().map(|&i| self.params[i].1.shallow_clone()).collect();
             let g: Vec<Tensor> = ix.iter().map(|&i| self.params[i].1.grad()).collect();
             let m: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg[i]).collect();
             let v: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg_sq[i]).collect();
-            let s: Vec<&Tensor> = ix.iter().map(|&i| &self.state_steps[i]).collect();
+            let s: Vec<&Tensor> = vec![&step; ix.len()];
             crate::ffi::fused_adamw(&p.iter().collect::<Vec<_>>(), &g.iter().collect::<Vec<_>>(), &m, &v, &s, lr, c.beta1, c.beta2, wd, c.eps)
                 .map_err(|e| Error::Input(format!("AdamW step {} (fused kernel, {} parameters from {}): {e}", self.step, ix.len(), self.params[ix[0]].0)))?;
         }

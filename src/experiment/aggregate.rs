@@ -227,7 +227,7 @@ fn read_run(dir: &Path, name: &str) -> std::result::Result<Run, String> {
     let from_name = parse_run_name(name);
     let (method, algo, seed) = match &config {
         Some(c) => {
-            let method = toml_get(c, "r2m.method").and_then(|v| v.as_str()).unwrap_or(BASELINE).to_string();
+            let method = toml_get(c, "label").or_else(|| toml_get(c, "r2m.method")).and_then(|v| v.as_str()).unwrap_or(BASELINE).to_string();
             let algo = toml_get(c, "rl.algo").and_then(|v| v.as_str()).map(String::from);
             let seed = toml_get(c, "seed").and_then(|v| v.as_integer()).map(|s| s as u64);
             match (algo, seed, &from_name) {

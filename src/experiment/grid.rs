@@ -50,6 +50,9 @@ pub struct ExperimentConfig {
     /// Methods (r2m-method.md: vanilla, pretrained-rm, iterative-head, r2m-no-train, r2m-noise,
     /// r2m-no-bt, r2m-no-gre, r2m), each run under every algorithm of `algos`.
     pub methods: Vec<Method>,
+    /// Methods with some run settings changed (a sweep of R2M's learning rate, say), run under
+    /// every algorithm and seed like `methods` and reported under their own names.
+    pub variants: Vec<Variant>,
     pub algos: Vec<Algo>,
     /// Algorithms run with vanilla only (the paper's ReMax / REINFORCE++ baselines).
     pub baseline_algos: Vec<Algo>,
@@ -63,6 +66,44 @@ pub struct ExperimentConfig {
     /// The config of every run (an `r2m rl` config): `seed`, `out`, `device`, `rl.algo`,
     /// `r2m.method` and, unless given, `reward.model` are set per run by the grid.
     pub run: RlConfig,
+}
+
+/// A method run with some settings of the run config changed, written as `--set` overrides of
+/// `[run]`:
+///
+/// ```toml
+/// [[variants]]
+/// name = "r2m-lr1e-5"
+/// method = "r2m"
+/// set = ["r2m.lr=1e-5", "r2m.alpha=0.5"]
+/// ```
+///
+/// Its runs are `{name}-{algo}-s{seed}`; the report lists them as a method of that name, compared
+/// with vanilla like the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub method: Method,
+    /// "key=value" overrides of the run config (dotted keys as in `[run]`: "policy.lr",
+    /// "rl.epochs", "r2m.omega"; the value a TOML literal).
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// Keys of the run config that the grid sets per run: a variant cannot change them.
+const GRID_KEYS: [&str; 6] = ["seed", "out", "device", "rl.algo", "r2m.method", "label"];
+
+impl Variant {
+    /// `run` with this variant's settings (an error names the variant and the key).
+    fn apply(&self, run: &RlConfig) -> Result<RlConfig> {
+        for s in &self.set {
+            let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
+            ensure!(!GRID_KEYS.contains(&key), "variants.{}: set {s:?}: `{key}` is set by the grid per run", self.name);
+        }
+        let text = toml::to_string(run).context("serialising the run config")?;
+        crate::config::load_str::<RlConfig>(&text, &format!("variants.{}.set", self.name), &self.set)
+    }
 }
 
 /// The proxy reward model and its gold-labelled pairs (testbed.md).
@@ -107,6 +148,7 @@ impl Default for ExperimentConfig {
             out: "runs/experiment".into(),
             device: "auto".into(),
             methods: Method::all().to_vec(),
+            variants: vec![],
             algos: vec![Algo::Rloo, Algo::Grpo],
             baseline_algos: vec![],
             seeds: vec![0, 1, 2],
@@ -155,12 +197,14 @@ pub struct RunSpec {
     pub method: Method,
     pub algo: Algo,
     pub seed: u64,
+    /// The variant's name (`ExperimentConfig::variants`), for a variant's run.
+    pub variant: Option<String>,
 }
 
 impl RunSpec {
-    /// `{method}-{algo}-s{seed}` (what the aggregation parses).
+    /// `{method or variant}-{algo}-s{seed}` (what the aggregation parses).
     pub fn name(&self) -> String {
-        format!("{}-{}-s{}", self.method.name(), algo_key(self.algo), self.seed)
+        format!("{}-{}-s{}", self.variant.clone().unwrap_or_else(|| self.method.name()), algo_key(self.algo), self.seed)
     }
 }
 
@@ -183,7 +227,18 @@ pub struct Shared {
 
 impl ExperimentConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure!(!self.methods.is_empty(), "methods: empty");
+        ensure!(!self.methods.is_empty() || !self.variants.is_empty(), "methods: empty");
+        let mut names = std::collections::BTreeSet::new();
+        for v in &self.variants {
+            ensure!(
+                !v.name.is_empty() && v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                "variants: name {:?} must be letters, digits, '-', '_' or '.' (it names run folders)",
+                v.name
+            );
+            ensure!(Method::all().iter().all(|m| m.name() != v.name), "variants: name {:?} is a method's name; choose another", v.name);
+            ensure!(names.insert(v.name.as_str()), "variants: {:?} is listed twice", v.name);
+            v.apply(&self.run)?;
+        }
         ensure!(!self.algos.is_empty() || !self.baseline_algos.is_empty(), "algos: empty");
         ensure!(!self.seeds.is_empty(), "seeds: empty");
         let mut seen = std::collections::BTreeSet::new();
@@ -207,7 +262,7 @@ impl ExperimentConfig {
             ensure!(self.pretrained.prompts >= 2, "pretrained.prompts must be >= 2");
         }
         for spec in self.runs() {
-            self.run_config(&spec, &Shared::placeholder()).validate().with_context(|| format!("run {}", spec.name()))?;
+            self.run_config(&spec, &Shared::placeholder())?.validate().with_context(|| format!("run {}", spec.name()))?;
         }
         Ok(())
     }
@@ -218,12 +273,15 @@ impl ExperimentConfig {
         for &seed in &self.seeds {
             for &algo in &self.algos {
                 for &method in &self.methods {
-                    v.push(RunSpec { method, algo, seed });
+                    v.push(RunSpec { method, algo, seed, variant: None });
+                }
+                for x in &self.variants {
+                    v.push(RunSpec { method: x.method, algo, seed, variant: Some(x.name.clone()) });
                 }
             }
             for &algo in &self.baseline_algos {
                 if !self.algos.contains(&algo) {
-                    v.push(RunSpec { method: Method::Vanilla, algo, seed });
+                    v.push(RunSpec { method: Method::Vanilla, algo, seed, variant: None });
                 }
             }
         }
@@ -231,8 +289,16 @@ impl ExperimentConfig {
     }
 
     /// The `r2m rl` config of one run.
-    pub fn run_config(&self, spec: &RunSpec, shared: &Shared) -> RlConfig {
-        let mut c = self.run.clone();
+    pub fn run_config(&self, spec: &RunSpec, shared: &Shared) -> Result<RlConfig> {
+        let mut c = match &spec.variant {
+            Some(name) => {
+                let v = self.variants.iter().find(|v| &v.name == name).with_context(|| format!("variants: no variant {name:?}"))?;
+                let mut c = v.apply(&self.run)?;
+                c.label = Some(name.clone());
+                c
+            }
+            None => self.run.clone(),
+        };
         c.seed = spec.seed;
         c.out = self.out.join(spec.name());
         c.device = self.device.clone();
@@ -242,7 +308,7 @@ impl ExperimentConfig {
         r.method = spec.method;
         r.pretrained_rm = if spec.method == Method::PretrainedRm { shared.pretrained_rm.clone() } else { None };
         c.r2m = Some(r);
-        c
+        Ok(c)
     }
 }
 
@@ -444,7 +510,7 @@ pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
     let (mut ran, mut skipped) = (vec![], vec![]);
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name();
-        let rc = cfg.run_config(spec, &shared);
+        let rc = cfg.run_config(spec, &shared)?;
         let dir = rc.out.clone();
         let done = dir.join("done.json");
         if dir.join("config.toml").exists() {
@@ -533,15 +599,68 @@ mod tests {
     fn run_config_sets_what_varies_and_nothing_else() {
         let cfg = ExperimentConfig { out: "g".into(), ..ExperimentConfig::default() };
         let shared = Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: BTreeMap::new() };
-        let spec = RunSpec { method: Method::PretrainedRm, algo: Algo::Grpo, seed: 7 };
-        let c = cfg.run_config(&spec, &shared);
+        let spec = RunSpec { method: Method::PretrainedRm, algo: Algo::Grpo, seed: 7, variant: None };
+        let c = cfg.run_config(&spec, &shared).unwrap();
         assert_eq!((c.seed, c.rl.algo, c.out.clone()), (7, Algo::Grpo, PathBuf::from("g/pretrained-rm-grpo-s7")));
         assert_eq!(c.r2m.as_ref().unwrap().pretrained_rm.as_deref(), Some("q"));
         assert_eq!(c.reward.model, "p");
-        let v = cfg.run_config(&RunSpec { method: Method::Vanilla, algo: Algo::Grpo, seed: 7 }, &shared);
+        let v = cfg.run_config(&RunSpec { method: Method::Vanilla, algo: Algo::Grpo, seed: 7, variant: None }, &shared).unwrap();
         assert_eq!(v.r2m.as_ref().unwrap().pretrained_rm, None);
         assert_eq!((v.rl.clone(), v.policy.clone()), (c.rl.clone(), c.policy.clone()));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn variants_change_their_runs_only() {
+        let text = r#"
+            out = "g"
+            methods = ["vanilla", "r2m"]
+            algos = ["grpo"]
+            seeds = [0, 1]
+            [[variants]]
+            name = "r2m-lr1e-5"
+            method = "r2m"
+            set = ["r2m.lr=1e-5", "policy.lr=3e-5"]
+        "#;
+        let cfg: ExperimentConfig = crate::config::load_str(text, "x.toml", &[]).unwrap();
+        cfg.validate().unwrap();
+        let names: Vec<String> = cfg.runs().iter().map(RunSpec::name).collect();
+        assert_eq!(names, ["vanilla-grpo-s0", "r2m-grpo-s0", "r2m-lr1e-5-grpo-s0", "vanilla-grpo-s1", "r2m-grpo-s1", "r2m-lr1e-5-grpo-s1"]);
+        let shared = Shared::placeholder();
+        let specs = cfg.runs();
+        let plain = cfg.run_config(&specs[1], &shared).unwrap();
+        let var = cfg.run_config(&specs[2], &shared).unwrap();
+        assert_eq!((var.label.as_deref(), var.r2m.as_ref().unwrap().method), (Some("r2m-lr1e-5"), Method::R2m));
+        assert_eq!((var.r2m.as_ref().unwrap().lr, var.policy.lr), (1e-5, 3e-5));
+        assert_eq!(var.out, PathBuf::from("g/r2m-lr1e-5-grpo-s0"));
+        assert_eq!(plain.label, None);
+        assert_eq!((plain.r2m.as_ref().unwrap().lr, plain.policy.lr), (cfg.run.r2m.clone().unwrap_or_default().lr, cfg.run.policy.lr));
+        // Apart from what the variant sets and the grid's per-run fields, the same config.
+        let mut back = var.clone();
+        back.label = None;
+        back.out = plain.out.clone();
+        back.policy.lr = plain.policy.lr;
+        back.r2m.as_mut().unwrap().lr = plain.r2m.as_ref().unwrap().lr;
+        assert_eq!(back, plain);
+        // The label survives the run folder's config.toml (the report reads it there).
+        let d = tempfile::tempdir().unwrap();
+        crate::config::save(&var, &d.path().join("c.toml")).unwrap();
+        let again: RlConfig = crate::config::load(Some(&d.path().join("c.toml")), &[]).unwrap();
+        assert_eq!(again, var);
+
+        // Errors name the variant and what is wrong.
+        let bad = |set: &str, name: &str| {
+            let t = format!("methods = [\"r2m\"]\n[[variants]]\nname = \"{name}\"\nmethod = \"r2m\"\nset = [\"{set}\"]\n");
+            crate::config::load_str::<ExperimentConfig>(&t, "x.toml", &[]).unwrap().validate().unwrap_err().to_string()
+        };
+        let e = bad("r2m.lrr=1e-5", "v1");
+        assert!(e.contains("variants.v1") && e.contains("lrr"), "{e}");
+        let e = bad("seed=3", "v1");
+        assert!(e.contains("variants.v1") && e.contains("set by the grid"), "{e}");
+        let e = bad("r2m.lr=1e-5", "vanilla");
+        assert!(e.contains("method's name"), "{e}");
+        let e = bad("r2m.lr=1e-5", "a/b");
+        assert!(e.contains("\"a/b\""), "{e}");
     }
 
     #[test]

@@ -230,12 +230,13 @@ pub fn generate_stream(
     let kind = model.head_weight().kind();
     let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
     // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows.
-    let weights = model.linear_weights();
     let _packs = match cfg.pack_weights {
         Some(false) => None,
-        Some(true) => Some(packed::install(&weights, b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
-        None if packed::pays(dev, kind, b, &weights) => packed::install(&weights, b).ok(),
-        None => None,
+        Some(true) => Some(packed::install(&model.linear_weights(), b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        None => {
+            let weights = model.linear_weights();
+            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, b).ok()).flatten()
+        }
     };
 
     // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.

@@ -82,11 +82,11 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
         if d == 0 || x.numel() as i64 / d != p.rows {
             return None;
         }
-        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| t.shallow_clone())
+        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| (t.shallow_clone(), p.rows))
     });
-    if let Some(packed) = packed {
+    if let Some((packed, rows)) = packed {
         if !grad_enabled() {
-            if let Ok(y) = ffi::mkl_linear(x, &packed, w, bias, packed_rows(x)) {
+            if let Ok(y) = ffi::mkl_linear(x, &packed, w, bias, rows) {
                 let mut shape = x.size();
                 *shape.last_mut().expect("x has a last dim") = w.size()[0];
                 return y.reshape(shape);
@@ -94,10 +94,6 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
         }
     }
     x.linear(w, bias)
-}
-
-fn packed_rows(x: &Tensor) -> i64 {
-    x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1)
 }
 
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`; the packed op

@@ -29,6 +29,10 @@ pub struct RlConfig {
     pub rl: AlgoConfig,
     /// R2M and its baselines (`crate::r2m`); absent = the reward source as configured.
     pub r2m: Option<crate::r2m::R2mConfig>,
+    /// The name experiment reports list this run under (an experiment variant's name, set by
+    /// `r2m experiment`); absent = `r2m.method`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +162,7 @@ impl Default for RlConfig {
             data: DataConfig::default(),
             rl: AlgoConfig::default(),
             r2m: None,
+            label: None,
         }
     }
 }

@@ -379,6 +379,30 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
     assert!(s.verdicts.iter().any(|v| v.contains("R2M vs vanilla (RLOO): gold at the last step +0.000 ± ") && v.ends_with("p = 1.000: not significant")), "{:?}", s.verdicts);
 }
 
+/// An experiment variant's runs (config `label`, `r2m experiment`'s `[[variants]]`) are a method of
+/// their own in the aggregate, compared with vanilla, and not pooled with the plain method's runs.
+#[test]
+fn labelled_runs_are_their_own_method() {
+    let d = fixture_copy();
+    for seed in 0..3 {
+        let from = d.path().join(format!("r2m-rloo-s{seed}"));
+        let to = d.path().join(format!("r2m-lr1e-5-rloo-s{seed}"));
+        copy_dir(&from, &to);
+        let cfg = std::fs::read_to_string(to.join("config.toml")).unwrap();
+        std::fs::write(to.join("config.toml"), format!("label = \"r2m-lr1e-5\"\n{cfg}")).unwrap();
+    }
+    let opts = AggregateOptions::default();
+    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    let agg = aggregate::aggregate(&grid, &opts);
+    assert_eq!(agg.methods(), ["vanilla", "r2m", "r2m-lr1e-5"]);
+    assert_eq!(agg.cell("r2m", "rloo").unwrap().seeds, [0, 1, 2]);
+    assert_eq!(agg.cell("r2m-lr1e-5", "rloo").unwrap().seeds, [0, 1, 2]);
+    assert!(agg.cell("r2m-lr1e-5", "grpo").is_none());
+    // Same runs as r2m: the same comparison with vanilla.
+    let find = |m: &str| agg.vs_vanilla.iter().find(|c| c.algo == "rloo" && c.method == m && c.metric == "gold_final").unwrap().welch.diff;
+    assert_eq!(find("r2m-lr1e-5"), find("r2m"));
+}
+
 /// Writes the fixture's report to `$R2M_REPORT_DEMO` (a folder) for a look:
 /// `R2M_REPORT_DEMO=/tmp/grid cargo test --test it experiment::demo -- --ignored`.
 #[test]
