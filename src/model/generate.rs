@@ -182,7 +182,9 @@ pub fn draw(weights: &Tensor) -> Tensor {
     let cdf = weights.cumsum(-1, Kind::Double);
     let cdf = &cdf / cdf.narrow(1, v - 1, 1);
     let u = Tensor::rand([b, 1], (Kind::Double, weights.device()));
-    u.searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1)
+    // Clamped: a row without weight (NaN from NaN logits) must not index past the vocabulary; its
+    // NaN log-probs reach the trainer's NaN guard.
+    u.searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1).clamp_max(v - 1)
 }
 
 /// Generates for a batch of tokenized prompts. Errors (naming the prompt) on an empty prompt or a

@@ -59,10 +59,17 @@ fn experiment_presets_resolve() {
     assert_eq!(demo.proxy.backbone, "all-minilm-l6-v2");
     assert_eq!(demo.proxy.train.trainable_layers, None);
     assert_eq!((demo.run.rl.steps, demo.run.rl.prompts_per_step, demo.run.rl.group_size), (10, 4, 4));
-    // The overoptimization check: vanilla and R2M GRPO on the demo's proxy settings, 3 seeds, T = 80.
+    // The overoptimization check: vanilla and R2M GRPO on the demo's proxy settings, 3 seeds, T = 80,
+    // and R2M at a 10x smaller lr of its modules (a variant).
     let over = load("configs/overopt.toml");
     let names: Vec<String> = over.runs().iter().map(|r| r.name()).collect();
-    assert_eq!(names, ["vanilla-grpo-s0", "r2m-grpo-s0", "vanilla-grpo-s1", "r2m-grpo-s1", "vanilla-grpo-s2", "r2m-grpo-s2"]);
+    let mut want = vec![];
+    for s in 0..3 {
+        want.extend([format!("vanilla-grpo-s{s}"), format!("r2m-grpo-s{s}"), format!("r2m-lr1e-5-grpo-s{s}")]);
+    }
+    assert_eq!(names, want);
+    assert_eq!(over.run.r2m.as_ref().unwrap().lr, 1e-4);
+    assert_eq!(over.variants[0].set, ["r2m.lr=1e-5"]);
     assert_eq!((over.proxy.clone(), over.run.rl.steps, over.run.rl.max_new_tokens), (demo.proxy.clone(), 80, 64));
     let smoke = load("configs/demo-smoke.toml");
     assert_eq!(smoke.runs().len(), 4);
