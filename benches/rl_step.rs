@@ -49,8 +49,9 @@
 //! (defaults: d 2048, 1 head) against vanilla (`r2m = None`, the same RM), both in this process,
 //! steps interleaved; peak memory: each variant once more in its own child process (this binary
 //! re-executed with a hidden `--rss-child`), peak RSS (VmHWM) over the whole process and over the
-//! steps alone (VmHWM reset after loading, where /proc/self/clear_refs allows). On a GPU the RSS is
-//! host memory only.
+//! steps alone (VmHWM reset after loading, where /proc/self/clear_refs allows), with glibc's mmap
+//! threshold fixed at 1 MiB so that RSS follows the live tensors rather than freed heap memory
+//! glibc keeps (an explicit GLIBC_TUNABLES overrides it). On a GPU the RSS is host memory only.
 //!
 //! Reading it: "TRL / r2m" > 1 means r2m's step is faster (goal: >= 2x); the breakdown says where
 //! each side spends its step. "R2M / vanilla" is R2M's cost (goal: <= 1.03 in time and in memory);
@@ -460,10 +461,21 @@ fn compare_trl(o: &Opts, p: &Prepared, algo: Algo, python: Option<&str>, trl_ver
     Ok(Compared { algo, r2m: r2m_reps, trl: trl_reps, other_load: load, trainable, peer_info })
 }
 
+/// glibc's allocator setting for the memory children (see `rss_of`).
+const RSS_CHILD_TUNABLES: &str = "glibc.malloc.mmap_threshold=1048576";
+
 /// Peak RSS of one overhead variant, measured in a child process (this binary, `--rss-child`).
 fn rss_of(o: &Opts, p: &Prepared, variant: &str) -> Result<Value> {
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // Peak RSS under glibc's default (dynamic) mmap threshold includes freed heap memory glibc
+    // keeps, which varies by +-200 MB between two runs of the same variant (docs/benchmarks.md);
+    // with a fixed 1 MiB threshold every large tensor is mapped and unmapped, so RSS follows what is
+    // live. Slower, but the children only measure memory. An explicit GLIBC_TUNABLES wins.
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        cmd.env("GLIBC_TUNABLES", RSS_CHILD_TUNABLES);
+    }
+    let out = cmd
         .args(&o.args)
         .args(["--rss-child", variant, "--work-dir", &p.work.display().to_string()])
         .stderr(std::process::Stdio::inherit())
@@ -663,10 +675,11 @@ fn print_overhead(o: &Opts, ov: &Overhead) {
     }
     println!();
     println!(
-        "reps {}, other load {:.2} cores; memory: each variant in its own process ({} step(s)).",
+        "reps {}, other load {:.2} cores; memory: each variant in its own process ({} step(s), GLIBC_TUNABLES={}).",
         ov.r2m.len(),
         ov.other_load,
-        rss_steps(o)
+        rss_steps(o),
+        std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| RSS_CHILD_TUNABLES.into())
     );
 }
 

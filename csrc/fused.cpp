@@ -49,6 +49,10 @@ extern "C" int r2m_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tens
         at::_fused_adamw_(gather(params, n), gather(grads, n), gather(exp_avgs, n),
                           gather(exp_avg_sqs, n), max_v, gather(steps, n), lr, beta1, beta2,
                           weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+        // The fused kernel does not bump the parameters' version counters (torch 2.11: in Python
+        // too), unlike an in-place `add_`: bump them, so that caches keyed on the version
+        // (model::packed's kept copies) see the update.
+        for (int64_t i = 0; i < n; ++i) params[i]->unsafeGetTensorImpl()->bump_version();
       },
       "unknown C++ exception in _fused_adamw_", err, err_len);
 }
@@ -62,6 +66,13 @@ extern "C" int r2m_clear_grads(at::Tensor** ts, int64_t n, char* err, size_t err
         for (int64_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
       },
       "unknown C++ exception in r2m_clear_grads", err, err_len);
+}
+
+// The tensor's version counter (`tensor._version`): every in-place write through the dispatcher
+// (an optimizer step, `copy_` from a checkpoint) bumps it, under no_grad too. Inference-mode
+// tensors have none: the C++ exception comes back as an error.
+extern "C" int r2m_tensor_version(at::Tensor* t, int64_t* out, char* err, size_t err_len) {
+  return guarded([&] { *out = t->_version(); }, "unknown C++ exception in _version", err, err_len);
 }
 
 // MKL-packed weights for CPU matmuls with a fixed row count (what torch's CPU inference path

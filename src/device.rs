@@ -21,6 +21,20 @@ pub fn load_cuda() -> bool {
     })
 }
 
+/// Hands the host heap's free pages back to the OS (glibc's `malloc_trim`). CPU tensors between
+/// 128 KiB and glibc's dynamic mmap threshold (up to 32 MiB) come from the heap, and a mix of such
+/// sizes that differs between phases (decoding, then the policy update) leaves freed holes that
+/// glibc keeps: RSS then grows step after step with nothing live (docs/benchmarks.md, "R2M
+/// overhead"). Called between the phases of an RL step; it costs milliseconds, and the pages are
+/// faulted in again when reused. A no-op off glibc.
+pub fn release_free_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Resolves a device name. `auto` (the CLI default) is CUDA when a GPU is usable, else CPU.
 pub fn parse(name: &str) -> Result<Device> {
     match name {

@@ -22,6 +22,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn r2m_tensor_version(t: *mut C_tensor, out: *mut i64, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_clear_grads(ts: *const *mut C_tensor, n: i64, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_mkl_pack(w: *mut C_tensor, m: i64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_mkl_linear(
@@ -87,6 +88,15 @@ pub fn clear_grads(ts: &[&Tensor]) -> Result<(), String> {
     let p = ptrs(ts);
     // SAFETY: as in `fused_adamw`.
     call(|e, l| unsafe { r2m_clear_grads(p.as_ptr(), p.len() as i64, e, l) })
+}
+
+/// The tensor's version counter (`tensor._version`): bumped by every in-place write (optimizer
+/// steps, `copy_`), under no_grad too.
+pub fn version(t: &Tensor) -> Result<i64, String> {
+    let mut v = 0i64;
+    // SAFETY: `t` is live for the call; the C side writes one i64.
+    call(|e, l| unsafe { r2m_tensor_version(ptr(t), &mut v, e, l) })?;
+    Ok(v)
 }
 
 /// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows

@@ -234,10 +234,10 @@ pub fn generate_stream(
     // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows.
     let _packs = match cfg.pack_weights {
         Some(false) => None,
-        Some(true) => Some(packed::install(&model.linear_weights(), b).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        Some(true) => Some(packed::install(&model.linear_weights(), b, Some(&model.packs)).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
         None => {
             let weights = model.linear_weights();
-            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, b).ok()).flatten()
+            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, b, Some(&model.packs)).ok()).flatten()
         }
     };
 

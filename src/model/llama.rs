@@ -329,6 +329,8 @@ pub struct CausalLm {
     pub lm_head: Option<Linear>,
     pub params: Params,
     pub device: Device,
+    /// MKL-packed weight copies kept between `generate` calls (CPU decoding; `model::packed`).
+    pub packs: crate::model::packed::Cache,
 }
 
 /// A model with its tokenizer, as loaded from a folder or a GGUF file.
@@ -358,7 +360,7 @@ impl CausalLm {
             let allow: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
             w.finish(&allow)?;
         }
-        Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device })
+        Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device, packs: Default::default() })
     }
 
     /// A seeded random model (tests, benchmarks).

@@ -12,6 +12,7 @@
 use crate::ffi;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// Below this batch the packed GEMM gains too little to repay packing (measured on SmolLM2-135M:
@@ -20,24 +21,53 @@ pub const MIN_BATCH: i64 = 8;
 
 struct Packs {
     rows: i64,
+    /// How many copies `install` packed afresh (the rest came from the cache); read by tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fresh: usize,
     /// Packed copy of each weight, by the weight's data pointer.
-    by_weight: HashMap<usize, Tensor>,
+    by_weight: HashMap<usize, Packed>,
+}
+
+struct Packed {
+    /// The weight it was made from (a reference: its storage, hence its address, stays taken while
+    /// the copy is kept) and that weight's version counter then.
+    weight: Tensor,
+    version: i64,
+    packed: Tensor,
 }
 
 thread_local! {
     static PACKS: RefCell<Option<Packs>> = const { RefCell::new(None) };
 }
 
-/// Keeps the packed weights installed for the current thread; dropping it restores what was
-/// installed before (scopes nest).
-pub struct PackScope {
-    prev: Option<Packs>,
+/// Packed copies kept between decodes (one per model): weights that did not change since (the
+/// frozen trunk and head in RL) are not packed again, and the ones an optimizer step changed are
+/// re-packed into same-sized allocations. Freeing and re-making ~0.5 GB of copies per `generate`
+/// call made glibc's heap grow by that much per RL step (docs/benchmarks.md).
+#[derive(Default)]
+pub struct Cache(Mutex<Option<Packs>>);
+
+impl Cache {
+    /// Frees the kept copies.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
-impl Drop for PackScope {
+/// Keeps the packed weights installed for the current thread; dropping it restores what was
+/// installed before (scopes nest) and hands the copies back to the cache they came from.
+pub struct PackScope<'a> {
+    prev: Option<Packs>,
+    cache: Option<&'a Cache>,
+}
+
+impl Drop for PackScope<'_> {
     fn drop(&mut self) {
         let prev = self.prev.take();
-        PACKS.with(|p| *p.borrow_mut() = prev);
+        let ours = PACKS.with(|p| std::mem::replace(&mut *p.borrow_mut(), prev));
+        if let Some(cache) = self.cache {
+            *cache.0.lock().unwrap_or_else(|e| e.into_inner()) = ours;
+        }
     }
 }
 
@@ -59,17 +89,35 @@ fn available_memory() -> Option<i64> {
 
 /// Packs `weights` (each (out, in), f32 on the CPU; others are left unpacked) for inputs of
 /// `rows` rows and installs them until the scope drops. The weights must not change meanwhile.
-/// Errors where libtorch was built without MKL.
-pub fn install(weights: &[&Tensor], rows: i64) -> Result<PackScope, String> {
+/// With a `cache`, copies of unchanged weights (same storage, same version counter) packed for
+/// the same `rows` are taken from it instead of packed again, and all copies go back to it when
+/// the scope drops. Errors where libtorch was built without MKL.
+pub fn install<'a>(weights: &[&Tensor], rows: i64, cache: Option<&'a Cache>) -> Result<PackScope<'a>, String> {
     let _guard = tch::no_grad_guard();
+    let mut kept = cache.and_then(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).take()).filter(|k| k.rows == rows).map(|k| k.by_weight).unwrap_or_default();
     let mut by_weight = HashMap::new();
+    let mut fresh = 0;
     for w in weights {
-        if w.device() == Device::Cpu && w.kind() == Kind::Float && w.dim() == 2 {
-            by_weight.insert(w.data_ptr() as usize, ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?);
+        if w.device() != Device::Cpu || w.kind() != Kind::Float || w.dim() != 2 {
+            continue;
         }
+        let key = w.data_ptr() as usize;
+        let version = ffi::version(w).unwrap_or(-1);
+        let entry = match kept.remove(&key) {
+            Some(e) if e.version == version && version >= 0 && e.weight.data_ptr() == w.data_ptr() => e,
+            stale => {
+                // Free the stale copy first: the new one can then take its place in the heap.
+                drop(stale);
+                let packed = ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?;
+                fresh += 1;
+                Packed { weight: w.shallow_clone(), version, packed }
+            }
+        };
+        by_weight.insert(key, entry);
     }
-    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { rows, by_weight }));
-    Ok(PackScope { prev })
+    drop(kept);
+    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { rows, fresh, by_weight }));
+    Ok(PackScope { prev, cache })
 }
 
 /// `x W^T + b` for `x` (..., in): through the installed packed copy of `w` when there is one for
@@ -82,7 +130,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
         if d == 0 || x.numel() as i64 / d != p.rows {
             return None;
         }
-        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| (t.shallow_clone(), p.rows))
+        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| (t.packed.shallow_clone(), p.rows))
     });
     if let Some((packed, rows)) = packed {
         if !grad_enabled() {
@@ -121,7 +169,7 @@ mod tests {
         let other = Tensor::randn([48, 40], (Kind::Float, Device::Cpu));
         let bias = Tensor::randn([48], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([8, 1, 40], (Kind::Float, Device::Cpu));
-        let scope = match install(&[&w], 8) {
+        let scope = match install(&[&w], 8, None) {
             Ok(s) => s,
             // PyTorch's x86-64 wheels are built with MKL; elsewhere the op may be missing.
             Err(e) if !cfg!(target_arch = "x86_64") => {
@@ -149,5 +197,54 @@ mod tests {
         assert!(y.requires_grad());
         drop(scope);
         assert!(PACKS.with(|p| p.borrow().is_none()));
+    }
+
+    /// A cache hands back the copies of unchanged weights (the same packed tensor) and re-packs a
+    /// weight written in place (optimizer-style, under no_grad: its version counter moves), so the
+    /// products stay equal to the plain ones; other row counts start afresh.
+    #[test]
+    fn cache_reuses_unchanged_weights_and_repacks_changed_ones() {
+        tch::manual_seed(1);
+        let frozen = Tensor::randn([32, 24], (Kind::Float, Device::Cpu));
+        let trained = Tensor::randn([32, 24], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([8, 24], (Kind::Float, Device::Cpu));
+        let cache = Cache::default();
+        let fresh = || PACKS.with(|p| p.borrow().as_ref().map(|p| p.fresh));
+        let scope = match install(&[&frozen, &trained], 8, Some(&cache)) {
+            Ok(s) => s,
+            Err(e) if !cfg!(target_arch = "x86_64") => {
+                eprintln!("skipped: this libtorch has no MKL ({e})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(fresh(), Some(2));
+        drop(scope);
+        assert!(PACKS.with(|p| p.borrow().is_none()), "scope restored");
+        assert!(cache.0.lock().unwrap().is_some(), "copies handed back to the cache");
+
+        let _g = tch::no_grad_guard();
+        let v0 = ffi::version(&trained).unwrap();
+        let _ = trained.shallow_clone().g_add_scalar_(0.5);
+        assert!(ffi::version(&trained).unwrap() > v0, "an in-place write under no_grad bumps the version");
+        let scope = install(&[&frozen, &trained], 8, Some(&cache)).unwrap();
+        assert_eq!(fresh(), Some(1), "only the changed weight is packed again");
+        for w in [&frozen, &trained] {
+            assert!(linear(&x, w, None).equal(&x.linear::<Tensor>(w, None)), "packed != plain after an update");
+        }
+        drop(scope);
+        // A copy from elsewhere (a checkpoint load) is caught too.
+        let _ = trained.shallow_clone().copy_(&frozen);
+        let scope = install(&[&frozen, &trained], 8, Some(&cache)).unwrap();
+        assert!(linear(&x, &trained, None).equal(&x.linear::<Tensor>(&frozen, None)));
+        drop(scope);
+        // Another row count: nothing reused, still right.
+        let x4 = Tensor::randn([4, 24], (Kind::Float, Device::Cpu));
+        let scope = install(&[&frozen, &trained], 4, Some(&cache)).unwrap();
+        assert_eq!(fresh(), Some(2), "packed for other rows: nothing reused");
+        assert!(linear(&x4, &frozen, None).equal(&x4.linear::<Tensor>(&frozen, None)));
+        drop(scope);
+        cache.clear();
+        assert!(cache.0.lock().unwrap().is_none());
     }
 }

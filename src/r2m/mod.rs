@@ -265,6 +265,9 @@ impl RewardSource for R2mSource {
         loss.backward();
         let gn = clip_grad_norm(&opt.params, self.cfg.max_grad_norm).double_value(&[]);
         opt.step(self.cfg.lr)?;
+        // The gradients are spent: drop them now rather than carry them through the next rollout
+        // and policy update (where the step's memory peaks).
+        opt.zero_grad();
         self.opt = Some(opt);
         let after = tch::no_grad(|| self.rewards(&h_last, feedback, wt));
         self.updates += 1;

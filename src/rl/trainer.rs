@@ -253,6 +253,7 @@ impl<'a> Run<'a> {
         let k = c.group_size as i64;
         let beta = c.beta();
         let r = self.collect(t, &mut clock)?;
+        crate::device::release_free_host_memory();
         let scores = {
             let input = RewardInput {
                 prompts: r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect(),
@@ -425,6 +426,7 @@ impl<'a> Run<'a> {
             let e = m.entry(name.to_string()).or_insert(json!(0.0));
             *e = json!(e.as_f64().unwrap_or(0.0) + s);
         }
+        crate::device::release_free_host_memory();
         m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
         Ok(m)
     }

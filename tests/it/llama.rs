@@ -175,6 +175,23 @@ fn packed_weights_decode_exactly_as_plain() {
     assert!(packed.ids.equal(&plain.ids), "tokens differ");
     assert!(packed.logprobs.equal(&plain.logprobs), "log-probs differ");
     assert!(packed.hidden.unwrap().equal(&plain.hidden.unwrap()), "hidden states differ");
+
+    // An optimizer step on the top block between two decodes (an RL step): the model's kept
+    // packed copies of those weights must not be reused, the others may be.
+    let top: Vec<(String, Tensor)> = m.params.named().iter().filter(|(n, _)| n.starts_with("model.layers.1.")).map(|(n, t)| (n.clone(), t.set_requires_grad(true))).collect();
+    assert!(!top.is_empty());
+    let mut opt = r2m::train::AdamW::new(top.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), r2m::train::AdamWConfig { lr: 1e-2, ..Default::default() });
+    let seq = packed.ids.shallow_clone();
+    m.forward(&seq, &seq.ones_like()).unwrap().logsumexp([-1i64].as_slice(), false).sum(Kind::Float).backward();
+    opt.step(1e-2).unwrap();
+    for (_, t) in &top {
+        let _ = t.set_requires_grad(false);
+    }
+    let plain2 = run(false).unwrap();
+    let packed2 = run(true).unwrap();
+    assert!(!plain2.logprobs.equal(&plain.logprobs), "the step changed nothing");
+    assert!(packed2.ids.equal(&plain2.ids), "tokens differ after an optimizer step");
+    assert!(packed2.logprobs.equal(&plain2.logprobs), "log-probs differ after an optimizer step: stale packed weights");
 }
 
 #[test]
