@@ -38,7 +38,7 @@ def log(*a):
 
 
 class Peer:
-    def __init__(self, model_dir, prompts, pad_id, device):
+    def __init__(self, model_dir, prompts, pad_id, device, dtype="f32"):
         import transformers
         from transformers import AutoModelForCausalLM
 
@@ -50,7 +50,11 @@ class Peer:
         # f32 is the default dtype of transformers 4.x and the config's torch_dtype for 5.x.
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").to(self.dev).float()
         self.model.eval()
+        # bf16: torch.autocast over the f32 weights (the mixed-precision recipe of HF Trainer /
+        # TRL with bf16=True), the same recipe as r2m's policy.dtype = "bf16".
+        self.bf16 = dtype == "bf16"
         self.info = {
+            "dtype": "bf16 autocast" if self.bf16 else "f32",
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "threads": torch.get_num_threads(),
@@ -69,8 +73,11 @@ class Peer:
         mask = [[0] * (p - len(x)) + [1] * len(x) for x in prompts]
         return torch.tensor(ids, device=self.dev), torch.tensor(mask, device=self.dev)
 
+    def autocast(self):
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def parity_logits(self):
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             ids, mask = self.left_pad(self.prompts[:1])
             return self.model(input_ids=ids, attention_mask=mask).logits[0, -1].float().cpu().tolist()
 
@@ -80,7 +87,7 @@ class Peer:
         torch.manual_seed(seed)
         self.sync()
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             o = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
                 max_new_tokens=n, min_new_tokens=n, pad_token_id=self.pad_id,
@@ -102,7 +109,8 @@ class Peer:
     def train(self):
         self.sync()
         t0 = time.perf_counter()
-        loss = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.ids).loss
+        with self.autocast():
+            loss = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.ids).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -111,7 +119,8 @@ class Peer:
 
     def train_breakdown(self):
         t = [time.perf_counter()]
-        loss = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.ids).loss
+        with self.autocast():
+            loss = self.model(input_ids=self.ids, attention_mask=self.mask, labels=self.ids).loss
         self.sync()
         t.append(time.perf_counter())
         loss.backward()
@@ -178,6 +187,7 @@ def main():
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads (r2m's count)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     # standalone only
     ap.add_argument("--gen-batches", default="1,32")
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -188,7 +198,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = json.load(open(a.prompts))
-    peer = Peer(a.model, spec["prompts"], spec["pad_id"], a.device)
+    peer = Peer(a.model, spec["prompts"], spec["pad_id"], a.device, a.dtype)
     if a.serve:
         serve(peer)
     else:

@@ -4,6 +4,7 @@
 // Every entry point catches C++ exceptions and hands the message back: no unwinding into Rust.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <cstring>
 #include <exception>
@@ -106,4 +107,36 @@ extern "C" int r2m_mkl_linear(at::Tensor* x, at::Tensor* packed, at::Tensor* w, 
         *out = new at::Tensor(op.call(*x, *packed, *w, b, m));
       },
       "unknown C++ exception in mkl::_mkl_linear", err, err_len);
+}
+
+// Autocast (torch.autocast) for one device type (0 = CPU, 1 = CUDA) on this thread: matmuls,
+// linear layers and attention run in `dtype` (0 = bfloat16, 1 = float16) over f32
+// weights, which stay the master copy. `enter` records what was set before in prev[0..2]
+// (enabled, dtype: kept as c10::ScalarType's code, read back only here) and opens a nesting level; `exit` restores it, and when the outermost level
+// closes frees the casts autocast cached (of leaf tensors that require grad), as
+// torch.autocast's __exit__ does.
+static at::DeviceType autocast_device(int device) { return device == 1 ? at::kCUDA : at::kCPU; }
+
+extern "C" int r2m_autocast_enter(int device, int dtype, int* prev, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        auto d = autocast_device(device);
+        prev[0] = at::autocast::is_autocast_enabled(d) ? 1 : 0;
+        prev[1] = static_cast<int>(at::autocast::get_autocast_dtype(d));
+        at::autocast::set_autocast_enabled(d, true);
+        at::autocast::set_autocast_dtype(d, dtype == 1 ? at::kHalf : at::kBFloat16);
+        at::autocast::increment_nesting();
+      },
+      "unknown C++ exception in autocast enter", err, err_len);
+}
+
+extern "C" int r2m_autocast_exit(int device, const int* prev, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        auto d = autocast_device(device);
+        if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+        at::autocast::set_autocast_enabled(d, prev[0] != 0);
+        at::autocast::set_autocast_dtype(d, static_cast<at::ScalarType>(prev[1]));
+      },
+      "unknown C++ exception in autocast exit", err, err_len);
 }

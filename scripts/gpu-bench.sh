@@ -18,6 +18,8 @@
 #            absent (it is too big to carry in a 64 MiB tree), the text smoke is skipped and the
 #            bench runs on seeded random weights of SmolLM2-135M's shape (speed does not depend on
 #            the weights); the bench still checks r2m's CUDA logits against transformers'.
+#   DTYPE    bf16 (default: autocast over f32 weights on both sides, r2m's CUDA default) or f32
+#   GEN_BATCHES  generation batch sizes (default 1,64: issue 7's goal is at batch 64)
 #   QUICK=1  batch 1 & 4, 32 new tokens, train 2 x 64 (a minute)
 #   COMMIT   the git commit to record (default: git rev-parse, else "unknown")
 # Everything runs under timeouts that add up to less than 10 minutes.
@@ -82,10 +84,11 @@ else
 fi
 
 # 2. The bench (peer first, then r2m), on CUDA.
-quick=()
+quick=(--gen-batches "${GEN_BATCHES:-1,64}")
 [ "${QUICK:-0}" != 0 ] && quick=(--quick)
-say "bench: $bench --device cuda ${model_args[*]} ${quick[*]}"
-timeout 420 "$bench" --device cuda "${model_args[@]}" "${quick[@]}" --python "$py" \
+dtype=${DTYPE:-bf16}
+say "bench: $bench --device cuda --dtype $dtype ${model_args[*]} ${quick[*]}"
+timeout 420 "$bench" --device cuda --dtype "$dtype" "${model_args[@]}" "${quick[@]}" --python "$py" \
   --peer-script "$root/benches/peer_foundation.py" --json-out "$out/foundation.json" \
   >"$out/foundation.md" 2> >(tee -a "$log" >&2)
 rc=$?

@@ -23,6 +23,8 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn r2m_tensor_version(t: *mut C_tensor, out: *mut i64, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_autocast_enter(device: i32, dtype: i32, prev: *mut i32, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_autocast_exit(device: i32, prev: *const i32, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_clear_grads(ts: *const *mut C_tensor, n: i64, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_mkl_pack(w: *mut C_tensor, m: i64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_mkl_linear(
@@ -88,6 +90,26 @@ pub fn clear_grads(ts: &[&Tensor]) -> Result<(), String> {
     let p = ptrs(ts);
     // SAFETY: as in `fused_adamw`.
     call(|e, l| unsafe { r2m_clear_grads(p.as_ptr(), p.len() as i64, e, l) })
+}
+
+/// Turns autocast on for `device`'s type on this thread with `kind` as its lower precision; the
+/// returned state goes back to [`autocast_exit`] (torch.autocast's enter and exit).
+pub fn autocast_enter(device: tch::Device, kind: tch::Kind) -> Result<[i32; 2], String> {
+    let mut prev = [0i32; 2];
+    let code = match kind {
+        tch::Kind::BFloat16 => 0,
+        tch::Kind::Half => 1,
+        k => return Err(format!("autocast to {k:?}: only bf16 and f16")),
+    };
+    // SAFETY: the C side writes two ints into `prev`.
+    call(|e, l| unsafe { r2m_autocast_enter(i32::from(device.is_cuda()), code, prev.as_mut_ptr(), e, l) })?;
+    Ok(prev)
+}
+
+/// Restores the autocast state `prev` that [`autocast_enter`] returned.
+pub fn autocast_exit(device: tch::Device, prev: &[i32; 2]) -> Result<(), String> {
+    // SAFETY: the C side reads two ints.
+    call(|e, l| unsafe { r2m_autocast_exit(i32::from(device.is_cuda()), prev.as_ptr(), e, l) })
 }
 
 /// The tensor's version counter (`tensor._version`): bumped by every in-place write (optimizer

@@ -28,13 +28,17 @@ pub struct Args {
     /// Print one JSON object (prompt ids, response ids, text, per-token log-probs) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Compute precision: auto (bf16 autocast on CUDA, f32 on the CPU), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     ensure!(!a.prompt.is_empty(), "--prompt is empty");
     let device = crate::device::parse(&a.model.device)?;
     let loaded = CausalLm::load_path(&a.model.model, device).with_context(|| format!("loading model {}", a.model.model))?;
-    let (model, tok) = (loaded.model, loaded.tokenizer);
+    let (mut model, tok) = (loaded.model, loaded.tokenizer);
+    model.precision = crate::model::precision::Precision::resolve(&a.dtype, device, "--dtype")?;
     let text = render_prompt(&tok, &a.prompt, a.chat)?;
     // A chat template carries its own special tokens (transformers: add_special_tokens=False).
     let ids: Vec<i64> = tok.encode(&text, !a.chat)?.into_iter().map(i64::from).collect();

@@ -68,7 +68,7 @@ pub struct GenerateConfig {
     /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, batch
     /// >= `packed::MIN_BATCH`, memory for a second copy of the weights, libtorch built with
     /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
-    /// Same results either way.
+    /// Same results either way. (bf16 models decode with bf16 weight copies instead.)
     pub pack_weights: Option<bool>,
 }
 
@@ -229,15 +229,20 @@ pub fn generate_stream(
     let c = &model.config;
     let extra = i64::from(cfg.return_hidden || cfg.return_trunk.is_some());
     let capture = cfg.return_trunk.map(|k| k.min(c.num_hidden_layers as usize));
-    let kind = model.head_weight().kind();
+    // bf16: autocast for the whole call, bf16 copies of the weights made once, a bf16 KV cache.
+    let _ac = model.autocast();
+    let kind = model.precision.autocast_kind().unwrap_or_else(|| model.head_weight().kind());
     let mut cache = KvCache::new(c.num_hidden_layers, b, c.n_kv_heads(), p + n + extra, c.head_dim(), kind, dev);
-    // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows.
-    let _packs = match cfg.pack_weights {
-        Some(false) => None,
-        Some(true) => Some(packed::install(&model.linear_weights(), b, Some(&model.packs)).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
-        None => {
+    // Every decode step multiplies each weight by a (B, D) input: pack the weights once for B rows
+    // (f32), or cast them once (bf16).
+    let mkl = packed::How::Mkl { rows: b };
+    let _packs = match (model.precision.autocast_kind(), cfg.pack_weights) {
+        (Some(k), _) => Some(packed::install(&model.linear_weights(), packed::How::Cast(k), Some(&model.packs)).map_err(Error::Input)?),
+        (None, Some(false)) => None,
+        (None, Some(true)) => Some(packed::install(&model.linear_weights(), mkl, Some(&model.packs)).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        (None, None) => {
             let weights = model.linear_weights();
-            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, b, Some(&model.packs)).ok()).flatten()
+            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
         }
     };
 

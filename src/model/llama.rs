@@ -12,6 +12,7 @@ use crate::model::kv_cache::KvCache;
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::lora::LoraAdapter;
 use crate::model::params::{Init, Params, Source};
+use crate::model::precision::{Autocast, Precision};
 use crate::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
@@ -116,9 +117,11 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
 }
 
+/// RoPE in the tables' precision (f32): under bf16 autocast q and k come out of their
+/// projections in bf16 and leave in f32, as in transformers (whose rotary tables take the dtype
+/// of the f32 residual stream); attention then casts them back to bf16.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let kind = x.kind();
-    (x * cos.to_kind(kind)) + rotate_half(x) * sin.to_kind(kind)
+    (x * cos) + rotate_half(x) * sin
 }
 
 pub struct Attention {
@@ -331,6 +334,8 @@ pub struct CausalLm {
     pub device: Device,
     /// MKL-packed weight copies kept between `generate` calls (CPU decoding; `model::packed`).
     pub packs: crate::model::packed::Cache,
+    /// f32, or bf16 autocast over the f32 weights (`model::precision`) in every forward pass.
+    pub precision: Precision,
 }
 
 /// A model with its tokenizer, as loaded from a folder or a GGUF file.
@@ -360,7 +365,7 @@ impl CausalLm {
             let allow: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
             w.finish(&allow)?;
         }
-        Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device, packs: Default::default() })
+        Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device, packs: Default::default(), precision: Precision::F32 })
     }
 
     /// A seeded random model (tests, benchmarks).
@@ -426,6 +431,7 @@ impl CausalLm {
     /// hidden states (B, n, D) instead of the logits (B, n, V): one full-vocabulary tensor less,
     /// forward and backward (V / D = 85 for SmolLM2).
     pub fn scaled_logits(&self, hidden: &Tensor, temperature: f64) -> Tensor {
+        let _ac = self.autocast();
         let linear_head = self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
         if temperature == 1.0 {
             self.logits(hidden).to_kind(Kind::Float)
@@ -454,14 +460,22 @@ impl CausalLm {
     /// (B, T, D), and all of them in HF order when `all_hidden`.
     pub fn forward_hidden(&self, ids: &Tensor, mask: &Tensor, all_hidden: bool) -> Result<Hidden> {
         self.check_ids(ids, mask)?;
+        let _ac = self.autocast();
         let ids = ids.to_device(self.device);
         let mask = mask.to_device(self.device);
         Ok(self.model.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, all_hidden))
     }
 
-    /// Logits (B, T, V) of a full-sequence forward.
+    /// Logits (B, T, V) of a full-sequence forward, f32.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        Ok(self.logits(&self.forward_hidden(ids, mask, false)?.last))
+        let last = self.forward_hidden(ids, mask, false)?.last;
+        let _ac = self.autocast();
+        Ok(self.logits(&last).to_kind(Kind::Float))
+    }
+
+    /// Autocast in this model's precision on its device until the guard drops (nothing for f32).
+    pub fn autocast(&self) -> Autocast {
+        Autocast::new(self.precision, self.device)
     }
 
     /// Per-token log-probs of the tokens `ids[:, from..]` under the model at `temperature`
@@ -524,6 +538,7 @@ impl CausalLm {
     pub fn trunk(&self, ids: &Tensor, mask: &Tensor, k: usize) -> Result<Tensor> {
         self.check_ids(ids, mask)?;
         let _g = tch::no_grad_guard();
+        let _ac = self.autocast();
         let (ids, mask) = (ids.to_device(self.device), mask.to_device(self.device));
         Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len())))
     }
@@ -545,6 +560,7 @@ impl CausalLm {
 
     /// The final hidden states (B, T, D) from a trunk (the input of block k) and the ids' mask.
     pub fn hidden_from_trunk(&self, trunk: &Tensor, k: usize, mask: &Tensor) -> Tensor {
+        let _ac = self.autocast();
         let mask = mask.to_device(self.device);
         self.model.forward_suffix(trunk, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len()))
     }

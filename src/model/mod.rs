@@ -8,6 +8,7 @@ pub mod load;
 pub mod lora;
 pub mod packed;
 pub mod params;
+pub mod precision;
 
 pub use config::LlamaConfig;
 pub use llama::{CausalLm, Llama};

@@ -1,4 +1,6 @@
-//! MKL-packed weights for CPU decoding.
+//! Prepared weight copies for decoding: MKL-packed weights (CPU, f32), or bf16 casts (bf16
+//! decoding: one cast per `generate` call instead of one per matmul, as autocast would for weights
+//! that do not require grad).
 //!
 //! A decode step multiplies every weight by a (B, D) input, with the same B at every step. MKL's
 //! GEMM re-packs the weight matrix into its blocked layout inside every call, which at small B
@@ -19,8 +21,17 @@ use tch::{Device, Kind, Tensor};
 /// docs/benchmarks.md).
 pub const MIN_BATCH: i64 = 8;
 
+/// What a prepared copy is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum How {
+    /// MKL's packed layout for inputs of exactly `rows` rows (CPU, f32).
+    Mkl { rows: i64 },
+    /// A cast to this dtype (bf16 decoding, `model::precision`): the input is cast to it too.
+    Cast(Kind),
+}
+
 struct Packs {
-    rows: i64,
+    how: How,
     /// How many copies `install` packed afresh (the rest came from the cache); read by tests.
     #[cfg_attr(not(test), allow(dead_code))]
     fresh: usize,
@@ -87,18 +98,22 @@ fn available_memory() -> Option<i64> {
     Some(kb * 1024)
 }
 
-/// Packs `weights` (each (out, in), f32 on the CPU; others are left unpacked) for inputs of
-/// `rows` rows and installs them until the scope drops. The weights must not change meanwhile.
-/// With a `cache`, copies of unchanged weights (same storage, same version counter) packed for
-/// the same `rows` are taken from it instead of packed again, and all copies go back to it when
-/// the scope drops. Errors where libtorch was built without MKL.
-pub fn install<'a>(weights: &[&Tensor], rows: i64, cache: Option<&'a Cache>) -> Result<PackScope<'a>, String> {
+/// Prepares copies of `weights` (each (out, in); MKL packing: f32 on the CPU, others are left
+/// as they are) and installs them until the scope drops. The weights must not change meanwhile.
+/// With a `cache`, copies of unchanged weights (same storage, same version counter) prepared the
+/// same way are taken from it instead of made again, and all copies go back to it when the scope
+/// drops. MKL packing errors where libtorch was built without MKL.
+pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> Result<PackScope<'a>, String> {
     let _guard = tch::no_grad_guard();
-    let mut kept = cache.and_then(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).take()).filter(|k| k.rows == rows).map(|k| k.by_weight).unwrap_or_default();
+    let mut kept = cache.and_then(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).take()).filter(|k| k.how == how).map(|k| k.by_weight).unwrap_or_default();
     let mut by_weight = HashMap::new();
     let mut fresh = 0;
     for w in weights {
-        if w.device() != Device::Cpu || w.kind() != Kind::Float || w.dim() != 2 {
+        let eligible = match how {
+            How::Mkl { .. } => w.device() == Device::Cpu && w.kind() == Kind::Float,
+            How::Cast(k) => w.is_floating_point() && w.kind() != k,
+        };
+        if !eligible || w.dim() != 2 {
             continue;
         }
         let key = w.data_ptr() as usize;
@@ -108,7 +123,10 @@ pub fn install<'a>(weights: &[&Tensor], rows: i64, cache: Option<&'a Cache>) -> 
             stale => {
                 // Free the stale copy first: the new one can then take its place in the heap.
                 drop(stale);
-                let packed = ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?;
+                let packed = match how {
+                    How::Mkl { rows } => ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?,
+                    How::Cast(k) => w.to_kind(k),
+                };
                 fresh += 1;
                 Packed { weight: w.shallow_clone(), version, packed }
             }
@@ -116,28 +134,35 @@ pub fn install<'a>(weights: &[&Tensor], rows: i64, cache: Option<&'a Cache>) -> 
         by_weight.insert(key, entry);
     }
     drop(kept);
-    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { rows, fresh, by_weight }));
+    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { how, fresh, by_weight }));
     Ok(PackScope { prev, cache })
 }
 
-/// `x W^T + b` for `x` (..., in): through the installed packed copy of `w` when there is one for
-/// `x`'s row count and autograd is off, else `at::linear`.
+/// `x W^T + b` for `x` (..., in): through the installed copy of `w` when there is one (for MKL
+/// packing: for `x`'s row count) and autograd is off, else `at::linear`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let packed = PACKS.with(|p| {
         let p = p.borrow();
         let p = p.as_ref()?;
-        let d = *x.size().last()?;
-        if d == 0 || x.numel() as i64 / d != p.rows {
-            return None;
+        if let How::Mkl { rows } = p.how {
+            let d = *x.size().last()?;
+            if d == 0 || x.numel() as i64 / d != rows {
+                return None;
+            }
         }
-        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| (t.packed.shallow_clone(), p.rows))
+        p.by_weight.get(&(w.data_ptr() as usize)).map(|t| (t.packed.shallow_clone(), p.how))
     });
-    if let Some((packed, rows)) = packed {
+    if let Some((packed, how)) = packed {
         if !grad_enabled() {
-            if let Ok(y) = ffi::mkl_linear(x, &packed, w, bias, rows) {
-                let mut shape = x.size();
-                *shape.last_mut().expect("x has a last dim") = w.size()[0];
-                return y.reshape(shape);
+            match how {
+                How::Mkl { rows } => {
+                    if let Ok(y) = ffi::mkl_linear(x, &packed, w, bias, rows) {
+                        let mut shape = x.size();
+                        *shape.last_mut().expect("x has a last dim") = w.size()[0];
+                        return y.reshape(shape);
+                    }
+                }
+                How::Cast(k) => return x.to_kind(k).linear(&packed, bias.map(|b| b.to_kind(k)).as_ref()),
             }
         }
     }
@@ -169,7 +194,7 @@ mod tests {
         let other = Tensor::randn([48, 40], (Kind::Float, Device::Cpu));
         let bias = Tensor::randn([48], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([8, 1, 40], (Kind::Float, Device::Cpu));
-        let scope = match install(&[&w], 8, None) {
+        let scope = match install(&[&w], How::Mkl { rows: 8 }, None) {
             Ok(s) => s,
             // PyTorch's x86-64 wheels are built with MKL; elsewhere the op may be missing.
             Err(e) if !cfg!(target_arch = "x86_64") => {
@@ -210,7 +235,7 @@ mod tests {
         let x = Tensor::randn([8, 24], (Kind::Float, Device::Cpu));
         let cache = Cache::default();
         let fresh = || PACKS.with(|p| p.borrow().as_ref().map(|p| p.fresh));
-        let scope = match install(&[&frozen, &trained], 8, Some(&cache)) {
+        let scope = match install(&[&frozen, &trained], How::Mkl { rows: 8 }, Some(&cache)) {
             Ok(s) => s,
             Err(e) if !cfg!(target_arch = "x86_64") => {
                 eprintln!("skipped: this libtorch has no MKL ({e})");
@@ -227,7 +252,7 @@ mod tests {
         let v0 = ffi::version(&trained).unwrap();
         let _ = trained.shallow_clone().g_add_scalar_(0.5);
         assert!(ffi::version(&trained).unwrap() > v0, "an in-place write under no_grad bumps the version");
-        let scope = install(&[&frozen, &trained], 8, Some(&cache)).unwrap();
+        let scope = install(&[&frozen, &trained], How::Mkl { rows: 8 }, Some(&cache)).unwrap();
         assert_eq!(fresh(), Some(1), "only the changed weight is packed again");
         for w in [&frozen, &trained] {
             assert!(linear(&x, w, None).equal(&x.linear::<Tensor>(w, None)), "packed != plain after an update");
@@ -235,12 +260,12 @@ mod tests {
         drop(scope);
         // A copy from elsewhere (a checkpoint load) is caught too.
         let _ = trained.shallow_clone().copy_(&frozen);
-        let scope = install(&[&frozen, &trained], 8, Some(&cache)).unwrap();
+        let scope = install(&[&frozen, &trained], How::Mkl { rows: 8 }, Some(&cache)).unwrap();
         assert!(linear(&x, &trained, None).equal(&x.linear::<Tensor>(&frozen, None)));
         drop(scope);
         // Another row count: nothing reused, still right.
         let x4 = Tensor::randn([4, 24], (Kind::Float, Device::Cpu));
-        let scope = install(&[&frozen, &trained], 4, Some(&cache)).unwrap();
+        let scope = install(&[&frozen, &trained], How::Mkl { rows: 4 }, Some(&cache)).unwrap();
         assert_eq!(fresh(), Some(2), "packed for other rows: nothing reused");
         assert!(linear(&x4, &frozen, None).equal(&x4.linear::<Tensor>(&frozen, None)));
         drop(scope);

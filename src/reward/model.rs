@@ -21,6 +21,7 @@ use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
+use crate::model::precision::{Autocast, Precision};
 use tch::{Device, Kind, Tensor};
 
 pub enum Backbone {
@@ -36,6 +37,8 @@ pub struct RewardModel {
     /// (the encoder's own parameters live in its VarStore: see `trainable`).
     pub params: Params,
     pub device: Device,
+    /// f32, or bf16 autocast in the backbone (`model::precision`); embeddings and scores are f32.
+    pub precision: Precision,
 }
 
 /// A tokenized batch: ids and mask (B, T), int64.
@@ -90,7 +93,7 @@ impl RewardModel {
         rest.finish(&allow)?;
         let mut config = cfg;
         config.num_labels = Some(1);
-        Ok(RewardModel { backbone: Backbone::Decoder { body, config, tokenizer }, head, params: p, device })
+        Ok(RewardModel { backbone: Backbone::Decoder { body, config, tokenizer }, head, params: p, device, precision: Precision::F32 })
     }
 
     fn load_encoder(dir: &Path, seed: i64, device: Device) -> Result<Self> {
@@ -108,7 +111,7 @@ impl RewardModel {
             Tensor::randn([1, d], (Kind::Float, Device::Cpu)) * 0.02
         };
         let head = p.add("score.weight", head.to_device(device));
-        Ok(RewardModel { backbone: Backbone::Encoder { enc, dir: dir.to_path_buf() }, head, params: p, device })
+        Ok(RewardModel { backbone: Backbone::Encoder { enc, dir: dir.to_path_buf() }, head, params: p, device, precision: Precision::F32 })
     }
 
     /// A seeded random decoder RM (tests).
@@ -119,7 +122,7 @@ impl RewardModel {
         let head = p.get(&mut Source::Random, "score.weight", &[1, cfg.hidden_size], Init::Normal(0.02), device)?;
         let mut config = cfg.clone();
         config.num_labels = Some(1);
-        Ok(RewardModel { backbone: Backbone::Decoder { body, config, tokenizer }, head, params: p, device })
+        Ok(RewardModel { backbone: Backbone::Decoder { body, config, tokenizer }, head, params: p, device, precision: Precision::F32 })
     }
 
     /// D_rm, the size of H_last.
@@ -156,7 +159,8 @@ impl RewardModel {
     pub fn embed(&self, b: &Batch) -> Result<Tensor> {
         let ids = b.ids.to_device(self.device);
         let mask = b.mask.to_device(self.device);
-        match &self.backbone {
+        let _ac = Autocast::new(self.precision, self.device);
+        let h = match &self.backbone {
             Backbone::Decoder { body, config, .. } => {
                 let t = ids.size()[1];
                 if t > config.max_position_embeddings {
@@ -173,7 +177,8 @@ impl RewardModel {
                 Ok(h.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, d], false), false).squeeze_dim(1))
             }
             Backbone::Encoder { enc, .. } => enc.embed(&ids, &mask),
-        }
+        }?;
+        Ok(h.to_kind(Kind::Float))
     }
 
     /// r = phi(h): (B) from embeddings (B, D).

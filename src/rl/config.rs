@@ -48,6 +48,9 @@ pub struct PolicyConfig {
     pub warmup_steps: i64,
     pub schedule: Schedule,
     pub max_grad_norm: f64,
+    /// Compute precision of the policy and the reference: "auto" (bf16 autocast on CUDA, f32 on
+    /// the CPU), "f32" or "bf16" (`model::precision`: bf16 matmuls over f32 master weights).
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,8 @@ pub struct RewardConfig {
     /// Also score with the testbed's gold for metrics (`gold/*`) when the prompts carry specs.
     pub gold_metrics: bool,
     pub gold: crate::testbed::GoldConfig,
+    /// Compute precision of the reward model(s), as `policy.dtype` ("auto": bf16 on CUDA).
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +184,7 @@ impl Default for PolicyConfig {
             warmup_steps: 0,
             schedule: Schedule::Constant,
             max_grad_norm: 1.0,
+            dtype: "auto".into(),
         }
     }
 }
@@ -194,6 +200,7 @@ impl Default for RewardConfig {
             batch_size: 16,
             gold_metrics: true,
             gold: crate::testbed::GoldConfig::default(),
+            dtype: "auto".into(),
         }
     }
 }
@@ -265,6 +272,8 @@ impl RlConfig {
         ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");
         ensure!(r.eps > 0.0 && r.eps < 1.0, "rl.eps = {} must be in (0, 1)", r.eps);
         ensure!(self.policy.lr > 0.0, "policy.lr must be > 0");
+        crate::model::precision::Precision::resolve(&self.policy.dtype, tch::Device::Cpu, "policy.dtype")?;
+        crate::model::precision::Precision::resolve(&self.reward.dtype, tch::Device::Cpu, "reward.dtype")?;
         match self.reward.kind {
             RewardKind::Rm => ensure!(!self.reward.model.is_empty(), "reward.model: no reward model given (kind = \"rm\")"),
             RewardKind::Ensemble => ensure!(self.reward.members.len() >= 2, "reward.members: an ensemble needs >= 2 models"),

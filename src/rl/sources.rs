@@ -7,16 +7,25 @@ use crate::rl::config::{RewardKind, RlConfig};
 use crate::rl::reward_source::{EnsembleSource, GoldSource, RewardSource, RmSource};
 use crate::testbed::Gold;
 use anyhow::{Context, Result};
+use crate::model::precision::Precision;
 use tch::Device;
 
 pub fn reward_source(cfg: &RlConfig, d_policy: i64, device: Device) -> Result<Box<dyn RewardSource>> {
     let r = &cfg.reward;
     let seed = cfg.seed as i64;
+    let precision = Precision::resolve(&r.dtype, device, "reward.dtype")?;
     Ok(match r.kind {
         RewardKind::Gold => Box::new(GoldSource { gold: Gold::load(r.gold.clone(), device)? }),
         RewardKind::Ensemble => {
-            let members =
-                r.members.iter().map(|m| RewardModel::load(m, seed, device).with_context(|| format!("loading {m}"))).collect::<Result<Vec<_>>>()?;
+            let members = r
+                .members
+                .iter()
+                .map(|m| {
+                    let mut rm = RewardModel::load(m, seed, device).with_context(|| format!("loading {m}"))?;
+                    rm.precision = precision;
+                    Ok(rm)
+                })
+                .collect::<Result<Vec<_>>>()?;
             for m in &members {
                 for (_, t) in m.all_params() {
                     let _ = t.set_requires_grad(false);
@@ -30,7 +39,8 @@ pub fn reward_source(cfg: &RlConfig, d_policy: i64, device: Device) -> Result<Bo
                 (Some(c), Method::PretrainedRm) => c.pretrained_rm.clone().unwrap_or_default(),
                 _ => r.model.clone(),
             };
-            let rm = RewardModel::load(&model, seed, device).with_context(|| format!("loading reward model {model}"))?;
+            let mut rm = RewardModel::load(&model, seed, device).with_context(|| format!("loading reward model {model}"))?;
+            rm.precision = precision;
             match (&cfg.r2m, method) {
                 (Some(c), m) if m != Method::Vanilla && m != Method::PretrainedRm => {
                     Box::new(R2mSource::new(c.clone(), rm, d_policy, cfg.seed, r.max_length, r.batch_size)?)

@@ -14,6 +14,7 @@ use crate::model::generate::{generate, GenerateConfig, Sampling};
 use crate::model::llama::CausalLm;
 use crate::model::load::safetensors;
 use crate::rl::advantages as adv;
+use crate::model::precision::Precision;
 use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
 use crate::rl::losses::{self, Aggregation};
 use crate::rl::reward_source::{GoldSource, RewardInput, RewardSource, UpdateInput};
@@ -134,7 +135,7 @@ impl<'a> Run<'a> {
         match self.cfg.rl.logprobs_from {
             LogprobsFrom::Generator => true,
             LogprobsFrom::Forward => false,
-            LogprobsFrom::Auto => self.policy.head_weight().kind() == Kind::Float,
+            LogprobsFrom::Auto => self.policy.head_weight().kind() == Kind::Float && self.policy.precision == Precision::F32,
         }
     }
 
@@ -551,8 +552,10 @@ pub fn build<'a>(
     let loaded = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading policy {}", cfg.policy.model))?;
     let mut policy = loaded.model;
     let reward = reward(policy.config.hidden_size)?;
-    let reference = CausalLm::load_path(&cfg.policy.model, device)?.model;
+    let mut reference = CausalLm::load_path(&cfg.policy.model, device)?.model;
     reference.params.freeze();
+    policy.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
+    reference.precision = policy.precision;
     let params = apply_trainable(&mut policy, &cfg.policy.trainable, cfg.seed as i64)?;
     let opt = AdamW::new(params, AdamWConfig { lr: cfg.policy.lr, weight_decay: cfg.policy.weight_decay, ..Default::default() });
     // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
@@ -718,6 +721,7 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<(RlConfig, CausalLm, T
     let ck = find_checkpoint(&run_dir.join("checkpoint")).with_context(|| format!("{}: no checkpoint/ folder", run_dir.display()))?;
     let l = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
     let mut m = l.model;
+    m.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
     let params = apply_trainable(&mut m, &cfg.policy.trainable, cfg.seed as i64)?;
     let path = ck.join("policy.safetensors");
     let saved: std::collections::HashMap<String, Tensor> = safetensors::read_file(&path)?.into_iter().collect();

@@ -155,6 +155,39 @@ fn generator_logprobs_equal_trainer_logprobs() {
     }
 }
 
+/// bf16 autocast (model::precision): decoding with bf16 weight copies and a bf16 KV cache gives
+/// log-probs within bf16 rounding of a bf16 trainer forward over the same tokens (not bitwise: a
+/// (B, 1) decode step and a full-sequence pass round differently), and both stay near f32's.
+#[test]
+fn bf16_generator_logprobs_are_near_trainer_logprobs() {
+    let _rng = crate::common::torch_rng_lock();
+    let mut m = tiny_random();
+    m.precision = r2m::model::precision::Precision::Bf16;
+    let prompts = vec![vec![1i64, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]];
+    let cfg = GenerateConfig {
+        max_new_tokens: 12,
+        sampling: Sampling::Sample { temperature: 1.0, top_k: None, top_p: None },
+        seed: 3,
+        eos_ids: vec![0],
+        pad_id: 95,
+        return_hidden: true,
+        ..Default::default()
+    };
+    let g = generate(&m, &prompts, &cfg).unwrap();
+    assert_eq!(g.logprobs.kind(), Kind::Float);
+    let (seq, mask) = g.sequences();
+    let p = g.prompt_ids.size()[1];
+    let (lp, hidden) = m.token_logprobs(&seq, &mask, 1.0, p).unwrap();
+    assert_eq!((lp.kind(), hidden.kind()), (Kind::Float, Kind::Float));
+    let d = masked_max_diff(&lp.unsqueeze(-1), &g.logprobs.unsqueeze(-1), &g.mask);
+    assert!(d <= 0.1, "bf16 generator vs trainer log-probs differ by {d}");
+    m.precision = r2m::model::precision::Precision::F32;
+    let (lp32, _) = m.token_logprobs(&seq, &mask, 1.0, p).unwrap();
+    let d32 = masked_max_diff(&lp.unsqueeze(-1), &lp32.unsqueeze(-1), &g.mask);
+    assert!(d32 > 0.0 && d32 <= 0.1, "bf16 vs f32 trainer log-probs differ by {d32}");
+    eprintln!("bf16: generator vs trainer {d}, bf16 vs f32 {d32}");
+}
+
 /// Decoding with MKL-packed weights (`model::packed`) gives exactly the tokens, log-probs and
 /// hidden states of the plain path (x86-64 libtorch has MKL; elsewhere the forced path may error).
 #[test]

@@ -395,3 +395,46 @@ fn eval_rm_with_feedback_from_an_r2m_run() {
     // w(T) with omega 0 is 0: the score is the cross-attention's alone.
     assert_eq!(trained["w"].as_f64().unwrap(), 0.0);
 }
+
+/// bf16 autocast (`policy.dtype`, `reward.dtype`; model::precision): the policy learns the rule
+/// reward as in f32, with old log-probs from a forward (the generator's differ in bf16) and the
+/// reference equal to the initial policy at step 0 (KL 0 up to f32 rounding of the mean); the
+/// reward model scores the same texts within bf16 rounding of its f32 scores.
+#[test]
+fn bf16_autocast_learns_and_scores_near_f32() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut c = tiny_cfg(d.path(), Algo::Rloo, "bf16");
+    c.rl.steps = 20;
+    c.rl.eval_every = 0;
+    c.rl.beta = Some(0.0);
+    c.policy.dtype = "bf16".into();
+    let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
+    assert_eq!(r.policy.precision, r2m::model::precision::Precision::Bf16);
+    assert!(!r.logprobs_from_generator(), "auto: a forward in bf16");
+    let m0 = r.step(0).unwrap();
+    assert!(m0["kl"].as_f64().unwrap().abs() < 1e-6, "policy and reference differ at step 0: {m0:?}");
+    assert!(m0["loss"].as_f64().unwrap().is_finite() && m0["grad_norm"].as_f64().unwrap().is_finite(), "{m0:?}");
+    drop(r);
+    let mut c = tiny_cfg(d.path(), Algo::Rloo, "bf16-run");
+    c.rl.steps = 20;
+    c.rl.eval_every = 0;
+    c.rl.beta = Some(0.0);
+    c.policy.dtype = "bf16".into();
+    let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
+    let m = run(&mut r, false, false).unwrap();
+    let (first, last) = (mean_reward(&m, 0..4), mean_reward(&m, 16..20));
+    assert!(last > 2.0 * first + 0.05, "bf16: reward {first:.3} -> {last:.3}");
+
+    let texts: Vec<String> = (0..8).map(|i| (0..4 + i).map(|j| format!("w{}", (i * 5 + j) % 60)).collect::<Vec<_>>().join(" ")).collect();
+    let mut rm = RewardModel::load(d.path().join("rm").to_str().unwrap(), 0, Device::Cpu).unwrap();
+    let f32_scores = rm.score_texts(&texts, true, 64, 4).unwrap();
+    rm.precision = r2m::model::precision::Precision::Bf16;
+    let bf16_scores = rm.score_texts(&texts, true, 64, 4).unwrap();
+    assert_eq!(bf16_scores.kind(), tch::Kind::Float);
+    let diff = (&bf16_scores - &f32_scores).abs().max().double_value(&[]);
+    let scale = f32_scores.abs().max().double_value(&[]).max(1e-3);
+    assert!(diff > 0.0, "bf16 scores equal f32's exactly: autocast did not apply");
+    assert!(diff <= 0.05 * scale + 1e-3, "bf16 scores off by {diff} (scale {scale})");
+}

@@ -32,8 +32,10 @@ with torch.no_grad():
     hidden = torch.stack(o.hidden_states, 0)[:, 0]
     g = m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
                    pad_token_id=tok.eos_token_id)[0, ids.shape[1]:]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_bf16 = m(ids).logits[0].float()
 save_file({"ids": ids[0].contiguous(), "logits": logits.contiguous(), "greedy": g.contiguous(),
-           "hidden_states": hidden.contiguous()}, out)
+           "hidden_states": hidden.contiguous(), "logits_bf16": logits_bf16.contiguous()}, out)
 "#;
 
 fn reference(model_path: &str) -> HashMap<String, Tensor> {
@@ -86,11 +88,25 @@ fn smollm2_gguf_matches_transformers() {
         pad_id: loaded.tokenizer.pad_id() as i64,
         ..Default::default()
     };
-    let g = generate(&loaded.model, &[ids], &cfg).unwrap();
+    let g = generate(&loaded.model, &[ids.clone()], &cfg).unwrap();
     let want = Vec::<i64>::try_from(&r["greedy"]).unwrap();
     assert_eq!(g.response(0), want, "greedy continuation differs from transformers");
     let text = loaded.tokenizer.decode(&want.iter().map(|&i| i as u32).collect::<Vec<_>>(), true).unwrap();
     assert!(text.contains("Paris"), "{text}");
+
+    // bf16 autocast (model::precision) against transformers under torch.autocast("cpu", bf16):
+    // the same recipe and the same kernels, equal here (bitwise on this CPU); the bound leaves room
+    // for other kernels, far below bf16's own distance from f32.
+    let mut m = loaded.model;
+    m.precision = r2m::model::precision::Precision::Bf16;
+    let lb = logits_of(&m, &ids);
+    let peer = (&lb - &r["logits_bf16"]).abs().max().double_value(&[]);
+    let vs_f32 = (&r["logits_bf16"] - &r["logits"]).abs().max().double_value(&[]);
+    eprintln!("bf16 logits: r2m vs transformers max abs diff {peer}, transformers bf16 vs f32 {vs_f32}");
+    assert!(vs_f32 > 0.0, "the reference's autocast did nothing");
+    assert!(peer <= 1e-2 && peer <= 0.05 * vs_f32, "bf16 logits differ from transformers' by {peer} (bf16 vs f32: {vs_f32})");
+    let argmax_agree = lb.argmax(-1, false).eq_tensor(&r["logits_bf16"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    assert!(argmax_agree >= 0.95, "bf16 next-token argmax agrees on {argmax_agree}");
 }
 
 #[test]
