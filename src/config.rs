@@ -31,11 +31,17 @@ pub fn load_str<T: DeserializeOwned>(text: &str, origin: &str, sets: &[String]) 
     })
 }
 
-/// Applies one "a.b.c=value" override to `table`.
-pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+/// The key and the raw value of one "a.b.c=value" override.
+pub fn split_set(set: &str) -> Result<(&str, &str)> {
     let (key, raw) = set.split_once('=').with_context(|| format!("--set {set}: expected key=value"))?;
     let key = key.trim();
     anyhow::ensure!(!key.is_empty(), "--set {set}: empty key");
+    Ok((key, raw))
+}
+
+/// Applies one "a.b.c=value" override to `table`.
+pub fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+    let (key, raw) = split_set(set)?;
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").context("parsed value")?,
         Err(_) => toml::Value::String(raw.to_string()),

@@ -98,7 +98,7 @@ impl Variant {
     /// `run` with this variant's settings (an error names the variant and the key).
     fn apply(&self, run: &RlConfig) -> Result<RlConfig> {
         for s in &self.set {
-            let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
+            let (key, _) = crate::config::split_set(s).with_context(|| format!("variants.{}", self.name))?;
             ensure!(!GRID_KEYS.contains(&key), "variants.{}: set {s:?}: `{key}` is set by the grid per run", self.name);
         }
         let text = toml::to_string(run).context("serialising the run config")?;
@@ -237,7 +237,6 @@ impl ExperimentConfig {
             );
             ensure!(Method::all().iter().all(|m| m.name() != v.name), "variants: name {:?} is a method's name; choose another", v.name);
             ensure!(names.insert(v.name.as_str()), "variants: {:?} is listed twice", v.name);
-            v.apply(&self.run)?;
         }
         ensure!(!self.algos.is_empty() || !self.baseline_algos.is_empty(), "algos: empty");
         ensure!(!self.seeds.is_empty(), "seeds: empty");
