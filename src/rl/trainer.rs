@@ -672,11 +672,11 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         if cfg.rl.stop_after == Some(t) {
             bail!("stopped after {t} steps (rl.stop_after); resume with --resume");
         }
-        let mut m = run.step(t)?;
+        let mut m = contain_panic(&format!("step {t}"), || run.step(t))?;
         let last = t + 1 == cfg.rl.steps;
         if eval_on && (t % cfg.rl.eval_every == 0 || last) {
             let t0 = Instant::now();
-            let (em, rows) = run.evaluate(t)?;
+            let (em, rows) = contain_panic(&format!("eval at step {t}"), || run.evaluate(t))?;
             for (k, v) in em {
                 m.insert(k, v);
             }
@@ -711,6 +711,33 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     }
     crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
     Ok(sink.path().to_path_buf())
+}
+
+/// Runs one step (or eval) and turns a panic inside it into an error naming the step: tch panics
+/// where libtorch throws, and the one a user can act on is running out of (GPU) memory, which gets
+/// the settings that size the step. The checkpoint on disk is the last saved step's either way.
+fn contain_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            // libtorch's message without the C++ backtrace after it (tch's errors reach the panic
+            // through `{:?}`, so its line breaks arrive as the two characters `\n`).
+            let first = msg.split("\\n").next().and_then(|m| m.lines().next()).unwrap_or(msg).trim();
+            if msg.contains("out of memory") {
+                bail!(
+                    "{what}: out of memory ({first}). The step does not fit on this device: lower rl.minibatch or split it \
+                     with rl.grad_accum, lower reward.batch_size, rl.prompts_per_step x rl.group_size or rl.max_new_tokens, \
+                     or set policy.dtype = \"bf16\"; the last saved checkpoint is intact: resume with --resume"
+                )
+            }
+            bail!("{what} failed: {first}; the last saved checkpoint is intact")
+        }
+    }
 }
 
 /// A finished or stopped `r2m rl` run, loaded back: its config, the policy with the checkpoint's

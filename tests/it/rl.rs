@@ -252,6 +252,35 @@ fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
     assert_eq!(final_policy(&c.out).len(), r.opt.params.len());
 }
 
+/// Running out of memory inside a step (simulated: libtorch's CUDA message from the reward) stops
+/// the run with an error that names the step and the settings that size it, not a crash; the
+/// checkpoint of the last saved step is intact.
+#[test]
+fn out_of_memory_in_a_step_is_a_clear_error() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let c = tiny_cfg(d.path(), Algo::Grpo, "oom");
+    let mut calls = 0;
+    let src = RuleSource {
+        name: "oom-at-step-5".into(),
+        f: move |_: &PromptExample, _: &str, _| {
+            calls += 1;
+            if calls > 16 * 5 + 4 * 2 {
+                panic!("called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB\\nException raised from malloc\")");
+            }
+            0.5
+        },
+    };
+    let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
+    let e = format!("{:#}", run(&mut r, false, false).unwrap_err());
+    assert!(e.contains("step 5") && e.contains("out of memory") && e.contains("rl.minibatch") && e.contains("--resume"), "{e}");
+    assert!(!e.contains("Exception raised from"), "the C++ backtrace leaked into the error: {e}");
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(st["step"], 4);
+}
+
 /// R2M's score at t = 0 equals the vanilla RM's exactly; the update changes only the
 /// cross-attention and the head; the policy's forward count per step is the same with R2M.
 #[test]
