@@ -407,6 +407,7 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         model,
         out,
         device: cfg.device.clone(),
+        dtype: "auto".into(),
         data: RmData { train, eval, max_length: p.max_length, ..RmData::default() },
         train: t.clone(),
     };

@@ -28,6 +28,9 @@ pub struct TrainRmConfig {
     /// Output folder: metrics.jsonl/csv, config.toml, checkpoint/, model/ (the trained RM).
     pub out: PathBuf,
     pub device: String,
+    /// Compute precision of the RM's backbone: "auto" (bf16 autocast on CUDA, f32 on the CPU),
+    /// "f32" or "bf16" (`model::precision`: f32 master weights, bf16 matmuls; scores and loss f32).
+    pub dtype: String,
     pub data: RmData,
     pub train: RmTrain,
 }
@@ -81,6 +84,7 @@ impl Default for TrainRmConfig {
             model: "smollm2-135m-instruct".into(),
             out: "runs/rm".into(),
             device: "auto".into(),
+            dtype: "auto".into(),
             data: RmData::default(),
             train: RmTrain::default(),
         }
@@ -119,6 +123,7 @@ impl Default for RmTrain {
 impl TrainRmConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.data.train.as_os_str().is_empty(), "data.train: no preference file given");
+        crate::model::precision::Precision::resolve(&self.dtype, tch::Device::Cpu, "dtype")?;
         ensure!(self.train.micro_batch >= 1, "train.micro_batch = {} must be >= 1", self.train.micro_batch);
         ensure!(self.train.grad_accum >= 1, "train.grad_accum = {} must be >= 1", self.train.grad_accum);
         ensure!(self.train.epochs >= 1, "train.epochs must be >= 1");
@@ -260,7 +265,8 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
     ensure!(!train_ex.is_empty(), "{}: no training pairs", cfg.data.train.display());
 
     // Model.
-    let rm = RewardModel::load(&cfg.model, cfg.seed as i64, device).with_context(|| format!("loading {}", cfg.model))?;
+    let mut rm = RewardModel::load(&cfg.model, cfg.seed as i64, device).with_context(|| format!("loading {}", cfg.model))?;
+    rm.precision = crate::model::precision::Precision::resolve(&cfg.dtype, device, "dtype")?;
     let params = rm.set_trainable(cfg.train.trainable_layers)?;
     let train_ids = tokenize_pairs(&rm, &train_ex, cfg.data.max_length)?;
     let eval_ids = tokenize_pairs(&rm, &eval_ex, cfg.data.max_length)?;

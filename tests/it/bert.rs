@@ -94,6 +94,17 @@ fn minilm_matches_sentence_transformers() {
     enc.batch_size = 2;
     compare(&to_vec2(&enc.encode(&refs).unwrap()), &want, &texts);
     assert_eq!(enc.encode(&[]).unwrap().size(), [0, 384]);
+    // Under bf16 autocast (model::precision: what a reward model with dtype = "bf16" runs) the
+    // embeddings stay within bf16 rounding of the f32 ones: cosine >= 0.995 text by text.
+    let bf16 = {
+        let _ac = r2m::model::precision::Autocast::new(r2m::model::precision::Precision::Bf16, Device::Cpu);
+        enc.encode(&refs).unwrap().to_kind(Kind::Float)
+    };
+    let want_t = Tensor::from_slice2(&want);
+    let cos = (&bf16 * &want_t).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        / (bf16.norm_scalaropt_dim(2, [1i64].as_slice(), false) * want_t.norm_scalaropt_dim(2, [1i64].as_slice(), false));
+    let worst = cos.min().double_value(&[]);
+    assert!(worst >= 0.995 && worst < 1.0 - 1e-7, "bf16 embeddings: worst cosine {worst}");
 }
 
 /// A sentence-transformers folder in `dst` whose files link to all-MiniLM-L6-v2's, except those

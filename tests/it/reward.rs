@@ -148,6 +148,27 @@ fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
     assert_eq!(ma, mb, "metrics differ between the uninterrupted and the resumed run");
 }
 
+/// train-rm in bf16 autocast (`dtype = "bf16"`): the backbone's matmuls in bf16 over f32 master
+/// weights; it learns the same separable set, and a bad dtype is named.
+#[test]
+fn train_rm_learns_in_bf16() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    let backbone = d.path().join("backbone");
+    tiny_backbone(&backbone);
+    let data = d.path().join("pairs.jsonl");
+    write_synthetic_pairs(&data, 200);
+    let mut c = cfg_for(&backbone, &data, &d.path().join("bf16"));
+    c.dtype = "bf16".into();
+    let s = run(&c, false, false).unwrap();
+    assert!(s.eval_accuracy > 0.9, "bf16: held-out accuracy {}", s.eval_accuracy);
+    let w = safetensors::read_file(&s.model_dir.join("model.safetensors")).unwrap();
+    assert!(w.iter().all(|(_, t)| t.kind() != tch::Kind::BFloat16), "the saved weights are the f32 masters");
+    c.dtype = "fp4".into();
+    let e = format!("{:#}", run(&c, false, false).unwrap_err());
+    assert!(e.contains("dtype") && e.contains("fp4"), "{e}");
+}
+
 #[test]
 fn train_rm_config_typos_and_bad_records_are_named() {
     let e = r2m::config::load::<TrainRmConfig>(None, &["train.lrr=1".into()]).unwrap_err().to_string();
