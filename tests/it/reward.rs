@@ -116,14 +116,20 @@ fn cfg_for(backbone: &Path, data: &Path, out: &Path) -> TrainRmConfig {
     c
 }
 
-#[test]
-fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
-    let _rng = crate::common::torch_rng_lock();
+/// A temp folder with a tiny backbone and 200 separable pairs: (folder, backbone, pairs file).
+fn tiny_backbone_and_pairs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let d = tmpdir();
     let backbone = d.path().join("backbone");
     tiny_backbone(&backbone);
     let data = d.path().join("pairs.jsonl");
     write_synthetic_pairs(&data, 200);
+    (d, backbone, data)
+}
+
+#[test]
+fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
+    let _rng = crate::common::torch_rng_lock();
+    let (d, backbone, data) = tiny_backbone_and_pairs();
 
     let a = cfg_for(&backbone, &data, &d.path().join("a"));
     let sa = run(&a, false, false).unwrap();
@@ -153,11 +159,7 @@ fn train_rm_learns_a_separable_set_and_resumes_bit_identically() {
 #[test]
 fn train_rm_learns_in_bf16() {
     let _rng = crate::common::torch_rng_lock();
-    let d = tmpdir();
-    let backbone = d.path().join("backbone");
-    tiny_backbone(&backbone);
-    let data = d.path().join("pairs.jsonl");
-    write_synthetic_pairs(&data, 200);
+    let (d, backbone, data) = tiny_backbone_and_pairs();
     let mut c = cfg_for(&backbone, &data, &d.path().join("bf16"));
     c.dtype = "bf16".into();
     let s = run(&c, false, false).unwrap();
