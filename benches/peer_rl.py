@@ -172,7 +172,7 @@ def build(a, proto):
         output_dir=a.work,
         seed=a.seed,
         use_cpu=not cuda,
-        bf16=False,
+        bf16=a.dtype == "bf16",  # autocast over the f32 weights, as r2m's dtype = "bf16"
         fp16=False,
         gradient_checkpointing=False,
         per_device_train_batch_size=a.minibatch,
@@ -237,6 +237,7 @@ def build(a, proto):
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": a.device,
+        "dtype": a.dtype,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "optimizer_steps_per_rl_step": steps_per_rl,
         "optim": getattr(args.optim, "value", str(args.optim)),
@@ -253,6 +254,7 @@ def main():
     ap.add_argument("--prompts", required=True, help="JSONL, TRL's conversational prompt-only format")
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads (r2m's count)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--prompts-per-step", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)

@@ -58,7 +58,7 @@
 //! "R2M update" is the reward source's online update after the policy update (`time/r2m`).
 //!
 //! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
-//! --only grpo,rloo,r2m, --no-peer, --reps R, --warmup W, --prompts N, --group K, --new-tokens T,
+//! --only grpo,rloo,r2m, --no-peer, --reps R, --dtype f32|bf16 (both sides; bf16: autocast), --warmup W, --prompts N, --group K, --new-tokens T,
 //! --model GGUF|DIR, --f32-dir DIR, --rm DIR, --python PY [R2M_BENCH_PYTHON], --peer-script PATH,
 //! --no-install (fail instead of pip-installing trl), --json-out FILE [R2M_BENCH_OUT=dir].
 mod common;
@@ -104,6 +104,9 @@ struct Opts {
     new_tokens: i64,
     warmup: usize,
     reps: usize,
+    /// "f32" or "bf16" on both sides: r2m's policy.dtype and reward.dtype, TRL's `bf16` flag
+    /// (autocast over the f32 weights). Not "auto": the peer must be told the same.
+    dtype: String,
     /// The arguments as given (for the memory children).
     args: Vec<String>,
     /// Hidden: run one variant of the overhead workload and print its peak RSS (`vanilla` | `r2m`).
@@ -136,6 +139,7 @@ fn parse_opts() -> Result<Opts> {
         new_tokens: 0,
         warmup: 1,
         reps: 0,
+        dtype: "f32".into(),
         args: args.clone(),
         rss_child: None,
         work_dir: None,
@@ -165,6 +169,10 @@ fn parse_opts() -> Result<Opts> {
             "--new-tokens" => o.new_tokens = val()?.parse()?,
             "--warmup" => o.warmup = val()?.parse()?,
             "--reps" => o.reps = val()?.parse()?,
+            "--dtype" => {
+                o.dtype = val()?;
+                ensure!(o.dtype == "f32" || o.dtype == "bf16", "--dtype {}: f32 or bf16", o.dtype);
+            }
             "--rss-child" => o.rss_child = Some(val()?),
             "--work-dir" => o.work_dir = Some(val()?.into()),
             "-h" | "--help" => {
@@ -268,6 +276,8 @@ fn rl_config(o: &Opts, p: &Prepared, algo: Algo, r2m: Option<R2mConfig>) -> RlCo
     c.reward.kind = RewardKind::Rm;
     c.reward.model = p.rm_dir.display().to_string();
     c.reward.gold_metrics = false;
+    c.policy.dtype = o.dtype.clone();
+    c.reward.dtype = o.dtype.clone();
     let b = o.prompts * o.group;
     c.reward.batch_size = b; // one RM batch, as TRL scores the whole generation batch at once
     c.data.prompts = p.prompts_file.display().to_string();
@@ -350,6 +360,7 @@ impl TrlPeer {
             .args(["--prompts", &p.prompts_file.display().to_string()])
             .args(["--threads", &tch::get_num_threads().to_string()])
             .args(["--device", &o.device_name.replace("auto", "cpu")])
+            .args(["--dtype", &o.dtype])
             .args(["--group", &r.group_size.to_string()])
             .args(["--prompts-per-step", &r.prompts_per_step.to_string()])
             .args(["--new-tokens", &r.max_new_tokens.to_string()])
@@ -710,7 +721,8 @@ fn main() -> Result<()> {
     let overhead = if o.overhead { Some(bench_overhead(&o, &p)?) } else { None };
 
     println!();
-    println!("rl_step bench: SmolLM2-135M-Instruct f32, {dev_desc}, commit {}", git_commit());
+    let precision = if o.dtype == "bf16" { "bf16 autocast (f32 weights)" } else { "f32" };
+    println!("rl_step bench: SmolLM2-135M-Instruct {precision}, {dev_desc}, commit {}", git_commit());
     println!("policy: {}; reward model: {}", p.source, p.rm_dir.display());
     if let Some(c) = rows.iter().find(|c| !c.peer_info.is_null()) {
         let h = |k: &str| match &c.peer_info[k] {
