@@ -26,7 +26,7 @@
 //! give the same last-token logits.
 //!
 //! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
-//! --random-weights, --model GGUF|DIR, --f32-dir DIR, --python PY [R2M_BENCH_PYTHON],
+//! --random-weights [--tokenizer-dir DIR], --model GGUF|DIR, --f32-dir DIR, --python PY [R2M_BENCH_PYTHON],
 //! --peer-script PATH, --no-peer, --only gen,train, --json-out FILE [R2M_BENCH_OUT=dir],
 //! --gen-batches 1,32, --new-tokens N, --train-batch B, --train-seq T, --gen-reps R1,R2,
 //! --dtype f32|bf16 [R2M_BENCH_DTYPE] (bf16: autocast over f32 weights on both sides, r2m's
@@ -38,12 +38,9 @@ use anyhow::{bail, ensure, Context, Result};
 use common::{
     device_description, export_f32, git_commit, interleave, median, peer_python, peer_script, sync, timed, JsonChild, Rep, Side, QUESTIONS,
 };
-use r2m::model::export::{hf_state_dict, write_json};
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
 use r2m::model::llama::CausalLm;
 use r2m::model::precision::Precision;
-use r2m::model::load::safetensors::write_file;
-use r2m::model::LlamaConfig;
 use r2m::tokenizer::Message;
 use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};
 use serde_json::{json, Value};
@@ -53,17 +50,6 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// SmolLM2-135M's shape (the GGUF's config), for `--random-weights`.
-fn smollm2_config() -> LlamaConfig {
-    serde_json::from_value(json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
-    }))
-    .expect("a valid config")
-}
-
 struct Opts {
     device: Device,
     device_name: String,
@@ -71,6 +57,8 @@ struct Opts {
     random_weights: bool,
     model: Option<PathBuf>,
     f32_dir: Option<PathBuf>,
+    /// SmolLM2's tokenizer files for `--random-weights` (default: the f32 export's folder).
+    tokenizer_dir: Option<PathBuf>,
     python: Option<String>,
     peer_script: Option<PathBuf>,
     peer: bool,
@@ -106,6 +94,7 @@ fn parse_opts() -> Result<Opts> {
         random_weights: false,
         model: None,
         f32_dir: None,
+        tokenizer_dir: None,
         python: env("R2M_BENCH_PYTHON"),
         peer_script: None,
         peer: true,
@@ -133,6 +122,7 @@ fn parse_opts() -> Result<Opts> {
             "--random-weights" => o.random_weights = true,
             "--model" => o.model = Some(val()?.into()),
             "--f32-dir" => o.f32_dir = Some(val()?.into()),
+            "--tokenizer-dir" => o.tokenizer_dir = Some(val()?.into()),
             "--python" => o.python = Some(val()?),
             "--peer-script" => o.peer_script = Some(val()?.into()),
             "--no-peer" => o.peer = false,
@@ -198,16 +188,8 @@ struct Prepared {
 fn prepare(o: &Opts) -> Result<Prepared> {
     if o.random_weights {
         let dir = o.f32_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("r2m-bench-smollm2-random-f32"));
-        let cfg = smollm2_config();
-        if !dir.join("model.safetensors").exists() {
-            eprintln!("r2m: writing random SmolLM2-135M-shaped weights (seed 0) to {}", dir.display());
-            let m = CausalLm::random(&cfg, 0, Device::Cpu)?;
-            std::fs::create_dir_all(&dir)?;
-            let mut j = serde_json::to_value(&cfg)?;
-            j["torch_dtype"] = "float32".into();
-            write_json(&dir.join("config.json"), &j)?;
-            write_file(&dir.join("model.safetensors"), &hf_state_dict(&m))?;
-        }
+        let cfg = common::smollm2_config();
+        common::write_random_smollm2(&dir, o.tokenizer_dir.as_deref())?;
         // Synthetic prompts with the lengths of chat-templated questions (30-45 tokens).
         let mut state: u64 = 0x9E3779B97F4A7C15;
         let mut next = || {

