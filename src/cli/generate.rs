@@ -36,9 +36,10 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     ensure!(!a.prompt.is_empty(), "--prompt is empty");
     let device = crate::device::parse(&a.model.device)?;
+    let precision = crate::model::precision::Precision::resolve(&a.dtype, device, "--dtype")?;
     let loaded = CausalLm::load_path(&a.model.model, device).with_context(|| format!("loading model {}", a.model.model))?;
     let (mut model, tok) = (loaded.model, loaded.tokenizer);
-    model.precision = crate::model::precision::Precision::resolve(&a.dtype, device, "--dtype")?;
+    model.precision = precision;
     let text = render_prompt(&tok, &a.prompt, a.chat)?;
     // A chat template carries its own special tokens (transformers: add_special_tokens=False).
     let ids: Vec<i64> = tok.encode(&text, !a.chat)?.into_iter().map(i64::from).collect();
