@@ -174,7 +174,10 @@ def build(a, proto):
         use_cpu=not cuda,
         bf16=a.dtype == "bf16",  # autocast over the f32 weights, as r2m's dtype = "bf16"
         fp16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=a.gradient_checkpointing,
+        # Non-reentrant: the lower blocks are frozen, so a checkpointed block's input needs no grad
+        # (the reentrant variant would then drop the trained blocks' gradients).
+        gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None,
         per_device_train_batch_size=a.minibatch,
         gradient_accumulation_steps=1,
         steps_per_generation=steps_per_generation,
@@ -255,6 +258,7 @@ def main():
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads (r2m's count)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="TRL's gradient_checkpointing (r2m's policy.gradient_checkpointing)")
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--prompts-per-step", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)

@@ -58,7 +58,7 @@
 //! "R2M update" is the reward source's online update after the policy update (`time/r2m`).
 //!
 //! Options (env in brackets): --device cpu|cuda[:N] [R2M_BENCH_DEVICE], --quick [R2M_BENCH_QUICK=1],
-//! --only grpo,rloo,r2m, --no-peer, --reps R, --dtype f32|bf16 (both sides; bf16: autocast), --warmup W, --prompts N, --group K, --new-tokens T,
+//! --only grpo,rloo,r2m, --no-peer, --reps R, --dtype f32|bf16 (both sides; bf16: autocast), --gradient-checkpointing (both sides), --warmup W, --prompts N, --group K, --new-tokens T,
 //! --model GGUF|DIR, --f32-dir DIR, --rm DIR, --random-weights [--tokenizer-dir DIR] (no model
 //! files: seeded random weights of SmolLM2-135M's shape + SmolLM2's tokenizer files), --python PY [R2M_BENCH_PYTHON], --peer-script PATH,
 //! --no-install (fail instead of pip-installing trl), --json-out FILE [R2M_BENCH_OUT=dir].
@@ -112,6 +112,9 @@ struct Opts {
     /// "f32" or "bf16" on both sides: r2m's policy.dtype and reward.dtype, TRL's `bf16` flag
     /// (autocast over the f32 weights). Not "auto": the peer must be told the same.
     dtype: String,
+    /// Activation checkpointing on both sides (r2m's policy.gradient_checkpointing, TRL's
+    /// gradient_checkpointing).
+    checkpointing: bool,
     /// The arguments as given (for the memory children).
     args: Vec<String>,
     /// Hidden: run one variant of the overhead workload and print its peak RSS (`vanilla` | `r2m`).
@@ -147,6 +150,7 @@ fn parse_opts() -> Result<Opts> {
         warmup: 1,
         reps: 0,
         dtype: "f32".into(),
+        checkpointing: false,
         args: args.clone(),
         rss_child: None,
         work_dir: None,
@@ -182,6 +186,7 @@ fn parse_opts() -> Result<Opts> {
                 o.dtype = val()?;
                 ensure!(o.dtype == "f32" || o.dtype == "bf16", "--dtype {}: f32 or bf16", o.dtype);
             }
+            "--gradient-checkpointing" => o.checkpointing = true,
             "--rss-child" => o.rss_child = Some(val()?),
             "--work-dir" => o.work_dir = Some(val()?.into()),
             "-h" | "--help" => {
@@ -297,6 +302,7 @@ fn rl_config(o: &Opts, p: &Prepared, algo: Algo, r2m: Option<R2mConfig>) -> RlCo
     c.reward.gold_metrics = false;
     c.policy.dtype = o.dtype.clone();
     c.reward.dtype = o.dtype.clone();
+    c.policy.gradient_checkpointing = o.checkpointing;
     let b = o.prompts * o.group;
     c.reward.batch_size = b; // one RM batch, as TRL scores the whole generation batch at once
     c.data.prompts = p.prompts_file.display().to_string();
@@ -309,7 +315,7 @@ fn rl_config(o: &Opts, p: &Prepared, algo: Algo, r2m: Option<R2mConfig>) -> RlCo
     c.rl.ignore_eos = true;
     c.rl.epochs = 2;
     c.rl.minibatch = if b % 2 == 0 { b / 2 } else { b };
-    c.rl.grad_accum = 1;
+    c.rl.grad_accum = r2m::rl::budget::Count::Fixed(1);
     c.rl.beta = Some(match algo {
         Algo::Grpo => 0.04,
         _ => 0.05,
@@ -380,6 +386,7 @@ impl TrlPeer {
             .args(["--threads", &tch::get_num_threads().to_string()])
             .args(["--device", &o.device_name.replace("auto", "cpu")])
             .args(["--dtype", &o.dtype])
+            .args(if o.checkpointing { &["--gradient-checkpointing"][..] } else { &[] })
             .args(["--group", &r.group_size.to_string()])
             .args(["--prompts-per-step", &r.prompts_per_step.to_string()])
             .args(["--new-tokens", &r.max_new_tokens.to_string()])
@@ -741,7 +748,8 @@ fn main() -> Result<()> {
 
     println!();
     let precision = if o.dtype == "bf16" { "bf16 autocast (f32 weights)" } else { "f32" };
-    println!("rl_step bench: SmolLM2-135M-Instruct {precision}, {dev_desc}, commit {}", git_commit());
+    let ckpt = if o.checkpointing { ", activation checkpointing on both sides" } else { "" };
+    println!("rl_step bench: SmolLM2-135M-Instruct {precision}{ckpt}, {dev_desc}, commit {}", git_commit());
     println!("policy: {}; reward model: {}", p.source, p.rm_dir.display());
     if let Some(c) = rows.iter().find(|c| !c.peer_info.is_null()) {
         let h = |k: &str| match &c.peer_info[k] {

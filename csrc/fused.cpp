@@ -140,3 +140,139 @@ extern "C" int r2m_autocast_exit(int device, const int* prev, char* err, size_t 
       },
       "unknown C++ exception in autocast exit", err, err_len);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Activation checkpointing (torch.utils.checkpoint, use_reentrant=True): a block runs without
+// saving its activations; its backward runs it again from the saved input, with grad, and
+// back-propagates through that copy. The block is a Rust closure behind `ctx` (src/ffi.rs):
+// `call` runs it (returns a new at::Tensor, or null with a message in err); `drop` frees it when
+// the autograd node that holds it goes away (after backward, or when the graph is dropped).
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <stdexcept>
+#include <string>
+
+typedef at::Tensor* (*r2m_block_call)(void* ctx, at::Tensor* x, char* err, size_t err_len);
+typedef void (*r2m_block_drop)(void* ctx);
+
+struct RustBlock : torch::CustomClassHolder {
+  void* ctx;
+  r2m_block_call call_;
+  r2m_block_drop drop_;
+  RustBlock(void* c, r2m_block_call f, r2m_block_drop d) : ctx(c), call_(f), drop_(d) {}
+  ~RustBlock() override { drop_(ctx); }
+  at::Tensor run(const at::Tensor& x) {
+    char err[1024] = {0};
+    at::Tensor* out = call_(ctx, new at::Tensor(x), err, sizeof err);  // Rust owns the input copy
+    if (out == nullptr) throw std::runtime_error(std::string("checkpointed block: ") + err);
+    at::Tensor r = *out;
+    delete out;
+    return r;
+  }
+};
+
+// Autocast's thread-local state for CPU and CUDA: recorded in forward, set again for the
+// recomputation (backward may run on another thread, and outside the caller's autocast scope).
+struct AutocastState {
+  bool on[2];
+  int64_t dtype[2];
+  static AutocastState now() {
+    AutocastState s;
+    for (int d = 0; d < 2; ++d) {
+      s.on[d] = at::autocast::is_autocast_enabled(autocast_device(d));
+      s.dtype[d] = static_cast<int64_t>(at::autocast::get_autocast_dtype(autocast_device(d)));
+    }
+    return s;
+  }
+  void set() const {
+    for (int d = 0; d < 2; ++d) {
+      at::autocast::set_autocast_enabled(autocast_device(d), on[d]);
+      at::autocast::set_autocast_dtype(autocast_device(d), static_cast<at::ScalarType>(dtype[d]));
+    }
+  }
+};
+
+struct R2mCheckpoint : public torch::autograd::Function<R2mCheckpoint> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::TensorList params,
+                            c10::intrusive_ptr<RustBlock> f) {
+    // Custom functions' forward runs with grad mode off: nothing inside is saved.
+    auto ac = AutocastState::now();
+    ctx->saved_data["f"] = c10::IValue::make_capsule(f);
+    ctx->saved_data["x_grad"] = x.requires_grad();
+    for (int d = 0; d < 2; ++d) {
+      ctx->saved_data["ac_on" + std::to_string(d)] = ac.on[d];
+      ctx->saved_data["ac_dtype" + std::to_string(d)] = ac.dtype[d];
+    }
+    std::vector<at::Tensor> saved{x};
+    for (const auto& p : params) saved.push_back(p);
+    ctx->save_for_backward(saved);
+    return f->run(x);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto f = c10::static_intrusive_pointer_cast<RustBlock>(ctx->saved_data["f"].toCapsule());
+    bool x_grad = ctx->saved_data["x_grad"].toBool();
+    AutocastState want;
+    for (int d = 0; d < 2; ++d) {
+      want.on[d] = ctx->saved_data["ac_on" + std::to_string(d)].toBool();
+      want.dtype[d] = ctx->saved_data["ac_dtype" + std::to_string(d)].toInt();
+    }
+    auto prev = AutocastState::now();
+    at::Tensor x = saved[0].detach().requires_grad_(x_grad);
+    at::Tensor y;
+    {
+      at::AutoGradMode grad_on(true);
+      want.set();
+      at::autocast::increment_nesting();
+      try {
+        y = f->run(x);
+      } catch (...) {
+        if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+        prev.set();
+        throw;
+      }
+      if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+      prev.set();
+    }
+    // Gradients for x (when it needs one) and every parameter, through the recomputed graph.
+    std::vector<at::Tensor> inputs;
+    if (x_grad) inputs.push_back(x);
+    for (size_t i = 1; i < saved.size(); ++i) inputs.push_back(saved[i]);
+    std::vector<at::Tensor> g;
+    if (!inputs.empty() && y.requires_grad())
+      g = torch::autograd::grad({y}, inputs, {grads[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                /*allow_unused=*/true);
+    torch::autograd::variable_list out;
+    size_t k = 0;
+    out.push_back(x_grad && k < g.size() ? g[k++] : at::Tensor());
+    for (size_t i = 1; i < saved.size(); ++i) out.push_back(k < g.size() ? g[k++] : at::Tensor());
+    out.push_back(at::Tensor());  // the block itself
+    return out;
+  }
+};
+
+// y = block(x) with activation checkpointing. `params`: the block's tensors that require grad.
+// Takes ownership of `ctx` in every case (freed through `drop` on failure too).
+extern "C" int r2m_checkpoint(at::Tensor* x, at::Tensor** params, int64_t n, void* ctx, r2m_block_call call,
+                              r2m_block_drop drop, at::Tensor** out, char* err, size_t err_len) {
+  c10::intrusive_ptr<RustBlock> f;
+  try {
+    f = c10::make_intrusive<RustBlock>(ctx, call, drop);
+  } catch (...) {
+    drop(ctx);
+    copy_error("out of memory for the checkpointed block", err, err_len);
+    return 1;
+  }
+  return guarded(
+      [&] {
+        std::vector<at::Tensor> ps = gather(params, n);
+        *out = new at::Tensor(R2mCheckpoint::apply(*x, at::TensorList(ps), f));
+      },
+      "unknown C++ exception in checkpoint", err, err_len);
+}
+
+// Whether autograd records operations on this thread (torch.is_grad_enabled()).
+extern "C" int r2m_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }

@@ -11,7 +11,8 @@
 #
 # Environment:
 #   OUT      results folder (default: runs/gpu-bench); gets smoke.json, foundation.json,
-#            foundation.md (the table), rl_step.json/.md and gpu-bench.log
+#            foundation.md (the table), rl_step.json/.md, rl_step_ckpt.json/.md (activation
+#            checkpointing) and gpu-bench.log
 #   TOKENIZER_DIR  SmolLM2's tokenizer.json + tokenizer_config.json for the RL bench on random
 #            weights (default: gpu-carry/tokenizer; copy them there from
 #            ~/.cache/r2m/models/smollm2-135m-instruct-f32 and carry that ignored folder)
@@ -96,7 +97,7 @@ quick=(--gen-batches "${GEN_BATCHES:-1,64}")
 [ "${QUICK:-0}" != 0 ] && quick=(--quick)
 dtype=${DTYPE:-bf16}
 say "bench: $bench --device cuda --dtype $dtype ${model_args[*]} ${quick[*]}"
-timeout 240 "$bench" --device cuda --dtype "$dtype" "${model_args[@]}" "${quick[@]}" "${peer[@]}" --python "$py" \
+timeout 210 "$bench" --device cuda --dtype "$dtype" "${model_args[@]}" "${quick[@]}" "${peer[@]}" --python "$py" \
   --peer-script "$root/benches/peer_foundation.py" --json-out "$out/foundation.json" \
   >"$out/foundation.md" 2> >(tee -a "$log" >&2)
 rc=$?
@@ -120,10 +121,18 @@ if [ -n "$rl_bench" ] && [ -f "$rl_bench" ]; then
   "$py" -c "import trl" 2>>"$log" || { say "trl is not importable under $py: r2m's RL step runs alone"; rl_args+=(--no-peer); }
   [ "${QUICK:-0}" != 0 ] && rl_args+=(--quick)
   say "rl_step: $rl_bench ${rl_args[*]}"
-  timeout 270 "$rl_bench" "${rl_args[@]}" >"$out/rl_step.md" 2> >(tee -a "$log" >&2)
+  timeout 240 "$rl_bench" "${rl_args[@]}" >"$out/rl_step.md" 2> >(tee -a "$log" >&2)
   rc=$?
   cat "$out/rl_step.md" | tee -a "$log"
   [ $rc -eq 0 ] || die "rl_step bench exited with $rc (124 = timed out; see $log)"
+  # 4. The same GRPO step with activation checkpointing on both sides (r2m's custom autograd
+  #    function runs its backward on CUDA's autograd thread): one rep, a failure only reported.
+  say "rl_step, checkpointed: $rl_bench ${rl_args[*]} --only grpo --reps 1 --gradient-checkpointing"
+  timeout 80 "$rl_bench" "${rl_args[@]}" --json-out "$out/rl_step_ckpt.json" --only grpo --reps 1 --warmup 0 --gradient-checkpointing \
+    >"$out/rl_step_ckpt.md" 2> >(tee -a "$log" >&2)
+  rc=$?
+  cat "$out/rl_step_ckpt.md" | tee -a "$log"
+  [ $rc -eq 0 ] || say "checkpointed rl_step exited with $rc (124 = timed out; see $log)"
 else
   say "rl_step: no target/release/deps/rl_step-* carried: skipped"
 fi

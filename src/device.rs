@@ -35,6 +35,39 @@ pub fn release_free_host_memory() {
     }
 }
 
+/// MemAvailable from /proc/meminfo, in bytes (Linux): what the OS can hand out without swapping.
+pub fn available_host_memory() -> Option<i64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Free and total memory of GPU `index` in bytes (`cudaMemGetInfo`, the CUDA runtime's answer:
+/// what other processes and this one's caching allocator hold counts as used). Found through the
+/// libcudart that `load_cuda` brought in; None where it is not loaded or the call fails.
+pub fn cuda_free_memory(index: usize) -> Option<(u64, u64)> {
+    if !load_cuda() {
+        return None;
+    }
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let sym = |name: &str| {
+        let c = std::ffi::CString::new(name).expect("no NUL in a literal");
+        // SAFETY: dlsym over the global scope (libtorch_cuda and its libcudart were opened
+        // RTLD_GLOBAL) with a valid C string.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (set, info) = (sym("cudaSetDevice")?, sym("cudaMemGetInfo")?);
+    // SAFETY: both are the CUDA runtime's functions with these C signatures.
+    let (set, info) = unsafe { (std::mem::transmute::<*mut libc::c_void, SetDevice>(set), std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info)) };
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: plain runtime calls; the out-pointers are live locals.
+    let ok = unsafe { set(index as i32) == 0 && info(&mut free, &mut total) == 0 };
+    ok.then_some((free as u64, total as u64))
+}
+
 /// Resolves a device name. `auto` (the CLI default) is CUDA when a GPU is usable, else CPU.
 pub fn parse(name: &str) -> Result<Device> {
     match name {

@@ -42,3 +42,8 @@ impl Error {
         Error::Parse { path: path.into(), msg: msg.to_string() }
     }
 }
+
+/// The message a panic carried (`panic!` with a literal or a formatted string), or `fallback`.
+pub fn panic_message<'a>(payload: &'a (dyn std::any::Any + Send), fallback: &'a str) -> &'a str {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or(fallback)
+}

@@ -1,8 +1,9 @@
 //! libtorch ops that tch does not bind, compiled from csrc/fused.cpp by build.rs: ops over tensor
 //! lists (tch's generator skips them: the fused AdamW kernel), `.grad = None`, and ops registered
-//! only through the dispatcher (MKL weight packing). Safe wrappers; every C++ exception comes back
+//! only through the dispatcher (MKL weight packing), and activation checkpointing (a custom
+//! autograd function that calls back into Rust). Safe wrappers; every C++ exception comes back
 //! as `Err(message)`.
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_void};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -37,7 +38,22 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn r2m_checkpoint(
+        x: *mut C_tensor,
+        params: *const *mut C_tensor,
+        n: i64,
+        ctx: *mut c_void,
+        call: BlockCall,
+        drop: BlockDrop,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn r2m_grad_enabled() -> i32;
 }
+
+type BlockCall = extern "C" fn(ctx: *mut c_void, x: *mut C_tensor, err: *mut c_char, err_len: usize) -> *mut C_tensor;
+type BlockDrop = extern "C" fn(ctx: *mut c_void);
 
 /// Calls `f(err, err_len)`, which returns the C side's status, and turns a non-zero status into
 /// the message the C side wrote.
@@ -140,4 +156,63 @@ pub fn mkl_linear(x: &Tensor, packed: &Tensor, w: &Tensor, bias: Option<&Tensor>
     call(|e, l| unsafe { r2m_mkl_linear(ptr(x), ptr(packed), ptr(w), b, m, &mut out, e, l) })?;
     // SAFETY: as in `mkl_pack`.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// A block of layers for [`checkpoint`]: what it computes from its input. It owns what it reads
+/// (shallow copies of weights share their storage and gradients), since the backward pass runs it
+/// again after the caller's forward has returned, possibly on autograd's device thread.
+pub type Block = Box<dyn Fn(&Tensor) -> Tensor + Send>;
+
+/// How many times a checkpointed block has run (forward and recomputation), for tests.
+pub static BLOCK_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn block_call(ctx: *mut c_void, x: *mut C_tensor, err: *mut c_char, err_len: usize) -> *mut C_tensor {
+    BLOCK_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: `ctx` is the `Box<Block>` leaked by `checkpoint`, alive until `block_drop`; `x` is a
+    // new heap `at::Tensor` handed over to us.
+    let (f, x) = unsafe { (&*(ctx as *const Block), Tensor::from_ptr(x)) };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&x))) {
+        Ok(y) => {
+            let p = y.as_ptr() as *mut C_tensor;
+            std::mem::forget(y); // the C++ side takes the at::Tensor and deletes it
+            p
+        }
+        Err(payload) => {
+            let msg = crate::error::panic_message(payload.as_ref(), "panic in a checkpointed block");
+            let bytes = msg.as_bytes();
+            let n = bytes.len().min(err_len.saturating_sub(1));
+            // SAFETY: `err` has `err_len` bytes; we write n < err_len and a NUL.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, err, n);
+                *err.add(n) = 0;
+            }
+            std::ptr::null_mut()
+        }
+    }
+}
+
+extern "C" fn block_drop(ctx: *mut c_void) {
+    // SAFETY: called once, by the C++ holder's destructor, on the pointer `checkpoint` leaked.
+    drop(unsafe { Box::from_raw(ctx as *mut Block) });
+}
+
+/// `f(x)` with activation checkpointing (`torch.utils.checkpoint`, reentrant): the forward keeps
+/// only `x`; backward runs `f` again with grad (under the autocast state of the forward) and
+/// back-propagates through it into `x` and `params`, the tensors of `f` that require grad.
+/// Gradients equal those of plain `f(x)`; the cost is one more forward of `f` in backward.
+pub fn checkpoint(x: &Tensor, params: &[&Tensor], f: Block) -> Result<Tensor, String> {
+    let p = ptrs(params);
+    let ctx = Box::into_raw(Box::new(f)) as *mut c_void;
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the C++ side takes ownership of `ctx` in every case (frees it through block_drop);
+    // tensors are live for the call; on success `out` is a new at::Tensor we own.
+    call(|e, l| unsafe { r2m_checkpoint(ptr(x), p.as_ptr(), p.len() as i64, ctx, block_call, block_drop, &mut out, e, l) })?;
+    // SAFETY: on success `out` is a new heap at::Tensor we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Whether autograd records operations on this thread (`torch.is_grad_enabled()`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: reads a thread-local flag.
+    unsafe { r2m_grad_enabled() != 0 }
 }

@@ -193,6 +193,69 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerateConfig) ->
     generate_stream(model, prompts, cfg, &mut |_, _| {})
 }
 
+/// `generate` in calls of at most `rows` prompts (a memory budget: `rl.generation_batch`), the
+/// results put together as one call's would be: prompts left-padded to the longest, responses
+/// right-padded to the longest (pad ids, mask 0, log-prob and entropy 0, zero hidden states).
+/// Call c is seeded with `cfg.seed + c`, so the samples depend on `rows`; with `rows` >= the
+/// prompts it is `generate` itself.
+pub fn generate_in_calls(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerateConfig, rows: usize) -> Result<Generation> {
+    if rows == 0 || rows >= prompts.len() {
+        return generate(model, prompts, cfg);
+    }
+    let parts = prompts
+        .chunks(rows)
+        .enumerate()
+        .map(|(c, ch)| generate(model, ch, &GenerateConfig { seed: cfg.seed.wrapping_add(c as u64), ..cfg.clone() }))
+        .collect::<Result<Vec<_>>>()?;
+    let p = parts.iter().map(|g| g.prompt_ids.size()[1]).max().unwrap_or(0);
+    let n = parts.iter().map(|g| g.ids.size()[1]).max().unwrap_or(0);
+    // Pads dim 1 of each part to `len` (on the left or the right) with `value`, then stacks the rows.
+    let cat = |f: &dyn Fn(&Generation) -> &Tensor, len: i64, left: bool, value: f64| -> Tensor {
+        let padded: Vec<Tensor> = parts
+            .iter()
+            .map(|g| {
+                let t = f(g);
+                let mut shape = t.size();
+                let missing = len - shape[1];
+                if missing == 0 {
+                    return t.shallow_clone();
+                }
+                shape[1] = missing;
+                let fill = Tensor::full(shape.as_slice(), value, (t.kind(), t.device()));
+                if left {
+                    Tensor::cat(&[&fill, t], 1)
+                } else {
+                    Tensor::cat(&[t, &fill], 1)
+                }
+            })
+            .collect();
+        Tensor::cat(&padded, 0)
+    };
+    let pad = cfg.pad_id as f64;
+    // Hidden states and the trunk span prompt + response: pad both ends.
+    let both = |f: &dyn Fn(&Generation) -> Option<&Tensor>| -> Option<Tensor> {
+        let ts: Option<Vec<Tensor>> = parts
+            .iter()
+            .map(|g| {
+                let t = f(g)?;
+                let (gp, gn) = (g.prompt_ids.size()[1], g.ids.size()[1]);
+                Some(t.constant_pad_nd([0, 0, p - gp, n - gn]))
+            })
+            .collect();
+        ts.map(|v| Tensor::cat(&v, 0))
+    };
+    Ok(Generation {
+        prompt_ids: cat(&|g| &g.prompt_ids, p, true, pad),
+        prompt_mask: cat(&|g| &g.prompt_mask, p, true, 0.0),
+        ids: cat(&|g| &g.ids, n, false, pad),
+        logprobs: cat(&|g| &g.logprobs, n, false, 0.0),
+        mask: cat(&|g| &g.mask, n, false, 0.0),
+        hidden: both(&|g| g.hidden.as_ref()),
+        trunk: both(&|g| g.trunk.as_ref()),
+        entropy: cat(&|g| &g.entropy, n, false, 0.0),
+    })
+}
+
 /// `generate`, calling `on_step(step, tokens (B))` with each step's tokens (pad for ended rows) as
 /// they are picked, for streaming to a terminal.
 pub fn generate_stream(

@@ -52,6 +52,26 @@ impl Linear {
         self.lora = Some(LoraAdapter { a, b, scale: alpha / rank as f64 });
     }
 
+    /// A copy sharing every tensor (storage and gradient) with this layer.
+    fn shallow(&self) -> Linear {
+        Linear {
+            name: self.name.clone(),
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            lora: self.lora.as_ref().map(|l| LoraAdapter { a: l.a.shallow_clone(), b: l.b.shallow_clone(), scale: l.scale }),
+        }
+    }
+
+    /// The layer's tensors, adapter included.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.weight];
+        v.extend(self.bias.as_ref());
+        if let Some(l) = &self.lora {
+            v.extend([&l.a, &l.b]);
+        }
+        v
+    }
+
     /// The weight with any adapter folded in (export).
     pub fn merged_weight(&self) -> Tensor {
         match &self.lora {
@@ -69,6 +89,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     fn new(p: &mut Params, src: &mut Source, name: &str, dim: i64, eps: f64, dev: Device) -> Result<Self> {
         Ok(RmsNorm { weight: p.get(src, &format!("{name}.weight"), &[dim], Init::Ones, dev)?, eps })
+    }
+
+    fn shallow(&self) -> RmsNorm {
+        RmsNorm { weight: self.weight.shallow_clone(), eps: self.eps }
     }
 
     /// HF LlamaRMSNorm: computed in f32, cast back, then scaled.
@@ -149,6 +173,18 @@ impl Attention {
         })
     }
 
+    fn shallow(&self) -> Attention {
+        Attention {
+            q_proj: self.q_proj.shallow(),
+            k_proj: self.k_proj.shallow(),
+            v_proj: self.v_proj.shallow(),
+            o_proj: self.o_proj.shallow(),
+            n_heads: self.n_heads,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// x (B, T, D); `mask`: which keys each query attends; cache slots [start, start + T) get written.
     fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
         let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
@@ -187,6 +223,10 @@ impl Mlp {
         })
     }
 
+    fn shallow(&self) -> Mlp {
+        Mlp { gate_proj: self.gate_proj.shallow(), up_proj: self.up_proj.shallow(), down_proj: self.down_proj.shallow() }
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
@@ -211,6 +251,27 @@ impl Block {
         })
     }
 
+    fn shallow(&self) -> Block {
+        Block {
+            self_attn: self.self_attn.shallow(),
+            mlp: self.mlp.shallow(),
+            input_layernorm: self.input_layernorm.shallow(),
+            post_attention_layernorm: self.post_attention_layernorm.shallow(),
+        }
+    }
+
+    /// The block's tensors that require grad (what training updates).
+    fn trained(&self) -> Vec<&Tensor> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+            .into_iter()
+            .flat_map(Linear::tensors)
+            .chain([&self.input_layernorm.weight, &self.post_attention_layernorm.weight])
+            .filter(|t| t.requires_grad())
+            .collect()
+    }
+
     fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
@@ -231,6 +292,11 @@ pub struct Llama {
     pub layers: Vec<Block>,
     pub norm: RmsNorm,
     pub rope: Rope,
+    /// Activation checkpointing (HF `gradient_checkpointing_enable()`): while autograd records,
+    /// each block keeps only its input and is run again in backward (`ffi::checkpoint`). Less
+    /// memory for training (one hidden state per block and token instead of every activation),
+    /// one more forward of the trained blocks; gradients are the same.
+    pub checkpointing: bool,
 }
 
 impl Llama {
@@ -239,7 +305,7 @@ impl Llama {
         let embed_tokens = p.get(src, "model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], Init::Normal(INIT_STD), dev)?;
         let layers = (0..cfg.num_hidden_layers).map(|i| Block::new(p, src, i, cfg, dev)).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(p, src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, dev)?;
-        Ok(Llama { embed_tokens, layers, norm, rope: Rope::new(cfg, dev) })
+        Ok(Llama { embed_tokens, layers, norm, rope: Rope::new(cfg, dev), checkpointing: false })
     }
 
     /// ids (B, T) int64, positions (B, T), mask (B, 1, T, S) bool. With a cache, slots
@@ -253,8 +319,10 @@ impl Llama {
             if let Some(a) = all.as_mut() {
                 a.push(x.shallow_clone());
             }
-            let lc = cache.as_mut().map(|c| (&mut c.layers[i], start));
-            x = layer.forward(&x, &rope, mask, lc);
+            x = match cache.as_mut() {
+                Some(c) => layer.forward(&x, &rope, mask, Some((&mut c.layers[i], start))),
+                None => self.block(layer, &x, &rope, mask),
+            };
         }
         if let Some(c) = cache {
             c.len = start + ids.size()[1];
@@ -273,7 +341,7 @@ impl Llama {
         let rope = self.rope.cos_sin(positions);
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         for layer in &self.layers[..k] {
-            x = layer.forward(&x, &rope, mask, None);
+            x = self.block(layer, &x, &rope, mask);
         }
         x
     }
@@ -283,9 +351,25 @@ impl Llama {
         let rope = self.rope.cos_sin(positions);
         let mut x = x.shallow_clone();
         for layer in &self.layers[k..] {
-            x = layer.forward(&x, &rope, mask, None);
+            x = self.block(layer, &x, &rope, mask);
         }
         self.norm.forward(&x)
+    }
+
+    /// One block of a full-sequence pass, checkpointed when `checkpointing` is on, autograd
+    /// records, and the block has something to differentiate (trained weights or an input that
+    /// needs a gradient).
+    fn block(&self, layer: &Block, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask) -> Tensor {
+        if !self.checkpointing || !crate::ffi::grad_enabled() {
+            return layer.forward(x, rope, mask, None);
+        }
+        let trained = layer.trained();
+        if trained.is_empty() && !x.requires_grad() {
+            return layer.forward(x, rope, mask, None);
+        }
+        let (b, rope, mask) = (layer.shallow(), (rope.0.shallow_clone(), rope.1.shallow_clone()), mask.shallow());
+        crate::ffi::checkpoint(x, &trained, Box::new(move |x| b.forward(x, &rope, &mask, None)))
+            .unwrap_or_else(|e| panic!("checkpointed block: {e}"))
     }
 }
 
@@ -301,6 +385,15 @@ pub enum AttnMask {
     Causal,
     /// An explicit (B, 1, T, S) bool mask, true = attend.
     Explicit(Tensor),
+}
+
+impl AttnMask {
+    fn shallow(&self) -> AttnMask {
+        match self {
+            AttnMask::Causal => AttnMask::Causal,
+            AttnMask::Explicit(m) => AttnMask::Explicit(m.shallow_clone()),
+        }
+    }
 }
 
 /// The attention mask for full sequences with padding mask `mask` (B, T): `Causal` when nothing
@@ -661,6 +754,104 @@ mod tests {
         apply_trainable(&mut l, &Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into()] }, 0).unwrap();
         assert_eq!(l.frozen_prefix(), 0);
         assert!(m.token_logprobs_from_trunk(&x.narrow(1, 0, 5), 3, &ids, &mask, 0.7, 3).is_err());
+    }
+
+    /// Gradients of `token_logprobs(...).sum()` with respect to `m`'s trainable tensors (and the
+    /// log-probs), with or without activation checkpointing.
+    fn grads(m: &mut CausalLm, checkpointing: bool, ids: &Tensor, mask: &Tensor) -> (Tensor, Vec<Tensor>) {
+        m.model.checkpointing = checkpointing;
+        let (lp, _) = m.token_logprobs(ids, mask, 0.7, 2).unwrap();
+        let trainable: Vec<Tensor> = m.params.trainable().into_iter().map(|(_, t)| t).collect();
+        // `backward` (accumulating into .grad, as training does): the checkpointed blocks run
+        // their own backward inside it.
+        m.params.trainable().iter().for_each(|(_, t)| {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        });
+        lp.sum(Kind::Float).backward();
+        (lp.detach(), trainable.iter().map(|t| t.grad().copy()).collect())
+    }
+
+    #[test]
+    fn checkpointing_gives_the_same_gradients() {
+        use crate::train::{apply_trainable, Trainable};
+        let mut cfg = tiny_config();
+        cfg.num_hidden_layers = 3;
+        let ids = Tensor::from_slice(&[0i64, 0, 5, 6, 7, 8, 9, 3, 4, 5, 6, 7, 8, 9]).view([2, 7]);
+        let padded = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 7]);
+        let full = Tensor::ones([2, 7], (Kind::Int64, Device::Cpu));
+        let setups = [
+            Trainable::All,                                       // every block, input needs grad (embeddings train)
+            Trainable::Top { layers: 1, head: false },            // frozen blocks below: input without grad
+            Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] },
+        ];
+        for (i, tr) in setups.iter().enumerate() {
+            for mask in [&padded, &full] {
+                let mut m = CausalLm::random(&cfg, 11, Device::Cpu).unwrap();
+                apply_trainable(&mut m, tr, 0).unwrap();
+                let (a, ga) = grads(&mut m, false, &ids, mask);
+                let runs = crate::ffi::BLOCK_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+                let (b, gb) = grads(&mut m, true, &ids, mask);
+                // Each block with something to train ran twice: forward, then again in backward.
+                let trained = if i == 1 { 1 } else { 3 };
+                let ran = crate::ffi::BLOCK_RUNS.load(std::sync::atomic::Ordering::Relaxed) - runs;
+                assert_eq!(ran, 2 * trained, "setup {i}: checkpointed block runs");
+                assert!((&a - &b).abs().max().double_value(&[]) < 1e-6, "setup {i}: log-probs differ");
+                assert!(!ga.is_empty() && ga.len() == gb.len());
+                let norm: f64 = ga.iter().map(|g| g.abs().sum(Kind::Double).double_value(&[])).sum();
+                assert!(norm > 0.0, "setup {i}: no gradient at all");
+                for (u, v) in ga.iter().zip(&gb) {
+                    let d = (u - v).abs().max().double_value(&[]);
+                    assert!(d < 1e-5, "setup {i}: gradients differ by {d}");
+                }
+            }
+        }
+        // Under bf16 autocast the recomputation runs under autocast too (backward runs outside the
+        // caller's autocast scope): the same gradients as the plain bf16 pass.
+        let mut m = CausalLm::random(&cfg, 11, Device::Cpu).unwrap();
+        m.precision = Precision::Bf16;
+        apply_trainable(&mut m, &Trainable::Top { layers: 2, head: false }, 0).unwrap();
+        let (a, ga) = grads(&mut m, false, &ids, &padded);
+        let (b, gb) = grads(&mut m, true, &ids, &padded);
+        assert!((&a - &b).abs().max().double_value(&[]) < 1e-6);
+        for (u, v) in ga.iter().zip(&gb) {
+            let d = (u - v).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "bf16: gradients differ by {d}");
+        }
+        // Without grad (generation, reference passes) nothing is checkpointed: same values.
+        let (c, _) = tch::no_grad(|| m.token_logprobs(&ids, &padded, 0.7, 2).unwrap());
+        assert!((&a - &c).abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn generation_in_calls_fits_together_like_one_call() {
+        use crate::model::generate::{generate, generate_in_calls, GenerateConfig, Sampling};
+        let mut cfg = tiny_config();
+        cfg.num_hidden_layers = 2;
+        let m = CausalLm::random(&cfg, 7, Device::Cpu).unwrap();
+        // Prompts of different lengths, so the calls pad differently; no EOS, so lengths agree.
+        let prompts: Vec<Vec<i64>> = vec![vec![5, 6, 7], vec![8], vec![9, 10, 11, 12, 13], vec![3, 4]];
+        let greedy = GenerateConfig { max_new_tokens: 5, sampling: Sampling::Greedy, return_hidden: true, return_trunk: Some(1), ..Default::default() };
+        let one = generate(&m, &prompts, &greedy).unwrap();
+        let parts = generate_in_calls(&m, &prompts, &greedy, 2).unwrap();
+        // Greedy tokens do not depend on the split; the merged prompts are left-padded to the longest.
+        assert!(one.ids.equal(&parts.ids) && one.prompt_mask.equal(&parts.prompt_mask));
+        assert!((&one.logprobs - &parts.logprobs).abs().max().double_value(&[]) < 1e-5);
+        let keep = one.sequences().1.to_kind(Kind::Float).unsqueeze(-1);
+        let (h1, h2) = (one.hidden.unwrap(), parts.hidden.unwrap());
+        assert!(((&h1 - &h2) * &keep).abs().max().double_value(&[]) < 1e-4);
+        assert_eq!(parts.trunk.unwrap().size(), h1.size());
+        // Sampled, with EOS: responses end at different steps in each call; the merged log-probs
+        // are still the trainer's on the merged sequences.
+        let sampled = GenerateConfig { max_new_tokens: 6, eos_ids: vec![2], pad_id: 0, seed: 3, ..Default::default() };
+        let g = generate_in_calls(&m, &prompts, &sampled, 3).unwrap();
+        let (seq, seq_mask) = g.sequences();
+        let (lp, _) = m.token_logprobs(&seq, &seq_mask, 0.7, g.prompt_ids.size()[1]).unwrap();
+        let mf = g.mask.to_kind(Kind::Float);
+        assert!(((lp * &mf) - &g.logprobs).abs().max().double_value(&[]) < 1e-4);
+        assert_eq!(g.ids.size()[0], 4);
     }
 
     #[test]

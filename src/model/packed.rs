@@ -87,15 +87,7 @@ impl Drop for PackScope<'_> {
 /// OS reports available (2 GiB when it reports nothing).
 pub fn pays(device: Device, kind: Kind, rows: i64, weights: &[&Tensor]) -> bool {
     let bytes: i64 = weights.iter().map(|w| w.numel() as i64 * 4).sum();
-    device == Device::Cpu && kind == Kind::Float && rows >= MIN_BATCH && bytes < available_memory().unwrap_or(4 << 30) / 2
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (Linux).
-fn available_memory() -> Option<i64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    device == Device::Cpu && kind == Kind::Float && rows >= MIN_BATCH && bytes < crate::device::available_host_memory().unwrap_or(4 << 30) / 2
 }
 
 /// Prepares copies of `weights` (each (out, in); MKL packing: f32 on the CPU, others are left

@@ -2,6 +2,7 @@
 //! Each default cites its source (rl-conventions.md, r2m-method.md, the named peer).
 use crate::reward::ensemble::Combine;
 use crate::rl::advantages::ScaleRewards;
+use crate::rl::budget::Count;
 use crate::rl::losses::Aggregation;
 use crate::train::{Schedule, Trainable};
 use anyhow::{ensure, Result};
@@ -51,6 +52,10 @@ pub struct PolicyConfig {
     /// Compute precision of the policy and the reference: "auto" (bf16 autocast on CUDA, f32 on
     /// the CPU), "f32" or "bf16" (`model::precision`: bf16 matmuls over f32 master weights).
     pub dtype: String,
+    /// Activation checkpointing of the policy's trained blocks (HF `gradient_checkpointing`):
+    /// each keeps only its input and runs again in backward. Less training memory (for long
+    /// responses or large minibatches on a GPU), about one more forward of those blocks per update.
+    pub gradient_checkpointing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,9 +118,13 @@ pub struct AlgoConfig {
     pub max_prompt_tokens: usize,
     /// k: policy epochs over each rollout (r2m-method.md: 2).
     pub epochs: usize,
-    /// Sequences per optimiser step; `grad_accum` micro-batches of `minibatch / grad_accum`.
+    /// Sequences per optimiser step; `grad_accum` micro-batches of `minibatch / grad_accum`
+    /// ("auto": the fewest that fit in free memory, `rl::budget`).
     pub minibatch: usize,
-    pub grad_accum: usize,
+    pub grad_accum: Count,
+    /// Rows per `generate` call for rollouts and evaluation ("auto": as many as fit in free
+    /// memory, up to all n x K at once). Splitting changes which samples are drawn, not how.
+    pub generation_batch: Count,
     /// KL coefficient; default per algorithm (RLOO 0.05, GRPO 0.04, REINFORCE++/ReMax 0.01).
     pub beta: Option<f64>,
     /// Clip range eps (0.2 everywhere); `eps_high` for an asymmetric upper clip (DAPO).
@@ -185,6 +194,7 @@ impl Default for PolicyConfig {
             schedule: Schedule::Constant,
             max_grad_norm: 1.0,
             dtype: "auto".into(),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -225,7 +235,8 @@ impl Default for AlgoConfig {
             max_prompt_tokens: 256,
             epochs: 2,
             minibatch: 16,
-            grad_accum: 1,
+            grad_accum: Count::Fixed(1),
+            generation_batch: Count::Auto,
             beta: None,
             eps: 0.2,
             eps_high: None,
@@ -266,7 +277,10 @@ impl RlConfig {
         ensure!(r.group_size >= 1, "rl.group_size must be >= 1");
         let b = r.prompts_per_step * r.group_size;
         ensure!(r.minibatch >= 1 && b % r.minibatch == 0, "rl.minibatch = {} must divide the batch of {b} sequences", r.minibatch);
-        ensure!(r.grad_accum >= 1 && r.minibatch % r.grad_accum == 0, "rl.grad_accum = {} must divide rl.minibatch = {}", r.grad_accum, r.minibatch);
+        if let Count::Fixed(g) = r.grad_accum {
+            ensure!(g >= 1 && r.minibatch % g == 0, "rl.grad_accum = {g} must divide rl.minibatch = {}", r.minibatch);
+        }
+        ensure!(r.generation_batch != Count::Fixed(0), "rl.generation_batch must be >= 1 (or \"auto\")");
         ensure!(r.epochs >= 1, "rl.epochs must be >= 1");
         ensure!(r.temperature > 0.0, "rl.temperature must be > 0 (sampling)");
         ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");

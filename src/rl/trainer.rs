@@ -10,10 +10,11 @@
 use crate::checkpoint::{find_checkpoint, write_atomic, write_dir_atomic};
 use crate::data::{PromptExample, Text};
 use crate::metrics::MetricsSink;
-use crate::model::generate::{generate, GenerateConfig, Sampling};
+use crate::model::generate::{generate_in_calls, GenerateConfig, Sampling};
 use crate::model::llama::CausalLm;
 use crate::model::load::safetensors;
 use crate::rl::advantages as adv;
+use crate::rl::budget::{Budget, Count, Shapes};
 use crate::model::precision::Precision;
 use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
 use crate::rl::losses::{self, Aggregation};
@@ -45,6 +46,9 @@ pub struct Run<'a> {
     /// when the reference holds the same weights there.
     pub trunk_layers: usize,
     pub reference_shares_trunk: bool,
+    /// Rows per `generate` call and micro-batches per optimiser step (`rl.generation_batch`,
+    /// `rl.grad_accum`, resolved against free memory when "auto").
+    pub budget: Budget,
 }
 
 /// A collected rollout (B = n * K, group-major).
@@ -165,7 +169,7 @@ impl<'a> Run<'a> {
         let kt = self.trunk_layers;
         let mut gcfg = self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
         gcfg.return_trunk = if from_gen && kt > 0 { Some(kt) } else { None };
-        let g = clock.time("time/generate", || generate(&self.policy, &rep, &gcfg))?;
+        let g = clock.time("time/generate", || generate_in_calls(&self.policy, &rep, &gcfg, self.budget.generation_batch))?;
         let (seq, seq_mask) = g.sequences();
         let p = g.prompt_ids.size()[1];
         let temp = self.cfg.rl.temperature;
@@ -226,7 +230,7 @@ impl<'a> Run<'a> {
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
         let mut gcfg = self.gen_config(0, 1.0, self.reward.wants_hidden());
         gcfg.sampling = Sampling::Greedy;
-        let g = clock.time("time/generate", || generate(&self.policy, &ids, &gcfg))?;
+        let g = clock.time("time/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
         let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
         let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
         let (seq, seq_mask) = g.sequences();
@@ -306,7 +310,7 @@ impl<'a> Run<'a> {
         let d = self.policy.config.hidden_size;
         let h_prime = if want_h { Some(Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device))) } else { None };
         let (mut loss_sum, mut n_opt, mut clip_low, mut clip_high, mut kl_term, mut gnorm) = (0.0, 0, 0.0, 0.0, 0.0, 0.0);
-        let micro = (c.minibatch / c.grad_accum) as i64;
+        let micro = (c.minibatch / self.budget.grad_accum) as i64;
         let p = r.prompt_len;
         let t_pol = Instant::now();
         for epoch in 0..c.epochs {
@@ -452,7 +456,7 @@ impl<'a> Run<'a> {
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
         let want_h = self.reward.wants_hidden();
         let gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
-        let g = generate(&self.policy, &ids, &gcfg)?;
+        let g = generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch)?;
         let (seq, seq_mask) = g.sequences();
         let p = g.prompt_ids.size()[1];
         let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
@@ -549,6 +553,7 @@ pub fn build<'a>(
     device: Device,
 ) -> Result<Run<'a>> {
     cfg.validate()?;
+    let free = crate::rl::budget::free_memory(device);
     let loaded = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading policy {}", cfg.policy.model))?;
     let mut policy = loaded.model;
     let reward = reward(policy.config.hidden_size)?;
@@ -556,6 +561,7 @@ pub fn build<'a>(
     reference.params.freeze();
     policy.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
     reference.precision = policy.precision;
+    policy.model.checkpointing = cfg.policy.gradient_checkpointing;
     let params = apply_trainable(&mut policy, &cfg.policy.trainable, cfg.seed as i64)?;
     let opt = AdamW::new(params, AdamWConfig { lr: cfg.policy.lr, weight_decay: cfg.policy.weight_decay, ..Default::default() });
     // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
@@ -563,6 +569,7 @@ pub fn build<'a>(
     let reference_shares_trunk = trunk_layers > 0 && policy.same_prefix(&reference, trunk_layers);
     let (train_prompts, eval_prompts) = load_prompts(cfg)?;
     ensure!(!train_prompts.is_empty(), "no training prompts");
+    let budget = memory_budget(cfg, &policy, opt.params.iter().map(|(_, t)| t.numel() as i64).sum(), free, device, eval_prompts.len())?;
     Ok(Run {
         cfg,
         policy,
@@ -577,7 +584,35 @@ pub fn build<'a>(
         policy_forwards: 0,
         trunk_layers,
         reference_shares_trunk,
+        budget,
     })
+}
+
+/// Rows per `generate` call and micro-batches per optimiser step (`rl::budget`), from the memory
+/// `free` on `device` before the models were loaded. Where the platform reports no free memory,
+/// "auto" means everything at once and one micro-batch, as without a budget.
+fn memory_budget(cfg: &RlConfig, policy: &CausalLm, trained_params: i64, free: Option<f64>, device: Device, n_eval: usize) -> Result<Budget> {
+    let r = &cfg.rl;
+    let rows = (r.prompts_per_step * r.group_size).max(r.eval_prompts.min(n_eval));
+    let Some(free) = free else {
+        let fixed = |c: Count, all: usize| if let Count::Fixed(n) = c { n } else { all };
+        return Ok(Budget { generation_batch: fixed(r.generation_batch, rows), grad_accum: fixed(r.grad_accum, 1) });
+    };
+    let shapes = Shapes {
+        model: policy.config.clone(),
+        prompt_tokens: r.max_prompt_tokens as i64,
+        new_tokens: r.max_new_tokens,
+        trained_blocks: (policy.model.num_layers() - policy.frozen_prefix()) as i64,
+        trained_params,
+        act_bytes: if policy.precision == Precision::F32 { 4 } else { 3 },
+        checkpointing: cfg.policy.gradient_checkpointing,
+        cuda: device.is_cuda(),
+    };
+    let name = match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "the host".to_string(),
+    };
+    crate::rl::budget::choose(&shapes, free, rows, r.minibatch, r.generation_batch, r.grad_accum, &name)
 }
 
 /// Train and eval prompts from the config (the testbed generator or files).
@@ -720,19 +755,16 @@ fn contain_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
+            let msg = crate::error::panic_message(payload.as_ref(), "(no message)");
             // libtorch's message without the C++ backtrace after it (tch's errors reach the panic
             // through `{:?}`, so its line breaks arrive as the two characters `\n`).
             let first = msg.split("\\n").next().and_then(|m| m.lines().next()).unwrap_or(msg).trim();
             if msg.contains("out of memory") {
                 bail!(
-                    "{what}: out of memory ({first}). The step does not fit on this device: lower rl.minibatch or split it \
-                     with rl.grad_accum, lower reward.batch_size, rl.prompts_per_step x rl.group_size or rl.max_new_tokens, \
-                     or set policy.dtype = \"bf16\"; the last saved checkpoint is intact: resume with --resume"
+                    "{what}: out of memory ({first}). The step does not fit on this device: set rl.grad_accum and \
+                     rl.generation_batch to \"auto\" or smaller sizes, policy.gradient_checkpointing = true, lower \
+                     reward.batch_size, rl.prompts_per_step x rl.group_size or rl.max_new_tokens, or set policy.dtype = \"bf16\"; \
+                     the last saved checkpoint is intact: resume with --resume"
                 )
             }
             bail!("{what} failed: {first}; the last saved checkpoint is intact")

@@ -4,6 +4,7 @@ use crate::common::{python, tmpdir};
 use r2m::data::PromptExample;
 use r2m::r2m::{Method, R2mConfig, R2mSource};
 use r2m::reward::RewardModel;
+use r2m::rl::budget::Count;
 use r2m::rl::config::{Algo, RewardKind, RlConfig};
 use r2m::rl::reward_source::{RewardSource, RuleSource};
 use r2m::rl::trainer::{build, run};
@@ -66,7 +67,7 @@ pub fn tiny_cfg(dir: &Path, algo: Algo, out: &str) -> RlConfig {
     c.rl.temperature = 1.0;
     c.rl.max_new_tokens = 8;
     c.rl.minibatch = 8;
-    c.rl.grad_accum = 2;
+    c.rl.grad_accum = Count::Fixed(2);
     c.rl.eval_every = 5;
     c.rl.eval_prompts = 4;
     c.rl.save_every = 4;
@@ -135,6 +136,10 @@ fn check_resume(dir: &Path, algo: Algo, with_r2m: Option<Method>) {
             c.r2m = Some(R2mConfig { method: m, d: 16, lr: 1e-3, ..Default::default() });
             // The top block trains: the frozen-trunk path (and R2M's h from it) resumes exactly too.
             c.policy.trainable = Trainable::Top { layers: 1, head: true };
+            // Rollouts in calls of 6 rows (6 + 6 + 4, hidden states and trunk merged) and
+            // checkpointed blocks: exact resume holds through both.
+            c.rl.generation_batch = Count::Fixed(6);
+            c.policy.gradient_checkpointing = true;
         }
         c
     };
@@ -219,6 +224,47 @@ fn frozen_trunk_cache_matches_full_passes() {
     for k in ["reward", "kl", "loss", "kl_term", "grad_norm", "entropy"] {
         let (x, y) = (ma[k].as_f64().unwrap(), mb[k].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{k}: {x} with the trunk cache, {y} without");
+    }
+    for (x, y) in wa.iter().zip(&wb) {
+        assert!((x - y).abs().max().double_value(&[]) < 1e-5);
+    }
+}
+
+#[test]
+fn gradient_checkpointing_trains_the_same_policy() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let two_steps = |ckpt: bool| {
+        let mut c = tiny_cfg(d.path(), Algo::Grpo, &format!("ckpt-{ckpt}"));
+        c.policy.trainable = Trainable::Top { layers: 2, head: false };
+        c.policy.gradient_checkpointing = ckpt;
+        c.rl.steps = 2;
+        c.rl.eval_every = 0;
+        if !ckpt {
+            // Budgets from free memory: on this machine everything fits at once (16 rollout
+            // rows; the eval's 4), in one micro-batch.
+            c.rl.grad_accum = Count::Auto;
+            c.rl.generation_batch = Count::Auto;
+        }
+        let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
+        assert_eq!(r.policy.model.checkpointing, ckpt);
+        let want = if ckpt { (16, 2) } else { (16, 1) };
+        assert_eq!((r.budget.generation_batch, r.budget.grad_accum), want);
+        let before = r2m::ffi::BLOCK_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        let m: Vec<_> = (0..2).map(|t| r.step(t).unwrap()).collect();
+        let runs = r2m::ffi::BLOCK_RUNS.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let w: Vec<tch::Tensor> = r.opt.params.iter().map(|(_, t)| t.detach().copy()).collect();
+        (m, w, runs)
+    };
+    let (ma, wa, runs) = two_steps(true);
+    let (mb, wb, none) = two_steps(false);
+    assert!(runs > 0 && none == 0, "checkpointed block runs: {runs} with, {none} without");
+    for (a, b) in ma.iter().zip(&mb) {
+        for k in ["reward", "kl", "loss", "grad_norm", "entropy"] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{k}: {x} with checkpointing, {y} without");
+        }
     }
     for (x, y) in wa.iter().zip(&wb) {
         assert!((x - y).abs().max().double_value(&[]) < 1e-5);
