@@ -9,15 +9,10 @@ use tch::Device;
 pub fn load_cuda() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOADED.get_or_init(|| {
-        for name in ["libtorch_cuda.so"] {
-            let c = std::ffi::CString::new(name).expect("no NUL in a literal");
-            // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
-            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-            if !h.is_null() {
-                return tch::Cuda::is_available();
-            }
-        }
-        false
+        let c = std::ffi::CString::new("libtorch_cuda.so").expect("no NUL in a literal");
+        // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        !h.is_null() && tch::Cuda::is_available()
     })
 }
 

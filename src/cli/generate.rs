@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut stdout = std::io::stdout();
     let stream = !a.json;
     let eos = cfg.eos_ids.clone();
-    let g = generate_stream(&model, &[ids.clone()], &cfg, &mut |_, t| {
+    let g = generate_stream(&model, std::slice::from_ref(&ids), &cfg, &mut |_, t| {
         if !stream {
             return;
         }

@@ -65,8 +65,8 @@ pub struct GenerateConfig {
     pub return_trunk: Option<usize>,
     /// Check for "all rows finished" every this many tokens (each check is a host sync on GPU).
     pub stop_check_every: i64,
-    /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, batch
-    /// >= `packed::MIN_BATCH`, memory for a second copy of the weights, libtorch built with
+    /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, at
+    /// least `packed::MIN_BATCH` rows, memory for a second copy of the weights, libtorch built with
     /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
     /// Same results either way. (bf16 models decode with bf16 weight copies instead.)
     pub pack_weights: Option<bool>,

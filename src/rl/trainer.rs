@@ -134,6 +134,14 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Hands freed host heap pages back between the phases of a step when the tensors live on the
+    /// CPU (`device::release_free_host_memory`); on a GPU the host heap holds little.
+    fn release_host_memory(&self) {
+        if self.device == Device::Cpu {
+            crate::device::release_free_host_memory();
+        }
+    }
+
     /// Whether old log-probs, h and the trunk come from the generator (`rl.logprobs_from`).
     pub fn logprobs_from_generator(&self) -> bool {
         match self.cfg.rl.logprobs_from {
@@ -258,7 +266,7 @@ impl<'a> Run<'a> {
         let k = c.group_size as i64;
         let beta = c.beta();
         let r = self.collect(t, &mut clock)?;
-        crate::device::release_free_host_memory();
+        self.release_host_memory();
         let scores = {
             let input = RewardInput {
                 prompts: r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect(),
@@ -431,7 +439,7 @@ impl<'a> Run<'a> {
             let e = m.entry(name.to_string()).or_insert(json!(0.0));
             *e = json!(e.as_f64().unwrap_or(0.0) + s);
         }
-        crate::device::release_free_host_memory();
+        self.release_host_memory();
         m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
         Ok(m)
     }

@@ -71,6 +71,10 @@ fn experiment_presets_resolve() {
     assert_eq!(over.run.r2m.as_ref().unwrap().lr, 1e-4);
     assert_eq!(over.variants[0].set, ["r2m.lr=1e-5"]);
     assert_eq!((over.proxy.clone(), over.run.rl.steps, over.run.rl.max_new_tokens), (demo.proxy.clone(), 80, 64));
+    // The GPU budget: K = 8, T = 100, budgets from free memory.
+    let gpu = load("configs/overopt-gpu.toml");
+    assert_eq!(gpu.runs().len(), 6);
+    assert_eq!((gpu.run.rl.steps, gpu.run.rl.group_size, gpu.run.rl.grad_accum), (100, 8, r2m::rl::budget::Count::Auto));
     let smoke = load("configs/demo-smoke.toml");
     assert_eq!(smoke.runs().len(), 4);
     let full = load("configs/experiment.toml");

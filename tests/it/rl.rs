@@ -271,31 +271,37 @@ fn gradient_checkpointing_trains_the_same_policy() {
     }
 }
 
-#[test]
-fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
-    let _rng = crate::common::torch_rng_lock();
+/// A GRPO run on the tiny world whose reward turns to `bad()` at step 5's annotation (16 scores
+/// per step, plus 4 per eval: pi_init's (step -1) and step 0's come before it). Returns the run's
+/// error; asserts that the checkpoint of step 4 is intact and nothing half-written
+/// is left.
+fn run_failing_at_step_5(name: &str, bad: fn() -> f64) -> String {
     let d = tmpdir();
     tiny_world(d.path());
-    let c = tiny_cfg(d.path(), Algo::Grpo, "nan");
+    let c = tiny_cfg(d.path(), Algo::Grpo, name);
     let mut calls = 0;
     let src = RuleSource {
-        name: "nan-at-step-5".into(),
+        name: format!("{name}-at-step-5"),
         f: move |_: &PromptExample, _: &str, _| {
             calls += 1;
-            // 16 scores per step, plus 4 per eval: pi_init's (step -1) and step 0's come before
-            // step 5's annotation.
-            if calls > 16 * 5 + 4 * 2 { f64::NAN } else { 0.5 }
+            if calls > 16 * 5 + 4 * 2 { bad() } else { 0.5 }
         },
     };
     let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
     let e = format!("{:#}", run(&mut r, false, false).unwrap_err());
-    assert!(e.contains("step 5") && e.contains("reward annotation") && e.contains("NaN"), "{e}");
-    // The checkpoint of step 4 is intact and loadable; nothing half-written is left.
     let st: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
-    assert_eq!(st["step"], 4);
+    assert_eq!(st["step"], 4, "{name}: the last saved checkpoint");
     assert!(!c.out.join("checkpoint.tmp").exists());
     assert_eq!(final_policy(&c.out).len(), r.opt.params.len());
+    e
+}
+
+#[test]
+fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
+    let _rng = crate::common::torch_rng_lock();
+    let e = run_failing_at_step_5("nan", || f64::NAN);
+    assert!(e.contains("step 5") && e.contains("reward annotation") && e.contains("NaN"), "{e}");
 }
 
 /// Running out of memory inside a step (simulated: libtorch's CUDA message from the reward) stops
@@ -304,27 +310,14 @@ fn nan_reward_stops_the_run_and_keeps_the_last_checkpoint() {
 #[test]
 fn out_of_memory_in_a_step_is_a_clear_error() {
     let _rng = crate::common::torch_rng_lock();
-    let d = tmpdir();
-    tiny_world(d.path());
-    let c = tiny_cfg(d.path(), Algo::Grpo, "oom");
-    let mut calls = 0;
-    let src = RuleSource {
-        name: "oom-at-step-5".into(),
-        f: move |_: &PromptExample, _: &str, _| {
-            calls += 1;
-            if calls > 16 * 5 + 4 * 2 {
-                panic!("called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB\\nException raised from malloc\")");
-            }
-            0.5
-        },
-    };
-    let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
-    let e = format!("{:#}", run(&mut r, false, false).unwrap_err());
-    assert!(e.contains("step 5") && e.contains("out of memory") && e.contains("rl.minibatch") && e.contains("--resume"), "{e}");
+    let e = run_failing_at_step_5("oom", || {
+        panic!("called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB\\nException raised from malloc\")")
+    });
+    assert!(
+        e.contains("step 5") && e.contains("out of memory") && e.contains("rl.grad_accum") && e.contains("gradient_checkpointing") && e.contains("--resume"),
+        "{e}"
+    );
     assert!(!e.contains("Exception raised from"), "the C++ backtrace leaked into the error: {e}");
-    let st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
-    assert_eq!(st["step"], 4);
 }
 
 /// R2M's score at t = 0 equals the vanilla RM's exactly; the update changes only the

@@ -88,7 +88,7 @@ fn smollm2_gguf_matches_transformers() {
         pad_id: loaded.tokenizer.pad_id() as i64,
         ..Default::default()
     };
-    let g = generate(&loaded.model, &[ids.clone()], &cfg).unwrap();
+    let g = generate(&loaded.model, std::slice::from_ref(&ids), &cfg).unwrap();
     let want = Vec::<i64>::try_from(&r["greedy"]).unwrap();
     assert_eq!(g.response(0), want, "greedy continuation differs from transformers");
     let text = loaded.tokenizer.decode(&want.iter().map(|&i| i as u32).collect::<Vec<_>>(), true).unwrap();
