@@ -509,7 +509,8 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
 
     let mut times: BTreeMap<String, f64> = BTreeMap::new();
     for m in &run.metrics {
-        for (k, v) in m.iter().filter(|(k, _)| k.starts_with("time/")) {
+        // `time/<phase>` only: nested names (`time/eval/gold`) split a phase already counted.
+        for (k, v) in m.iter().filter(|(k, _)| k.strip_prefix("time/").is_some_and(|p| !p.contains('/'))) {
             if let Some(x) = v.as_f64() {
                 *times.entry(k.clone()).or_default() += x;
             }

@@ -463,14 +463,26 @@ impl<'a> Run<'a> {
         let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
         let want_h = self.reward.wants_hidden();
-        let gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
-        let g = generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch)?;
+        let mut gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
+        // As in the rollouts: where the reference shares the policy's frozen trunk, the generator
+        // hands it out and the reference runs only the blocks above it (same tokens; the KL moves
+        // by float rounding only).
+        let kt = if self.reference_shares_trunk { self.trunk_layers } else { 0 };
+        gcfg.return_trunk = (kt > 0).then_some(kt);
+        let mut clock = Clock(vec![]);
+        let g = clock.time("time/eval/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
         let (seq, seq_mask) = g.sequences();
         let p = g.prompt_ids.size()[1];
         let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
         let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
         let _guard = tch::no_grad_guard();
-        let rlp = self.reference.token_logprobs(&seq, &seq_mask, self.cfg.rl.eval_temperature, p)?.0;
+        let temp = self.cfg.rl.eval_temperature;
+        let rlp = clock
+            .time("time/eval/reference", || match &g.trunk {
+                Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
+                _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+            })?
+            .0;
         let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
         let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let input = RewardInput {
@@ -482,18 +494,24 @@ impl<'a> Run<'a> {
             total_steps: self.cfg.rl.steps,
             group_size: 1,
         };
-        let rw = self.reward.score(&input)?;
+        let reward = &mut self.reward;
+        let rw = clock.time("time/eval/reward", || reward.score(&input))?;
         m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
         m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
         m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
         let gold = match &self.gold {
             Some(gold) => {
-                let gs = gold.scores(&prompts, &texts, &fin)?;
+                let gs = clock.time("time/eval/gold", || gold.scores(&prompts, &texts, &fin))?;
                 m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
                 Some(Vec::<f64>::try_from(gs.to_kind(Kind::Double))?)
             }
             None => None,
         };
+        // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
+        // and `time/eval` holds the whole eval).
+        for (name, s) in clock.0 {
+            m.insert(name.into(), json!(s));
+        }
         let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
         let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
         let lens = Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?;
@@ -698,18 +716,32 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let eval_on = cfg.rl.eval_every > 0;
+    let gold_of = |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect() };
     let mut init_gold: Vec<f64> = vec![];
     if eval_on {
-        // pi_init's eval rows (step -1): the baseline of the win rates. Recomputed on resume
-        // (deterministic), written once.
-        let (_, rows) = run.evaluate(-1)?;
-        init_gold = rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect();
-        if ck.is_none() {
-            for r in &rows {
-                eval_sink.write(r)?;
+        // pi_init's eval rows (step -1): the baseline of the win rates. Written once; on resume
+        // read back from eval.jsonl (recomputed, deterministically, where they are missing).
+        let kept: Vec<Map<String, Value>> = match &ck {
+            Some(_) => crate::metrics::read_jsonl(eval_sink.path())?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect(),
+            None => vec![],
+        };
+        let want = cfg.rl.eval_prompts.min(run.eval_prompts.len());
+        if kept.len() == want && want > 0 {
+            init_gold = gold_of(&kept);
+        } else {
+            let (_, rows) = run.evaluate(-1)?;
+            init_gold = gold_of(&rows);
+            if kept.is_empty() {
+                for r in &rows {
+                    eval_sink.write(r)?;
+                }
             }
         }
     }
+    eprintln!(
+        "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step",
+        run.budget.generation_batch, run.budget.grad_accum
+    );
     let bar = crate::reward::train::progress_bar(progress, cfg.rl.steps as u64, start as u64);
     for t in start..cfg.rl.steps {
         if cfg.rl.stop_after == Some(t) {
@@ -723,7 +755,7 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
             for (k, v) in em {
                 m.insert(k, v);
             }
-            let gold: Vec<f64> = rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect();
+            let gold = gold_of(&rows);
             if !gold.is_empty() && gold.len() == init_gold.len() {
                 // Win rate vs pi_init judged by gold (ties count half), the AlpacaEval-WR analogue.
                 let w: f64 = gold.iter().zip(&init_gold).map(|(a, b)| if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 }).sum();

@@ -162,6 +162,8 @@ fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Optio
             m.insert("eval/win_rate".into(), json!(wins / n));
             let te = r4(1.5 * (1.0 + noise(&key(16, t), 0.05)));
             m.insert("time/eval".into(), json!(te));
+            // A part of the eval, as the trainer nests it: not a phase of its own.
+            m.insert("time/eval/gold".into(), json!(r4(0.3 * te)));
             total += te;
         }
         m.insert("time/step".into(), json!(r4(total)));
@@ -267,6 +269,7 @@ fn aggregates_the_fixture_grid() {
             let last = grid.runs[i].metrics.iter().rev().find_map(|m| m.get("eval/win_rate").and_then(Value::as_f64)).unwrap();
             assert!((rs.win_rate - last).abs() < 1e-12, "{} {} vs {last}", grid.runs[i].name, rs.win_rate);
             assert_eq!(rs.last_eval_step, Some(9));
+            assert!(rs.times.contains_key("time/eval") && !rs.times.contains_key("time/eval/gold"), "{:?}", rs.times.keys());
             // gold @ d lies on the curve: d <= the run's final sqrt(KL).
             assert!(rs.gold_at_d.is_finite() && c.matched_d <= rs.sqrt_kl_final + 1e-12);
         }

@@ -162,6 +162,11 @@ fn check_resume(dir: &Path, algo: Algo, with_r2m: Option<Method>) {
     };
     let (ra, rb) = (records_without_times(&ma), records_without_times(&mb));
     assert_eq!(ra.len(), rb.len());
+    // The eval rows too; pi_init's (step -1) once, read back on resume rather than recomputed.
+    let (ea, eb) = (a.out.join("eval.jsonl"), b.out.join("eval.jsonl"));
+    assert_eq!(std::fs::read_to_string(&ea).unwrap(), std::fs::read_to_string(&eb).unwrap(), "eval.jsonl differs after resume");
+    let init = r2m::metrics::read_jsonl(&eb).unwrap().iter().filter(|r| r["step"] == -1).count();
+    assert_eq!(init, 4);
     for (x, y) in ra.iter().zip(&rb) {
         for (k, v) in x {
             assert_eq!(Some(v), y.get(k), "{algo:?}/{with_r2m:?}: step {}: {k} differs after resume", x["step"]);
@@ -215,12 +220,22 @@ fn frozen_trunk_cache_matches_full_passes() {
         c.rl.eval_every = 0;
         let mut r = build(&c, |_| Ok(yes_rule()), None, Device::Cpu).unwrap();
         assert_eq!((r.trunk_layers, r.reference_shares_trunk), if cache { (1, true) } else { (0, false) });
+        // pi_init's eval: with the cache the reference reads the generator's trunk.
+        let (_, rows) = r.evaluate(-1).unwrap();
         let m = r.step(0).unwrap();
         let w: Vec<tch::Tensor> = r.opt.params.iter().map(|(_, t)| t.detach().copy()).collect();
-        (m, w)
+        (m, w, rows)
     };
-    let (ma, wa) = one_step(true);
-    let (mb, wb) = one_step(false);
+    let (ma, wa, ea) = one_step(true);
+    let (mb, wb, eb) = one_step(false);
+    assert_eq!(ea.len(), 4);
+    for (x, y) in ea.iter().zip(&eb) {
+        for k in ["reward", "length", "finished", "id"] {
+            assert_eq!(x[k], y[k], "eval {k} differs with the trunk cache");
+        }
+        let (kx, ky) = (x["kl"].as_f64().unwrap(), y["kl"].as_f64().unwrap());
+        assert!((kx - ky).abs() <= 1e-4, "eval kl: {kx} with the trunk cache, {ky} without");
+    }
     for k in ["reward", "kl", "loss", "kl_term", "grad_norm", "entropy"] {
         let (x, y) = (ma[k].as_f64().unwrap(), mb[k].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{k}: {x} with the trunk cache, {y} without");
