@@ -20,6 +20,9 @@ pub struct Args {
     /// cpu, cuda, cuda:N, or auto.
     #[arg(long)]
     pub device: Option<String>,
+    /// Runs side by side on the CPU (= --set jobs=N): each gets cores / N threads.
+    #[arg(long)]
+    pub jobs: Option<u64>,
     /// Override any key of the preset (see configs/demo.toml), e.g. --set run.rl.steps=30.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -33,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         (_, true) => (FULL, "configs/experiment.toml (built in)"),
         _ => (DEMO, "configs/demo.toml (built in)"),
     };
-    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[], &a.sets);
+    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("jobs", a.jobs)], &a.sets);
     let cfg: ExperimentConfig = crate::config::load_str(text, origin, &sets)?;
     if !a.quiet {
         let runs = cfg.runs();

@@ -16,6 +16,9 @@ pub struct Args {
     /// = --set device=...
     #[arg(long)]
     pub device: Option<String>,
+    /// Runs side by side on the CPU (= --set jobs=N): each gets cores / N threads.
+    #[arg(long)]
+    pub jobs: Option<u64>,
     /// Only (re)write the report from the run folders already in `out`.
     #[arg(long)]
     pub report_only: bool,
@@ -24,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[], &a.sets);
+    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("jobs", a.jobs)], &a.sets);
     let cfg: ExperimentConfig = crate::config::load(a.config.as_deref(), &sets)?;
     if a.report_only {
         let r = crate::experiment::write_report(&cfg.out)?;

@@ -47,6 +47,11 @@ pub struct ExperimentConfig {
     /// The grid folder.
     pub out: PathBuf,
     pub device: String,
+    /// Runs side by side, each in a child process of the r2m binary with cores / `jobs` CPU
+    /// threads (`run.threads`, unless set). On a CPU with few cores small operators use threads
+    /// poorly: 2 jobs on 2 cores finish ~1.25x as many runs per hour as 1 job (docs/benchmarks.md).
+    /// CPU only: on a GPU the runs would share its memory.
+    pub jobs: usize,
     /// Methods (r2m-method.md: vanilla, pretrained-rm, iterative-head, r2m-no-train, r2m-noise,
     /// r2m-no-bt, r2m-no-gre, r2m), each run under every algorithm of `algos`.
     pub methods: Vec<Method>,
@@ -147,6 +152,7 @@ impl Default for ExperimentConfig {
         ExperimentConfig {
             out: "runs/experiment".into(),
             device: "auto".into(),
+            jobs: 1,
             methods: Method::all().to_vec(),
             variants: vec![],
             algos: vec![Algo::Rloo, Algo::Grpo],
@@ -246,6 +252,7 @@ impl ExperimentConfig {
         }
         ensure!(self.run.reward.kind == RewardKind::Rm, "run.reward.kind: the grid trains against a reward model (\"rm\")");
         ensure!(self.eval_batch >= 1, "eval_batch must be >= 1");
+        ensure!(self.jobs >= 1, "jobs must be >= 1");
         if self.proxy.model.is_none() {
             ensure!(
                 self.run.data.prompts == "testbed",
@@ -498,34 +505,59 @@ pub struct GridOutcome {
     pub wall_s: f64,
 }
 
-/// Runs (or resumes) the grid and writes the report.
+/// Runs (or resumes) the grid and writes the report. With `jobs` > 1 the runs are child
+/// processes of this executable (the r2m binary); see [`run_grid_with`].
 pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
+    let exe = std::env::current_exe().context("locating the r2m binary (for the runs of jobs > 1)")?;
+    run_grid_with(cfg, progress, &exe)
+}
+
+/// A run to make: its place in the grid, spec, config, and whether it resumes a checkpoint.
+struct Pending {
+    i: usize,
+    spec: RunSpec,
+    rc: RlConfig,
+    resume: bool,
+}
+
+/// [`run_grid`], with `exe` the r2m binary that runs each run (`r2m rl`) when `jobs` > 1.
+pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Result<GridOutcome> {
     let t0 = Instant::now();
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;
+    ensure!(
+        cfg.jobs == 1 || device == Device::Cpu,
+        "jobs = {}: runs side by side are for the CPU; on {device:?} they would share one device's memory (set jobs = 1)",
+        cfg.jobs
+    );
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
     let shared = prepare_shared(cfg, device, progress)?;
     let specs = cfg.runs();
-    let (mut ran, mut skipped) = (vec![], vec![]);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (mut pending, mut skipped) = (vec![], vec![]);
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name();
-        let rc = cfg.run_config(spec, &shared)?;
+        let mut rc = cfg.run_config(spec, &shared)?;
+        if cfg.jobs > 1 && rc.threads == 0 {
+            rc.threads = (cores / cfg.jobs).max(1);
+        }
         let dir = rc.out.clone();
-        let done = dir.join("done.json");
         if dir.join("config.toml").exists() {
             let old: RlConfig = crate::config::load(Some(&dir.join("config.toml")), &[])
                 .with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
-            // rl.stop_after only simulates an interruption: it may differ.
-            let same = |c: &RlConfig| RlConfig { rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() }, ..c.clone() };
+            // rl.stop_after only simulates an interruption, and the thread count is how the run was
+            // executed: either may differ. A run resumes with the threads it started with.
+            let same = |c: &RlConfig| RlConfig { threads: 0, rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() }, ..c.clone() };
             if same(&old) != same(&rc) {
                 bail!(
                     "{}: this run folder was made with a different config; choose another `out` for the grid, or delete the folder to rerun it",
                     dir.display()
                 );
             }
+            rc.threads = old.threads;
         }
-        if done.exists() {
+        if dir.join("done.json").exists() {
             say(progress, format!("[{}/{}] {name}: done, skipped", i + 1, specs.len()));
             skipped.push(name);
             continue;
@@ -535,31 +567,134 @@ pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
             // Started but never checkpointed: nothing to keep.
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
-        say(progress, format!("[{}/{}] {name}{}", i + 1, specs.len(), if resume { ": resuming" } else { "" }));
-        let tr = Instant::now();
-        {
-            let gold = sources::gold_metrics(&rc, device)?;
-            let mut r = trainer::build(&rc, |d| sources::reward_source(&rc, d, device), gold, device)?;
-            trainer::run(&mut r, resume, progress).with_context(|| format!("run {name}"))?;
-        }
-        let mut summary = json!({"run": name, "wall_s": tr.elapsed().as_secs_f64()});
-        if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
-            let rm = match spec.method {
-                Method::PretrainedRm => shared.pretrained_rm.clone().unwrap_or_default(),
-                _ => shared.proxy_rm.clone(),
-            };
-            let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
-            let (after, n) = run_rm_accuracy_after(&dir, t, cfg.eval_batch, device)?;
-            let acc = json!({"method": spec.method.name(), "algo": algo_key(spec.algo), "seed": spec.seed,
-                             "before": before, "after": after, "pairs": n});
-            write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
-            summary["rm_accuracy"] = acc;
-        }
-        write_atomic(&done, serde_json::to_string_pretty(&summary)?.as_bytes())?;
-        ran.push(name);
+        pending.push(Pending { i, spec: spec.clone(), rc, resume });
     }
+    let n = specs.len();
+    let ran = if cfg.jobs == 1 {
+        let mut ran = vec![];
+        for p in &pending {
+            let name = p.spec.name();
+            say(progress, format!("[{}/{n}] {name}{}", p.i + 1, if p.resume { ": resuming" } else { "" }));
+            let tr = Instant::now();
+            {
+                let gold = sources::gold_metrics(&p.rc, device)?;
+                let mut r = trainer::build(&p.rc, |d| sources::reward_source(&p.rc, d, device), gold, device)?;
+                trainer::run(&mut r, p.resume, progress).with_context(|| format!("run {name}"))?;
+            }
+            finish_run(cfg, p, &shared, tr.elapsed().as_secs_f64(), device)?;
+            ran.push(name);
+        }
+        ran
+    } else {
+        run_side_by_side(cfg, &pending, &shared, exe, progress, device)?
+    };
     let report = write_report(&cfg.out)?;
     Ok(GridOutcome { ran, skipped, report, wall_s: t0.elapsed().as_secs_f64() })
+}
+
+/// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`.
+fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
+    let (spec, dir) = (&p.spec, &p.rc.out);
+    let mut summary = json!({"run": spec.name(), "wall_s": wall_s});
+    if p.rc.threads > 0 {
+        summary["threads"] = json!(p.rc.threads);
+    }
+    if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
+        let rm = match spec.method {
+            Method::PretrainedRm => shared.pretrained_rm.clone().unwrap_or_default(),
+            _ => shared.proxy_rm.clone(),
+        };
+        let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
+        let (after, n) = run_rm_accuracy_after(dir, t, cfg.eval_batch, device)?;
+        let acc = json!({"method": spec.method.name(), "algo": algo_key(spec.algo), "seed": spec.seed,
+                         "before": before, "after": after, "pairs": n});
+        write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
+        summary["rm_accuracy"] = acc;
+    }
+    write_atomic(&dir.join("done.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(())
+}
+
+/// The last `n` lines of a file (for an error message).
+fn tail_lines(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `pending` as at most `cfg.jobs` child processes at a time: `exe rl --config
+/// <run>/config.toml [--resume] --quiet`, output to `<run>/rl.log`. Each child dies with this
+/// process (Linux: PR_SET_PDEATHSIG), its checkpoint intact. After a failed run no new run starts;
+/// the running ones finish, then the failure is reported with the end of its log.
+fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], shared: &Shared, exe: &Path, progress: bool, device: Device) -> Result<Vec<String>> {
+    use std::process::{Child, Command, Stdio};
+    let n = cfg.runs().len();
+    let mut queue = pending.iter();
+    let mut running: Vec<(&Pending, Child, Instant)> = vec![];
+    let (mut ran, mut failed) = (vec![], None::<String>);
+    loop {
+        while failed.is_none() && running.len() < cfg.jobs {
+            let Some(p) = queue.next() else { break };
+            let dir = &p.rc.out;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let conf = dir.join("config.toml");
+            crate::config::save(&p.rc, &conf)?;
+            let log_path = dir.join("rl.log");
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+            let mut cmd = Command::new(exe);
+            cmd.arg("rl").arg("--config").arg(&conf).arg("--quiet");
+            if p.resume {
+                cmd.arg("--resume");
+            }
+            cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+            }
+            let child = cmd.spawn().with_context(|| format!("starting {} rl for {}", exe.display(), p.spec.name()))?;
+            say(
+                progress,
+                format!("[{}/{n}] {}{}: started ({} threads, log {})", p.i + 1, p.spec.name(), if p.resume { ", resuming" } else { "" }, p.rc.threads, log_path.display()),
+            );
+            running.push((p, child, Instant::now()));
+        }
+        if running.is_empty() {
+            break;
+        }
+        let mut finished = None;
+        for (k, (_, child, _)) in running.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait()? {
+                finished = Some((k, status));
+                break;
+            }
+        }
+        let Some((k, status)) = finished else {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            continue;
+        };
+        let (p, _, t) = running.remove(k);
+        let name = p.spec.name();
+        if status.success() {
+            finish_run(cfg, p, shared, t.elapsed().as_secs_f64(), device)?;
+            say(progress, format!("{name}: done in {:.1} min", t.elapsed().as_secs_f64() / 60.0));
+            ran.push(name);
+        } else if failed.is_none() {
+            let log = p.rc.out.join("rl.log");
+            failed = Some(format!("run {name} failed ({status}); the end of {}:\n{}", log.display(), tail_lines(&log, 8)));
+            say(progress, format!("{name}: failed; waiting for the runs still going"));
+        }
+    }
+    match failed {
+        Some(e) => bail!(e),
+        None => Ok(ran),
+    }
 }
 
 /// Reads `done.json` of every run (for tests and tools).

@@ -24,6 +24,10 @@ pub struct RlConfig {
     pub seed: u64,
     pub out: PathBuf,
     pub device: String,
+    /// Threads of libtorch's CPU operators (0: libtorch's default, one per core). A CPU run's
+    /// numbers depend on it in the last bits (reductions split differently), so it is part of
+    /// the run's config; `r2m experiment` with `jobs` > 1 sets it per run.
+    pub threads: usize,
     pub policy: PolicyConfig,
     pub reward: RewardConfig,
     pub data: DataConfig,
@@ -171,6 +175,7 @@ impl Default for RlConfig {
             seed: 0,
             out: "runs/rl".into(),
             device: "auto".into(),
+            threads: 0,
             policy: PolicyConfig::default(),
             reward: RewardConfig::default(),
             data: DataConfig::default(),

@@ -579,6 +579,9 @@ pub fn build<'a>(
     device: Device,
 ) -> Result<Run<'a>> {
     cfg.validate()?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
     let free = crate::rl::budget::free_memory(device);
     let loaded = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading policy {}", cfg.policy.model))?;
     let mut policy = loaded.model;

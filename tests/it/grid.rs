@@ -2,7 +2,7 @@
 //! held-out pairs) that is interrupted, resumed and then fully reused; and `r2m demo --smoke` on
 //! SmolLM2 (the README's main command at a tiny budget).
 use crate::common::tmpdir;
-use crate::rl::tiny_world;
+use crate::rl::{records_without_times, tiny_world};
 use r2m::experiment::grid::{done_runs, run_grid, ExperimentConfig};
 use r2m::r2m::Method;
 use r2m::rl::config::Algo;
@@ -94,6 +94,48 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     changed.run.policy.lr = 1e-3;
     let e = format!("{:#}", run_grid(&changed, false).unwrap_err());
     assert!(e.contains("vanilla-rloo-s0") && e.contains("different config"), "{e}");
+}
+
+/// `jobs = 2`: the runs go to child processes (`r2m rl`, two at a time) and give exactly the runs
+/// one process makes one after another at the same thread count; a failed child stops the grid
+/// with the end of its log, and the grid resumes from the children's checkpoints.
+#[test]
+fn tiny_grid_side_by_side_matches_one_at_a_time() {
+    let d = tmpdir();
+    tiny_world(d.path());
+    let exe = env!("CARGO_BIN_EXE_r2m");
+    // Both grids through the binary: a run with `threads` set changes libtorch's thread count for
+    // its whole process, which must not be this test process (tests run side by side here).
+    let grid = |name: &str, jobs: usize, stop_after: Option<i64>| {
+        let mut c = tiny_grid(d.path());
+        c.out = d.path().join(name);
+        c.jobs = jobs;
+        c.run.threads = 1;
+        c.run.rl.stop_after = stop_after;
+        let conf = d.path().join(format!("{name}-{jobs}.toml"));
+        r2m::config::save(&c, &conf).unwrap();
+        let o = std::process::Command::new(exe).args(["experiment", "--config", conf.to_str().unwrap()]).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string(), c.out)
+    };
+    let (ok, _, err, _) = grid("two", 2, Some(2));
+    assert!(!ok, "{err}");
+    assert!(err.contains("vanilla-rloo-s0") && err.contains("stopped after 2") && err.contains("rl.log"), "{err}");
+    assert!(err.contains("threads"), "the start lines name the thread count: {err}");
+    let (ok, out, err, two) = grid("two", 2, None);
+    assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
+    let (ok, out, err, one) = grid("one", 1, None);
+    assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
+    for run in ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"] {
+        let (a, b) = (one.join(run), two.join(run));
+        assert_eq!(records_without_times(&a.join("metrics.jsonl")), records_without_times(&b.join("metrics.jsonl")), "{run}: metrics differ");
+        assert_eq!(std::fs::read_to_string(a.join("eval.jsonl")).unwrap(), std::fs::read_to_string(b.join("eval.jsonl")).unwrap(), "{run}: eval rows differ");
+        assert_eq!(std::fs::read_to_string(a.join("rm_accuracy.json")).unwrap(), std::fs::read_to_string(b.join("rm_accuracy.json")).unwrap(), "{run}");
+        let done: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("done.json")).unwrap()).unwrap();
+        assert_eq!(done["threads"], 1, "{done}");
+    }
+    // The runs of the first two children resumed from their checkpoints: one row per step.
+    let m = r2m::metrics::read_jsonl(&two.join("r2m-rloo-s0/metrics.jsonl")).unwrap();
+    assert_eq!(m.iter().map(|r| r["step"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
 }
 
 /// `r2m demo --smoke`: pairs from SmolLM2, the proxy RM, vanilla and R2M RLOO runs on 2 seeds, RM

@@ -108,7 +108,7 @@ fn every_algorithm_raises_a_rule_reward() {
     }
 }
 
-fn records_without_times(p: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+pub fn records_without_times(p: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     r2m::metrics::read_jsonl(p)
         .unwrap()
         .into_iter()
