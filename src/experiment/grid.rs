@@ -543,6 +543,7 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             rc.threads = (cores / cfg.jobs).max(1);
         }
         let dir = rc.out.clone();
+        let resume = find_checkpoint(&dir.join("checkpoint")).is_some();
         if dir.join("config.toml").exists() {
             let old: RlConfig = crate::config::load(Some(&dir.join("config.toml")), &[])
                 .with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
@@ -555,14 +556,15 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
                     dir.display()
                 );
             }
-            rc.threads = old.threads;
+            if resume {
+                rc.threads = old.threads;
+            }
         }
         if dir.join("done.json").exists() {
             say(progress, format!("[{}/{}] {name}: done, skipped", i + 1, specs.len()));
             skipped.push(name);
             continue;
         }
-        let resume = find_checkpoint(&dir.join("checkpoint")).is_some();
         if !resume && dir.exists() {
             // Started but never checkpointed: nothing to keep.
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;

@@ -104,26 +104,37 @@ fn tiny_grid_side_by_side_matches_one_at_a_time() {
     let d = tmpdir();
     tiny_world(d.path());
     let exe = env!("CARGO_BIN_EXE_r2m");
+    // What `jobs = 2` gives each run here.
+    let t = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
     // Both grids through the binary: a run with `threads` set changes libtorch's thread count for
     // its whole process, which must not be this test process (tests run side by side here).
-    let grid = |name: &str, jobs: usize, stop_after: Option<i64>| {
+    let grid = |name: &str, jobs: usize, threads: usize, stop_after: Option<i64>| {
         let mut c = tiny_grid(d.path());
         c.out = d.path().join(name);
         c.jobs = jobs;
-        c.run.threads = 1;
+        c.run.threads = threads;
         c.run.rl.stop_after = stop_after;
         let conf = d.path().join(format!("{name}-{jobs}.toml"));
         r2m::config::save(&c, &conf).unwrap();
         let o = std::process::Command::new(exe).args(["experiment", "--config", conf.to_str().unwrap()]).output().unwrap();
         (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string(), c.out)
     };
-    let (ok, _, err, _) = grid("two", 2, Some(2));
+    let (ok, out, err, one) = grid("one", 1, t, None);
+    assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
+    // A run folder left by a one-at-a-time grid stopped before the run's first checkpoint (libtorch's
+    // default threads): it starts afresh, with the side-by-side thread count.
+    let two = d.path().join("two");
+    let early = std::fs::read_to_string(one.join("vanilla-rloo-s1/config.toml")).unwrap();
+    let early = early.replace(&format!("threads = {t}"), "threads = 0").replace(one.to_str().unwrap(), two.to_str().unwrap());
+    assert!(early.contains("threads = 0"));
+    std::fs::create_dir_all(two.join("vanilla-rloo-s1")).unwrap();
+    std::fs::write(two.join("vanilla-rloo-s1/config.toml"), early).unwrap();
+    // Side by side, stopped in the first two runs (after step 2's checkpoint), then resumed.
+    let (ok, _, err, _) = grid("two", 2, 0, Some(2));
     assert!(!ok, "{err}");
     assert!(err.contains("vanilla-rloo-s0") && err.contains("stopped after 2") && err.contains("rl.log"), "{err}");
-    assert!(err.contains("threads"), "the start lines name the thread count: {err}");
-    let (ok, out, err, two) = grid("two", 2, None);
-    assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
-    let (ok, out, err, one) = grid("one", 1, None);
+    assert!(err.contains(&format!("started ({t} threads")), "the start lines name the thread count: {err}");
+    let (ok, out, err, _) = grid("two", 2, 0, None);
     assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
     for run in ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"] {
         let (a, b) = (one.join(run), two.join(run));
@@ -131,7 +142,7 @@ fn tiny_grid_side_by_side_matches_one_at_a_time() {
         assert_eq!(std::fs::read_to_string(a.join("eval.jsonl")).unwrap(), std::fs::read_to_string(b.join("eval.jsonl")).unwrap(), "{run}: eval rows differ");
         assert_eq!(std::fs::read_to_string(a.join("rm_accuracy.json")).unwrap(), std::fs::read_to_string(b.join("rm_accuracy.json")).unwrap(), "{run}");
         let done: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("done.json")).unwrap()).unwrap();
-        assert_eq!(done["threads"], 1, "{done}");
+        assert_eq!(done["threads"], t, "{run}: {done}");
     }
     // The runs of the first two children resumed from their checkpoints: one row per step.
     let m = r2m::metrics::read_jsonl(&two.join("r2m-rloo-s0/metrics.jsonl")).unwrap();
