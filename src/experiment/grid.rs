@@ -506,9 +506,14 @@ pub struct GridOutcome {
 }
 
 /// Runs (or resumes) the grid and writes the report. With `jobs` > 1 the runs are child
-/// processes of this executable (the r2m binary); see [`run_grid_with`].
+/// processes of this executable (the r2m binary); see [`run_grid_with`]. On Linux they run the
+/// very image this process runs (`/proc/self/exe`), even when the file was rebuilt meanwhile.
 pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
-    let exe = std::env::current_exe().context("locating the r2m binary (for the runs of jobs > 1)")?;
+    let exe = if cfg!(target_os = "linux") {
+        PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().context("locating the r2m binary (for the runs of jobs > 1)")?
+    };
     run_grid_with(cfg, progress, &exe)
 }
 
@@ -663,7 +668,7 @@ fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], shared: &Shared
             let child = cmd.spawn().with_context(|| format!("starting {} rl for {}", exe.display(), p.spec.name()))?;
             say(
                 progress,
-                format!("[{}/{n}] {}{}: started ({} threads, log {})", p.i + 1, p.spec.name(), if p.resume { ", resuming" } else { "" }, p.rc.threads, log_path.display()),
+                format!("[{}/{n}] {}{}: started (threads {}, log {})", p.i + 1, p.spec.name(), if p.resume { ", resuming" } else { "" }, p.rc.threads, log_path.display()),
             );
             running.push((p, child, Instant::now()));
         }

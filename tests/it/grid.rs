@@ -133,7 +133,7 @@ fn tiny_grid_side_by_side_matches_one_at_a_time() {
     let (ok, _, err, _) = grid("two", 2, 0, Some(2));
     assert!(!ok, "{err}");
     assert!(err.contains("vanilla-rloo-s0") && err.contains("stopped after 2") && err.contains("rl.log"), "{err}");
-    assert!(err.contains(&format!("started ({t} threads")), "the start lines name the thread count: {err}");
+    assert!(err.contains(&format!("started (threads {t},")), "the start lines name the thread count: {err}");
     let (ok, out, err, _) = grid("two", 2, 0, None);
     assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
     for run in ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"] {
