@@ -363,9 +363,13 @@ fn time_table(agg: &Aggregate) -> Table {
     t
 }
 
+const DEFAULT_THREADS: &str = "libtorch's default (one per core)";
+
 /// The setup, from the runs' configs: each value, or every distinct value when runs differ.
 fn setup_table(grid: &Grid) -> Table {
-    const KEYS: [(&str, &str); 22] = [
+    const KEYS: [(&str, &str); 24] = [
+        ("device", "device"),
+        ("CPU threads per run", "threads"),
         ("policy (pi_init)", "policy.model"),
         ("trainable", "policy.trainable"),
         ("policy lr", "policy.lr"),
@@ -408,11 +412,16 @@ fn setup_table(grid: &Grid) -> Table {
             let v = match aggregate::toml_get(c, key) {
                 Some(v) => toml_text(v),
                 None if key == "rl.beta" => "default per algorithm (RLOO 0.05, GRPO 0.04, REINFORCE++/ReMax 0.01)".into(),
+                None if key == "threads" => DEFAULT_THREADS.into(),
                 None => continue,
             };
+            let v = if key == "threads" && v == "0" { DEFAULT_THREADS.into() } else { v };
             if !vals.contains(&v) {
                 vals.push(v);
             }
+        }
+        if key == "threads" && vals == [DEFAULT_THREADS] {
+            continue; // nothing to say
         }
         if any_cfg && !vals.is_empty() {
             let text = if vals.len() == 1 { vals.remove(0) } else { format!("{} (differs between runs)", vals.join(" | ")) };

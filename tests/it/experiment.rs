@@ -298,6 +298,9 @@ fn aggregates_the_fixture_grid() {
 #[test]
 fn report_renders_from_the_fixture_grid() {
     let d = fixture_copy();
+    // One run made side by side (`jobs`: its own thread count), the others with libtorch's default.
+    let c = d.path().join("r2m-rloo-s1/config.toml");
+    std::fs::write(&c, std::fs::read_to_string(&c).unwrap().replacen("threads = 0", "threads = 1", 1)).unwrap();
     let s = write_report(d.path()).unwrap();
     for p in [&s.results_csv, &s.runs_csv, &s.comparisons_csv, &s.report_md, &s.report_html] {
         assert!(p.exists(), "{} missing", p.display());
@@ -315,6 +318,7 @@ fn report_renders_from_the_fixture_grid() {
     assert!(md.contains("R2M vs vanilla (RLOO): gold at the last step +"), "{md}");
     assert!(!md.contains("R2M r2m"));
     assert!(md.contains("plots/gold_vs_sqrt_kl_rloo.png"));
+    assert!(md.contains("| CPU threads per run | libtorch's default (one per core) \\| 1 (differs between runs) |"), "{md}");
 
     let html = std::fs::read_to_string(&s.report_html).unwrap();
     let lower = html.to_lowercase();
