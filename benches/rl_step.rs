@@ -314,7 +314,7 @@ fn rl_config(o: &Opts, p: &Prepared, algo: Algo, r2m: Option<R2mConfig>) -> RlCo
     c.rl.max_new_tokens = o.new_tokens;
     c.rl.ignore_eos = true;
     c.rl.epochs = 2;
-    c.rl.minibatch = if b % 2 == 0 { b / 2 } else { b };
+    c.rl.minibatch = if b.is_multiple_of(2) { b / 2 } else { b };
     c.rl.grad_accum = r2m::rl::budget::Count::Fixed(1);
     c.rl.beta = Some(match algo {
         Algo::Grpo => 0.04,
@@ -615,7 +615,7 @@ fn goal(ok: bool) -> &'static str {
 fn print_trl(o: &Opts, rows: &[Compared]) {
     println!();
     let b = o.prompts * o.group;
-    let minibatches = if b % 2 == 0 { 2 } else { 1 };
+    let minibatches = if b.is_multiple_of(2) { 2 } else { 1 };
     println!(
         "## RL step, r2m vs TRL ({} prompts x {} samples, {} new tokens, 2 epochs x {minibatches} minibatches of {})",
         o.prompts,

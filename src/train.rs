@@ -162,10 +162,11 @@ pub fn lr_at(step: i64, base: f64, warmup: i64, total: i64, schedule: Schedule, 
 }
 
 /// What trains in a causal LM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Trainable {
     /// Every parameter.
+    #[default]
     All,
     /// The top `layers` blocks and the final norm; the LM head too when `head` (with tied
     /// embeddings the head IS the embedding matrix, so `head` then trains the embeddings).
@@ -173,12 +174,6 @@ pub enum Trainable {
     /// LoRA adapters of rank `rank` (scale alpha / rank) on the named projections of every block
     /// (e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); the base is frozen.
     Lora { rank: i64, alpha: f64, targets: Vec<String> },
-}
-
-impl Default for Trainable {
-    fn default() -> Self {
-        Trainable::All
-    }
 }
 
 /// Applies `t` to `model`: sets requires_grad, adds LoRA adapters (seeded by `seed`). Returns the
@@ -275,7 +270,7 @@ mod tests {
             opt.step(0.1).unwrap();
         }
         let got = Vec::<f32>::try_from(p.detach().view([-1])).unwrap();
-        let want = [0.9177104234695435f32, -2.1413466930389404];
+        let want = [0.917_710_4_f32, -2.141_346_7];
         for (a, b) in got.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
         }

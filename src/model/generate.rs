@@ -130,8 +130,8 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, dev: Device) -> (Tensor, Tens
     let mut mask = Vec::with_capacity(prompts.len() * p);
     for x in prompts {
         let pad = p - x.len();
-        ids.extend(std::iter::repeat(pad_id).take(pad).chain(x.iter().copied()));
-        mask.extend(std::iter::repeat(0i64).take(pad).chain(std::iter::repeat(1).take(x.len())));
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(x.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, x.len())));
     }
     let shape = [prompts.len() as i64, p as i64];
     (Tensor::from_slice(&ids).view(shape).to_device(dev), Tensor::from_slice(&mask).view(shape).to_device(dev))

@@ -251,7 +251,7 @@ mod tests {
         }
         drop(scope);
         // A copy from elsewhere (a checkpoint load) is caught too.
-        let _ = trained.shallow_clone().copy_(&frozen);
+        trained.shallow_clone().copy_(&frozen);
         let scope = install(&[&frozen, &trained], How::Mkl { rows: 8 }, Some(&cache)).unwrap();
         assert!(linear(&x, &trained, None).equal(&x.linear::<Tensor>(&frozen, None)));
         drop(scope);

@@ -323,8 +323,8 @@ pub fn right_pad(seqs: &[Vec<i64>], pad_id: i64) -> Batch {
     let mut ids = Vec::with_capacity(seqs.len() * t);
     let mut mask = Vec::with_capacity(seqs.len() * t);
     for s in seqs {
-        ids.extend(s.iter().copied().chain(std::iter::repeat(pad_id).take(t - s.len())));
-        mask.extend(std::iter::repeat(1i64).take(s.len()).chain(std::iter::repeat(0).take(t - s.len())));
+        ids.extend(s.iter().copied().chain(std::iter::repeat_n(pad_id, t - s.len())));
+        mask.extend(std::iter::repeat_n(1i64, s.len()).chain(std::iter::repeat_n(0, t - s.len())));
     }
     let shape = [seqs.len() as i64, t as i64];
     Batch { ids: Tensor::from_slice(&ids).view(shape), mask: Tensor::from_slice(&mask).view(shape) }

@@ -281,9 +281,9 @@ impl RlConfig {
         }
         ensure!(r.group_size >= 1, "rl.group_size must be >= 1");
         let b = r.prompts_per_step * r.group_size;
-        ensure!(r.minibatch >= 1 && b % r.minibatch == 0, "rl.minibatch = {} must divide the batch of {b} sequences", r.minibatch);
+        ensure!(r.minibatch >= 1 && b.is_multiple_of(r.minibatch), "rl.minibatch = {} must divide the batch of {b} sequences", r.minibatch);
         if let Count::Fixed(g) = r.grad_accum {
-            ensure!(g >= 1 && r.minibatch % g == 0, "rl.grad_accum = {g} must divide rl.minibatch = {}", r.minibatch);
+            ensure!(g >= 1 && r.minibatch.is_multiple_of(g), "rl.grad_accum = {g} must divide rl.minibatch = {}", r.minibatch);
         }
         ensure!(r.generation_batch != Count::Fixed(0), "rl.generation_batch must be >= 1 (or \"auto\")");
         ensure!(r.epochs >= 1, "rl.epochs must be >= 1");

@@ -170,8 +170,8 @@ impl<'a> Run<'a> {
         let idx = self.step_prompts(t);
         let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
         let ids = clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
-        let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat(p.clone()).take(k)).collect();
-        let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat(i).take(k)).collect();
+        let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat_n(p.clone(), k)).collect();
+        let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect();
         let want_h = self.reward.wants_hidden();
         let from_gen = self.logprobs_from_generator();
         let kt = self.trunk_layers;
@@ -325,7 +325,7 @@ impl<'a> Run<'a> {
             // A fixed permutation per (seed, step, epoch): deterministic and resumable.
             let order = crate::data::batch::epoch_order(b as usize, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
             for mb in order.chunks(c.minibatch) {
-                let step_opt = self.opt.step as i64;
+                let step_opt = self.opt.step;
                 self.opt.zero_grad();
                 let mut mb_loss = 0.0;
                 for chunk in mb.chunks(micro as usize) {
@@ -424,7 +424,7 @@ impl<'a> Run<'a> {
         let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
         m.insert("completions/clipped_ratio".into(), json!(clipped));
         m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
-        m.insert("learning_rate".into(), json!(lr_at(self.opt.step as i64 - 1, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0)));
+        m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0)));
         if let Some(gold) = &self.gold {
             let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
             let gs = clock.time("time/gold", || gold.scores(&prompts, &r.responses, &r.finished))?;

@@ -104,7 +104,7 @@ fn minilm_matches_sentence_transformers() {
     let cos = (&bf16 * &want_t).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
         / (bf16.norm_scalaropt_dim(2, [1i64].as_slice(), false) * want_t.norm_scalaropt_dim(2, [1i64].as_slice(), false));
     let worst = cos.min().double_value(&[]);
-    assert!(worst >= 0.995 && worst < 1.0 - 1e-7, "bf16 embeddings: worst cosine {worst}");
+    assert!((0.995..1.0 - 1e-7).contains(&worst), "bf16 embeddings: worst cosine {worst}");
 }
 
 /// A sentence-transformers folder in `dst` whose files link to all-MiniLM-L6-v2's, except those
