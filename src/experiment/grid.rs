@@ -48,9 +48,9 @@ pub struct ExperimentConfig {
     pub out: PathBuf,
     pub device: String,
     /// Runs side by side, each in a child process of the r2m binary with cores / `jobs` CPU
-    /// threads (`run.threads`, unless set). On a CPU with few cores small operators use threads
-    /// poorly: 2 jobs on 2 cores finish ~1.25x as many runs per hour as 1 job (docs/benchmarks.md).
-    /// CPU only: on a GPU the runs would share its memory.
+    /// threads (`run.threads`, unless set): for hosts with more cores than one run of a small
+    /// model uses well (on 2 cores about 1.07x the runs per hour, docs/benchmarks.md). CPU only:
+    /// on a GPU the runs would share its memory.
     pub jobs: usize,
     /// Methods (r2m-method.md: vanilla, pretrained-rm, iterative-head, r2m-no-train, r2m-noise,
     /// r2m-no-bt, r2m-no-gre, r2m), each run under every algorithm of `algos`.
@@ -636,6 +636,10 @@ fn tail_lines(path: &Path, n: usize) -> String {
 fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], shared: &Shared, exe: &Path, progress: bool, device: Device) -> Result<Vec<String>> {
     use std::process::{Child, Command, Stdio};
     let n = cfg.runs().len();
+    // This process scores each finished run's RM beside the running children: at a child's share
+    // of the cores (libgomp's idle threads would spin against theirs).
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    tch::set_num_threads((cores / cfg.jobs).max(1) as i32);
     let mut queue = pending.iter();
     let mut running: Vec<(&Pending, Child, Instant)> = vec![];
     let (mut ran, mut failed) = (vec![], None::<String>);
