@@ -49,7 +49,7 @@ pub struct ExperimentConfig {
     pub device: String,
     /// Runs side by side, each in a child process of the r2m binary with cores / `jobs` CPU
     /// threads (`run.threads`, unless set): for hosts with more cores than one run of a small
-    /// model uses well (on 2 cores about 1.07x the runs per hour, docs/benchmarks.md). CPU only:
+    /// model uses well (on 2 cores it measured ~1.02x the runs per hour, docs/benchmarks.md). CPU only:
     /// on a GPU the runs would share its memory.
     pub jobs: usize,
     /// Methods (r2m-method.md: vanilla, pretrained-rm, iterative-head, r2m-no-train, r2m-noise,
