@@ -232,6 +232,12 @@ pub struct Shared {
 }
 
 impl ExperimentConfig {
+    /// CPU threads of each run side by side: cores / `jobs`, at least 1.
+    pub fn threads_per_job(&self) -> usize {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / self.jobs.max(1)).max(1)
+    }
+
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.methods.is_empty() || !self.variants.is_empty(), "methods: empty");
         let mut names = std::collections::BTreeSet::new();
@@ -539,13 +545,12 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
     crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
     let shared = prepare_shared(cfg, device, progress)?;
     let specs = cfg.runs();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (mut pending, mut skipped) = (vec![], vec![]);
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name();
         let mut rc = cfg.run_config(spec, &shared)?;
         if cfg.jobs > 1 && rc.threads == 0 {
-            rc.threads = (cores / cfg.jobs).max(1);
+            rc.threads = cfg.threads_per_job();
         }
         let dir = rc.out.clone();
         let resume = find_checkpoint(&dir.join("checkpoint")).is_some();
@@ -593,7 +598,7 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
         }
         ran
     } else {
-        run_side_by_side(cfg, &pending, &shared, exe, progress, device)?
+        run_side_by_side(cfg, &pending, n, &shared, exe, progress, device)?
     };
     let report = write_report(&cfg.out)?;
     Ok(GridOutcome { ran, skipped, report, wall_s: t0.elapsed().as_secs_f64() })
@@ -633,13 +638,11 @@ fn tail_lines(path: &Path, n: usize) -> String {
 /// <run>/config.toml [--resume] --quiet`, output to `<run>/rl.log`. Each child dies with this
 /// process (Linux: PR_SET_PDEATHSIG), its checkpoint intact. After a failed run no new run starts;
 /// the running ones finish, then the failure is reported with the end of its log.
-fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], shared: &Shared, exe: &Path, progress: bool, device: Device) -> Result<Vec<String>> {
+fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], n: usize, shared: &Shared, exe: &Path, progress: bool, device: Device) -> Result<Vec<String>> {
     use std::process::{Child, Command, Stdio};
-    let n = cfg.runs().len();
     // This process scores each finished run's RM beside the running children: at a child's share
     // of the cores (libgomp's idle threads would spin against theirs).
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
-    tch::set_num_threads((cores / cfg.jobs).max(1) as i32);
+    tch::set_num_threads(cfg.threads_per_job() as i32);
     let mut queue = pending.iter();
     let mut running: Vec<(&Pending, Child, Instant)> = vec![];
     let (mut ran, mut failed) = (vec![], None::<String>);
