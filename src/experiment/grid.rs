@@ -61,6 +61,14 @@ pub struct ExperimentConfig {
     pub algos: Vec<Algo>,
     /// Algorithms run with vanilla only (the paper's ReMax / REINFORCE++ baselines).
     pub baseline_algos: Vec<Algo>,
+    /// Run settings per algorithm, as `--set` overrides of `[run]` applied to that algorithm's runs
+    /// (before a variant's own): the algorithms' own hyperparameters in one grid, e.g.
+    ///
+    /// ```toml
+    /// [algo_set]
+    /// rloo = ["rl.beta=0.01"]   # RLOO's KL penalty sits in the reward: a small-scale proxy needs less
+    /// ```
+    pub algo_set: BTreeMap<Algo, Vec<String>>,
     pub seeds: Vec<u64>,
     /// Evaluate each run's RM on the held-out pairs before and after RL (Table 3 analogue).
     pub rm_accuracy: bool,
@@ -99,16 +107,17 @@ pub struct Variant {
 /// Keys of the run config that the grid sets per run: a variant cannot change them.
 const GRID_KEYS: [&str; 6] = ["seed", "out", "device", "rl.algo", "r2m.method", "label"];
 
-impl Variant {
-    /// `run` with this variant's settings (an error names the variant and the key).
-    fn apply(&self, run: &RlConfig) -> Result<RlConfig> {
-        for s in &self.set {
-            let (key, _) = crate::config::split_set(s).with_context(|| format!("variants.{}", self.name))?;
-            ensure!(!GRID_KEYS.contains(&key), "variants.{}: set {s:?}: `{key}` is set by the grid per run", self.name);
-        }
-        let text = toml::to_string(run).context("serialising the run config")?;
-        crate::config::load_str::<RlConfig>(&text, &format!("variants.{}.set", self.name), &self.set)
+/// `run` with the overrides `sets` (`origin` names them in errors, with the key).
+fn apply_sets(run: &RlConfig, sets: &[String], origin: &str) -> Result<RlConfig> {
+    if sets.is_empty() {
+        return Ok(run.clone());
     }
+    for s in sets {
+        let (key, _) = crate::config::split_set(s).with_context(|| origin.to_string())?;
+        ensure!(!GRID_KEYS.contains(&key), "{origin}: set {s:?}: `{key}` is set by the grid per run");
+    }
+    let text = toml::to_string(run).context("serialising the run config")?;
+    crate::config::load_str::<RlConfig>(&text, origin, sets)
 }
 
 /// The proxy reward model and its gold-labelled pairs (testbed.md).
@@ -157,6 +166,7 @@ impl Default for ExperimentConfig {
             variants: vec![],
             algos: vec![Algo::Rloo, Algo::Grpo],
             baseline_algos: vec![],
+            algo_set: BTreeMap::new(),
             seeds: vec![0, 1, 2],
             rm_accuracy: true,
             eval_batch: 16,
@@ -302,14 +312,18 @@ impl ExperimentConfig {
 
     /// The `r2m rl` config of one run.
     pub fn run_config(&self, spec: &RunSpec, shared: &Shared) -> Result<RlConfig> {
+        let base = match self.algo_set.get(&spec.algo) {
+            Some(sets) => apply_sets(&self.run, sets, &format!("algo_set.{}", algo_key(spec.algo)))?,
+            None => self.run.clone(),
+        };
         let mut c = match &spec.variant {
             Some(name) => {
                 let v = self.variants.iter().find(|v| &v.name == name).with_context(|| format!("variants: no variant {name:?}"))?;
-                let mut c = v.apply(&self.run)?;
+                let mut c = apply_sets(&base, &v.set, &format!("variants.{}.set", v.name))?;
                 c.label = Some(name.clone());
                 c
             }
-            None => self.run.clone(),
+            None => base,
         };
         c.seed = spec.seed;
         c.out = self.out.join(spec.name());
@@ -810,6 +824,49 @@ mod tests {
         assert!(e.contains("method's name"), "{e}");
         let e = bad("r2m.lr=1e-5", "a/b");
         assert!(e.contains("\"a/b\""), "{e}");
+    }
+
+    #[test]
+    fn algo_set_changes_that_algorithms_runs_only() {
+        let text = r#"
+            out = "g"
+            methods = ["vanilla"]
+            algos = ["grpo", "rloo"]
+            seeds = [0]
+            [algo_set]
+            rloo = ["rl.beta=0.01", "rl.normalize_advantages=true"]
+            [[variants]]
+            name = "v-lr"
+            method = "vanilla"
+            set = ["policy.lr=3e-5", "rl.beta=0.02"]
+        "#;
+        let cfg: ExperimentConfig = crate::config::load_str(text, "x.toml", &[]).unwrap();
+        cfg.validate().unwrap();
+        let shared = Shared::placeholder();
+        let by_name: BTreeMap<String, RlConfig> = cfg.runs().iter().map(|s| (s.name(), cfg.run_config(s, &shared).unwrap())).collect();
+        let (g, r) = (&by_name["vanilla-grpo-s0"], &by_name["vanilla-rloo-s0"]);
+        assert_eq!((g.rl.beta, g.rl.normalize_advantages), (None, false));
+        assert_eq!((r.rl.beta, r.rl.normalize_advantages), (Some(0.01), true));
+        // Apart from the algorithm and what its set changes, the same config.
+        let mut back = r.clone();
+        (back.rl.algo, back.rl.beta, back.rl.normalize_advantages) = (g.rl.algo, None, false);
+        back.out = g.out.clone();
+        assert_eq!(&back, g);
+        // A variant's own settings come after the algorithm's.
+        let (vg, vr) = (&by_name["v-lr-grpo-s0"], &by_name["v-lr-rloo-s0"]);
+        assert_eq!((vg.rl.beta, vg.rl.normalize_advantages, vg.policy.lr), (Some(0.02), false, 3e-5));
+        assert_eq!((vr.rl.beta, vr.rl.normalize_advantages, vr.policy.lr), (Some(0.02), true, 3e-5));
+        // The grid's config round-trips through experiment.toml.
+        let again: ExperimentConfig = crate::config::load_str(&toml::to_string(&cfg).unwrap(), "e.toml", &[]).unwrap();
+        assert_eq!(again, cfg);
+        // Errors name the algorithm and the key.
+        let bad = |t: &str| crate::config::load_str::<ExperimentConfig>(t, "x.toml", &[]).and_then(|c| c.validate()).unwrap_err().to_string();
+        let e = bad("algos = [\"rloo\"]\n[algo_set]\nrloo = [\"rl.betta=0.01\"]\n");
+        assert!(e.contains("algo_set.rloo") && e.contains("betta"), "{e}");
+        let e = bad("algos = [\"rloo\"]\n[algo_set]\nrloo = [\"seed=1\"]\n");
+        assert!(e.contains("algo_set.rloo") && e.contains("set by the grid"), "{e}");
+        let e = bad("[algo_set]\nrlooo = [\"rl.beta=0.01\"]\n");
+        assert!(e.contains("x.toml") && e.contains("algo_set") && e.contains("rlooo"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::stats::Summary;
 use crate::error::Result;
 use crate::report::plot::{BarChart, BarSeries, LineChart, Series};
 use crate::report::{csv_num, Table};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// What [`write_report`] wrote, and the main table for printing.
@@ -401,7 +401,9 @@ fn setup_table(grid: &Grid) -> Table {
     let _ = t.push(vec!["algorithms".into(), algos.into_iter().map(|a| algo_label(&a.1)).collect::<Vec<_>>().join(", ")]);
     let _ = t.push(vec!["seeds".into(), seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")]);
     for (name, key) in KEYS {
+        // Each run's value, with its algorithm (a setting of `algo_set` differs by algorithm).
         let mut vals: Vec<String> = vec![];
+        let mut by_algo: BTreeMap<(usize, String), Vec<String>> = BTreeMap::new();
         let mut any_cfg = false;
         for r in &grid.runs {
             let Some(c) = &r.config else { continue };
@@ -411,24 +413,44 @@ fn setup_table(grid: &Grid) -> Table {
             }
             let v = match aggregate::toml_get(c, key) {
                 Some(v) => toml_text(v),
-                None if key == "rl.beta" => "default per algorithm (RLOO 0.05, GRPO 0.04, REINFORCE++/ReMax 0.01)".into(),
+                None if key == "rl.beta" => match default_beta(&r.algo) {
+                    Some(b) => format!("{b} ({}'s default)", algo_label(&r.algo)),
+                    None => "default per algorithm (RLOO 0.05, GRPO 0.04, REINFORCE++/ReMax 0.01)".into(),
+                },
                 None if key == "threads" => DEFAULT_THREADS.into(),
                 None => continue,
             };
             let v = if key == "threads" && v == "0" { DEFAULT_THREADS.into() } else { v };
             if !vals.contains(&v) {
-                vals.push(v);
+                vals.push(v.clone());
+            }
+            let a = by_algo.entry(aggregate::algo_rank(&r.algo)).or_default();
+            if !a.contains(&v) {
+                a.push(v);
             }
         }
         if key == "threads" && vals == [DEFAULT_THREADS] {
             continue; // nothing to say
         }
         if any_cfg && !vals.is_empty() {
-            let text = if vals.len() == 1 { vals.remove(0) } else { format!("{} (differs between runs)", vals.join(" | ")) };
+            let text = if vals.len() == 1 {
+                vals.remove(0)
+            } else if by_algo.len() > 1 && by_algo.values().all(|v| v.len() == 1) {
+                by_algo.iter().map(|((_, a), v)| format!("{}: {}", algo_label(a), v[0])).collect::<Vec<_>>().join("; ")
+            } else {
+                format!("{} (differs between runs)", vals.join(" | "))
+            };
             let _ = t.push(vec![name.into(), text]);
         }
     }
     t
+}
+
+/// The KL coefficient an algorithm uses when `rl.beta` is not set (`AlgoConfig::beta`).
+fn default_beta(algo: &str) -> Option<f64> {
+    let algo: crate::rl::config::Algo = serde_json::from_value(serde_json::Value::String(algo.into())).ok()?;
+    let cfg = crate::rl::config::AlgoConfig { algo, beta: None, ..Default::default() };
+    Some(cfg.beta())
 }
 
 fn toml_text(v: &toml::Value) -> String {

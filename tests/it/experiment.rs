@@ -301,6 +301,13 @@ fn report_renders_from_the_fixture_grid() {
     // One run made side by side (`jobs`: its own thread count), the others with libtorch's default.
     let c = d.path().join("r2m-rloo-s1/config.toml");
     std::fs::write(&c, std::fs::read_to_string(&c).unwrap().replacen("threads = 0", "threads = 1", 1)).unwrap();
+    // RLOO's runs with their own KL coefficient (`algo_set`), the others with their algorithm's default.
+    for s in 0..3 {
+        for m in ["vanilla", "r2m"] {
+            let c = d.path().join(format!("{m}-rloo-s{s}/config.toml"));
+            std::fs::write(&c, std::fs::read_to_string(&c).unwrap().replacen("[rl]\n", "[rl]\nbeta = 0.01\n", 1)).unwrap();
+        }
+    }
     let s = write_report(d.path()).unwrap();
     for p in [&s.results_csv, &s.runs_csv, &s.comparisons_csv, &s.report_md, &s.report_html] {
         assert!(p.exists(), "{} missing", p.display());
@@ -319,6 +326,7 @@ fn report_renders_from_the_fixture_grid() {
     assert!(!md.contains("R2M r2m"));
     assert!(md.contains("plots/gold_vs_sqrt_kl_rloo.png"));
     assert!(md.contains("| CPU threads per run | libtorch's default (one per core) \\| 1 (differs between runs) |"), "{md}");
+    assert!(md.contains("| KL coefficient beta | RLOO: 0.01; GRPO: 0.04 (GRPO's default) |"), "{md}");
 
     let html = std::fs::read_to_string(&s.report_html).unwrap();
     let lower = html.to_lowercase();
