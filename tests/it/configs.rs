@@ -71,6 +71,17 @@ fn experiment_presets_resolve() {
     assert_eq!(over.run.r2m.as_ref().unwrap().lr, 1e-4);
     assert_eq!(over.variants[0].set, ["r2m.lr=1e-5"]);
     assert_eq!((over.proxy.clone(), over.run.rl.steps, over.run.rl.max_new_tokens), (demo.proxy.clone(), 80, 64));
+    // The Table-1 grid at the CPU budget: 8 methods x {GRPO, RLOO} + vanilla {REINFORCE++, ReMax},
+    // 3 seeds; RLOO at its own beta (the others at their algorithm's default).
+    let t1 = load("configs/overopt-t1.toml");
+    assert_eq!(t1.runs().len(), (8 * 2 + 2) * 3);
+    let shared = r2m::experiment::grid::Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: Default::default() };
+    for spec in t1.runs() {
+        let c = t1.run_config(&spec, &shared).unwrap();
+        let want = if spec.algo == r2m::rl::config::Algo::Rloo { Some(0.01) } else { None };
+        assert_eq!(c.rl.beta, want, "{}", spec.name());
+        assert_eq!((c.rl.steps, c.rl.eval_prompts, c.r2m.as_ref().unwrap().lr), (80, 128, 1e-5), "{}", spec.name());
+    }
     // The GPU budget: K = 8, T = 100, budgets from free memory.
     let gpu = load("configs/overopt-gpu.toml");
     assert_eq!(gpu.runs().len(), 6);
