@@ -104,7 +104,7 @@ pub struct Variant {
     pub set: Vec<String>,
 }
 
-/// Keys of the run config that the grid sets per run: a variant cannot change them.
+/// Keys of the run config that the grid sets per run: a variant or `algo_set` cannot change them.
 const GRID_KEYS: [&str; 6] = ["seed", "out", "device", "rl.algo", "r2m.method", "label"];
 
 /// `run` with the overrides `sets` (`origin` names them in errors, with the key).
@@ -282,6 +282,11 @@ impl ExperimentConfig {
         if self.methods.contains(&Method::PretrainedRm) {
             ensure!(self.run.data.prompts == "testbed", "methods: pretrained-rm needs gold-labelled pairs of the RL prompts: the testbed's");
             ensure!(self.pretrained.prompts >= 2, "pretrained.prompts must be >= 2");
+        }
+        // Every algorithm's settings, also of an algorithm this grid does not run (a typo fails now,
+        // not in the grid that runs it).
+        for (algo, sets) in &self.algo_set {
+            apply_sets(&self.run, sets, &format!("algo_set.{}", algo_key(*algo)))?;
         }
         for spec in self.runs() {
             self.run_config(&spec, &Shared::placeholder())?.validate().with_context(|| format!("run {}", spec.name()))?;
@@ -865,6 +870,8 @@ mod tests {
         assert!(e.contains("algo_set.rloo") && e.contains("betta"), "{e}");
         let e = bad("algos = [\"rloo\"]\n[algo_set]\nrloo = [\"seed=1\"]\n");
         assert!(e.contains("algo_set.rloo") && e.contains("set by the grid"), "{e}");
+        let e = bad("algos = [\"grpo\"]\n[algo_set]\nremax = [\"rl.bta=0.01\"]\n");
+        assert!(e.contains("algo_set.remax") && e.contains("bta"), "{e}");
         let e = bad("[algo_set]\nrlooo = [\"rl.beta=0.01\"]\n");
         assert!(e.contains("x.toml") && e.contains("algo_set") && e.contains("rlooo"), "{e}");
     }
