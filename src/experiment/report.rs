@@ -543,9 +543,11 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
         }
         let mut sig_up = vec![];
         let mut sig_down = vec![];
+        let mut tested = 0;
         for m in ["gold_final", "gold_at_d", "lc_win_rate", "win_rate"] {
             if let Some(c) = find(&agg.vs_vanilla, &algo, FULL, BASELINE, m) {
                 out.push(comparison_line(c));
+                tested += c.welch.p.is_finite() as usize;
                 if c.significant() {
                     if c.welch.diff > 0.0 {
                         sig_up.push(m);
@@ -559,6 +561,9 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
         let sig_up: Vec<&str> = sig_up.into_iter().map(metric_words).collect();
         let sig_down: Vec<&str> = sig_down.into_iter().map(metric_words).collect();
         out.push(match (sig_up.is_empty(), sig_down.is_empty()) {
+            (true, true) if tested == 0 => format!(
+                "Verdict ({a}): cannot tell yet: R2M or vanilla {a} has fewer than 2 seeds, so no difference can be tested."
+            ),
             (true, true) => format!(
                 "Verdict ({a}): R2M does NOT beat vanilla {a}: no difference in gold or win rate is significant at 0.05."
             ),

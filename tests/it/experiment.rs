@@ -392,6 +392,14 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
     assert!(s.verdicts.iter().any(|v| v.contains("R2M does NOT beat vanilla RLOO")), "{:?}", s.verdicts);
     assert!(s.verdicts.iter().any(|v| v.starts_with("R2M (RLOO) vs vanilla (ReMax): gold at the last step")), "{:?}", s.verdicts);
     assert!(s.verdicts.iter().any(|v| v.contains("R2M vs vanilla (RLOO): gold at the last step +0.000 ± ") && v.ends_with("p = 1.000: not significant")), "{:?}", s.verdicts);
+
+    // With one seed of R2M nothing can be tested: the verdict says so rather than "does not beat".
+    for seed in 1..3 {
+        std::fs::remove_dir_all(d.path().join(format!("r2m-rloo-s{seed}"))).unwrap();
+    }
+    let s = write_report(d.path()).unwrap();
+    assert!(s.verdicts.iter().any(|v| v == "Verdict (RLOO): cannot tell yet: R2M or vanilla RLOO has fewer than 2 seeds, so no difference can be tested."), "{:?}", s.verdicts);
+    assert!(!s.verdicts.iter().any(|v| v.contains("does NOT beat")), "{:?}", s.verdicts);
 }
 
 /// An experiment variant's runs (config `label`, `r2m experiment`'s `[[variants]]`) are a method of
