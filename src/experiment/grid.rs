@@ -285,8 +285,8 @@ impl ExperimentConfig {
         }
         // Every algorithm's settings, also of an algorithm this grid does not run (a typo fails now,
         // not in the grid that runs it).
-        for (algo, sets) in &self.algo_set {
-            apply_sets(&self.run, sets, &format!("algo_set.{}", algo_key(*algo)))?;
+        for algo in self.algo_set.keys() {
+            self.algo_run(*algo)?;
         }
         for spec in self.runs() {
             self.run_config(&spec, &Shared::placeholder())?.validate().with_context(|| format!("run {}", spec.name()))?;
@@ -315,12 +315,14 @@ impl ExperimentConfig {
         v
     }
 
+    /// `[run]` with `algo`'s settings of `algo_set`.
+    fn algo_run(&self, algo: Algo) -> Result<RlConfig> {
+        apply_sets(&self.run, self.algo_set.get(&algo).map_or(&[][..], Vec::as_slice), &format!("algo_set.{}", algo_key(algo)))
+    }
+
     /// The `r2m rl` config of one run.
     pub fn run_config(&self, spec: &RunSpec, shared: &Shared) -> Result<RlConfig> {
-        let base = match self.algo_set.get(&spec.algo) {
-            Some(sets) => apply_sets(&self.run, sets, &format!("algo_set.{}", algo_key(spec.algo)))?,
-            None => self.run.clone(),
-        };
+        let base = self.algo_run(spec.algo)?;
         let mut c = match &spec.variant {
             Some(name) => {
                 let v = self.variants.iter().find(|v| &v.name == name).with_context(|| format!("variants: no variant {name:?}"))?;
