@@ -66,6 +66,13 @@ run)
   rc=${PIPESTATUS[0]}
   set -e
   grid=$(sed -n 's/^out *= *"\(.*\)"/\1/p' "$config" | head -1)
+  # A grid with an archive (configs/overopt-t1.toml: docs/results/overopt-t1) adds each finished run
+  # to it: bring it back under $OUT (then copy it over the repository's) whether or not the grid ended.
+  archive=$(sed -n 's/^archive *= *"\(.*\)"/\1/p' "$config" | head -1)
+  if [ -n "$archive" ] && [ -d "$archive" ]; then
+    rm -rf "$out/archive" && cp -r "$archive" "$out/archive"
+    echo "gpu-testbed: the archive $archive copied to $out/archive"
+  fi
   if [ $rc -eq 0 ]; then
     cp -r "$grid/report.md" "$grid/report.html" "$grid/plots" "$out/" 2>/dev/null || true
     echo "gpu-testbed: grid finished; report in $grid (copied to $out)"

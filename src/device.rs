@@ -64,6 +64,17 @@ pub fn cuda_free_memory(index: usize) -> Option<(u64, u64)> {
 }
 
 /// Resolves a device name. `auto` (the CLI default) is CUDA when a GPU is usable, else CPU.
+/// The machine a run ran on, in words: the CPU's model name, its logical cores, and the device
+/// ("AMD EPYC, 2 cores, Cpu"); recorded in each grid run's `done.json`.
+pub fn describe_host(device: Device) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores, {device:?}")
+}
+
 pub fn parse(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),

@@ -1,4 +1,4 @@
-use crate::experiment::grid::{run_grid, ExperimentConfig, GridOutcome};
+use crate::experiment::grid::{report_only, run_grid, ExperimentConfig, GridOutcome};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub struct Args {
     /// Runs side by side on the CPU (= --set jobs=N): each gets cores / N threads.
     #[arg(long)]
     pub jobs: Option<u64>,
-    /// Only (re)write the report from the run folders already in `out`.
+    /// Only (re)write the report from the run folders already in `out` (and the `archive`'s).
     #[arg(long)]
     pub report_only: bool,
     #[arg(long)]
@@ -30,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
     let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("jobs", a.jobs)], &a.sets);
     let cfg: ExperimentConfig = crate::config::load(a.config.as_deref(), &sets)?;
     if a.report_only {
-        let r = crate::experiment::write_report(&cfg.out)?;
+        let r = report_only(&cfg, !a.quiet)?;
         print_report(&r);
         return Ok(());
     }

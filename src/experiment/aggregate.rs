@@ -72,11 +72,26 @@ pub struct EvalRow {
     pub id: Option<String>,
     /// The reward source's score (the proxy, or R2M's reward at that step).
     pub reward: f64,
+    /// The frozen proxy RM's score of the same response, logged where the run's reward is
+    /// something else (R2M's methods: `reward_frozen_rm`); NaN otherwise.
+    pub frozen: f64,
     /// Gold; NaN when the run had no gold.
     pub gold: f64,
     pub length: f64,
     pub kl: f64,
     pub finished: Option<bool>,
+}
+
+impl EvalRow {
+    /// The proxy's score: the frozen RM's, the same for every method (for R2M's methods not the
+    /// reward they trained on; runs logged before `reward_frozen_rm` existed give their reward).
+    pub fn proxy(&self) -> f64 {
+        if self.frozen.is_finite() {
+            self.frozen
+        } else {
+            self.reward
+        }
+    }
 }
 
 /// RM accuracy on held-out gold pairs before and after RL (`rm_accuracy.json`).
@@ -106,6 +121,8 @@ pub struct Run {
     pub metrics: Vec<Map<String, Value>>,
     pub eval: Vec<EvalRow>,
     pub rm_accuracy: Option<RmAccuracy>,
+    /// `done.json` of a finished grid run (wall time, machine, the RM's SHA-256).
+    pub done: Option<Value>,
 }
 
 impl Run {
@@ -179,6 +196,7 @@ fn parse_eval_row(m: &Map<String, Value>) -> Option<EvalRow> {
             v => Some(v.to_string()),
         }),
         reward: f64_of(m.get("reward")),
+        frozen: f64_of(m.get("reward_frozen_rm")),
         gold: f64_of(m.get("gold")),
         length: f64_of(m.get("length")),
         kl: f64_of(m.get("kl")),
@@ -259,7 +277,12 @@ fn read_run(dir: &Path, name: &str) -> std::result::Result<Run, String> {
     } else {
         None
     };
-    Ok(Run { name: name.to_string(), dir: dir.to_path_buf(), method, algo, seed, steps_planned, config, metrics, eval, rm_accuracy })
+    let dpath = dir.join("done.json");
+    let done = match std::fs::read_to_string(&dpath) {
+        Ok(s) => Some(serde_json::from_str(&s).map_err(|e| format!("done.json: invalid JSON: {e}"))?),
+        Err(_) => None,
+    };
+    Ok(Run { name: name.to_string(), dir: dir.to_path_buf(), method, algo, seed, steps_planned, config, metrics, eval, rm_accuracy, done })
 }
 
 /// Reads every run folder under `dir` (sub-folders with `config.toml` or `metrics.jsonl`, or named
@@ -341,7 +364,7 @@ pub fn eval_curve(run: &Run) -> Vec<EvalPoint> {
             .into_iter()
             .map(|(step, rows)| {
                 let m = |f: fn(&EvalRow) -> f64| stats::mean(&rows.iter().map(|r| f(r)).collect::<Vec<_>>());
-                EvalPoint { step, gold: m(|r| r.gold), proxy: m(|r| r.reward), kl: m(|r| r.kl), length: m(|r| r.length) }
+                EvalPoint { step, gold: m(|r| r.gold), proxy: m(EvalRow::proxy), kl: m(|r| r.kl), length: m(|r| r.length) }
             })
             .collect();
     }
@@ -353,7 +376,7 @@ pub fn eval_curve(run: &Run) -> Vec<EvalPoint> {
             Some(EvalPoint {
                 step: m.get("step")?.as_i64()?,
                 gold: f64_of(m.get("eval/gold")),
-                proxy: f64_of(m.get("eval/reward")),
+                proxy: f64_of(m.get("eval/reward_frozen_rm").or_else(|| m.get("eval/reward"))),
                 kl: f64_of(m.get("eval/kl")),
                 length: f64_of(m.get("eval/mean_length")),
             })
@@ -363,12 +386,16 @@ pub fn eval_curve(run: &Run) -> Vec<EvalPoint> {
     pts
 }
 
-/// A run's training-rollout curve: (step, proxy `reward`, `gold/reward`, `kl`) every step.
+/// A run's training-rollout curve: (step, proxy, `gold/reward`, `kl`) every step; the proxy is the
+/// frozen RM's score (`reward_frozen_rm`) where logged, else the run's `reward`.
 pub fn rollout_curve(run: &Run) -> Vec<(i64, f64, f64, f64)> {
     let mut v: Vec<_> = run
         .metrics
         .iter()
-        .filter_map(|m| Some((m.get("step")?.as_i64()?, f64_of(m.get("reward")), f64_of(m.get("gold/reward")), f64_of(m.get("kl")))))
+        .filter_map(|m| {
+            let proxy = f64_of(m.get("reward_frozen_rm").or_else(|| m.get("reward")));
+            Some((m.get("step")?.as_i64()?, proxy, f64_of(m.get("gold/reward")), f64_of(m.get("kl"))))
+        })
         .collect();
     v.sort_by_key(|p| p.0);
     v
@@ -490,7 +517,7 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
     // Per prompt: the last eval step's rows against pi_init's, matched by prompt index.
     let init_rows: BTreeMap<i64, &EvalRow> = run.eval.iter().filter(|r| r.step == -1).map(|r| (r.prompt, r)).collect();
     let sd = |f: fn(&EvalRow) -> f64| stats::std(&init_rows.values().map(|r| f(r)).filter(|v| v.is_finite()).collect::<Vec<_>>());
-    let (sd_proxy, sd_gold) = (sd(|r| r.reward), sd(|r| r.gold));
+    let (sd_proxy, sd_gold) = (sd(EvalRow::proxy), sd(|r| r.gold));
     let gap_std_final = if sd_proxy > 0.0 && sd_gold > 0.0 {
         (proxy_final - proxy_init) / sd_proxy - (gold_final - gold_init) / sd_gold
     } else {

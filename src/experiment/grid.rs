@@ -18,6 +18,7 @@
 //! Resume: running the same config again skips runs with `done.json`, continues runs with a
 //! checkpoint, and restarts the others. A run folder made with a different config is an error
 //! (naming the folder), never silently reused.
+use super::archive;
 use super::report::{write_report, ReportSummary};
 use crate::checkpoint::{find_checkpoint, write_atomic};
 use crate::data::{self, LoadOptions};
@@ -46,6 +47,11 @@ use tch::Device;
 pub struct ExperimentConfig {
     /// The grid folder.
     pub out: PathBuf,
+    /// A folder that keeps the grid's results where `out` does not survive (the repository, say:
+    /// `docs/results/NAME`): finished runs' metrics and configs, the gold-labelled pairs, the RMs'
+    /// fingerprints and the report, never weights ([`super::archive`]). A grid restores it into
+    /// `out` first and adds to it as runs finish, so it resumes on a fresh machine.
+    pub archive: Option<PathBuf>,
     pub device: String,
     /// Runs side by side, each in a child process of the r2m binary with cores / `jobs` CPU
     /// threads (`run.threads`, unless set): for hosts with more cores than one run of a small
@@ -160,6 +166,7 @@ impl Default for ExperimentConfig {
     fn default() -> Self {
         ExperimentConfig {
             out: "runs/experiment".into(),
+            archive: None,
             device: "auto".into(),
             jobs: 1,
             methods: Method::all().to_vec(),
@@ -239,6 +246,8 @@ pub struct Shared {
     pub test_pairs: Option<PathBuf>,
     /// Held-out accuracy of each RM before RL (key: the RM path).
     pub accuracy_before: BTreeMap<String, f64>,
+    /// Each shared RM made here (key: its path): {"sha256", "accuracy"} ([`archive::fingerprint`]).
+    pub fingerprints: BTreeMap<String, Value>,
 }
 
 impl ExperimentConfig {
@@ -347,7 +356,7 @@ impl ExperimentConfig {
 
 impl Shared {
     fn placeholder() -> Shared {
-        Shared { proxy_rm: "proxy".into(), pretrained_rm: Some("pretrained".into()), test_pairs: None, accuracy_before: BTreeMap::new() }
+        Shared { proxy_rm: "proxy".into(), pretrained_rm: Some("pretrained".into()), test_pairs: None, accuracy_before: BTreeMap::new(), fingerprints: BTreeMap::new() }
     }
 }
 
@@ -497,7 +506,16 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         }
         write_atomic(&path, serde_json::to_string_pretty(&cached)?.as_bytes())?;
     }
-    Ok(Shared { proxy_rm, pretrained_rm, test_pairs, accuracy_before })
+    // The RMs this grid made (a user's own RM is not fingerprinted: it is named by its path).
+    let mut fingerprints = BTreeMap::new();
+    for rm in std::iter::once(&proxy_rm).chain(pretrained_rm.as_ref()) {
+        let path = Path::new(rm);
+        if path.starts_with(&dir) && path.is_dir() {
+            let acc = accuracy_before.get(rm).copied();
+            fingerprints.insert(rm.clone(), json!({"sha256": archive::fingerprint(path)?, "accuracy": acc}));
+        }
+    }
+    Ok(Shared { proxy_rm, pretrained_rm, test_pairs, accuracy_before, fingerprints })
 }
 
 /// The run's RM accuracy on `pairs` after RL: the run's reward source as it stands at the last
@@ -564,8 +582,26 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
     );
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
+    if let Some(a) = &cfg.archive {
+        archive::check_paths(a, &cfg.out)?;
+        for f in archive::restore_shared(a, &cfg.out)? {
+            say(progress, format!("restored shared/{f} from the archive {}", a.display()));
+        }
+    }
     let shared = prepare_shared(cfg, device, progress)?;
     let specs = cfg.runs();
+    if let Some(a) = &cfg.archive {
+        for m in archive::fingerprint_mismatches(a, &shared.fingerprints)? {
+            eprintln!("experiment: warning: {m}");
+        }
+        let restored = archive::restore_runs(a, &cfg.out, |name, dir| match specs.iter().find(|s| s.name() == name) {
+            Some(spec) => check_earlier_config(dir, &cfg.run_config(spec, &shared)?).map(|_| ()),
+            None => Ok(()), // not in this grid's selection: restored for the report, checked when run
+        })?;
+        if !restored.is_empty() {
+            say(progress, format!("restored {} finished runs from the archive {}: {}", restored.len(), a.display(), restored.join(", ")));
+        }
+    }
     let (mut pending, mut skipped) = (vec![], vec![]);
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name();
@@ -575,18 +611,7 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
         }
         let dir = rc.out.clone();
         let resume = find_checkpoint(&dir.join("checkpoint")).is_some();
-        if dir.join("config.toml").exists() {
-            let old: RlConfig = crate::config::load(Some(&dir.join("config.toml")), &[])
-                .with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
-            // rl.stop_after only simulates an interruption, and the thread count is how the run was
-            // executed: either may differ. A run resumes with the threads it started with.
-            let same = |c: &RlConfig| RlConfig { threads: 0, rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() }, ..c.clone() };
-            if same(&old) != same(&rc) {
-                bail!(
-                    "{}: this run folder was made with a different config; choose another `out` for the grid, or delete the folder to rerun it",
-                    dir.display()
-                );
-            }
+        if let Some(old) = check_earlier_config(&dir, &rc)? {
             if resume {
                 rc.threads = old.threads;
             }
@@ -622,15 +647,69 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
         run_side_by_side(cfg, &pending, n, &shared, exe, progress, device)?
     };
     let report = write_report(&cfg.out)?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &shared.fingerprints)?;
+    }
     Ok(GridOutcome { ran, skipped, report, wall_s: t0.elapsed().as_secs_f64() })
+}
+
+/// `r2m experiment --report-only`: the report from the run folders in `out`, after restoring the
+/// archive's finished runs into it (so a fresh machine writes the report of the archived grid);
+/// the report is then archived too. Trains nothing.
+pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSummary> {
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    if let Some(a) = &cfg.archive {
+        archive::check_paths(a, &cfg.out)?;
+        let restored = archive::restore_runs(a, &cfg.out, |_, _| Ok(()))?;
+        if !restored.is_empty() {
+            say(progress, format!("restored {} finished runs from the archive {}", restored.len(), a.display()));
+        }
+    }
+    let report = write_report(&cfg.out)?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &BTreeMap::new())?;
+    }
+    Ok(report)
+}
+
+/// The config of the run folder `dir` made earlier, if any, checked against `rc`: a folder made
+/// with another config is an error naming it. `rl.stop_after` only simulates an interruption; the
+/// thread count and the device are how the run was executed (a grid archived on one machine goes
+/// on on another, `device = "auto"` resolving there): they may differ (done.json records each run's
+/// machine, and the report shows it).
+fn check_earlier_config(dir: &Path, rc: &RlConfig) -> Result<Option<RlConfig>> {
+    let path = dir.join("config.toml");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let old: RlConfig = crate::config::load(Some(&path), &[]).with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
+    let same = |c: &RlConfig| RlConfig {
+        threads: 0,
+        device: String::new(),
+        rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() },
+        ..c.clone()
+    };
+    if same(&old) != same(rc) {
+        bail!(
+            "{}: this run folder was made with a different config; choose another `out` for the grid, or delete the folder to rerun it",
+            dir.display()
+        );
+    }
+    Ok(Some(old))
 }
 
 /// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`.
 fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
     let (spec, dir) = (&p.spec, &p.rc.out);
-    let mut summary = json!({"run": spec.name(), "wall_s": wall_s});
+    let mut summary = json!({"run": spec.name(), "wall_s": wall_s, "machine": crate::device::describe_host(device)});
     if p.rc.threads > 0 {
         summary["threads"] = json!(p.rc.threads);
+    }
+    // The RM the run trained against, by content: runs of one grid on several machines (an
+    // archived grid) can be checked to share it.
+    let rm = if spec.method == Method::PretrainedRm { shared.pretrained_rm.as_ref() } else { Some(&shared.proxy_rm) };
+    if let Some(f) = rm.and_then(|rm| shared.fingerprints.get(rm)) {
+        summary["rm_sha256"] = f["sha256"].clone();
     }
     if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
         let rm = match spec.method {
@@ -645,6 +724,9 @@ fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64,
         summary["rm_accuracy"] = acc;
     }
     write_atomic(&dir.join("done.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &shared.fingerprints)?;
+    }
     Ok(())
 }
 
@@ -768,7 +850,7 @@ mod tests {
     #[test]
     fn run_config_sets_what_varies_and_nothing_else() {
         let cfg = ExperimentConfig { out: "g".into(), ..ExperimentConfig::default() };
-        let shared = Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: BTreeMap::new() };
+        let shared = Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: BTreeMap::new(), fingerprints: BTreeMap::new() };
         let spec = RunSpec { method: Method::PretrainedRm, algo: Algo::Grpo, seed: 7, variant: None };
         let c = cfg.run_config(&spec, &shared).unwrap();
         assert_eq!((c.seed, c.rl.algo, c.out.clone()), (7, Algo::Grpo, PathBuf::from("g/pretrained-rm-grpo-s7")));

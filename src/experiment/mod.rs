@@ -6,9 +6,12 @@
 //!   sqrt(KL), the length-controlled win rate.
 //! - [`aggregate`]: a grid folder -> runs -> per method x algo aggregates over seeds, comparisons
 //!   with vanilla and the ablation table.
+//! - [`archive`]: a grid's results kept where `out` does not survive (the repository): finished
+//!   runs' metrics, the pairs, RM fingerprints and the report, restored on a fresh machine.
 //! - [`report`]: `results.csv`, `runs.csv`, `comparisons.csv`, plots, `report.md`, `report.html`
 //!   ([`write_report`]).
 pub mod aggregate;
+pub mod archive;
 pub mod grid;
 pub mod report;
 pub mod stats;

@@ -443,7 +443,34 @@ fn setup_table(grid: &Grid) -> Table {
             let _ = t.push(vec![name.into(), text]);
         }
     }
+    // From done.json: where each run ran, and the RM it trained against by content (a grid
+    // resumed on other machines from its archive shows whether every run shared one RM).
+    for (name, key, short) in [("machine", "machine", false), ("RM trained against (SHA-256)", "rm_sha256", true)] {
+        if let Some(text) = done_values(grid, key, short) {
+            let _ = t.push(vec![name.into(), text]);
+        }
+    }
     t
+}
+
+/// The distinct values of `done.json`'s `key` over the runs, each with the runs that have it
+/// ("v (all 4 runs)", or "v1 (3 runs: a, b, c) | v2 (1 run: d)"); `short` keeps 12 characters.
+fn done_values(grid: &Grid, key: &str, short: bool) -> Option<String> {
+    let mut groups: Vec<(String, Vec<&str>)> = vec![];
+    for r in &grid.runs {
+        let Some(v) = r.done.as_ref().and_then(|d| d.get(key)).and_then(|v| v.as_str()) else { continue };
+        let v = if short { v.chars().take(12).collect() } else { v.to_string() };
+        match groups.iter_mut().find(|g| g.0 == v) {
+            Some(g) => g.1.push(&r.name),
+            None => groups.push((v, vec![&r.name])),
+        }
+    }
+    let n = |k: usize| if k == 1 { "1 run".to_string() } else { format!("{k} runs") };
+    match groups.len() {
+        0 => None,
+        1 if groups[0].1.len() == grid.runs.len() => Some(format!("{} (all {})", groups[0].0, n(grid.runs.len()))),
+        _ => Some(groups.iter().map(|(v, rs)| format!("{v} ({}: {})", n(rs.len()), rs.join(", "))).collect::<Vec<_>>().join(" | ")),
+    }
 }
 
 /// The KL coefficient an algorithm uses when `rl.beta` is not set (`AlgoConfig::beta`).
@@ -633,8 +660,8 @@ fn plots(dir: &Path, agg: &Aggregate) -> Result<Vec<Figure>> {
         let r = LineChart::new(&t, "RL step (-1 = pi_init)", "gold reward (mean over prompts)").draw(&dir.join(format!("gold_vs_step_{algo}")), &gold)?;
         push(&t, "Mean over seeds, band = 95% CI. An eval at step t follows update t.".into(), r);
         let t = format!("Proxy reward vs step ({a}, held-out prompts)");
-        let r = LineChart::new(&t, "RL step (-1 = pi_init)", "proxy / reward-source score").draw(&dir.join(format!("proxy_vs_step_{algo}")), &proxy)?;
-        push(&t, "The score the policy was trained on (for online methods, the RM as it was at that step).".into(), r);
+        let r = LineChart::new(&t, "RL step (-1 = pi_init)", "proxy RM score").draw(&dir.join(format!("proxy_vs_step_{algo}")), &proxy)?;
+        push(&t, "The frozen proxy RM's score (for online methods not the reward they trained on; older runs without it show that reward).".into(), r);
         let kl: Vec<Series> = cells
             .iter()
             .map(|c| {
@@ -695,7 +722,8 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
     b.push(P(format!(
         "{} runs aggregated from {}. Every number is the mean over seeds ± the half-width of its 95% confidence interval \
          (Student t); \"(n=1)\" marks a single seed, where no interval exists. The gold reward plays the human \
-         (testbed.md); the proxy is the reward the policy was trained on.",
+         (testbed.md); the proxy is the frozen proxy RM's score of the responses, the same judge for every method \
+         (R2M's methods train on their own reward, logged beside it; runs from before that was logged show their own reward).",
         grid.runs.len(),
         grid.dir.display()
     )));

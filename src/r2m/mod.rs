@@ -123,9 +123,10 @@ impl R2mConfig {
     }
 }
 
-/// w(t) = max(0.5 cos(pi t / T) + 0.5, Omega); t 0-based, T total steps. w(0) = 1.
+/// w(t) = max(0.5 cos(pi t / T) + 0.5, Omega); t 0-based, T total steps. w(0) = 1; t < 0 (the
+/// eval of pi_init before RL, step -1) counts as 0, so pi_init is scored exactly like the vanilla RM.
 pub fn w(t: i64, total: i64, omega: f64) -> f64 {
-    let c = 0.5 * (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos() + 0.5;
+    let c = 0.5 * (std::f64::consts::PI * t.max(0) as f64 / total.max(1) as f64).cos() + 0.5;
     c.max(omega)
 }
 
@@ -142,6 +143,9 @@ pub struct R2mSource {
     pub opt: Option<AdamW>,
     /// H_last of the last annotated batch (B, D_rm): the update needs no backbone pass.
     cache: Option<Tensor>,
+    /// The frozen RM's own scores (its trained head on H_last) of the last `score` call, for the
+    /// methods whose reward differs from them ([`RewardSource::frozen_scores`]).
+    frozen: Option<Tensor>,
     seed: u64,
     /// Updates done (for the noise stream and metrics).
     pub updates: i64,
@@ -173,7 +177,7 @@ impl R2mSource {
             params.freeze();
             None
         };
-        Ok(R2mSource { cfg, rm, max_length, batch_size, head, xattn, params, opt, cache: None, seed, updates: 0 })
+        Ok(R2mSource { cfg, rm, max_length, batch_size, head, xattn, params, opt, cache: None, frozen: None, seed, updates: 0 })
     }
 
     /// H_last (B, D_rm) of the batch's texts, from the frozen backbone, no grad.
@@ -239,8 +243,23 @@ impl RewardSource for R2mSource {
         }
         let wt = w(input.step, input.total_steps, self.cfg.omega);
         let r = tch::no_grad(|| self.rewards(&h_last, input.hidden, wt));
+        let m = self.cfg.method;
+        self.frozen = (m.uses_feedback() || m.trains_online())
+            .then(|| tch::no_grad(|| self.rm.score_embedding(&h_last)).to_device(Device::Cpu).to_kind(Kind::Float));
         self.cache = Some(h_last);
         Ok(r.to_device(Device::Cpu))
+    }
+
+    fn score_aside(&mut self, input: &RewardInput) -> Result<Tensor> {
+        // The update ranks and recomputes the annotation's rows: another batch must not replace them.
+        let kept = self.cache.take();
+        let r = self.score(input);
+        self.cache = kept;
+        r
+    }
+
+    fn frozen_scores(&self) -> Option<Tensor> {
+        self.frozen.as_ref().map(Tensor::shallow_clone)
     }
 
     fn update(&mut self, input: &UpdateInput) -> Result<Map<String, Value>> {
@@ -329,6 +348,7 @@ mod tests {
     #[test]
     fn schedule_values() {
         assert_eq!(w(0, 100, 0.6), 1.0);
+        assert_eq!(w(-1, 100, 0.6), 1.0, "pi_init's eval (step -1) is scored as at step 0");
         assert!((w(50, 100, 0.0) - 0.5).abs() < 1e-12);
         assert_eq!(w(100, 100, 0.6), 0.6);
         // The floor crossing: 0.5 cos(pi t / T) + 0.5 = 0.6 at t / T = acos(0.2) / pi = 0.4359...

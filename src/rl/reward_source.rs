@@ -48,6 +48,19 @@ pub trait RewardSource {
     }
     /// Scores (B) f32 on the CPU.
     fn score(&mut self, input: &RewardInput) -> Result<Tensor>;
+    /// Scores like `score`, keeping what `score` holds for the next `update` (R2M's cached
+    /// annotation inputs): for scoring outside the annotation of a step (ReMax's greedy baseline,
+    /// the eval).
+    fn score_aside(&mut self, input: &RewardInput) -> Result<Tensor> {
+        self.score(input)
+    }
+    /// The frozen RM's own scores (B) of the last `score` call, where this source's reward is
+    /// something else (R2M's methods: the blend with the policy's feedback, or a head trained
+    /// online): what the proxy, as vanilla RL sees it, says of the same responses. `None` where the
+    /// reward is the frozen RM's.
+    fn frozen_scores(&self) -> Option<Tensor> {
+        None
+    }
     /// Called once per RL step after the policy update; returns metrics.
     fn update(&mut self, _input: &UpdateInput) -> Result<Map<String, Value>> {
         Ok(Map::new())

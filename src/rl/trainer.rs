@@ -253,7 +253,7 @@ impl<'a> Run<'a> {
             group_size: 1,
         };
         let _ = seq;
-        let b = clock.time("time/reward", || self.reward.score(&input))?;
+        let b = clock.time("time/reward", || self.reward.score_aside(&input))?;
         // One baseline per prompt, repeated over its K samples.
         Ok(b.repeat_interleave_self_int(k as i64, 0, None).to_device(self.device))
     }
@@ -280,6 +280,7 @@ impl<'a> Run<'a> {
             let reward = &mut self.reward;
             clock.time("time/reward", || reward.score(&input))?
         };
+        let frozen = self.reward.frozen_scores();
         let scores = scores.to_device(self.device).to_kind(Kind::Float);
         ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
         let b = scores.size()[0];
@@ -405,6 +406,18 @@ impl<'a> Run<'a> {
         m.insert("step".into(), json!(t));
         m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
         m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
+        if let Some(f) = &frozen {
+            // How far the reward trained on departs from the frozen proxy on the same rollouts: the
+            // share of groups whose best response is the proxy's best too, and the correlation.
+            let f = f.to_device(self.device).to_kind(Kind::Float);
+            m.insert("reward_frozen_rm".into(), json!(f.mean(Kind::Float).double_value(&[])));
+            let same_top = scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float).mean(Kind::Float);
+            m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.double_value(&[])));
+            let (x, y) = (&scores - scores.mean(Kind::Float), &f - f.mean(Kind::Float));
+            let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
+            let corr = if den > 0.0 { (x * y).sum(Kind::Float).double_value(&[]) / den } else { f64::NAN };
+            m.insert("reward_frozen_rm/corr".into(), json!(corr));
+        }
         let g = scores.view([-1, k]);
         let zero_std = g.std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
         m.insert("frac_reward_zero_std".into(), json!(zero_std));
@@ -495,8 +508,12 @@ impl<'a> Run<'a> {
             group_size: 1,
         };
         let reward = &mut self.reward;
-        let rw = clock.time("time/eval/reward", || reward.score(&input))?;
+        let rw = clock.time("time/eval/reward", || reward.score_aside(&input))?;
+        let frozen = reward.frozen_scores().map(|f| Vec::<f64>::try_from(f.to_kind(Kind::Double))).transpose()?;
         m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
+        if let Some(f) = &frozen {
+            m.insert("eval/reward_frozen_rm".into(), json!(f.iter().sum::<f64>() / f.len().max(1) as f64));
+        }
         m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
         m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
         let gold = match &self.gold {
@@ -522,6 +539,9 @@ impl<'a> Run<'a> {
                 r.insert("prompt".into(), json!(i));
                 r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
                 r.insert("reward".into(), json!(rwv[i]));
+                if let Some(f) = &frozen {
+                    r.insert("reward_frozen_rm".into(), json!(f[i]));
+                }
                 if let Some(g) = &gold {
                     r.insert("gold".into(), json!(g[i]));
                 }

@@ -75,7 +75,9 @@ fn experiment_presets_resolve() {
     // 3 seeds; RLOO at its own beta (the others at their algorithm's default).
     let t1 = load("configs/overopt-t1.toml");
     assert_eq!(t1.runs().len(), (8 * 2 + 2) * 3);
-    let shared = r2m::experiment::grid::Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: Default::default() };
+    // Kept in the repository, so that the grid goes on across sessions on fresh machines.
+    assert_eq!(t1.archive.as_deref(), Some(Path::new("docs/results/overopt-t1")));
+    let shared = r2m::experiment::grid::Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: Default::default(), fingerprints: Default::default() };
     for spec in t1.runs() {
         let c = t1.run_config(&spec, &shared).unwrap();
         let want = if spec.algo == r2m::rl::config::Algo::Rloo { Some(0.01) } else { None };

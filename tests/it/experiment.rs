@@ -295,6 +295,37 @@ fn aggregates_the_fixture_grid() {
     assert_eq!(agg.matched_d["rloo"], 0.5);
 }
 
+/// The proxy of the tables and the overoptimization test is the frozen proxy RM's score where a run
+/// logged it beside its own reward (R2M's methods train on another reward); otherwise the reward.
+#[test]
+fn the_proxy_is_the_frozen_rm_where_logged() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let stats_of = |name: &str| {
+        let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+        aggregate::run_stats(grid.runs.iter().find(|r| r.name == name).unwrap(), f64::NAN)
+    };
+    let before = stats_of("r2m-grpo-s0");
+    let p = d.path().join("r2m-grpo-s0/eval.jsonl");
+    let rows: Vec<String> = std::fs::read_to_string(&p)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: Map<String, Value> = serde_json::from_str(l).unwrap();
+            let own = r["reward"].as_f64().unwrap();
+            r.insert("reward_frozen_rm".into(), json!(own + 1.0));
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect();
+    std::fs::write(&p, rows.join("\n")).unwrap();
+    let after = stats_of("r2m-grpo-s0");
+    assert!((after.proxy_final - before.proxy_final - 1.0).abs() < 1e-9, "{} vs {}", after.proxy_final, before.proxy_final);
+    assert!((after.proxy_init - before.proxy_init - 1.0).abs() < 1e-9);
+    assert_eq!((after.gold_final, after.win_rate), (before.gold_final, before.win_rate));
+    // A shift of every proxy score leaves the standardized gap as it was.
+    assert!((after.gap_std_final - before.gap_std_final).abs() < 1e-9);
+}
+
 #[test]
 fn report_renders_from_the_fixture_grid() {
     let d = fixture_copy();
@@ -306,6 +337,14 @@ fn report_renders_from_the_fixture_grid() {
         for m in ["vanilla", "r2m"] {
             let c = d.path().join(format!("{m}-rloo-s{s}/config.toml"));
             std::fs::write(&c, std::fs::read_to_string(&c).unwrap().replacen("[rl]\n", "[rl]\nbeta = 0.01\n", 1)).unwrap();
+        }
+    }
+    // done.json of finished grid runs: the machine (one run elsewhere) and the RM's fingerprint.
+    for e in std::fs::read_dir(d.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.join("metrics.jsonl").exists() {
+            let cpu = if p.ends_with("vanilla-grpo-s0") { "cpu B" } else { "cpu A" };
+            std::fs::write(p.join("done.json"), json!({"machine": cpu, "rm_sha256": "abcdef0123456789"}).to_string()).unwrap();
         }
     }
     let s = write_report(d.path()).unwrap();
@@ -327,6 +366,8 @@ fn report_renders_from_the_fixture_grid() {
     assert!(md.contains("plots/gold_vs_sqrt_kl_rloo.png"));
     assert!(md.contains("| CPU threads per run | libtorch's default (one per core) \\| 1 (differs between runs) |"), "{md}");
     assert!(md.contains("| KL coefficient beta | RLOO: 0.01; GRPO: 0.04 (GRPO's default) |"), "{md}");
+    assert!(md.contains("| RM trained against (SHA-256) | abcdef012345 (all 12 runs) |"), "{md}");
+    assert!(md.contains("| machine | cpu A (11 runs: ") && md.contains("cpu B (1 run: vanilla-grpo-s0) |"), "{md}");
 
     let html = std::fs::read_to_string(&s.report_html).unwrap();
     let lower = html.to_lowercase();

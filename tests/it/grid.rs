@@ -3,7 +3,7 @@
 //! SmolLM2 (the README's main command at a tiny budget).
 use crate::common::tmpdir;
 use crate::rl::{records_without_times, tiny_world};
-use r2m::experiment::grid::{done_runs, run_grid, ExperimentConfig};
+use r2m::experiment::grid::{done_runs, report_only, run_grid, ExperimentConfig};
 use r2m::r2m::Method;
 use r2m::rl::config::Algo;
 use r2m::train::Trainable;
@@ -53,7 +53,8 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     let _rng = crate::common::torch_rng_lock();
     let d = tmpdir();
     tiny_world(d.path());
-    let cfg = tiny_grid(d.path());
+    let mut cfg = tiny_grid(d.path());
+    cfg.archive = Some(d.path().join("archive"));
     // Interrupted in its first run (as a crash after step 2's checkpoint).
     let mut stopped = cfg.clone();
     stopped.run.rl.stop_after = Some(2);
@@ -94,6 +95,29 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     changed.run.policy.lr = 1e-3;
     let e = format!("{:#}", run_grid(&changed, false).unwrap_err());
     assert!(e.contains("vanilla-rloo-s0") && e.contains("different config"), "{e}");
+
+    // The archive keeps each finished run without its checkpoint. On a fresh machine (no `out`)
+    // the grid restores them, runs nothing and writes the same report; so does --report-only.
+    let arch = cfg.archive.clone().unwrap();
+    assert!(arch.join("runs/r2m-rloo-s1/metrics.jsonl").exists() && arch.join("report.md").exists());
+    assert!(!arch.join("runs/vanilla-rloo-s0/checkpoint").exists());
+    let results = std::fs::read(cfg.out.join("results.csv")).unwrap();
+    assert_eq!(std::fs::read(arch.join("results.csv")).unwrap(), results);
+    std::fs::remove_dir_all(&cfg.out).unwrap();
+    let o = run_grid(&cfg, false).unwrap();
+    assert!(o.ran.is_empty(), "{:?}", o.ran);
+    assert_eq!(o.skipped.len(), 4);
+    assert_eq!(std::fs::read(cfg.out.join("r2m-rloo-s1/metrics.jsonl")).unwrap(), before);
+    assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
+    std::fs::remove_dir_all(&cfg.out).unwrap();
+    assert_eq!(report_only(&cfg, false).unwrap().n_runs, 4);
+    assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
+    // An archived run made with another config than the grid's is refused, naming it.
+    std::fs::remove_dir_all(&cfg.out).unwrap();
+    let mut changed = cfg.clone();
+    changed.run.rl.temperature = 0.9;
+    let e = format!("{:#}", run_grid(&changed, false).unwrap_err());
+    assert!(e.contains("archive/runs/r2m-rloo-s0") && e.contains("different config"), "{e}");
 }
 
 /// `jobs = 2`: the runs go to child processes (`r2m rl`, two at a time) and give exactly the runs

@@ -205,6 +205,44 @@ fn r2m_with_rloo_and_grpo_finishes_and_resumes_bit_identically() {
     check_resume(d.path(), Algo::Grpo, Some(Method::R2m));
 }
 
+/// R2M's online methods under ReMax and REINFORCE++ (the paper compares against both): ReMax's
+/// greedy baseline is scored aside, so the update still ranks the annotation's rows. Every R2M
+/// method logs the frozen proxy's score beside its own reward (the report's proxy column): equal
+/// at step 0 (w = 1, phi = the RM's head) and at pi_init's eval, apart after updates; vanilla logs
+/// no second score.
+#[test]
+fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let cases = [(Algo::Remax, Method::R2m), (Algo::Remax, Method::IterativeHead), (Algo::ReinforcePp, Method::R2mNoGre), (Algo::Rloo, Method::Vanilla)];
+    for (algo, method) in cases {
+        let mut c = tiny_cfg(d.path(), algo, &format!("{algo:?}-{method:?}"));
+        c.rl.steps = 3;
+        c.rl.eval_every = 2;
+        c.r2m = Some(R2mConfig { method, d: 16, lr: 1e-2, ..Default::default() });
+        let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
+        let mpath = run(&mut r, false, false).unwrap_or_else(|e| panic!("{algo:?} + {method:?}: {e:#}"));
+        let m = r2m::metrics::read_jsonl(&mpath).unwrap();
+        let e = r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
+        assert_eq!(m.len(), 3);
+        if method == Method::Vanilla {
+            assert!(m.iter().all(|x| !x.contains_key("reward_frozen_rm")) && e.iter().all(|x| !x.contains_key("reward_frozen_rm")));
+            continue;
+        }
+        let f = |x: &serde_json::Map<String, serde_json::Value>, k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{algo:?} + {method:?}: no {k}"));
+        assert!(f(&m[2], "r2m/loss").is_finite());
+        assert!((f(&m[0], "reward") - f(&m[0], "reward_frozen_rm")).abs() < 1e-5, "{algo:?} + {method:?}: step 0 scores like the RM");
+        assert_eq!(f(&m[0], "reward_frozen_rm/top_agree"), 1.0);
+        assert!((f(&m[0], "reward_frozen_rm/corr") - 1.0).abs() < 1e-4, "{:?}", m[0]);
+        for row in e.iter().filter(|x| x["step"] == -1) {
+            assert!((f(row, "reward") - f(row, "reward_frozen_rm")).abs() < 1e-5, "pi_init is scored like the RM: {row:?}");
+        }
+        let moved = e.iter().filter(|x| x["step"] == 2).any(|x| (f(x, "reward") - f(x, "reward_frozen_rm")).abs() > 1e-6);
+        assert!(moved, "{algo:?} + {method:?}: after updates R2M's reward differs from the frozen RM's");
+    }
+}
+
 /// The frozen trunk (block 0 + embeddings, computed once per rollout and shared with the
 /// reference) changes nothing but float rounding: one step with and without it.
 #[test]
