@@ -540,7 +540,7 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
     let mut out = vec![];
     // 1. Does the testbed show overoptimization under vanilla?
     let mut any_vanilla = false;
-    let mut shown = vec![];
+    let (mut shown, mut decidable) = (vec![], false);
     for algo in agg.algos() {
         if let Some(c) = agg.cell(BASELINE, &algo) {
             any_vanilla = true;
@@ -549,11 +549,15 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
                 if o.overoptimized == Some(true) {
                     shown.push(algo_label(&algo));
                 }
+                decidable |= o.overoptimized.is_some();
             }
         }
     }
     if any_vanilla {
-        out.push(if shown.is_empty() {
+        out.push(if !decidable {
+            "Cannot tell yet whether the testbed overoptimizes under vanilla RL here: every vanilla algorithm has fewer than 2 seeds."
+                .to_string()
+        } else if shown.is_empty() {
             "The testbed does NOT show overoptimization under vanilla RL here: by testbed.md it cannot yet tell methods apart \
              (change the gold, the proxy's data size or the budget until it does)."
                 .to_string()

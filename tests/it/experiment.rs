@@ -441,6 +441,16 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
     let s = write_report(d.path()).unwrap();
     assert!(s.verdicts.iter().any(|v| v == "Verdict (RLOO): cannot tell yet: R2M or vanilla RLOO has fewer than 2 seeds, so no difference can be tested."), "{:?}", s.verdicts);
     assert!(!s.verdicts.iter().any(|v| v.contains("does NOT beat")), "{:?}", s.verdicts);
+    assert!(s.verdicts.iter().any(|v| v == "The testbed shows overoptimization under vanilla RLOO, ReMax."), "{:?}", s.verdicts);
+    // With one seed of every vanilla cell, whether the testbed overoptimizes cannot be told either.
+    for seed in 1..3 {
+        for algo in ["rloo", "remax"] {
+            std::fs::remove_dir_all(d.path().join(format!("vanilla-{algo}-s{seed}"))).unwrap();
+        }
+    }
+    let s = write_report(d.path()).unwrap();
+    assert!(s.verdicts.iter().any(|v| v.starts_with("Cannot tell yet whether the testbed overoptimizes")), "{:?}", s.verdicts);
+    assert!(!s.verdicts.iter().any(|v| v.contains("does NOT show")), "{:?}", s.verdicts);
 }
 
 /// An experiment variant's runs (config `label`, `r2m experiment`'s `[[variants]]`) are a method of
