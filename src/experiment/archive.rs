@@ -98,15 +98,19 @@ fn finished_runs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// Copies the archive's pairs (and their settings) into `out/shared/` where missing; returns
 /// their names.
 pub fn restore_shared(archive: &Path, out: &Path) -> Result<Vec<String>> {
+    copy_shared(&archive.join("shared"), &out.join("shared"), true)
+}
+
+/// Copies the pairs files of the folder `from` into `to` (only those `to` lacks, with
+/// `missing_only`); returns the names copied, sorted.
+fn copy_shared(from: &Path, to: &Path, missing_only: bool) -> Result<Vec<String>> {
     let mut v = vec![];
-    let shared = archive.join("shared");
-    if shared.exists() {
-        for e in std::fs::read_dir(&shared).with_context(|| format!("reading {}", shared.display()))? {
+    if from.exists() {
+        for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
             let p = e?.path();
             let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let to = out.join("shared").join(&name);
-            if is_shared_file(&name) && !to.exists() {
-                copy_file(&p, &to)?;
+            let dest = to.join(&name);
+            if is_shared_file(&name) && !(missing_only && dest.exists()) && copy_file(&p, &dest)? {
                 v.push(name);
             }
         }
@@ -152,16 +156,7 @@ fn copy_run(from: &Path, to: &Path) -> Result<bool> {
 /// `fingerprints` (RM path -> {"sha256", "accuracy"}) merged into `shared/rm-fingerprints.json`,
 /// every finished run, and the report's files. Returns the runs it archived.
 pub fn save(archive: &Path, out: &Path, fingerprints: &BTreeMap<String, Value>) -> Result<Vec<String>> {
-    let shared = out.join("shared");
-    if shared.exists() {
-        for e in std::fs::read_dir(&shared).with_context(|| format!("reading {}", shared.display()))? {
-            let p = e?.path();
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if is_shared_file(&name) {
-                copy_file(&p, &archive.join("shared").join(&name))?;
-            }
-        }
-    }
+    copy_shared(&out.join("shared"), &archive.join("shared"), false)?;
     if !fingerprints.is_empty() {
         let path = archive.join("shared").join(FINGERPRINTS);
         let mut all = read_fingerprints(archive)?;
