@@ -68,11 +68,19 @@ fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
     let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
     let wt = w(cfg.rl.steps, cfg.rl.steps, r2m_cfg.omega);
     let fb = Feedback { policy: &policy, tokenizer: &ptok, chat: cfg.policy.chat };
-    let (acc, n) = feedback_accuracy(&src, Some(fb), &d.items, wt, a.batch)?;
+    let r = feedback_accuracy(&src, Some(fb), &d.items, wt, a.batch)?;
+    let (acc, n) = (r.accuracy, r.pairs);
     if a.json {
-        println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run}));
+        let att = r.attention.map(|x| x.to_json());
+        println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run, "attention": att}));
     } else {
         println!("pairs {n}  accuracy {acc:.4}  (R2M {}, w(T) = {wt:.3}, feedback from {})", if a.untrained { "untrained" } else { "trained" }, run.display());
+        if let Some(x) = r.attention {
+            println!(
+                "cross-attention: normalised entropy {:.4} (1 = uniform)  ||H_hat|| / ||H_last|| {:.4}  score std: phi(H_hat) {:.4}, phi(H_last) {:.4}",
+                x.attn_entropy, x.hhat_norm_ratio, x.score_std_hhat, x.score_std_hlast
+            );
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use super::report::{write_report, ReportSummary};
 use crate::checkpoint::{find_checkpoint, write_atomic};
 use crate::data::{self, LoadOptions};
 use crate::model::CausalLm;
-use crate::r2m::eval::{feedback_accuracy, Feedback};
+use crate::r2m::eval::{feedback_accuracy, Feedback, FeedbackAccuracy};
 use crate::r2m::{w, Method, R2mConfig, R2mSource};
 use crate::reward::train::{RmData, RmTrain, TrainRmConfig};
 use crate::reward::RewardModel;
@@ -436,7 +436,7 @@ fn rm_accuracy(rm_path: &str, pairs: &Path, max_length: usize, batch: usize, dev
     let cfg = R2mConfig { method: Method::Vanilla, ..R2mConfig::default() };
     let src = R2mSource::new(cfg, rm, 1, 0, max_length, batch)?;
     let d = data::load_preferences(pairs, &LoadOptions::default())?;
-    Ok(feedback_accuracy(&src, None, &d.items, 1.0, batch)?.0)
+    Ok(feedback_accuracy(&src, None, &d.items, 1.0, batch)?.accuracy)
 }
 
 /// Makes (or reuses) the shared artefacts.
@@ -522,7 +522,7 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
 /// checkpoint (R2M modules and head trained online), with the final policy's feedback at w(T) for
 /// the methods that read feedback. Frozen RMs (vanilla, pretrained-rm, r2m-no-train's RM part)
 /// are evaluated the same way, so every method's number comes from one code path.
-pub fn run_rm_accuracy_after(run_dir: &Path, pairs: &Path, batch: usize, device: Device) -> Result<(f64, usize)> {
+pub fn run_rm_accuracy_after(run_dir: &Path, pairs: &Path, batch: usize, device: Device) -> Result<FeedbackAccuracy> {
     let (cfg, policy, ptok, ck) = trainer::load_run(run_dir, device)?;
     let r2m_cfg = cfg.r2m.clone().unwrap_or(R2mConfig { method: Method::Vanilla, ..R2mConfig::default() });
     let model = match r2m_cfg.method {
@@ -717,9 +717,12 @@ fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64,
             _ => shared.proxy_rm.clone(),
         };
         let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
-        let (after, n) = run_rm_accuracy_after(dir, t, cfg.eval_batch, device)?;
-        let acc = json!({"method": spec.method.name(), "algo": algo_key(spec.algo), "seed": spec.seed,
-                         "before": before, "after": after, "pairs": n});
+        let after = run_rm_accuracy_after(dir, t, cfg.eval_batch, device)?;
+        let mut acc = json!({"method": spec.method.name(), "algo": algo_key(spec.algo), "seed": spec.seed,
+                         "before": before, "after": after.accuracy, "pairs": after.pairs});
+        if let Some(a) = after.attention {
+            acc["attention"] = a.to_json();
+        }
         write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
         summary["rm_accuracy"] = acc;
     }

@@ -25,6 +25,11 @@ impl CrossAttention {
 
     /// h_last (B, D_rm), h (B, S, D_p), mask (B, S) -> H_hat (B, D_rm).
     pub fn forward(&self, h_last: &Tensor, h: &Tensor, mask: &Tensor) -> Tensor {
+        self.forward_with_weights(h_last, h, mask).0
+    }
+
+    /// As [`Self::forward`], also returning the attention weights (B, heads, S) (0 at padding).
+    pub fn forward_with_weights(&self, h_last: &Tensor, h: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
         let (b, s, _) = h.size3().expect("(B, S, D_p) feedback");
         let d = self.w_q.size()[0];
         let nh = self.heads;
@@ -36,8 +41,21 @@ impl CrossAttention {
         let valid = mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
         let att = att.masked_fill(&valid.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float);
         let y = att.matmul(&v).view([b, d]); // (B, d)
-        y.linear::<Tensor>(&self.w_o, None)
+        (y.linear::<Tensor>(&self.w_o, None), att.view([b, nh, s]))
     }
+}
+
+/// How far the attention weights (B, heads, S) are from uniform over the valid tokens of `mask`
+/// (B, S): the mean over rows and heads of entropy / ln(valid tokens), so 1 = uniform (the
+/// attention reads the mean of h) and 0 = one token. Rows with one valid token count as 1.
+pub fn normalized_entropy(att: &Tensor, mask: &Tensor) -> f64 {
+    let a = att.to_kind(Kind::Double);
+    let ent = -(&a * a.clamp_min(1e-300).log()).sum_dim_intlist([-1i64].as_slice(), false, Kind::Double); // (B, nh)
+    let n = mask.to_kind(Kind::Double).sum_dim_intlist([-1i64].as_slice(), false, Kind::Double).unsqueeze(-1); // (B, 1)
+    let denom = n.log();
+    let single = n.le(1.0);
+    let r = (ent / denom.clamp_min(1e-12)).masked_fill(&single, 1.0);
+    r.mean(Kind::Double).double_value(&[])
 }
 
 #[cfg(test)]
@@ -70,5 +88,34 @@ mod tests {
         let want = a.unsqueeze(0).matmul(&v).squeeze_dim(0).matmul(&x1.w_o.tr());
         let got = x1.forward(&hl, &h, &mask).get(0);
         assert!((got - want).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn normalized_entropy_is_one_for_uniform_attention_and_falls_as_it_sharpens() {
+        tch::manual_seed(1);
+        let mut p = Params::default();
+        let mut x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, Device::Cpu);
+        let hl = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
+        let h = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1]).view([2, 4]);
+        let (_, att) = x.forward_with_weights(&hl, &h, &mask);
+        assert_eq!(att.size(), vec![2, 2, 4]);
+        assert_eq!(att.get(0).select(1, 3).abs().max().double_value(&[]), 0.0, "padding gets no weight");
+        let ones = att.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        assert!((ones - 1.0).abs().max().double_value(&[]) < 1e-6);
+        let e = normalized_entropy(&att, &mask);
+        assert!(e > 0.0 && e < 1.0, "{e}");
+        // q = 0: every valid token weighs the same.
+        let _ = tch::no_grad(|| x.w_q.zero_());
+        let (_, flat) = x.forward_with_weights(&hl, &h, &mask);
+        assert!((normalized_entropy(&flat, &mask) - 1.0).abs() < 1e-6);
+        // A 100x larger query sharpens it.
+        let _ = tch::no_grad(|| x.w_q.copy_(&(Tensor::randn([8, 6], (Kind::Float, Device::Cpu)) * 50.0)));
+        let (_, sharp) = x.forward_with_weights(&hl, &h, &mask);
+        assert!(normalized_entropy(&sharp, &mask) < e.min(0.5));
+        // By hand: weights (0.5, 0.5, 0) over 3 valid tokens -> ln 2 / ln 3.
+        let a = Tensor::from_slice(&[0.5f64, 0.5, 0.0, 0.0]).view([1, 1, 4]);
+        let m = Tensor::from_slice(&[1i64, 1, 1, 0]).view([1, 4]);
+        assert!((normalized_entropy(&a, &m) - 2f64.ln() / 3f64.ln()).abs() < 1e-12);
     }
 }

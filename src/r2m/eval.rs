@@ -6,7 +6,7 @@ use crate::data::{PreferenceExample, PromptExample, Text};
 use crate::error::{Error, Result};
 use crate::model::generate::left_pad;
 use crate::model::llama::CausalLm;
-use crate::r2m::R2mSource;
+use crate::r2m::{AttentionDiagnostics, R2mSource};
 use crate::reward::loss::accuracy;
 use crate::rl::trainer::prompt_ids;
 use crate::tokenizer::Tokenizer;
@@ -30,10 +30,10 @@ pub struct Feedback<'a> {
 /// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with the policy's final
 /// hidden states as feedback when given (otherwise phi(H_last): the score of the methods that read
 /// none, and of the plain RM before RL). Texts reach the RM exactly as in RL (`rm_text`).
-/// Returns (accuracy, pairs scored).
-pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[PreferenceExample], wt: f64, batch: usize) -> Result<(f64, usize)> {
+pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[PreferenceExample], wt: f64, batch: usize) -> Result<FeedbackAccuracy> {
     let _g = tch::no_grad_guard();
     let (mut cs, mut rs) = (vec![], vec![]);
+    let mut diags: Vec<(AttentionDiagnostics, f64)> = vec![];
     for chunk in pairs.chunks(batch.max(1)) {
         let mut prompts = vec![];
         let mut responses = vec![];
@@ -63,7 +63,10 @@ pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[P
                 .collect::<Result<_>>()?;
             let (ids, mask) = left_pad(&seqs, ptok.pad_id() as i64, policy.device);
             let h = policy.forward_hidden(&ids, &mask, false)?.last;
-            src.rewards(&hl, Some((&h, &mask)), wt)
+            let mut d = None;
+            let r = src.rewards_with(&hl, Some((&h, &mask)), wt, Some(&mut d));
+            diags.extend(d.map(|d| (d, 2.0 * chunk.len() as f64)));
+            r
         } else {
             src.rewards(&hl, None, wt)
         };
@@ -72,8 +75,20 @@ pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[P
         rs.push(r.select(1, 1));
     }
     if cs.is_empty() {
-        return Ok((f64::NAN, 0));
+        return Ok(FeedbackAccuracy { accuracy: f64::NAN, pairs: 0, attention: None });
     }
     let (c, r) = (Tensor::cat(&cs, 0), Tensor::cat(&rs, 0));
-    Ok((accuracy(&c, &r), c.size()[0] as usize))
+    Ok(FeedbackAccuracy { accuracy: accuracy(&c, &r), pairs: c.size()[0] as usize, attention: AttentionDiagnostics::mean(&diags) })
+}
+
+/// What [`feedback_accuracy`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedbackAccuracy {
+    /// Share of pairs whose chosen response scores higher.
+    pub accuracy: f64,
+    /// Pairs scored.
+    pub pairs: usize,
+    /// What the cross-attention did on these responses (means over batches, weighted by rows);
+    /// `None` without feedback.
+    pub attention: Option<AttentionDiagnostics>,
 }

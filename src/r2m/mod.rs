@@ -217,9 +217,19 @@ impl R2mSource {
 
     /// r = phi((1 - w) H_hat + w H_last) for cached H_last (B, D_rm) and feedback (B, S, D_p).
     pub fn rewards(&self, h_last: &Tensor, feedback: Option<(&Tensor, &Tensor)>, wt: f64) -> Tensor {
+        self.rewards_with(h_last, feedback, wt, None)
+    }
+
+    /// [`Self::rewards`], also filling `diag` (when given and the cross-attention ran) with what
+    /// the cross-attention does: see [`AttentionDiagnostics`].
+    pub fn rewards_with(&self, h_last: &Tensor, feedback: Option<(&Tensor, &Tensor)>, wt: f64, diag: Option<&mut Option<AttentionDiagnostics>>) -> Tensor {
         let fin = match (&self.xattn, feedback) {
             (Some(x), Some((h, mask))) => {
-                let hh = x.forward(h_last, &self.feedback(h, mask), &mask.to_device(h_last.device()));
+                let mask = mask.to_device(h_last.device());
+                let (hh, att) = x.forward_with_weights(h_last, &self.feedback(h, &mask), &mask);
+                if let Some(d) = diag {
+                    *d = Some(tch::no_grad(|| AttentionDiagnostics::of(&hh, h_last, &att, &mask, &self.head)));
+                }
                 hh * (1.0 - wt) + h_last * wt
             }
             _ => h_last.shallow_clone(),
@@ -288,7 +298,8 @@ impl RewardSource for R2mSource {
         // and policy update (where the step's memory peaks).
         opt.zero_grad();
         self.opt = Some(opt);
-        let after = tch::no_grad(|| self.rewards(&h_last, feedback, wt));
+        let mut diag = None;
+        let after = tch::no_grad(|| self.rewards_with(&h_last, feedback, wt, Some(&mut diag)));
         self.updates += 1;
         m.insert("r2m/loss".into(), json!(loss.double_value(&[])));
         m.insert("r2m/grad_norm".into(), json!(gn));
@@ -296,6 +307,9 @@ impl RewardSource for R2mSource {
         m.insert("r2m/gre".into(), json!(gre.double_value(&[])));
         m.insert("r2m/reward_before".into(), json!(before.mean(Kind::Float).double_value(&[])));
         m.insert("r2m/reward_after".into(), json!(after.mean(Kind::Float).double_value(&[])));
+        if let Some(d) = diag {
+            d.insert_into(&mut m);
+        }
         m.insert("r2m/update_time".into(), json!(t0.elapsed().as_secs_f64()));
         m.insert("r2m/peak_rss_delta_mb".into(), json!((peak_rss_kb() - rss0) as f64 / 1024.0));
         Ok(m)
@@ -322,6 +336,66 @@ impl RewardSource for R2mSource {
             self.updates = u.int64_value(&[]);
         }
         Ok(())
+    }
+}
+
+/// What the cross-attention does on a batch (after the step's update), logged per step as
+/// `r2m/attn_entropy`, `r2m/hhat_norm_ratio`, `r2m/score_std_hhat` and `r2m/score_std_hlast`:
+/// whether it reads particular tokens or just the mean of h, and how much H_hat can move the score
+/// next to H_last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionDiagnostics {
+    /// Mean normalised entropy of the attention over valid tokens: 1 = uniform, 0 = one token.
+    pub attn_entropy: f64,
+    /// mean ||H_hat|| / mean ||H_last|| over the batch.
+    pub hhat_norm_ratio: f64,
+    /// Standard deviation over the batch of phi(H_hat) and of phi(H_last): how far each part alone
+    /// spreads the scores (before the blend's weights 1 - w and w).
+    pub score_std_hhat: f64,
+    pub score_std_hlast: f64,
+}
+
+impl AttentionDiagnostics {
+    fn of(h_hat: &Tensor, h_last: &Tensor, att: &Tensor, mask: &Tensor, head: &Tensor) -> Self {
+        let norm = |t: &Tensor| t.to_kind(Kind::Double).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Double).sqrt().mean(Kind::Double).double_value(&[]);
+        let sd = |t: &Tensor| {
+            let s = t.linear::<Tensor>(head, None).to_kind(Kind::Double);
+            if s.numel() < 2 { 0.0 } else { s.std(false).double_value(&[]) }
+        };
+        AttentionDiagnostics {
+            attn_entropy: cross_attention::normalized_entropy(att, mask),
+            hhat_norm_ratio: norm(h_hat) / norm(h_last).max(1e-30),
+            score_std_hhat: sd(h_hat),
+            score_std_hlast: sd(h_last),
+        }
+    }
+
+    /// The weighted mean of each field; `None` for no items.
+    pub fn mean(items: &[(AttentionDiagnostics, f64)]) -> Option<Self> {
+        let w: f64 = items.iter().map(|x| x.1).sum();
+        if items.is_empty() || w <= 0.0 {
+            return None;
+        }
+        let m = |f: fn(&AttentionDiagnostics) -> f64| items.iter().map(|(d, k)| f(d) * k).sum::<f64>() / w;
+        Some(AttentionDiagnostics {
+            attn_entropy: m(|d| d.attn_entropy),
+            hhat_norm_ratio: m(|d| d.hhat_norm_ratio),
+            score_std_hhat: m(|d| d.score_std_hhat),
+            score_std_hlast: m(|d| d.score_std_hlast),
+        })
+    }
+
+    /// As JSON: the four fields by name.
+    pub fn to_json(&self) -> Value {
+        json!({"attn_entropy": self.attn_entropy, "hhat_norm_ratio": self.hhat_norm_ratio,
+               "score_std_hhat": self.score_std_hhat, "score_std_hlast": self.score_std_hlast})
+    }
+
+    fn insert_into(&self, m: &mut Map<String, Value>) {
+        m.insert("r2m/attn_entropy".into(), json!(self.attn_entropy));
+        m.insert("r2m/hhat_norm_ratio".into(), json!(self.hhat_norm_ratio));
+        m.insert("r2m/score_std_hhat".into(), json!(self.score_std_hhat));
+        m.insert("r2m/score_std_hlast".into(), json!(self.score_std_hlast));
     }
 }
 

@@ -82,6 +82,11 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
         assert_eq!(acc["pairs"], 6);
         if acc["method"] == "vanilla" {
             assert_eq!(a, b, "{r}");
+            assert!(acc.get("attention").is_none(), "no cross-attention: {r}");
+        } else {
+            // What R2M's cross-attention did on the held-out pairs (normalised entropy in [0, 1]).
+            let ent = acc["attention"]["attn_entropy"].as_f64().unwrap_or_else(|| panic!("{r}"));
+            assert!((0.0..=1.0 + 1e-9).contains(&ent) && acc["attention"]["hhat_norm_ratio"].as_f64().unwrap() > 0.0, "{r}");
         }
     }
     // Again: everything is reused, nothing reruns.

@@ -232,6 +232,15 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
         }
         let f = |x: &serde_json::Map<String, serde_json::Value>, k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{algo:?} + {method:?}: no {k}"));
         assert!(f(&m[2], "r2m/loss").is_finite());
+        // The cross-attention's diagnostics, only where it runs (R2M's methods, not iterative-head).
+        if method.uses_feedback() {
+            let ent = f(&m[2], "r2m/attn_entropy");
+            assert!((0.0..=1.0 + 1e-9).contains(&ent), "{ent}");
+            assert!(f(&m[2], "r2m/hhat_norm_ratio") > 0.0 && f(&m[2], "r2m/score_std_hlast") > 0.0);
+            assert!(f(&m[2], "r2m/score_std_hhat").is_finite());
+        } else {
+            assert!(!m[2].contains_key("r2m/attn_entropy"));
+        }
         assert!((f(&m[0], "reward") - f(&m[0], "reward_frozen_rm")).abs() < 1e-5, "{algo:?} + {method:?}: step 0 scores like the RM");
         assert_eq!(f(&m[0], "reward_frozen_rm/top_agree"), 1.0);
         assert!((f(&m[0], "reward_frozen_rm/corr") - 1.0).abs() < 1e-4, "{:?}", m[0]);
