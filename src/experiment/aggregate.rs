@@ -103,6 +103,9 @@ pub struct RmAccuracy {
     pub seed: Option<u64>,
     pub before: f64,
     pub after: f64,
+    /// R2M's cross-attention after RL on the same pairs: its normalised entropy (1 = uniform over
+    /// the tokens; `attention.attn_entropy`, NaN where the method has none or the file predates it).
+    pub attn_entropy: f64,
 }
 
 /// A run folder that was read.
@@ -228,6 +231,7 @@ fn read_rm_accuracy(path: &Path, default: Option<(&str, &str, u64)>) -> Result<V
             seed: it.get("seed").and_then(Value::as_u64).or(default.map(|d| d.2)),
             before: f64_of(it.get("before")),
             after: f64_of(it.get("after")),
+            attn_entropy: f64_of(it.get("attention").and_then(|a| a.get("attn_entropy"))),
         });
     }
     Ok(out)
@@ -436,13 +440,15 @@ pub struct RunStats {
     pub length_init: f64,
     pub rm_acc_before: f64,
     pub rm_acc_after: f64,
+    /// R2M's attention entropy after RL (normalised, 1 = uniform; [`RmAccuracy::attn_entropy`]).
+    pub attn_entropy_after: f64,
     /// Mean seconds per step of each `time/*` metric (total over the run / steps logged; a phase
     /// absent at a step, like `time/eval`, counts 0 there: the amortized cost).
     pub times: BTreeMap<String, f64>,
 }
 
 /// The metrics of [`RunStats::values`] and their table labels, in table order.
-pub const METRICS: [(&str, &str); 18] = [
+pub const METRICS: [(&str, &str); 19] = [
     ("gold_final", "gold (final)"),
     ("gold_at_d", "gold @ matched d"),
     ("peak_gold", "peak gold"),
@@ -461,6 +467,7 @@ pub const METRICS: [(&str, &str); 18] = [
     ("rm_acc_after", "RM acc after"),
     ("time_step", "s/step"),
     ("proxy_init", "proxy (pi_init)"),
+    ("attn_entropy_after", "attention entropy after"),
 ];
 
 /// The metrics compared between methods, in table order.
@@ -492,6 +499,7 @@ impl RunStats {
             "length_init" => self.length_init,
             "rm_acc_before" => self.rm_acc_before,
             "rm_acc_after" => self.rm_acc_after,
+            "attn_entropy_after" => self.attn_entropy_after,
             "time_step" => self.times.get("time/step").copied().unwrap_or(f64::NAN),
             _ => f64::NAN,
         }
@@ -546,7 +554,8 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
     let nsteps = run.metrics.len().max(1) as f64;
     times.values_mut().for_each(|v| *v /= nsteps);
 
-    let (rm_acc_before, rm_acc_after) = run.rm_accuracy.as_ref().map(|r| (r.before, r.after)).unwrap_or((nan, nan));
+    let (rm_acc_before, rm_acc_after, attn_entropy_after) =
+        run.rm_accuracy.as_ref().map(|r| (r.before, r.after, r.attn_entropy)).unwrap_or((nan, nan, nan));
     RunStats {
         last_eval_step: last.map(|p| p.step),
         last_step: run.last_step(),
@@ -567,6 +576,7 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
         length_init,
         rm_acc_before,
         rm_acc_after,
+        attn_entropy_after,
         times,
     }
 }
@@ -890,6 +900,8 @@ pub fn aggregate(grid: &Grid, opts: &AggregateOptions) -> Aggregate {
                     *s = summarize(&[g.before]);
                 } else if *k == "rm_acc_after" {
                     *s = summarize(&[g.after]);
+                } else if *k == "attn_entropy_after" {
+                    *s = summarize(&[g.attn_entropy]);
                 }
             }
         }

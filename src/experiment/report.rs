@@ -334,7 +334,13 @@ fn comparison_md_table(cs: &[&Comparison], a_title: &str, b_title: &str) -> Tabl
 }
 
 fn rm_table(agg: &Aggregate) -> Table {
-    let mut t = Table::new(["algo", "method", "RM acc before (%)", "RM acc after (%)", "source"]);
+    let with_attention = agg.cells.iter().any(|c| c.get("attn_entropy_after").n > 0);
+    let mut cols = vec!["algo", "method", "RM acc before (%)", "RM acc after (%)"];
+    if with_attention {
+        cols.push("attention entropy after (1 = uniform)");
+    }
+    cols.push("source");
+    let mut t = Table::new(cols);
     for c in &agg.cells {
         let (b, a) = (c.get("rm_acc_before"), c.get("rm_acc_after"));
         if b.n == 0 && a.n == 0 {
@@ -342,7 +348,13 @@ fn rm_table(agg: &Aggregate) -> Table {
         }
         let pct = |s: &Summary| pm(&scaled(s, if s.mean <= 1.0 { 100.0 } else { 1.0 }), 1);
         let src = if c.rm_grid.is_some() { "grid rm_accuracy.json".to_string() } else { format!("{} runs", a.n.max(b.n)) };
-        let _ = t.push(vec![algo_label(&c.algo), c.method.clone(), pct(&b), pct(&a), src]);
+        let mut row = vec![algo_label(&c.algo), c.method.clone(), pct(&b), pct(&a)];
+        if with_attention {
+            let e = c.get("attn_entropy_after");
+            row.push(if e.n == 0 { "—".into() } else { pm(&e, 4) });
+        }
+        row.push(src);
+        let _ = t.push(row);
     }
     t
 }
@@ -811,7 +823,11 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
     if rm.rows.is_empty() {
         b.push(P("No rm_accuracy.json in the grid or its runs.".into()));
     } else {
+        let attention = rm.headers.iter().any(|h| h.starts_with("attention entropy"));
         b.push(Table(rm));
+        if attention {
+            b.push(P("Attention entropy: how R2M's cross-attention spreads over the policy's tokens on these pairs after RL, entropy / ln(tokens) averaged over responses (1 = uniform: H_hat is a linear map of the mean hidden state; near 0: it reads a few tokens). `r2m eval-rm --feedback-from RUN` prints it with the norms and score spreads of H_hat and H_last.".into()));
+        }
     }
 
     b.push(H(2, "Time per phase".into()));

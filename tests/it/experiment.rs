@@ -295,6 +295,37 @@ fn aggregates_the_fixture_grid() {
     assert_eq!(agg.matched_d["rloo"], 0.5);
 }
 
+/// R2M's attention entropy after RL (`attention` in a run's rm_accuracy.json, written by the grid
+/// since R2M's diagnostics): summarised per cell and shown in the report's RM table; cells without
+/// it show a dash, and a grid where no run has it keeps the table as it was.
+#[test]
+fn attention_entropy_after_rl_is_aggregated_and_reported() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let plain = write_report(d.path()).unwrap();
+    let md = std::fs::read_to_string(&plain.report_md).unwrap();
+    assert!(!md.contains("attention entropy"), "no run has it yet");
+    for (s, e) in [(0, 0.9999), (1, 0.99995), (2, 0.9998)] {
+        let p = d.path().join(format!("r2m-rloo-s{s}/rm_accuracy.json"));
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["attention"] = json!({"attn_entropy": e, "hhat_norm_ratio": 5.0, "score_std_hhat": 0.06, "score_std_hlast": 0.33});
+        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+    let agg = aggregate::aggregate(&aggregate::load_grid(d.path(), &opts).unwrap(), &opts);
+    let e = agg.cell("r2m", "rloo").unwrap().get("attn_entropy_after");
+    assert_eq!(e.n, 3);
+    assert!((e.mean - (0.9999 + 0.99995 + 0.9998) / 3.0).abs() < 1e-12, "{e:?}");
+    assert_eq!(agg.cell("r2m", "grpo").unwrap().get("attn_entropy_after").n, 0);
+    assert_eq!(agg.cell("vanilla", "rloo").unwrap().get("attn_entropy_after").n, 0);
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    let sec = md.split("## RM accuracy").nth(1).unwrap().split("\n## ").next().unwrap();
+    let head = sec.lines().find(|l| l.contains("RM acc before")).unwrap();
+    assert!(head.contains("attention entropy after (1 = uniform)"), "{head}");
+    let row = |m: &str, a: &str| sec.lines().find(|l| l.starts_with(&format!("| {a} | {m} |"))).unwrap_or_else(|| panic!("no {a} {m} row:\n{sec}")).to_string();
+    assert!(row("r2m", "RLOO").contains("0.9999"), "{}", row("r2m", "RLOO"));
+    assert!(row("vanilla", "RLOO").contains("—"), "{}", row("vanilla", "RLOO"));
+}
+
 /// The proxy of the tables and the overoptimization test is the frozen proxy RM's score where a run
 /// logged it beside its own reward (R2M's methods train on another reward); otherwise the reward.
 #[test]
