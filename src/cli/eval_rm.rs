@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The reward model (an RM folder, or a backbone with a fresh head).
-    #[arg(long)]
-    pub model: String,
+    /// The reward model (an RM folder, or a backbone with a fresh head); not needed with
+    /// --feedback-from (the run names its RM).
+    #[arg(long, required_unless_present = "feedback_from")]
+    pub model: Option<String>,
     /// Preference pairs (JSONL or Parquet, TRL formats).
     #[arg(long)]
     pub data: PathBuf,
@@ -24,7 +25,7 @@ pub struct Args {
     pub json: bool,
     /// An `r2m rl` run with R2M (or an ablation that reads feedback): evaluate its reward model
     /// (the run's RM + trained cross-attention and head) with the run's final policy's feedback
-    /// at w(T), as the paper's Table 3. `--model` is then ignored.
+    /// at w(T), as the paper's Table 3, and what its cross-attention does on these pairs.
     #[arg(long)]
     pub feedback_from: Option<PathBuf>,
     /// With --feedback-from: use freshly initialised R2M modules (accuracy before R2M training).
@@ -37,7 +38,8 @@ pub fn run(a: Args) -> Result<()> {
         return run_feedback(&a, run);
     }
     let device = crate::device::parse(&a.device)?;
-    let rm = RewardModel::load(&a.model, 0, device).with_context(|| format!("loading {}", a.model))?;
+    let model = a.model.as_deref().context("--model: which reward model to evaluate")?;
+    let rm = RewardModel::load(model, 0, device).with_context(|| format!("loading {model}"))?;
     let d = data::load_preferences(&a.data, &LoadOptions { skip_invalid: a.skip_invalid })?;
     let pairs = tokenize_pairs(&rm, &d.items, a.max_length)?;
     let (acc, loss, n) = evaluate(&rm, &pairs, a.batch)?;

@@ -110,7 +110,7 @@ mod tests {
         let (_, flat) = x.forward_with_weights(&hl, &h, &mask);
         assert!((normalized_entropy(&flat, &mask) - 1.0).abs() < 1e-6);
         // A 100x larger query sharpens it.
-        let _ = tch::no_grad(|| x.w_q.copy_(&(Tensor::randn([8, 6], (Kind::Float, Device::Cpu)) * 50.0)));
+        tch::no_grad(|| x.w_q.copy_(&(Tensor::randn([8, 6], (Kind::Float, Device::Cpu)) * 50.0)));
         let (_, sharp) = x.forward_with_weights(&hl, &h, &mask);
         assert!(normalized_entropy(&sharp, &mask) < e.min(0.5));
         // By hand: weights (0.5, 0.5, 0) over 3 valid tokens -> ln 2 / ln 3.

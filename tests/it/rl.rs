@@ -489,7 +489,8 @@ fn export_run_writes_the_trained_policy() {
 }
 
 /// `eval-rm --feedback-from RUN` (Table 3): the run's R2M scores held-out pairs with the final
-/// policy's feedback at w(T); `--untrained` gives the before-training number.
+/// policy's feedback at w(T); `--untrained` gives the before-training number; both report what the
+/// cross-attention does.
 #[test]
 fn eval_rm_with_feedback_from_an_r2m_run() {
     let _rng = crate::common::torch_rng_lock();
@@ -510,7 +511,7 @@ fn eval_rm_with_feedback_from_an_r2m_run() {
     std::fs::write(&pairs, lines.join("\n")).unwrap();
     let eval = |extra: &[&str]| -> serde_json::Value {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
-            .args(["eval-rm", "--model", "unused", "--device", "cpu", "--json", "--data", pairs.to_str().unwrap(), "--feedback-from", c.out.to_str().unwrap()])
+            .args(["eval-rm", "--device", "cpu", "--json", "--data", pairs.to_str().unwrap(), "--feedback-from", c.out.to_str().unwrap()])
             .args(extra)
             .output()
             .unwrap();
@@ -524,6 +525,12 @@ fn eval_rm_with_feedback_from_an_r2m_run() {
     assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b));
     // w(T) with omega 0 is 0: the score is the cross-attention's alone.
     assert_eq!(trained["w"].as_f64().unwrap(), 0.0);
+    // What the cross-attention does (no --model needed: the run names its RM); training moved it.
+    for v in [&trained, &untrained] {
+        let e = v["attention"]["attn_entropy"].as_f64().unwrap_or_else(|| panic!("{v}"));
+        assert!((0.0..=1.0 + 1e-9).contains(&e) && v["attention"]["hhat_norm_ratio"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert_ne!(trained["attention"]["score_std_hhat"], untrained["attention"]["score_std_hhat"]);
 }
 
 /// bf16 autocast (`policy.dtype`, `reward.dtype`; model::precision): the policy learns the rule
