@@ -552,29 +552,37 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
     let mut out = vec![];
     // 1. Does the testbed show overoptimization under vanilla?
     let mut any_vanilla = false;
-    let (mut shown, mut decidable) = (vec![], false);
+    let (mut shown, mut not_shown, mut undetermined) = (vec![], vec![], vec![]);
     for algo in agg.algos() {
         if let Some(c) = agg.cell(BASELINE, &algo) {
             any_vanilla = true;
             if let Some(o) = &c.overopt {
                 out.push(format!("Vanilla {}: {}", algo_label(&algo), o.describe()));
-                if o.overoptimized == Some(true) {
-                    shown.push(algo_label(&algo));
+                match o.overoptimized {
+                    Some(true) => shown.push(algo_label(&algo)),
+                    Some(false) => not_shown.push(algo_label(&algo)),
+                    None => undetermined.push(algo_label(&algo)),
                 }
-                decidable |= o.overoptimized.is_some();
             }
         }
     }
     if any_vanilla {
-        out.push(if !decidable {
+        out.push(if !shown.is_empty() {
+            format!("The testbed shows overoptimization under vanilla {}.", shown.join(", "))
+        } else if not_shown.is_empty() {
             "Cannot tell yet whether the testbed overoptimizes under vanilla RL here: every vanilla algorithm has fewer than 2 seeds."
                 .to_string()
-        } else if shown.is_empty() {
+        } else if !undetermined.is_empty() {
+            // One algorithm's "no" does not settle it while another cannot be tested yet.
+            format!(
+                "Cannot tell yet whether the testbed overoptimizes under vanilla RL here: not under vanilla {}, and vanilla {} cannot be tested yet (see above).",
+                not_shown.join(", "),
+                undetermined.join(", ")
+            )
+        } else {
             "The testbed does NOT show overoptimization under vanilla RL here: by testbed.md it cannot yet tell methods apart \
              (change the gold, the proxy's data size or the budget until it does)."
                 .to_string()
-        } else {
-            format!("The testbed shows overoptimization under vanilla {}.", shown.join(", "))
         });
     } else {
         out.push("No vanilla runs: overoptimization under vanilla and every comparison with vanilla are untested.".into());

@@ -482,6 +482,25 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
     let s = write_report(d.path()).unwrap();
     assert!(s.verdicts.iter().any(|v| v.starts_with("Cannot tell yet whether the testbed overoptimizes")), "{:?}", s.verdicts);
     assert!(!s.verdicts.iter().any(|v| v.contains("does NOT show")), "{:?}", s.verdicts);
+    // One seed whose gold is highest at the last step is a "no" for its algorithm, but while
+    // another algorithm cannot be tested the testbed's verdict is still open (not "does NOT show").
+    let p = d.path().join("vanilla-remax-s0/eval.jsonl");
+    let rows: Vec<Value> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = rows.iter().map(|r| r["step"].as_i64().unwrap()).max().unwrap();
+    let lifted: Vec<String> = rows
+        .into_iter()
+        .map(|mut r| {
+            if r["step"] == last {
+                r["gold"] = json!(r["gold"].as_f64().unwrap() + 100.0);
+            }
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(&p, lifted.join("\n") + "\n").unwrap();
+    let s = write_report(d.path()).unwrap();
+    let want = "Cannot tell yet whether the testbed overoptimizes under vanilla RL here: not under vanilla ReMax, and vanilla RLOO cannot be tested yet (see above).";
+    assert!(s.verdicts.iter().any(|v| v == want), "{:?}", s.verdicts);
+    assert!(!s.verdicts.iter().any(|v| v.contains("does NOT show")), "{:?}", s.verdicts);
 }
 
 /// An experiment variant's runs (config `label`, `r2m experiment`'s `[[variants]]`) are a method of
