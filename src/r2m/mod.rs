@@ -391,11 +391,11 @@ impl AttentionDiagnostics {
                "score_std_hhat": self.score_std_hhat, "score_std_hlast": self.score_std_hlast})
     }
 
+    /// The fields of [`Self::to_json`] as `r2m/<field>` metrics.
     fn insert_into(&self, m: &mut Map<String, Value>) {
-        m.insert("r2m/attn_entropy".into(), json!(self.attn_entropy));
-        m.insert("r2m/hhat_norm_ratio".into(), json!(self.hhat_norm_ratio));
-        m.insert("r2m/score_std_hhat".into(), json!(self.score_std_hhat));
-        m.insert("r2m/score_std_hlast".into(), json!(self.score_std_hlast));
+        if let Value::Object(o) = self.to_json() {
+            m.extend(o.into_iter().map(|(k, v)| (format!("r2m/{k}"), v)));
+        }
     }
 }
 
