@@ -84,6 +84,22 @@ fn experiment_presets_resolve() {
         assert_eq!(c.rl.beta, want, "{}", spec.name());
         assert_eq!((c.rl.steps, c.rl.eval_prompts, c.r2m.as_ref().unwrap().lr), (80, 128, 1e-5), "{}", spec.name());
     }
+    // The retuned testbed (session 12): overopt-t1 with GRPO at beta 0, its own folder and archive.
+    let t2 = load("configs/overopt-t2.toml");
+    assert_eq!(t2.runs().len(), (8 * 2 + 2) * 3);
+    assert_eq!(t2.archive.as_deref(), Some(Path::new("docs/results/overopt-t2")));
+    assert_eq!((t2.proxy.clone(), t2.pretrained.clone()), (t1.proxy.clone(), t1.pretrained.clone()));
+    for spec in t2.runs() {
+        let c = t2.run_config(&spec, &shared).unwrap();
+        let want = match spec.algo {
+            r2m::rl::config::Algo::Rloo => Some(0.01),
+            r2m::rl::config::Algo::Grpo => Some(0.0),
+            _ => None,
+        };
+        assert_eq!(c.rl.beta, want, "{}", spec.name());
+        let c1 = t1.run_config(&spec, &shared).unwrap();
+        assert_eq!((c.rl.steps, c.policy.lr, c.r2m.clone()), (c1.rl.steps, c1.policy.lr, c1.r2m.clone()), "{}", spec.name());
+    }
     // The GPU budget: K = 8, T = 100, budgets from free memory.
     let gpu = load("configs/overopt-gpu.toml");
     assert_eq!(gpu.runs().len(), 6);
