@@ -100,6 +100,15 @@ fn experiment_presets_resolve() {
         let c1 = t1.run_config(&spec, &shared).unwrap();
         assert_eq!((c.rl.steps, c.policy.lr, c.r2m.clone()), (c1.rl.steps, c1.policy.lr, c1.r2m.clone()), "{}", spec.name());
     }
+    // Its second try: the policy's lr 3e-4, all else as overopt-t2.
+    let t3 = load("configs/overopt-t2-lr3e-4.toml");
+    assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
+    for spec in t3.runs() {
+        let (c, c2) = (t3.run_config(&spec, &shared).unwrap(), t2.run_config(&spec, &shared).unwrap());
+        assert_eq!(c.policy.lr, 3e-4, "{}", spec.name());
+        assert_eq!(c.rl, c2.rl, "{}", spec.name());
+        assert_eq!((c.r2m.clone(), c.reward.clone(), c.data.clone()), (c2.r2m.clone(), c2.reward.clone(), c2.data.clone()), "{}", spec.name());
+    }
     // The GPU budget: K = 8, T = 100, budgets from free memory.
     let gpu = load("configs/overopt-gpu.toml");
     assert_eq!(gpu.runs().len(), 6);
