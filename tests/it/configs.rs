@@ -100,8 +100,19 @@ fn experiment_presets_resolve() {
         let c1 = t1.run_config(&spec, &shared).unwrap();
         assert_eq!((c.rl.steps, c.policy.lr, c.r2m.clone()), (c1.rl.steps, c1.policy.lr, c1.r2m.clone()), "{}", spec.name());
     }
-    // Its second try: the policy's lr 3e-4, all else as overopt-t2.
+    // Written as `extends = "overopt-t1.toml"`: the whole resolved config is t1's but for these.
+    let mut want2 = t1.clone();
+    want2.out = "runs/overopt-t2".into();
+    want2.archive = Some("docs/results/overopt-t2".into());
+    want2.algo_set.insert(r2m::rl::config::Algo::Grpo, vec!["rl.beta=0.0".into()]);
+    assert_eq!(t2, want2);
+    // Its second try: the policy's lr 3e-4, all else as overopt-t2 (which it extends).
     let t3 = load("configs/overopt-t2-lr3e-4.toml");
+    let mut want3 = t2.clone();
+    want3.out = "runs/overopt-t2-lr3e-4".into();
+    want3.archive = Some("docs/results/overopt-t2-lr3e-4".into());
+    want3.run.policy.lr = 3e-4;
+    assert_eq!(t3, want3);
     assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
     for spec in t3.runs() {
         let (c, c2) = (t3.run_config(&spec, &shared).unwrap(), t2.run_config(&spec, &shared).unwrap());
