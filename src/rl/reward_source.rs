@@ -191,10 +191,22 @@ pub struct GoldSource {
 
 impl GoldSource {
     pub fn scores(&self, prompts: &[&PromptExample], responses: &[String], finished: &[bool]) -> Result<Tensor> {
+        self.scores_with(prompts, responses, finished, None)
+    }
+
+    /// [`GoldSource::scores`] with fluency log-probs already known for some responses
+    /// ([`crate::testbed::Gold::score_with`]).
+    pub fn scores_with(
+        &self,
+        prompts: &[&PromptExample],
+        responses: &[String],
+        finished: &[bool],
+        known: Option<&[Option<crate::testbed::KnownLogprobs>]>,
+    ) -> Result<Tensor> {
         let tps = prompts.iter().map(|p| testbed_prompt(p)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&TestbedPrompt> = tps.iter().collect();
         let rs: Vec<&str> = responses.iter().map(|s| s.as_str()).collect();
-        let g = self.gold.score(&refs, &rs, finished)?;
+        let g = self.gold.score_with(&refs, &rs, finished, known)?;
         Ok(Tensor::from_slice(&g.iter().map(|s| s.total as f32).collect::<Vec<_>>()))
     }
 }

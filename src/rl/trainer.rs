@@ -19,6 +19,7 @@ use crate::model::precision::Precision;
 use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
 use crate::rl::losses::{self, Aggregation};
 use crate::rl::reward_source::{GoldSource, RewardInput, RewardSource, UpdateInput};
+use crate::testbed::KnownLogprobs;
 use crate::tokenizer::{Message, Tokenizer};
 use crate::train::{apply_trainable, clip_grad_norm, ensure_finite, lr_at, AdamW, AdamWConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -46,6 +47,10 @@ pub struct Run<'a> {
     /// when the reference holds the same weights there.
     pub trunk_layers: usize,
     pub reference_shares_trunk: bool,
+    /// The gold's fluency LM is the reference (same weights, tokenizer and precision): the gold's
+    /// fluency log-probs then come from the reference pass that the KL needs anyway, for every
+    /// response whose tokens the gold would score itself ([`KnownLogprobs`]).
+    pub gold_reuses_reference: bool,
     /// Rows per `generate` call and micro-batches per optimiser step (`rl.generation_batch`,
     /// `rl.grad_accum`, resolved against free memory when "auto").
     pub budget: Budget,
@@ -66,6 +71,49 @@ pub struct Rollout {
     pub responses: Vec<String>,
     pub finished: Vec<bool>,
     pub entropy: f64,
+    /// The gold's fluency log-probs from the reference pass (when `Run::gold_reuses_reference`).
+    pub fluency: Option<Vec<Option<KnownLogprobs>>>,
+}
+
+/// The gold's fluency log-probs from the reference's final hidden states `last` (B, P + N, D) of
+/// `seq` (prompt ids left-padded to width `p`, then the response ids `ids`, (B, N), with `mask`):
+/// per row, the prompt's ids, the response's ids before its first EOS (the tokens whose text the
+/// gold scores), and their log-probs at temperature 1, computed as the gold's own pass does.
+pub fn known_fluency(reference: &CausalLm, last: &Tensor, seq: &Tensor, seq_mask: &Tensor, p: i64, ids: &Tensor, mask: &Tensor, eos: &[i64]) -> Result<Vec<Option<KnownLogprobs>>> {
+    let _guard = tch::no_grad_guard();
+    let (b, t) = (seq.size()[0], seq.size()[1]);
+    let cpu = |x: &Tensor| -> Result<Vec<Vec<i64>>> { Ok(Vec::<Vec<i64>>::try_from(x.to_device(Device::Cpu).to_kind(Kind::Int64))?) };
+    let (seq_v, seq_m, ids_v, mask_v) = (cpu(seq)?, cpu(seq_mask)?, cpu(ids)?, cpu(mask)?);
+    let (mut rows, mut at, mut next) = (Vec::with_capacity(b as usize), Vec::new(), Vec::new());
+    for i in 0..b as usize {
+        let prompt: Vec<i64> = (0..p as usize).filter(|&j| seq_m[i][j] != 0).map(|j| seq_v[i][j]).collect();
+        let len = mask_v[i].iter().filter(|&&m| m != 0).count();
+        let response: Vec<i64> = ids_v[i][..len].iter().copied().take_while(|x| !eos.contains(x)).collect();
+        // The state at position p - 1 + j predicts response token j.
+        at.extend((0..response.len() as i64).map(|j| i as i64 * t + p - 1 + j));
+        next.extend(response.iter().copied());
+        rows.push((prompt, response));
+    }
+    let lp = if at.is_empty() {
+        vec![]
+    } else {
+        let dev = last.device();
+        let hs = last.view([-1, last.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev)); // (sum r, D)
+        let logits = reference.logits(&hs).to_kind(Kind::Float);
+        let nx = Tensor::from_slice(&next).to_device(dev).unsqueeze(-1);
+        let lp = logits.gather(-1, &nx, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
+        Vec::<f32>::try_from(&lp.to_device(Device::Cpu))?
+    };
+    let mut off = 0;
+    Ok(rows
+        .into_iter()
+        .map(|(prompt, response)| {
+            let n = response.len();
+            let logprobs = lp[off..off + n].to_vec();
+            off += n;
+            Some(KnownLogprobs { prompt, response, logprobs })
+        })
+        .collect())
 }
 
 fn render(tok: &Tokenizer, p: &Text, chat: bool) -> Result<(String, bool)> {
@@ -206,13 +254,17 @@ impl<'a> Run<'a> {
                 Ok((lp, if want_h { Some(last) } else { None }, ent))
             })?
         };
-        let ref_lp = clock
-            .time("time/reference", || match (&trunk, self.reference_shares_trunk) {
-                (Some(x), true) => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
-                _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
-            })?
-            .0;
+        let (ref_lp, ref_last) = clock.time("time/reference", || match (&trunk, self.reference_shares_trunk) {
+            (Some(x), true) => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
+            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+        })?;
         let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
+        let fluency = if self.gold_reuses_reference {
+            Some(clock.time("time/gold", || known_fluency(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos))?)
+        } else {
+            None
+        };
+        drop(ref_last);
         let (responses, finished) = clock.time("time/decode", || decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos))?;
         Ok(Rollout {
             prompt_idx,
@@ -227,6 +279,7 @@ impl<'a> Run<'a> {
             responses,
             finished,
             entropy,
+            fluency,
         })
     }
 
@@ -399,7 +452,7 @@ impl<'a> Run<'a> {
         };
 
         // Metrics (TRL names where the quantity is the same).
-        let t_metrics = Instant::now();
+        let (t_metrics, n_clock_metrics) = (Instant::now(), clock.0.len());
         let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let mut m = Map::new();
@@ -440,13 +493,13 @@ impl<'a> Run<'a> {
         m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0)));
         if let Some(gold) = &self.gold {
             let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
-            let gs = clock.time("time/gold", || gold.scores(&prompts, &r.responses, &r.finished))?;
+            let gs = clock.time("time/gold", || gold.scores_with(&prompts, &r.responses, &r.finished, r.fluency.as_deref()))?;
             m.insert("gold/reward".into(), json!(gs.mean(Kind::Float).double_value(&[])));
         }
         for (k2, v) in upd {
             m.insert(k2, v);
         }
-        let gold_s: f64 = clock.0.iter().filter(|x| x.0 == "time/gold").map(|x| x.1).sum();
+        let gold_s: f64 = clock.0[n_clock_metrics..].iter().filter(|x| x.0 == "time/gold").map(|x| x.1).sum();
         clock.0.push(("time/metrics", t_metrics.elapsed().as_secs_f64() - gold_s));
         for (name, s) in &clock.0 {
             let e = m.entry(name.to_string()).or_insert(json!(0.0));
@@ -490,12 +543,16 @@ impl<'a> Run<'a> {
         let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
         let _guard = tch::no_grad_guard();
         let temp = self.cfg.rl.eval_temperature;
-        let rlp = clock
-            .time("time/eval/reference", || match &g.trunk {
-                Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
-                _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
-            })?
-            .0;
+        let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
+            Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
+            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+        })?;
+        let fluency = if self.gold_reuses_reference {
+            Some(clock.time("time/eval/gold", || known_fluency(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos))?)
+        } else {
+            None
+        };
+        drop(ref_last);
         let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
         let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         let input = RewardInput {
@@ -518,7 +575,7 @@ impl<'a> Run<'a> {
         m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
         let gold = match &self.gold {
             Some(gold) => {
-                let gs = clock.time("time/eval/gold", || gold.scores(&prompts, &texts, &fin))?;
+                let gs = clock.time("time/eval/gold", || gold.scores_with(&prompts, &texts, &fin, fluency.as_deref()))?;
                 m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
                 Some(Vec::<f64>::try_from(gs.to_kind(Kind::Double))?)
             }
@@ -527,7 +584,8 @@ impl<'a> Run<'a> {
         // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
         // and `time/eval` holds the whole eval).
         for (name, s) in clock.0 {
-            m.insert(name.into(), json!(s));
+            let e = m.entry(name.to_string()).or_insert(json!(0.0));
+            *e = json!(e.as_f64().unwrap_or(0.0) + s);
         }
         let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
         let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
@@ -616,6 +674,13 @@ pub fn build<'a>(
     // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
     let trunk_layers = if cfg.rl.trunk_cache { policy.frozen_prefix().min(policy.model.num_layers().saturating_sub(1)) } else { 0 };
     let reference_shares_trunk = trunk_layers > 0 && policy.same_prefix(&reference, trunk_layers);
+    let gold_reuses_reference = gold.as_ref().and_then(|g| g.gold.lm.as_ref().map(|lm| (&g.gold.cfg.fluency_model, lm))).is_some_and(|(m, lm)| {
+        let same_file = |a: &str, b: &str| match (crate::paths::resolve_model(a), crate::paths::resolve_model(b)) {
+            (Ok(x), Ok(y)) => x.canonicalize().ok().is_some_and(|x| y.canonicalize().ok() == Some(x)),
+            _ => false,
+        };
+        same_file(m, &cfg.policy.model) && lm.model.precision == reference.precision && lm.model.device == reference.device
+    });
     let (train_prompts, eval_prompts) = load_prompts(cfg)?;
     ensure!(!train_prompts.is_empty(), "no training prompts");
     let budget = memory_budget(cfg, &policy, opt.params.iter().map(|(_, t)| t.numel() as i64).sum(), free, device, eval_prompts.len())?;
@@ -633,6 +698,7 @@ pub fn build<'a>(
         policy_forwards: 0,
         trunk_layers,
         reference_shares_trunk,
+        gold_reuses_reference,
         budget,
     })
 }

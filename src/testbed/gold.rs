@@ -484,6 +484,18 @@ pub fn text_components(prompt: &TestbedPrompt, response: &str, finished: bool, c
 // ------------------------------------------------------------------------------------------------
 // The gold with its models.
 
+/// Token log-probs of a response under the fluency LM, already computed elsewhere (an RL step's
+/// reference pass over the same tokens, when the reference is the fluency LM): `logprobs[j]` is
+/// log p(`response[j]` | `prompt`, `response[..j]`) at temperature 1. [`Gold::score_with`] uses them
+/// for a response whose own tokens (the chat-formatted prompt, the response text encoded again)
+/// are `prompt` and a prefix of `response`; any other response gets its own pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownLogprobs {
+    pub prompt: Vec<i64>,
+    pub response: Vec<i64>,
+    pub logprobs: Vec<f32>,
+}
+
 /// The gold reward with its frozen models: MiniLM for relevance, and pi_init for fluency when its
 /// gate is on.
 pub struct Gold {
@@ -517,12 +529,26 @@ impl Gold {
     /// cut by the token budget). Pass the response text without the EOS token. Batched: one MiniLM
     /// encode for all responses and references, fluency forwards of `fluency_batch_size`.
     pub fn score(&self, prompts: &[&TestbedPrompt], responses: &[&str], finished: &[bool]) -> Result<Vec<GoldScore>> {
+        self.score_with(prompts, responses, finished, None)
+    }
+
+    /// [`Gold::score`], with fluency log-probs already known for some responses (`known[i]` for
+    /// response i; see [`KnownLogprobs`]): the same scores up to float rounding, without the LM
+    /// pass for those responses.
+    pub fn score_with(
+        &self,
+        prompts: &[&TestbedPrompt],
+        responses: &[&str],
+        finished: &[bool],
+        known: Option<&[Option<KnownLogprobs>]>,
+    ) -> Result<Vec<GoldScore>> {
         let n = prompts.len();
-        if responses.len() != n || finished.len() != n {
+        if responses.len() != n || finished.len() != n || known.is_some_and(|k| k.len() != n) {
             return Err(Error::Input(format!(
-                "gold: {n} prompts, {} responses and {} finished flags must match",
+                "gold: {n} prompts, {} responses, {} finished flags and {} known log-prob rows must match",
                 responses.len(),
-                finished.len()
+                finished.len(),
+                known.map_or(n, |k| k.len())
             )));
         }
         let _guard = tch::no_grad_guard();
@@ -532,7 +558,7 @@ impl Gold {
 
         let cosines = self.cosines(prompts, responses, &nonempty)?;
         let logprobs = match &self.lm {
-            Some(lm) => Some(self.mean_logprobs(lm, prompts, responses, &nonempty)?),
+            Some(lm) => Some(self.mean_logprobs(lm, prompts, responses, &nonempty, known)?),
             None => None,
         };
         let mut scores = Vec::with_capacity(n);
@@ -593,20 +619,45 @@ impl Gold {
         Ok(cos)
     }
 
+    /// The tokens fluency scores: the chat-formatted prompt's ids and the response text's ids (cut
+    /// to `fluency_max_tokens`) under the fluency LM's tokenizer; `None` when fluency is off.
+    pub fn fluency_tokens(&self, prompt: &TestbedPrompt, response: &str) -> Result<Option<(Vec<i64>, Vec<i64>)>> {
+        let Some(lm) = &self.lm else { return Ok(None) };
+        let tok = &lm.tokenizer;
+        let chat = tok.apply_chat_template(&[Message::user(prompt.text.clone())], true)?;
+        let p: Vec<i64> = tok.encode(&chat, false)?.into_iter().map(i64::from).collect();
+        let mut r: Vec<i64> = tok.encode(response, false)?.into_iter().map(i64::from).collect();
+        r.truncate(self.cfg.fluency_max_tokens);
+        Ok(Some((p, r)))
+    }
+
     /// Mean log-prob of each listed response's tokens under `lm` given the chat-formatted prompt
-    /// (`None` elsewhere, and for a response with no tokens).
-    fn mean_logprobs(&self, lm: &Loaded, prompts: &[&TestbedPrompt], responses: &[&str], idx: &[usize]) -> Result<Vec<Option<f64>>> {
+    /// (`None` elsewhere, and for a response with no tokens); from `known` where it holds these
+    /// tokens, else from a pass of `lm`.
+    fn mean_logprobs(
+        &self,
+        lm: &Loaded,
+        prompts: &[&TestbedPrompt],
+        responses: &[&str],
+        idx: &[usize],
+        known: Option<&[Option<KnownLogprobs>]>,
+    ) -> Result<Vec<Option<f64>>> {
         let mut out = vec![None; prompts.len()];
         let tok = &lm.tokenizer;
         // (index, prompt ids, response ids)
         let mut items = Vec::with_capacity(idx.len());
         for &i in idx {
-            let chat = tok.apply_chat_template(&[Message::user(prompts[i].text.clone())], true)?;
-            let p: Vec<i64> = tok.encode(&chat, false)?.into_iter().map(i64::from).collect();
-            let mut r: Vec<i64> = tok.encode(responses[i], false)?.into_iter().map(i64::from).collect();
-            r.truncate(self.cfg.fluency_max_tokens);
-            if !r.is_empty() && !p.is_empty() {
-                items.push((i, p, r));
+            let Some((p, r)) = self.fluency_tokens(prompts[i], responses[i])? else { continue };
+            if r.is_empty() || p.is_empty() {
+                continue;
+            }
+            let k = known.and_then(|k| k[i].as_ref());
+            match k {
+                Some(k) if k.prompt == p && k.response.len() >= r.len() && k.logprobs.len() == k.response.len() && k.response[..r.len()] == r[..] => {
+                    let sum: f64 = k.logprobs[..r.len()].iter().map(|&x| f64::from(x)).sum();
+                    out[i] = Some(sum / r.len() as f64);
+                }
+                _ => items.push((i, p, r)),
             }
         }
         // Similar lengths share a batch (less padding); a stable sort keeps the order deterministic.

@@ -7,5 +7,5 @@ pub mod gold;
 pub mod pairs;
 pub mod prompts;
 
-pub use gold::{components_to_total, Components, Gold, GoldConfig, GoldScore, GoldWeights};
+pub use gold::{components_to_total, Components, Gold, GoldConfig, GoldScore, GoldWeights, KnownLogprobs};
 pub use prompts::{generate_split, Format, Spec, Split, Task, TestbedPrompt};

@@ -9,6 +9,7 @@ use r2m::rl::config::{Algo, RewardKind, RlConfig};
 use r2m::rl::reward_source::{RewardSource, RuleSource};
 use r2m::rl::trainer::{build, run};
 use r2m::train::Trainable;
+use r2m::testbed::TestbedPrompt;
 use std::path::Path;
 use tch::Device;
 
@@ -290,6 +291,58 @@ fn frozen_trunk_cache_matches_full_passes() {
     for (x, y) in wa.iter().zip(&wb) {
         assert!((x - y).abs().max().double_value(&[]) < 1e-5);
     }
+}
+
+#[test]
+fn gold_fluency_from_the_reference_pass_matches_the_golds_own() {
+    // The testbed's setting: the policy is SmolLM2 with a frozen trunk, and the gold's fluency LM
+    // is the same model, so the rollout's reference pass gives the gold its log-probs.
+    let d = tmpdir();
+    let mut c = RlConfig::default();
+    c.out = d.path().join("run");
+    c.device = "cpu".into();
+    c.policy.trainable = Trainable::Top { layers: 2, head: false };
+    c.data.testbed_train = 8;
+    c.data.testbed_test = 4;
+    c.rl.prompts_per_step = 3;
+    c.rl.group_size = 2;
+    c.rl.max_new_tokens = 24;
+    c.rl.minibatch = 6;
+    c.reward.kind = RewardKind::Gold; // validation only: the step's reward is the rule below
+    c.rl.eval_prompts = 4;
+    let gold = r2m::rl::sources::gold_metrics(&c, Device::Cpu).unwrap();
+    let mut r = build(&c, |_| Ok(yes_rule()), gold, Device::Cpu).unwrap();
+    assert!(r.gold_reuses_reference && r.reference_shares_trunk);
+    let ro = r.collect(0, &mut r2m::rl::trainer::Clock::default()).unwrap();
+    let known = ro.fluency.as_ref().expect("fluency log-probs from the reference pass");
+    let gold = &r.gold.as_ref().unwrap().gold;
+    let tps: Vec<_> = ro.prompt_idx.iter().map(|&i| r2m::rl::reward_source::testbed_prompt(&r.train_prompts[i]).unwrap()).collect();
+    let refs: Vec<&TestbedPrompt> = tps.iter().collect();
+    let texts: Vec<&str> = ro.responses.iter().map(|s| s.as_str()).collect();
+    // The rollout's tokens are what the gold would score for (nearly) every response.
+    let mut agree = 0;
+    for (i, k) in known.iter().enumerate() {
+        let (p, y) = gold.fluency_tokens(refs[i], texts[i]).unwrap().unwrap();
+        let k = k.as_ref().unwrap();
+        agree += usize::from(k.prompt == p && k.response.starts_with(&y));
+    }
+    assert!(agree * 2 > known.len(), "{agree} of {} rollouts tokenized as the gold would", known.len());
+    let own = gold.score(&refs, &texts, &ro.finished).unwrap();
+    let with = gold.score_with(&refs, &texts, &ro.finished, Some(known)).unwrap();
+    let mut worst = 0f64;
+    for (i, (a, b)) in own.iter().zip(&with).enumerate() {
+        assert_eq!(a.mean_logprob.is_some(), b.mean_logprob.is_some(), "{i}");
+        if let (Some(u), Some(v)) = (a.mean_logprob, b.mean_logprob) {
+            assert!((u - v).abs() < 1e-4, "row {i}: own {u} from the reference pass {v}");
+            worst = worst.max((u - v).abs());
+        }
+        assert!((a.total - b.total).abs() < 1e-4, "row {i}: {a:?} vs {b:?}");
+    }
+    eprintln!("{agree} of {} rollouts reused; mean log-prob at most {worst:.2e} from the gold's own pass", known.len());
+    // And the held-out eval, which takes the same path, reports the gold's own score.
+    let (m, rows) = r.evaluate(0).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(m["eval/gold"].as_f64().unwrap().is_finite() && m["time/eval/gold"].as_f64().unwrap() > 0.0, "{m:?}");
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! models (MiniLM + SmolLM2): deterministic, batch = one by one, and hand-made hacks ranked below
 //! the clean answer. `testbed_gold_table` (ignored) makes the table in docs/testbed.md.
 use crate::common::tmpdir;
-use r2m::testbed::gold::{Components, Gold, GoldConfig, GoldScore};
+use r2m::testbed::gold::{Components, Gold, GoldConfig, GoldScore, KnownLogprobs};
 use r2m::testbed::prompts::{self, generate_split, Format, Spec, Split, Task, TestbedPrompt};
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// One gold with both models for the whole binary. Behind a mutex: tch tensors are not `Sync`.
 fn gold() -> MutexGuard<'static, Gold> {
@@ -201,6 +201,57 @@ fn testbed_gold_is_deterministic_and_batch_invariant() {
     assert_eq!(g2.score(&prompts, &texts, &fin).unwrap(), batch);
     // Mismatched lengths are an error, not a panic.
     assert!(g2.score(&prompts[..2], &texts[..3], &fin[..2]).is_err());
+}
+
+#[test]
+fn testbed_gold_uses_known_fluency_logprobs_where_the_tokens_agree() {
+    let g = gold();
+    let p = coffee_prompt();
+    let other = generate_split(Split::Test, 2, 0).unwrap();
+    let prompts: Vec<&TestbedPrompt> = vec![&p, &p, &other[0], &other[1]];
+    let texts = [GOOD, STUFFED, ECHO, "Tea."];
+    let fin = [true; 4];
+    let own = g.score(&prompts, &texts, &fin).unwrap();
+    // What an RL step's reference pass hands over: the LM's log-probs of the response given the
+    // prompt at temperature 1, here from one unpadded pass per response.
+    let lm = g.lm.as_ref().unwrap();
+    let known: Vec<Option<KnownLogprobs>> = prompts
+        .iter()
+        .zip(&texts)
+        .map(|(q, y)| {
+            let (pi, ri) = g.fluency_tokens(q, y).unwrap().unwrap();
+            let ids = Tensor::from_slice(&[pi.as_slice(), ri.as_slice()].concat()).unsqueeze(0);
+            let lp = lm.model.token_logprobs(&ids, &ids.ones_like(), 1.0, pi.len() as i64).unwrap().0;
+            Some(KnownLogprobs { prompt: pi, response: ri, logprobs: Vec::<f32>::try_from(lp.squeeze_dim(0)).unwrap() })
+        })
+        .collect();
+    let with = g.score_with(&prompts, &texts, &fin, Some(&known)).unwrap();
+    let close = |u: f64, v: f64| (u - v).abs() < 1e-4;
+    for (i, (a, b)) in own.iter().zip(&with).enumerate() {
+        let (u, v) = (a.mean_logprob.unwrap(), b.mean_logprob.unwrap());
+        assert!(close(u, v) && close(a.total, b.total), "item {i}: own {a:?} known {b:?}");
+    }
+    // Used where the prompt's and response's tokens agree (also as a prefix of a longer known
+    // response), an own pass where they do not.
+    let mut fake = known.clone();
+    fake[0].as_mut().unwrap().logprobs.iter_mut().for_each(|x| *x = -3.0);
+    let k = fake[1].as_mut().unwrap();
+    k.logprobs.iter_mut().for_each(|x| *x = -3.0);
+    k.response.push(7);
+    k.logprobs.push(-100.0);
+    let k = fake[2].as_mut().unwrap();
+    k.prompt[0] += 1;
+    k.logprobs.iter_mut().for_each(|x| *x = -3.0);
+    fake[3] = None;
+    let f = g.score_with(&prompts, &texts, &fin, Some(&fake)).unwrap();
+    assert_eq!((f[0].mean_logprob, f[1].mean_logprob), (Some(-3.0), Some(-3.0)));
+    assert!((f[0].components.fluency - 0.6).abs() < 1e-9, "ramp(-3; -4.5, -2) = 0.6: {:?}", f[0]);
+    assert!(own[0].components.fluency > 0.99, "{:?}", own[0]);
+    for i in [2, 3] {
+        assert!(close(f[i].mean_logprob.unwrap(), own[i].mean_logprob.unwrap()), "item {i}: {:?} vs {:?}", f[i], own[i]);
+    }
+    // A known list that does not match the responses is an error.
+    assert!(g.score_with(&prompts, &texts, &fin, Some(&known[..2])).is_err());
 }
 
 #[test]
