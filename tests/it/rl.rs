@@ -297,6 +297,9 @@ fn frozen_trunk_cache_matches_full_passes() {
 fn gold_fluency_from_the_reference_pass_matches_the_golds_own() {
     // The testbed's setting: the policy is SmolLM2 with a frozen trunk, and the gold's fluency LM
     // is the same model, so the rollout's reference pass gives the gold its log-probs.
+    // `collect` samples from libtorch's global RNG (seeded per `generate` call): tests that sample
+    // in this process take turns, or one's draws land in the other's sequence.
+    let _rng = crate::common::torch_rng_lock();
     let d = tmpdir();
     let mut c = RlConfig::default();
     c.out = d.path().join("run");
