@@ -2,8 +2,25 @@
 //! q = H_last W_q (D_rm -> d); k = h W_k, v = h W_v (D_p -> d);
 //! H_hat = softmax(q k^T / sqrt(d_head), padding masked) v W_o (d -> D_rm).
 //! No biases; weights N(0, init_std), seeded by the caller; heads split d.
+//!
+//! Two testbed switches, off by default (the method as specified): the query's input H_last
+//! rescaled to unit RMS per row before W_q only ([`QueryNorm::UnitRms`]), and a separate init std
+//! for W_q and W_k (`qk_std`). They exist because the attention logits' scale at init,
+//! init_std^2 |H_last| |h_t|, depends on the models: an L2-normalised encoder embedding as H_last
+//! (|H_last| = 1, the testbed's MiniLM proxy) gives logits of std ~0.02 and uniform attention, while
+//! an 8B decoder RM's H_last gives logits of std of order 1 (docs/results.md, Next item 4).
 use crate::model::params::Params;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+/// What the query reads: H_last as is (r2m-method.md), or H_last / RMS(H_last) per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryNorm {
+    #[default]
+    None,
+    UnitRms,
+}
 
 pub struct CrossAttention {
     pub w_q: Tensor, // (d, D_rm)  (nn.Linear layout: out, in)
@@ -11,16 +28,31 @@ pub struct CrossAttention {
     pub w_v: Tensor, // (d, D_p)
     pub w_o: Tensor, // (D_rm, d)
     pub heads: i64,
+    pub query_norm: QueryNorm,
 }
 
 impl CrossAttention {
-    pub fn new(p: &mut Params, d_rm: i64, d_p: i64, d: i64, heads: i64, std: f64, dev: Device) -> Self {
-        let mut init = |name: &str, shape: [i64; 2]| p.add(name, (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * std).to_device(dev));
-        let w_q = init("xattn.w_q", [d, d_rm]);
-        let w_k = init("xattn.w_k", [d, d_p]);
-        let w_v = init("xattn.w_v", [d, d_p]);
-        let w_o = init("xattn.w_o", [d_rm, d]);
-        CrossAttention { w_q, w_k, w_v, w_o, heads }
+    /// Weights N(0, std), W_q and W_k N(0, qk_std) (the spec: qk_std = std), drawn in the order
+    /// W_q, W_k, W_v, W_o from libtorch's generator (seeded by the caller).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(p: &mut Params, d_rm: i64, d_p: i64, d: i64, heads: i64, std: f64, qk_std: f64, query_norm: QueryNorm, dev: Device) -> Self {
+        let mut init = |name: &str, shape: [i64; 2], s: f64| p.add(name, (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * s).to_device(dev));
+        let w_q = init("xattn.w_q", [d, d_rm], qk_std);
+        let w_k = init("xattn.w_k", [d, d_p], qk_std);
+        let w_v = init("xattn.w_v", [d, d_p], std);
+        let w_o = init("xattn.w_o", [d_rm, d], std);
+        CrossAttention { w_q, w_k, w_v, w_o, heads, query_norm }
+    }
+
+    /// The query's input: `h_last` (B, D_rm), or rescaled to unit RMS per row.
+    fn query_input(&self, h_last: &Tensor) -> Tensor {
+        match self.query_norm {
+            QueryNorm::None => h_last.shallow_clone(),
+            QueryNorm::UnitRms => {
+                let ms = h_last.square().mean_dim([-1i64].as_slice(), true, Kind::Float);
+                h_last * (ms + 1e-12).rsqrt()
+            }
+        }
     }
 
     /// h_last (B, D_rm), h (B, S, D_p), mask (B, S) -> H_hat (B, D_rm).
@@ -34,7 +66,7 @@ impl CrossAttention {
         let d = self.w_q.size()[0];
         let nh = self.heads;
         let hd = d / nh;
-        let q = h_last.linear::<Tensor>(&self.w_q, None).view([b, nh, 1, hd]); // (B, nh, 1, hd)
+        let q = self.query_input(h_last).linear::<Tensor>(&self.w_q, None).view([b, nh, 1, hd]); // (B, nh, 1, hd)
         let k = h.linear::<Tensor>(&self.w_k, None).view([b, s, nh, hd]).transpose(1, 2); // (B, nh, S, hd)
         let v = h.linear::<Tensor>(&self.w_v, None).view([b, s, nh, hd]).transpose(1, 2);
         let att = q.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt(); // (B, nh, 1, S)
@@ -66,7 +98,7 @@ mod tests {
     fn padding_is_masked_and_shapes_hold() {
         tch::manual_seed(0);
         let mut p = Params::default();
-        let x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, Device::Cpu);
+        let x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, 0.5, QueryNorm::None, Device::Cpu);
         let hl = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
         let h = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
         let mask = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1]).view([2, 4]);
@@ -80,7 +112,7 @@ mod tests {
         assert_eq!(d, 0.0);
         // One head, by hand: softmax(q k^T / sqrt(d)) v W_o for row 0.
         let mut p1 = Params::default();
-        let x1 = CrossAttention::new(&mut p1, 6, 5, 8, 1, 0.5, Device::Cpu);
+        let x1 = CrossAttention::new(&mut p1, 6, 5, 8, 1, 0.5, 0.5, QueryNorm::None, Device::Cpu);
         let q = hl.get(0).matmul(&x1.w_q.tr()); // (8)
         let k = h.get(0).narrow(0, 0, 3).matmul(&x1.w_k.tr()); // (3, 8)
         let v = h.get(0).narrow(0, 0, 3).matmul(&x1.w_v.tr());
@@ -91,10 +123,45 @@ mod tests {
     }
 
     #[test]
+    fn testbed_switches_scale_the_logits_only_where_asked() {
+        let hl = Tensor::randn([3, 6], (Kind::Float, Device::Cpu)) * 0.01;
+        let h = Tensor::randn([3, 4, 5], (Kind::Float, Device::Cpu));
+        let mask = Tensor::ones([3, 4], (Kind::Int64, Device::Cpu));
+        let make = |qk: f64, qn: QueryNorm| {
+            tch::manual_seed(7);
+            CrossAttention::new(&mut Params::default(), 6, 5, 8, 2, 0.5, qk, qn, Device::Cpu)
+        };
+        let spec = make(0.5, QueryNorm::None);
+        let wide = make(1.5, QueryNorm::None);
+        // qk_std scales W_q and W_k only; W_v and W_o are the same draws.
+        assert!((&wide.w_q - &spec.w_q * 3.0).abs().max().double_value(&[]) < 1e-6);
+        assert!((&wide.w_k - &spec.w_k * 3.0).abs().max().double_value(&[]) < 1e-6);
+        assert!(wide.w_v.equal(&spec.w_v) && wide.w_o.equal(&spec.w_o));
+        // Unit RMS: the query reads H_last's direction only, so a rescaled H_last attends the same.
+        let unit = make(0.5, QueryNorm::UnitRms);
+        let (_, a1) = unit.forward_with_weights(&hl, &h, &mask);
+        let (_, a2) = unit.forward_with_weights(&(&hl * 1000.0), &h, &mask);
+        assert!((&a1 - &a2).abs().max().double_value(&[]) < 1e-5);
+        // ... while as specified the small H_last gives near-uniform attention and the large one does not.
+        let (_, s1) = spec.forward_with_weights(&hl, &h, &mask);
+        let (_, s2) = spec.forward_with_weights(&(&hl * 1000.0), &h, &mask);
+        assert!(normalized_entropy(&s1, &mask) > 0.999 && normalized_entropy(&s2, &mask) < 0.99);
+        // By hand, row 0 head 0: q = (H_last / rms(H_last)) W_q^T.
+        let x = hl.get(0);
+        let xn = &x / x.square().mean(Kind::Float).sqrt();
+        let q = xn.matmul(&unit.w_q.tr()).narrow(0, 0, 4);
+        let k = h.get(0).matmul(&unit.w_k.tr()).narrow(1, 0, 4);
+        let want = (k.matmul(&q) / 2.0).softmax(0, Kind::Float);
+        assert!((a1.get(0).get(0) - want).abs().max().double_value(&[]) < 1e-5);
+        // The output still reads the values through W_o: (B, D_rm).
+        assert_eq!(unit.forward(&hl, &h, &mask).size(), vec![3, 6]);
+    }
+
+    #[test]
     fn normalized_entropy_is_one_for_uniform_attention_and_falls_as_it_sharpens() {
         tch::manual_seed(1);
         let mut p = Params::default();
-        let mut x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, Device::Cpu);
+        let mut x = CrossAttention::new(&mut p, 6, 5, 8, 2, 0.5, 0.5, QueryNorm::None, Device::Cpu);
         let hl = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
         let h = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
         let mask = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1]).view([2, 4]);

@@ -17,6 +17,7 @@ use crate::reward::model::RewardModel;
 use crate::rl::reward_source::{rm_text, RewardInput, RewardSource, UpdateInput};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
 use cross_attention::CrossAttention;
+pub use cross_attention::QueryNorm;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
@@ -80,6 +81,12 @@ pub struct R2mConfig {
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub init_std: f64,
+    /// Testbed switches, not the paper's (docs/results.md, Next item 4): `query_norm = "unit-rms"`
+    /// rescales H_last to unit RMS per row before W_q only (the blend and phi read it as is), and
+    /// `qk_init_std` draws W_q and W_k with another std than `init_std`. Defaults: the method as
+    /// specified ("none"; unset = init_std).
+    pub query_norm: QueryNorm,
+    pub qk_init_std: Option<f64>,
     /// For pretrained-rm: the further-trained RM to use instead of `reward.model`.
     pub pretrained_rm: Option<String>,
 }
@@ -96,6 +103,8 @@ impl Default for R2mConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             init_std: 0.02,
+            query_norm: QueryNorm::None,
+            qk_init_std: None,
             pretrained_rm: None,
         }
     }
@@ -107,6 +116,10 @@ impl R2mConfig {
         anyhow::ensure!((0.0..=1.0).contains(&self.omega), "r2m.omega = {} must be in [0, 1]", self.omega);
         anyhow::ensure!((0.0..=1.0).contains(&self.alpha), "r2m.alpha = {} must be in [0, 1]", self.alpha);
         anyhow::ensure!(self.lr > 0.0, "r2m.lr must be > 0");
+        anyhow::ensure!(self.init_std > 0.0 && self.init_std.is_finite(), "r2m.init_std = {} must be > 0", self.init_std);
+        if let Some(s) = self.qk_init_std {
+            anyhow::ensure!(s > 0.0 && s.is_finite(), "r2m.qk_init_std = {s} must be > 0");
+        }
         if self.method == Method::PretrainedRm {
             anyhow::ensure!(self.pretrained_rm.is_some(), "r2m.pretrained_rm: method pretrained-rm needs the further-trained RM");
         }
@@ -162,7 +175,7 @@ impl R2mSource {
         let head = params.add("score.weight", rm.head.detach().copy());
         let xattn = if cfg.method.uses_feedback() {
             tch::manual_seed(seed as i64 ^ 0x52324d);
-            Some(CrossAttention::new(&mut params, rm.embed_dim(), d_policy, cfg.d, cfg.heads, cfg.init_std, dev))
+            Some(CrossAttention::new(&mut params, rm.embed_dim(), d_policy, cfg.d, cfg.heads, cfg.init_std, cfg.qk_init_std.unwrap_or(cfg.init_std), cfg.query_norm, dev))
         } else {
             None
         };
@@ -430,6 +443,24 @@ mod tests {
         assert!(w(tc.floor() as i64, 100, 0.6) > 0.6);
         assert_eq!(w(tc.ceil() as i64, 100, 0.6), 0.6);
         assert_eq!(w(99, 100, 0.0), 0.5 * (std::f64::consts::PI * 0.99).cos() + 0.5);
+    }
+
+    #[test]
+    fn testbed_switches_default_to_the_spec_and_parse_by_name() {
+        // A run config written before the switches existed reads as the method as specified.
+        let old: R2mConfig = toml::from_str("method = \"r2m\"\nd = 512\ninit_std = 0.02\n").unwrap();
+        assert_eq!(old.query_norm, QueryNorm::None);
+        assert_eq!(old.qk_init_std, None);
+        assert_eq!(old, R2mConfig { d: 512, ..Default::default() });
+        let on: R2mConfig = toml::from_str("query_norm = \"unit-rms\"\nqk_init_std = 0.05\n").unwrap();
+        assert_eq!((on.query_norm, on.qk_init_std), (QueryNorm::UnitRms, Some(0.05)));
+        on.validate().unwrap();
+        let e = toml::from_str::<R2mConfig>("query_norm = \"unit\"\n").unwrap_err().to_string();
+        assert!(e.contains("unit-rms") && e.contains("query_norm"), "{e}");
+        let bad = R2mConfig { qk_init_std: Some(0.0), ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("r2m.qk_init_std"));
+        // Serialised and read back (the run folder's config.toml) it stays the same.
+        assert_eq!(toml::from_str::<R2mConfig>(&toml::to_string(&on).unwrap()).unwrap(), on);
     }
 
     #[test]
