@@ -112,10 +112,24 @@ fn experiment_presets_resolve() {
     want3.out = "runs/overopt-t2-lr3e-4".into();
     want3.archive = Some("docs/results/overopt-t2-lr3e-4".into());
     want3.run.policy.lr = 3e-4;
+    // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches.
+    assert_eq!(t3.variants.len(), 1);
+    want3.variants = t3.variants.clone();
     assert_eq!(t3, want3);
     assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
+    assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3);
     for spec in t3.runs() {
-        let (c, c2) = (t3.run_config(&spec, &shared).unwrap(), t2.run_config(&spec, &shared).unwrap());
+        let c = t3.run_config(&spec, &shared).unwrap();
+        if let Some(v) = &spec.variant {
+            assert_eq!(v, "r2m-sharp-attn");
+            let plain = r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() };
+            let (r, p) = (c.r2m.clone().unwrap(), t3.run_config(&plain, &shared).unwrap().r2m.unwrap());
+            assert_eq!((r.query_norm, r.qk_init_std), (r2m::r2m::QueryNorm::UnitRms, Some(0.05)));
+            assert_eq!(r2m::r2m::R2mConfig { query_norm: p.query_norm, qk_init_std: p.qk_init_std, ..r }, p, "{}", spec.name());
+            assert_eq!(p.qk_init_std, None, "the grid's r2m stays as specified");
+            continue;
+        }
+        let c2 = t2.run_config(&spec, &shared).unwrap();
         assert_eq!(c.policy.lr, 3e-4, "{}", spec.name());
         assert_eq!(c.rl, c2.rl, "{}", spec.name());
         assert_eq!((c.r2m.clone(), c.reward.clone(), c.data.clone()), (c2.r2m.clone(), c2.reward.clone(), c2.data.clone()), "{}", spec.name());
