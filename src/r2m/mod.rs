@@ -302,6 +302,15 @@ impl RewardSource for R2mSource {
         opt.zero_grad();
         let r = self.rewards(&h_last, feedback, wt); // (B) with grad
         let before = r.detach();
+        if feedback.is_some() && input.group_size >= 2 {
+            // What the H_hat term does to the rewards the advantages were computed from: the same
+            // head on H_last alone (w = 1), compared inside each group.
+            let plain = tch::no_grad(|| self.rewards(&h_last, None, wt));
+            let (rv, pv) = (Vec::<f64>::try_from(before.to_kind(Kind::Double))?, Vec::<f64>::try_from(plain.to_kind(Kind::Double))?);
+            let g = crate::rl::advantages::group_agreement(&rv, &pv, input.group_size as usize);
+            m.insert("r2m/group_corr_no_hhat".into(), json!(g.corr));
+            m.insert("r2m/group_agree_no_hhat".into(), json!(g.concordance));
+        }
         let (loss, bt, gre) = grebt::grebt(&r, input.annotation_rewards, input.group_size, alpha);
         ensure_finite(&loss, input.step)?;
         loss.backward();

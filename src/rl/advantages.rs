@@ -100,6 +100,45 @@ pub fn remax(token_rw: &Tensor, mask: &Tensor, baseline: &Tensor) -> Tensor {
     (g - baseline.unsqueeze(-1)) * mask.to_kind(Kind::Float)
 }
 
+/// How far two rewards on the same groups agree on what a group-relative estimator (GRPO, RLOO)
+/// sees: the order and the spread of each group's K samples, not their level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupAgreement {
+    /// Mean over groups of the Pearson correlation of a and b inside the group. It equals the
+    /// correlation of the GRPO advantages the two rewards give. NaN if no group has spread in both.
+    pub corr: f64,
+    /// Share of the within-group pairs (i < j) that a and b put in the same order; a pair tied in
+    /// one of them counts 1/2. 1 = same ranking in every group, 0 = every group reversed.
+    pub concordance: f64,
+}
+
+/// [`GroupAgreement`] of a and b (B = n * K, group-major as everywhere here). Needs K >= 2.
+pub fn group_agreement(a: &[f64], b: &[f64], k: usize) -> GroupAgreement {
+    assert!(k >= 2 && a.len() == b.len() && a.len() % k == 0, "group_agreement: {} and {} values in groups of {k}", a.len(), b.len());
+    let (mut corr, mut n_corr, mut conc, mut n_pairs) = (0.0, 0usize, 0.0, 0usize);
+    for (ga, gb) in a.chunks(k).zip(b.chunks(k)) {
+        let (ma, mb) = (ga.iter().sum::<f64>() / k as f64, gb.iter().sum::<f64>() / k as f64);
+        let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+        for (x, y) in ga.iter().zip(gb) {
+            sab += (x - ma) * (y - mb);
+            saa += (x - ma) * (x - ma);
+            sbb += (y - mb) * (y - mb);
+        }
+        if saa > 0.0 && sbb > 0.0 {
+            corr += sab / (saa * sbb).sqrt();
+            n_corr += 1;
+        }
+        for i in 0..k {
+            for j in i + 1..k {
+                let s = (ga[i] - ga[j]).signum() * (gb[i] - gb[j]).signum();
+                conc += if ga[i] == ga[j] || gb[i] == gb[j] { 0.5 } else if s > 0.0 { 1.0 } else { 0.0 };
+                n_pairs += 1;
+            }
+        }
+    }
+    GroupAgreement { corr: if n_corr > 0 { corr / n_corr as f64 } else { f64::NAN }, concordance: conc / n_pairs.max(1) as f64 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +223,27 @@ mod tests {
         let m = Tensor::from_slice(&[1i64, 1, 0, 1]).view([2, 2]);
         let b = Tensor::from_slice(&[0.5f32, 1.0]);
         close(&v(&remax(&rw, &m, &b)), &[0.5, 0.5, 0.0, 2.0], 1e-6);
+    }
+
+    #[test]
+    fn group_agreement_reads_order_and_spread_within_groups_only() {
+        // Same ranking inside both groups although the levels differ between groups and rewards.
+        let a = [1.0, 2.0, 3.0, 10.0, 20.0, 40.0];
+        let b = [5.0, 6.0, 7.0, -3.0, -2.0, -1.0];
+        let g = group_agreement(&a, &b, 3);
+        assert_eq!(g.concordance, 1.0);
+        assert!((g.corr - (1.0 + 0.9819805060619657) / 2.0).abs() < 1e-12, "{g:?}");
+        // Reversed in every group.
+        let r: Vec<f64> = a.iter().map(|x| -x).collect();
+        let g = group_agreement(&a, &r, 3);
+        assert_eq!(g.concordance, 0.0);
+        assert!((g.corr + (1.0 + 1.0) / 2.0).abs() < 1e-12, "{g:?}");
+        // One group agrees, one is reversed; a tie counts half; a flat group has no correlation.
+        let a = [1.0, 2.0, 1.0, 2.0, 0.0, 0.0];
+        let b = [1.0, 2.0, 2.0, 1.0, 3.0, 4.0];
+        let g = group_agreement(&a, &b, 2);
+        assert_eq!(g.concordance, (1.0 + 0.0 + 0.5) / 3.0);
+        assert_eq!(g.corr, (1.0 - 1.0) / 2.0);
+        assert!(group_agreement(&[1.0, 1.0], &[2.0, 3.0], 2).corr.is_nan());
     }
 }

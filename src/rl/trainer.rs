@@ -470,6 +470,14 @@ impl<'a> Run<'a> {
             let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
             let corr = if den > 0.0 { (x * y).sum(Kind::Float).double_value(&[]) / den } else { f64::NAN };
             m.insert("reward_frozen_rm/corr".into(), json!(corr));
+            // The same inside each group, which is all a group-relative advantage sees: group_corr
+            // is the correlation of the GRPO advantages the two rewards give.
+            if k >= 2 {
+                let (sv, fv) = (Vec::<f64>::try_from(scores.to_kind(Kind::Double))?, Vec::<f64>::try_from(f.to_kind(Kind::Double))?);
+                let g = adv::group_agreement(&sv, &fv, k as usize);
+                m.insert("reward_frozen_rm/group_corr".into(), json!(g.corr));
+                m.insert("reward_frozen_rm/group_agree".into(), json!(g.concordance));
+            }
         }
         let g = scores.view([-1, k]);
         let zero_std = g.std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);

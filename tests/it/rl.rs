@@ -239,11 +239,19 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
             assert!((0.0..=1.0 + 1e-9).contains(&ent), "{ent}");
             assert!(f(&m[2], "r2m/hhat_norm_ratio") > 0.0 && f(&m[2], "r2m/score_std_hlast") > 0.0);
             assert!(f(&m[2], "r2m/score_std_hhat").is_finite());
+            // The H_hat term's effect on the within-group ranking: none at step 0 (w = 1).
+            assert_eq!(f(&m[0], "r2m/group_agree_no_hhat"), 1.0, "{:?}", m[0]);
+            assert!((f(&m[0], "r2m/group_corr_no_hhat") - 1.0).abs() < 1e-6);
+            assert!((0.0..=1.0).contains(&f(&m[2], "r2m/group_agree_no_hhat")));
+            assert!(f(&m[2], "r2m/group_corr_no_hhat").abs() <= 1.0 + 1e-9);
         } else {
             assert!(!m[2].contains_key("r2m/attn_entropy"));
         }
         assert!((f(&m[0], "reward") - f(&m[0], "reward_frozen_rm")).abs() < 1e-5, "{algo:?} + {method:?}: step 0 scores like the RM");
         assert_eq!(f(&m[0], "reward_frozen_rm/top_agree"), 1.0);
+        assert_eq!(f(&m[0], "reward_frozen_rm/group_agree"), 1.0);
+        assert!((f(&m[0], "reward_frozen_rm/group_corr") - 1.0).abs() < 1e-4, "{:?}", m[0]);
+        assert!((0.0..=1.0).contains(&f(&m[2], "reward_frozen_rm/group_agree")));
         assert!((f(&m[0], "reward_frozen_rm/corr") - 1.0).abs() < 1e-4, "{:?}", m[0]);
         for row in e.iter().filter(|x| x["step"] == -1) {
             assert!((f(row, "reward") - f(row, "reward_frozen_rm")).abs() < 1e-5, "pi_init is scored like the RM: {row:?}");
