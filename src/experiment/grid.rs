@@ -658,6 +658,9 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
 /// the report is then archived too. Trains nothing.
 pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSummary> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    // The archived experiment.toml is the config of the command that wrote the report beside it,
+    // not of a grid started since in the same folder.
+    crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
     if let Some(a) = &cfg.archive {
         archive::check_paths(a, &cfg.out)?;
         let restored = archive::restore_runs(a, &cfg.out, |_, _| Ok(()))?;

@@ -115,8 +115,13 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     assert_eq!(std::fs::read(cfg.out.join("r2m-rloo-s1/metrics.jsonl")).unwrap(), before);
     assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
     std::fs::remove_dir_all(&cfg.out).unwrap();
+    // A grid started since in the same folder left its own experiment.toml: the report's is archived.
+    std::fs::create_dir_all(&cfg.out).unwrap();
+    std::fs::write(cfg.out.join("experiment.toml"), "# another grid's selection\n").unwrap();
     assert_eq!(report_only(&cfg, false).unwrap().n_runs, 4);
     assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
+    let saved = std::fs::read_to_string(arch.join("experiment.toml")).unwrap();
+    assert!(!saved.contains("another grid") && saved.contains("archive ="), "{saved}");
     // An archived run made with another config than the grid's is refused, naming it.
     std::fs::remove_dir_all(&cfg.out).unwrap();
     let mut changed = cfg.clone();
