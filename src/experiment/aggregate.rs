@@ -442,13 +442,17 @@ pub struct RunStats {
     pub rm_acc_after: f64,
     /// R2M's attention entropy after RL (normalised, 1 = uniform; [`RmAccuracy::attn_entropy`]).
     pub attn_entropy_after: f64,
+    /// R2M: the mean over the second half of the training steps of `r2m/group_corr_no_hhat`, the
+    /// correlation inside each group of R2M's reward with the same head on H_last alone, i.e. of
+    /// the GRPO advantages with and without the H_hat term (1 = H_hat changes no ranking).
+    pub hhat_group_corr: f64,
     /// Mean seconds per step of each `time/*` metric (total over the run / steps logged; a phase
     /// absent at a step, like `time/eval`, counts 0 there: the amortized cost).
     pub times: BTreeMap<String, f64>,
 }
 
 /// The metrics of [`RunStats::values`] and their table labels, in table order.
-pub const METRICS: [(&str, &str); 19] = [
+pub const METRICS: [(&str, &str); 20] = [
     ("gold_final", "gold (final)"),
     ("gold_at_d", "gold @ matched d"),
     ("peak_gold", "peak gold"),
@@ -468,6 +472,7 @@ pub const METRICS: [(&str, &str); 19] = [
     ("time_step", "s/step"),
     ("proxy_init", "proxy (pi_init)"),
     ("attn_entropy_after", "attention entropy after"),
+    ("hhat_group_corr", "group corr. with/without H_hat"),
 ];
 
 /// The metrics compared between methods, in table order.
@@ -500,6 +505,7 @@ impl RunStats {
             "rm_acc_before" => self.rm_acc_before,
             "rm_acc_after" => self.rm_acc_after,
             "attn_entropy_after" => self.attn_entropy_after,
+            "hhat_group_corr" => self.hhat_group_corr,
             "time_step" => self.times.get("time/step").copied().unwrap_or(f64::NAN),
             _ => f64::NAN,
         }
@@ -554,6 +560,7 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
     let nsteps = run.metrics.len().max(1) as f64;
     times.values_mut().for_each(|v| *v /= nsteps);
 
+    let hhat_group_corr = second_half_mean(&run.metrics, "r2m/group_corr_no_hhat");
     let (rm_acc_before, rm_acc_after, attn_entropy_after) =
         run.rm_accuracy.as_ref().map(|r| (r.before, r.after, r.attn_entropy)).unwrap_or((nan, nan, nan));
     RunStats {
@@ -577,8 +584,23 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
         rm_acc_before,
         rm_acc_after,
         attn_entropy_after,
+        hhat_group_corr,
         times,
     }
+}
+
+/// The mean of the finite values of `key` over the metrics rows whose `step` is in the second half
+/// of the steps logged (step >= (last + 1) / 2); NaN when there are none.
+pub fn second_half_mean(metrics: &[Map<String, Value>], key: &str) -> f64 {
+    let step = |m: &Map<String, Value>| m.get("step").and_then(Value::as_i64);
+    let Some(last) = metrics.iter().filter_map(step).max() else { return f64::NAN };
+    let v: Vec<f64> = metrics
+        .iter()
+        .filter(|m| step(m).is_some_and(|s| s >= (last + 1) / 2))
+        .filter_map(|m| m.get(key).and_then(Value::as_f64))
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
 /// One step of a cell's mean eval curve: summaries over the seeds that have that step.

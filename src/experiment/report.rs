@@ -339,6 +339,10 @@ fn rm_table(agg: &Aggregate) -> Table {
     if with_attention {
         cols.push("attention entropy after (1 = uniform)");
     }
+    let with_rank = agg.cells.iter().any(|c| c.get("hhat_group_corr").n > 0);
+    if with_rank {
+        cols.push("group corr. of reward with/without H_hat, 2nd half (1 = H_hat ranks nothing)");
+    }
     cols.push("source");
     let mut t = Table::new(cols);
     for c in &agg.cells {
@@ -352,6 +356,10 @@ fn rm_table(agg: &Aggregate) -> Table {
         if with_attention {
             let e = c.get("attn_entropy_after");
             row.push(if e.n == 0 { "—".into() } else { pm(&e, 4) });
+        }
+        if with_rank {
+            let g = c.get("hhat_group_corr");
+            row.push(if g.n == 0 { "—".into() } else { pm(&g, 2) });
         }
         row.push(src);
         let _ = t.push(row);
@@ -832,7 +840,11 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
         b.push(P("No rm_accuracy.json in the grid or its runs.".into()));
     } else {
         let attention = rm.headers.iter().any(|h| h.starts_with("attention entropy"));
+        let rank = rm.headers.iter().any(|h| h.starts_with("group corr."));
         b.push(Table(rm));
+        if rank {
+            b.push(P("Group corr.: at each RL step, the correlation inside each prompt's group of R2M's reward with what the same head gives on H_last alone (`r2m/group_corr_no_hhat` in metrics.jsonl), averaged over groups and over the second half of the steps. It is the correlation of the GRPO advantages with and without the H_hat term: near 1, the policy's feedback changes no ranking; near 0, the H_hat term, a function of the policy's own hidden states, decides which samples are reinforced.".into()));
+        }
         if attention {
             b.push(P("Attention entropy: how R2M's cross-attention spreads over the policy's tokens on these pairs after RL, entropy / ln(tokens) averaged over responses (1 = uniform: H_hat is a linear map of the mean hidden state; near 0: it reads a few tokens). `r2m eval-rm --feedback-from RUN` prints it with the norms and score spreads of H_hat and H_last.".into()));
         }

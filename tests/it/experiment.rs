@@ -326,6 +326,57 @@ fn attention_entropy_after_rl_is_aggregated_and_reported() {
     assert!(row("vanilla", "RLOO").contains("—"), "{}", row("vanilla", "RLOO"));
 }
 
+/// R2M's within-group agreement with and without the H_hat term (`r2m/group_corr_no_hhat`, logged
+/// per step): the second half of the steps averaged per run, summarised per cell, and a column of the
+/// report's RM table; a missing value (null) is skipped, a cell without it shows a dash.
+#[test]
+fn hhat_group_corr_is_the_second_half_mean_and_reported() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    assert!(!md.contains("group corr."), "no run has it yet");
+    let mut expected = vec![];
+    for s in 0..3 {
+        let p = d.path().join(format!("r2m-grpo-s{s}/metrics.jsonl"));
+        let mut rows: Vec<Map<String, Value>> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let last = rows.iter().map(|r| r["step"].as_i64().unwrap()).max().unwrap();
+        assert!(last >= 3, "the fixture needs a few steps");
+        let mut kept = vec![];
+        for r in rows.iter_mut() {
+            let t = r["step"].as_i64().unwrap();
+            // The value is the step scaled; the last step has none (a NaN written as null).
+            let v = if t == last { Value::Null } else { json!(t as f64 / 100.0 + s as f64 * 0.1) };
+            if t >= (last + 1) / 2 && t != last {
+                kept.push(t as f64 / 100.0 + s as f64 * 0.1);
+            }
+            r.insert("r2m/group_corr_no_hhat".into(), v);
+        }
+        expected.push(kept.iter().sum::<f64>() / kept.len() as f64);
+        let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+        std::fs::write(&p, text).unwrap();
+    }
+    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    for s in 0..3 {
+        let run = grid.runs.iter().find(|r| r.name == format!("r2m-grpo-s{s}")).unwrap();
+        let got = aggregate::run_stats(run, f64::NAN).hhat_group_corr;
+        assert!((got - expected[s]).abs() < 1e-12, "seed {s}: {got} vs {}", expected[s]);
+    }
+    let agg = aggregate::aggregate(&grid, &opts);
+    let g = agg.cell("r2m", "grpo").unwrap().get("hhat_group_corr");
+    assert_eq!(g.n, 3);
+    assert!((g.mean - expected.iter().sum::<f64>() / 3.0).abs() < 1e-12, "{g:?}");
+    assert_eq!(agg.cell("vanilla", "grpo").unwrap().get("hhat_group_corr").n, 0);
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    let sec = md.split("## RM accuracy").nth(1).unwrap().split("\n## ").next().unwrap();
+    assert!(sec.lines().any(|l| l.contains("RM acc before") && l.contains("group corr. of reward with/without H_hat")), "{sec}");
+    let row = |m: &str, a: &str| sec.lines().find(|l| l.starts_with(&format!("| {a} | {m} |"))).map(str::to_string);
+    if let Some(r) = row("vanilla", "GRPO") {
+        assert!(r.contains("—"), "{r}");
+    }
+    let r = row("r2m", "GRPO").unwrap_or_else(|| panic!("no r2m GRPO row:\n{sec}"));
+    assert!(r.contains(&format!("{:.2}", g.mean)), "{r} lacks {:.2}", g.mean);
+}
+
 /// The proxy of the tables and the overoptimization test is the frozen proxy RM's score where a run
 /// logged it beside its own reward (R2M's methods train on another reward); otherwise the reward.
 #[test]
