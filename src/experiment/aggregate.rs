@@ -446,13 +446,20 @@ pub struct RunStats {
     /// correlation inside each group of R2M's reward with the same head on H_last alone, i.e. of
     /// the GRPO advantages with and without the H_hat term (1 = H_hat changes no ranking).
     pub hhat_group_corr: f64,
+    /// R2M with feedback: how much R2M's feedback term on the held-out responses moved over the run,
+    /// [`FeedbackPoint::mean`] at the last eval step minus at the first with w < 1 (> 0: the policy
+    /// climbed it).
+    pub hhat_rise: f64,
+    /// R2M with feedback: the correlation over the held-out responses of the feedback term with gold
+    /// at the last eval step ([`FeedbackPoint::gold_corr`]; < 0: climbing it costs gold).
+    pub hhat_gold_corr: f64,
     /// Mean seconds per step of each `time/*` metric (total over the run / steps logged; a phase
     /// absent at a step, like `time/eval`, counts 0 there: the amortized cost).
     pub times: BTreeMap<String, f64>,
 }
 
 /// The metrics of [`RunStats::values`] and their table labels, in table order.
-pub const METRICS: [(&str, &str); 20] = [
+pub const METRICS: [(&str, &str); 22] = [
     ("gold_final", "gold (final)"),
     ("gold_at_d", "gold @ matched d"),
     ("peak_gold", "peak gold"),
@@ -473,6 +480,8 @@ pub const METRICS: [(&str, &str); 20] = [
     ("proxy_init", "proxy (pi_init)"),
     ("attn_entropy_after", "attention entropy after"),
     ("hhat_group_corr", "group corr. with/without H_hat"),
+    ("hhat_rise", "rise of the feedback term"),
+    ("hhat_gold_corr", "corr. of the feedback term with gold"),
 ];
 
 /// The metrics compared between methods, in table order.
@@ -506,6 +515,8 @@ impl RunStats {
             "rm_acc_after" => self.rm_acc_after,
             "attn_entropy_after" => self.attn_entropy_after,
             "hhat_group_corr" => self.hhat_group_corr,
+            "hhat_rise" => self.hhat_rise,
+            "hhat_gold_corr" => self.hhat_gold_corr,
             "time_step" => self.times.get("time/step").copied().unwrap_or(f64::NAN),
             _ => f64::NAN,
         }
@@ -561,6 +572,12 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
     times.values_mut().for_each(|v| *v /= nsteps);
 
     let hhat_group_corr = second_half_mean(&run.metrics, "r2m/group_corr_no_hhat");
+    let fb = feedback_term(run);
+    let hhat_rise = match (fb.first(), fb.last()) {
+        (Some(a), Some(b)) if b.step > a.step => b.mean - a.mean,
+        _ => nan,
+    };
+    let hhat_gold_corr = fb.last().and_then(|p| p.gold_corr).unwrap_or(nan);
     let (rm_acc_before, rm_acc_after, attn_entropy_after) =
         run.rm_accuracy.as_ref().map(|r| (r.before, r.after, r.attn_entropy)).unwrap_or((nan, nan, nan));
     RunStats {
@@ -585,8 +602,65 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
         rm_acc_after,
         attn_entropy_after,
         hhat_group_corr,
+        hhat_rise,
+        hhat_gold_corr,
         times,
     }
+}
+
+/// R2M's feedback term on one eval step's held-out responses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackPoint {
+    pub step: i64,
+    /// The blend's w(t) at that step (`r2m/w`).
+    pub w: f64,
+    /// The mean over the responses of (r - w r_frozen) / (1 - w), r = R2M's reward, r_frozen = the
+    /// frozen proxy's score of the same response. R2M's head phi is linear without a bias, so
+    /// r = (1 - w) phi(H_hat) + w phi(H_last), and this is phi(H_hat) plus w / (1 - w) times what
+    /// the head's drift from the proxy's gives on H_last (small where R2M's lr is: 1e-5 here).
+    pub mean: f64,
+    /// Its Pearson correlation with gold over the responses (None: fewer than 2 or no spread).
+    pub gold_corr: Option<f64>,
+}
+
+/// The feedback term at each eval step where R2M blends in H_hat (w < 1, from `r2m/w` in
+/// metrics.jsonl), from eval.jsonl's `reward` and `reward_frozen_rm`. Empty for every method
+/// without feedback (config `r2m.method`: vanilla, pretrained-rm, iterative-head).
+pub fn feedback_term(run: &Run) -> Vec<FeedbackPoint> {
+    // iterative-head logs `r2m/w` too, but its reward is the head on H_last alone.
+    let method = run.config.as_ref().and_then(|c| c.get("r2m")).and_then(|r| r.as_table()).map(|r| {
+        let name = r.get("method").and_then(|m| m.as_str()).unwrap_or("r2m");
+        serde_json::from_value::<crate::r2m::Method>(Value::String(name.into())).ok()
+    });
+    if !matches!(method, Some(Some(m)) if m.uses_feedback()) {
+        return vec![];
+    }
+    let w_at: BTreeMap<i64, f64> = run
+        .metrics
+        .iter()
+        .filter_map(|m| Some((m.get("step")?.as_i64()?, m.get("r2m/w")?.as_f64()?)))
+        .collect();
+    let mut by_step: BTreeMap<i64, Vec<&EvalRow>> = BTreeMap::new();
+    for r in run.eval.iter().filter(|r| r.step >= 0) {
+        by_step.entry(r.step).or_default().push(r);
+    }
+    let mut out = vec![];
+    for (step, rows) in by_step {
+        let Some(&w) = w_at.get(&step) else { continue };
+        if !(w < 1.0 - 1e-9) {
+            continue;
+        }
+        let (phi, gold): (Vec<f64>, Vec<f64>) = rows
+            .iter()
+            .filter(|r| r.reward.is_finite() && r.frozen.is_finite())
+            .map(|r| ((r.reward - w * r.frozen) / (1.0 - w), r.gold))
+            .unzip();
+        if phi.is_empty() {
+            continue;
+        }
+        out.push(FeedbackPoint { step, w, mean: stats::mean(&phi), gold_corr: crate::analysis::pearson(&phi, &gold) });
+    }
+    out
 }
 
 /// The mean of the finite values of `key` over the metrics rows whose `step` is in the second half

@@ -339,10 +339,6 @@ fn rm_table(agg: &Aggregate) -> Table {
     if with_attention {
         cols.push("attention entropy after (1 = uniform)");
     }
-    let with_rank = agg.cells.iter().any(|c| c.get("hhat_group_corr").n > 0);
-    if with_rank {
-        cols.push("group corr. of reward with/without H_hat, 2nd half (1 = H_hat ranks nothing)");
-    }
     cols.push("source");
     let mut t = Table::new(cols);
     for c in &agg.cells {
@@ -357,11 +353,33 @@ fn rm_table(agg: &Aggregate) -> Table {
             let e = c.get("attn_entropy_after");
             row.push(if e.n == 0 { "—".into() } else { pm(&e, 4) });
         }
-        if with_rank {
-            let g = c.get("hhat_group_corr");
-            row.push(if g.n == 0 { "—".into() } else { pm(&g, 2) });
-        }
         row.push(src);
+        let _ = t.push(row);
+    }
+    t
+}
+
+/// R2M's feedback term, per cell of a method that blends in H_hat: whether it reorders the groups,
+/// whether the policy climbs it, and what climbing it does to gold. Empty when no cell has one.
+fn feedback_table(agg: &Aggregate) -> Table {
+    let keys = ["hhat_group_corr", "hhat_rise", "hhat_gold_corr"];
+    let mut t = Table::new(vec![
+        "algo",
+        "method",
+        "group corr. of reward with/without H_hat, 2nd half (1 = H_hat ranks nothing)",
+        "rise of the feedback term on held-out responses (first eval with w < 1 -> last)",
+        "corr. of the feedback term with gold at the last eval",
+        "source",
+    ]);
+    for c in &agg.cells {
+        let s: Vec<Summary> = keys.iter().map(|k| c.get(k)).collect();
+        if s.iter().all(|s| s.n == 0) {
+            continue;
+        }
+        let mut row = vec![algo_label(&c.algo), c.method.clone()];
+        // The rise is in reward units (the proxy's scores spread ~0.02-0.2 here): 3 digits.
+        row.extend(s.iter().zip([2, 3, 2]).map(|(s, d)| if s.n == 0 { "—".to_string() } else { pm(s, d) }));
+        row.push(format!("{} runs", s.iter().map(|s| s.n).max().unwrap_or(0)));
         let _ = t.push(row);
     }
     t
@@ -840,14 +858,19 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
         b.push(P("No rm_accuracy.json in the grid or its runs.".into()));
     } else {
         let attention = rm.headers.iter().any(|h| h.starts_with("attention entropy"));
-        let rank = rm.headers.iter().any(|h| h.starts_with("group corr."));
         b.push(Table(rm));
-        if rank {
-            b.push(P("Group corr.: at each RL step, the correlation inside each prompt's group of R2M's reward with what the same head gives on H_last alone (`r2m/group_corr_no_hhat` in metrics.jsonl), averaged over groups and over the second half of the steps. It is the correlation of the GRPO advantages with and without the H_hat term: near 1, the policy's feedback changes no ranking; near 0, the H_hat term, a function of the policy's own hidden states, decides which samples are reinforced.".into()));
-        }
         if attention {
             b.push(P("Attention entropy: how R2M's cross-attention spreads over the policy's tokens on these pairs after RL, entropy / ln(tokens) averaged over responses (1 = uniform: H_hat is a linear map of the mean hidden state; near 0: it reads a few tokens). `r2m eval-rm --feedback-from RUN` prints it with the norms and score spreads of H_hat and H_last.".into()));
         }
+    }
+
+    let fb = feedback_table(agg);
+    if !fb.rows.is_empty() {
+        b.push(H(2, "R2M's feedback term".into()));
+        b.push(Table(fb));
+        b.push(P("R2M's reward is phi((1 - w) H_hat + w H_last) with a linear phi, so beside the frozen proxy's score of the same response it carries a feedback term, (r - w r_frozen) / (1 - w) = phi(H_hat) plus what the head's drift gives on H_last; H_hat is read from the policy's own hidden states (noise for r2m-noise).".into()));
+        b.push(P("Group corr.: at each RL step, the correlation inside each prompt's group of R2M's reward with what the same head gives on H_last alone (`r2m/group_corr_no_hhat` in metrics.jsonl), averaged over groups and over the second half of the steps. It is the correlation of the GRPO advantages with and without the H_hat term: near 1, the policy's feedback changes no ranking; near 0, the H_hat term decides which samples are reinforced.".into()));
+        b.push(P("Rise: the feedback term's mean over the held-out responses (eval.jsonl) at the last eval step minus at the first with w < 1; above 0, the policy has climbed it. Corr. with gold: over the held-out responses of the last eval step; below 0, the responses the feedback term favours are the worse ones by gold.".into()));
     }
 
     b.push(H(2, "Time per phase".into()));

@@ -249,6 +249,21 @@ impl R2mSource {
         };
         fin.linear::<Tensor>(&self.head, None).squeeze_dim(-1)
     }
+
+    /// What the H_hat term does to the rewards `r` (B) the advantages were computed from: the same
+    /// head on H_last alone (w = 1), compared inside each group of `k` (`r2m/group_corr_no_hhat`,
+    /// `r2m/group_agree_no_hhat`; nothing for k < 2).
+    fn log_group_agreement(&self, m: &mut Map<String, Value>, r: &Tensor, h_last: &Tensor, wt: f64, k: i64) -> Result<()> {
+        if k < 2 {
+            return Ok(());
+        }
+        let plain = tch::no_grad(|| self.rewards(h_last, None, wt));
+        let (rv, pv) = (Vec::<f64>::try_from(r.to_kind(Kind::Double))?, Vec::<f64>::try_from(plain.to_kind(Kind::Double))?);
+        let g = crate::rl::advantages::group_agreement(&rv, &pv, k as usize);
+        m.insert("r2m/group_corr_no_hhat".into(), json!(g.corr));
+        m.insert("r2m/group_agree_no_hhat".into(), json!(g.concordance));
+        Ok(())
+    }
 }
 
 impl RewardSource for R2mSource {
@@ -289,7 +304,15 @@ impl RewardSource for R2mSource {
         let mut m = Map::new();
         let wt = w(input.step, input.total_steps, self.cfg.omega);
         m.insert("r2m/w".into(), json!(wt));
-        let Some(mut opt) = self.opt.take() else { return Ok(m) };
+        let Some(mut opt) = self.opt.take() else {
+            // Modules never updated (r2m-no-train): the H_hat term still shapes the rewards, so log
+            // what it does to the ranking (the annotation's rows, as below).
+            if let (Some(h_last), Some(fb), true) = (self.cache.as_ref(), input.hidden, self.cfg.method.uses_feedback()) {
+                let r = tch::no_grad(|| self.rewards(h_last, Some(fb), wt));
+                self.log_group_agreement(&mut m, &r, h_last, wt, input.group_size)?;
+            }
+            return Ok(m);
+        };
         let h_last = self.cache.take().ok_or_else(|| Error::Input("R2M update before any annotation".into()))?;
         let t0 = Instant::now();
         let rss0 = peak_rss_kb();
@@ -302,14 +325,8 @@ impl RewardSource for R2mSource {
         opt.zero_grad();
         let r = self.rewards(&h_last, feedback, wt); // (B) with grad
         let before = r.detach();
-        if feedback.is_some() && input.group_size >= 2 {
-            // What the H_hat term does to the rewards the advantages were computed from: the same
-            // head on H_last alone (w = 1), compared inside each group.
-            let plain = tch::no_grad(|| self.rewards(&h_last, None, wt));
-            let (rv, pv) = (Vec::<f64>::try_from(before.to_kind(Kind::Double))?, Vec::<f64>::try_from(plain.to_kind(Kind::Double))?);
-            let g = crate::rl::advantages::group_agreement(&rv, &pv, input.group_size as usize);
-            m.insert("r2m/group_corr_no_hhat".into(), json!(g.corr));
-            m.insert("r2m/group_agree_no_hhat".into(), json!(g.concordance));
+        if feedback.is_some() {
+            self.log_group_agreement(&mut m, &before, &h_last, wt, input.group_size)?;
         }
         let (loss, bt, gre) = grebt::grebt(&r, input.annotation_rewards, input.group_size, alpha);
         ensure_finite(&loss, input.step)?;

@@ -367,8 +367,8 @@ fn hhat_group_corr_is_the_second_half_mean_and_reported() {
     assert!((g.mean - expected.iter().sum::<f64>() / 3.0).abs() < 1e-12, "{g:?}");
     assert_eq!(agg.cell("vanilla", "grpo").unwrap().get("hhat_group_corr").n, 0);
     let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
-    let sec = md.split("## RM accuracy").nth(1).unwrap().split("\n## ").next().unwrap();
-    assert!(sec.lines().any(|l| l.contains("RM acc before") && l.contains("group corr. of reward with/without H_hat")), "{sec}");
+    let sec = md.split("## R2M's feedback term").nth(1).unwrap().split("\n## ").next().unwrap();
+    assert!(sec.lines().any(|l| l.starts_with("| algo | method |") && l.contains("group corr. of reward with/without H_hat")), "{sec}");
     let row = |m: &str, a: &str| sec.lines().find(|l| l.starts_with(&format!("| {a} | {m} |"))).map(str::to_string);
     if let Some(r) = row("vanilla", "GRPO") {
         assert!(r.contains("—"), "{r}");
@@ -587,4 +587,69 @@ fn demo_report() {
     copy_dir(&fixture_dir(), &out);
     let s = write_report(&out).unwrap();
     println!("{}", s.table);
+}
+
+/// R2M's feedback term on the held-out responses, (r - w r_frozen) / (1 - w), read from eval.jsonl
+/// with each step's `r2m/w`: its rise over the run and its correlation with gold at the last eval
+/// step, per run, aggregated, and in the report's own table; nothing for runs without a frozen score.
+#[test]
+fn feedback_term_is_read_from_the_eval_rows_and_reported() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    assert!(!md.contains("## R2M's feedback term"), "no run logs a frozen score yet");
+    let read = |p: &std::path::Path| -> Vec<Map<String, Value>> {
+        std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let mut expected = vec![];
+    for s in 0..2 {
+        let dir = d.path().join(format!("r2m-grpo-s{s}"));
+        let w: std::collections::BTreeMap<i64, f64> =
+            read(&dir.join("metrics.jsonl")).iter().map(|m| (m["step"].as_i64().unwrap(), m["r2m/w"].as_f64().unwrap())).collect();
+        let mut rows = read(&dir.join("eval.jsonl"));
+        // The feedback term is built as 0.01 (s + 1) step - 0.001 gold: its rise is known, and its
+        // correlation with gold inside a step is -1.
+        let phi = |t: i64, g: f64| 0.01 * (s as f64 + 1.0) * t as f64 - 0.001 * g;
+        let mut mean_at: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+        for r in rows.iter_mut() {
+            let (t, g) = (r["step"].as_i64().unwrap(), r["gold"].as_f64().unwrap());
+            let frozen = r["reward"].as_f64().unwrap();
+            let wt = if t < 0 { 1.0 } else { w[&t] };
+            r.insert("reward_frozen_rm".into(), json!(frozen));
+            r.insert("reward".into(), json!(wt * frozen + (1.0 - wt) * phi(t, g)));
+            if wt < 1.0 {
+                mean_at.entry(t).or_default().push(phi(t, g));
+            }
+        }
+        let m = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let (first, last) = (mean_at.values().next().unwrap(), mean_at.values().last().unwrap());
+        assert!(mean_at.len() >= 2 && !mean_at.contains_key(&0), "step 0 has w = 1: {:?}", mean_at.keys());
+        expected.push(m(last) - m(first));
+        let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+        std::fs::write(dir.join("eval.jsonl"), text).unwrap();
+    }
+    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    for s in 0..2 {
+        let run = grid.runs.iter().find(|r| r.name == format!("r2m-grpo-s{s}")).unwrap();
+        let fb = aggregate::feedback_term(run);
+        assert!(fb.iter().all(|p| p.w < 1.0 && (p.gold_corr.unwrap() + 1.0).abs() < 1e-6), "{fb:?}");
+        let st = aggregate::run_stats(run, f64::NAN);
+        assert!((st.hhat_rise - expected[s]).abs() < 1e-6, "seed {s}: {} vs {}", st.hhat_rise, expected[s]);
+        assert!((st.hhat_gold_corr + 1.0).abs() < 1e-6, "{}", st.hhat_gold_corr);
+    }
+    let vanilla = grid.runs.iter().find(|r| r.name == "vanilla-grpo-s0").unwrap();
+    assert!(aggregate::feedback_term(vanilla).is_empty());
+    // iterative-head logs w and a frozen score too, but its reward has no H_hat term.
+    let mut ih = grid.runs.iter().find(|r| r.name == "r2m-grpo-s0").unwrap().clone();
+    ih.config.as_mut().unwrap()["r2m"].as_table_mut().unwrap().insert("method".into(), "iterative-head".into());
+    assert!(aggregate::feedback_term(&ih).is_empty());
+    let agg = aggregate::aggregate(&grid, &opts);
+    let rise = agg.cell("r2m", "grpo").unwrap().get("hhat_rise");
+    assert_eq!(rise.n, 2, "s2 and s3 have no frozen score: {rise:?}");
+    assert!((rise.mean - (expected[0] + expected[1]) / 2.0).abs() < 1e-6);
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    let sec = md.split("## R2M's feedback term").nth(1).expect("the feedback table").split("\n## ").next().unwrap();
+    let row = sec.lines().find(|l| l.starts_with("| GRPO | r2m |")).unwrap_or_else(|| panic!("{sec}"));
+    assert!(row.contains(&format!("{:.3}", rise.mean)) && row.contains("-1.00"), "{row}");
+    assert!(!sec.contains("| vanilla |"), "{sec}");
 }

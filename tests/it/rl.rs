@@ -261,6 +261,26 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
     }
 }
 
+/// r2m-no-train never updates its modules, yet its H_hat term shapes the rewards: it logs what that
+/// term does to the within-group ranking like R2M does (1 at step 0, where w = 1), and no loss.
+#[test]
+fn r2m_no_train_logs_the_h_hat_terms_effect_on_the_ranking() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut c = tiny_cfg(d.path(), Algo::Grpo, "grpo-no-train");
+    c.rl.steps = 3;
+    c.r2m = Some(R2mConfig { method: Method::R2mNoTrain, d: 16, ..Default::default() });
+    let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
+    let m = r2m::metrics::read_jsonl(&run(&mut r, false, false).unwrap()).unwrap();
+    assert_eq!(m.len(), 3);
+    let f = |i: usize, k: &str| m[i][k].as_f64().unwrap_or_else(|| panic!("step {i}: no {k}: {:?}", m[i]));
+    assert!((f(0, "r2m/group_corr_no_hhat") - 1.0).abs() < 1e-6 && f(0, "r2m/group_agree_no_hhat") == 1.0);
+    assert!(f(2, "r2m/w") < 1.0);
+    assert!(f(2, "r2m/group_corr_no_hhat").abs() <= 1.0 + 1e-9 && (0.0..=1.0).contains(&f(2, "r2m/group_agree_no_hhat")));
+    assert!(m.iter().all(|x| !x.contains_key("r2m/loss")), "no-train never updates");
+}
+
 /// The frozen trunk (block 0 + embeddings, computed once per rollout and shared with the
 /// reference) changes nothing but float rounding: one step with and without it.
 #[test]
