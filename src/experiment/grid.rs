@@ -95,6 +95,7 @@ pub struct ExperimentConfig {
 /// name = "r2m-lr1e-5"
 /// method = "r2m"
 /// set = ["r2m.lr=1e-5", "r2m.alpha=0.5"]
+/// algos = ["grpo"]                     # optional: only under these of `algos`
 /// ```
 ///
 /// Its runs are `{name}-{algo}-s{seed}`; the report lists them as a method of that name, compared
@@ -108,6 +109,10 @@ pub struct Variant {
     /// "rl.epochs", "r2m.omega"; the value a TOML literal).
     #[serde(default)]
     pub set: Vec<String>,
+    /// The algorithms of `algos` to run it under (default: all of them), for a setting that only
+    /// one algorithm reads (`rl.scale_rewards` is GRPO's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algos: Option<Vec<Algo>>,
 }
 
 /// Keys of the run config that the grid sets per run: a variant or `algo_set` cannot change them.
@@ -268,6 +273,7 @@ impl ExperimentConfig {
             );
             ensure!(Method::all().iter().all(|m| m.name() != v.name), "variants: name {:?} is a method's name; choose another", v.name);
             ensure!(names.insert(v.name.as_str()), "variants: {:?} is listed twice", v.name);
+            ensure!(v.algos.as_ref().is_none_or(|a| !a.is_empty()), "variants.{}.algos: empty (leave it out to run the variant under every algorithm)", v.name);
         }
         ensure!(!self.algos.is_empty() || !self.baseline_algos.is_empty(), "algos: empty");
         ensure!(!self.seeds.is_empty(), "seeds: empty");
@@ -311,7 +317,7 @@ impl ExperimentConfig {
                 for &method in &self.methods {
                     v.push(RunSpec { method, algo, seed, variant: None });
                 }
-                for x in &self.variants {
+                for x in self.variants.iter().filter(|x| x.algos.as_ref().is_none_or(|a| a.contains(&algo))) {
                     v.push(RunSpec { method: x.method, algo, seed, variant: Some(x.name.clone()) });
                 }
             }
@@ -866,6 +872,36 @@ mod tests {
         assert_eq!(v.r2m.as_ref().unwrap().pretrained_rm, None);
         assert_eq!((v.rl.clone(), v.policy.clone()), (c.rl.clone(), c.policy.clone()));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_variant_runs_only_under_its_algos() {
+        let text = r#"
+            out = "g"
+            methods = ["r2m"]
+            algos = ["rloo", "grpo"]
+            seeds = [0]
+            [[variants]]
+            name = "r2m-batch-std"
+            method = "r2m"
+            set = ['rl.scale_rewards="batch"']
+            algos = ["grpo"]
+            [[variants]]
+            name = "r2m-lr1e-5"
+            method = "r2m"
+            set = ["r2m.lr=1e-5"]
+        "#;
+        let cfg: ExperimentConfig = crate::config::load_str(text, "x.toml", &[]).unwrap();
+        cfg.validate().unwrap();
+        let names: Vec<String> = cfg.runs().iter().map(RunSpec::name).collect();
+        assert_eq!(names, ["r2m-rloo-s0", "r2m-lr1e-5-rloo-s0", "r2m-grpo-s0", "r2m-batch-std-grpo-s0", "r2m-lr1e-5-grpo-s0"]);
+        let spec = cfg.runs().into_iter().find(|r| r.name() == "r2m-batch-std-grpo-s0").unwrap();
+        assert_eq!(cfg.run_config(&spec, &Shared::placeholder()).unwrap().rl.scale_rewards, crate::rl::advantages::ScaleRewards::Batch);
+        // A selection without the variant's algorithm runs none of it; an empty list is a mistake.
+        let rloo: ExperimentConfig = crate::config::load_str(text, "x.toml", &[r#"algos=["rloo"]"#.to_string()]).unwrap();
+        assert!(rloo.runs().iter().all(|r| r.variant.as_deref() != Some("r2m-batch-std")));
+        let e = crate::config::load_str::<ExperimentConfig>(&text.replace(r#"algos = ["grpo"]"#, "algos = []"), "x.toml", &[]).unwrap().validate().unwrap_err();
+        assert!(format!("{e:#}").contains("variants.r2m-batch-std.algos"), "{e:#}");
     }
 
     #[test]

@@ -112,14 +112,26 @@ fn experiment_presets_resolve() {
     want3.out = "runs/overopt-t2-lr3e-4".into();
     want3.archive = Some("docs/results/overopt-t2-lr3e-4".into());
     want3.run.policy.lr = 3e-4;
-    // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches.
-    assert_eq!(t3.variants.len(), 1);
+    // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches;
+    // (session 17) vanilla and r2m under GRPO with the batch's std.
+    let names: Vec<&str> = t3.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["r2m-sharp-attn", "r2m-batch-std", "vanilla-batch-std"]);
     want3.variants = t3.variants.clone();
     assert_eq!(t3, want3);
     assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
-    assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3);
+    assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3 + 2 * 3);
     for spec in t3.runs() {
         let c = t3.run_config(&spec, &shared).unwrap();
+        if let Some(v) = spec.variant.as_deref().filter(|v| v.ends_with("-batch-std")) {
+            assert_eq!(spec.algo, r2m::rl::config::Algo::Grpo, "{v}: GRPO only");
+            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() }, &shared).unwrap();
+            assert_eq!(c.rl.scale_rewards, r2m::rl::advantages::ScaleRewards::Batch);
+            assert_eq!(plain.rl.scale_rewards, r2m::rl::advantages::ScaleRewards::Group);
+            let mut back = c.clone();
+            (back.rl.scale_rewards, back.label, back.out) = (plain.rl.scale_rewards, None, plain.out.clone());
+            assert_eq!(back, plain, "{}: only scale_rewards differs", spec.name());
+            continue;
+        }
         if let Some(v) = &spec.variant {
             assert_eq!(v, "r2m-sharp-attn");
             let plain = r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() };
