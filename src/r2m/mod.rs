@@ -64,6 +64,17 @@ impl Method {
     }
 }
 
+/// [`R2mConfig::rank_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RankBy {
+    /// R2M's rewards at annotation time (the paper).
+    #[default]
+    Own,
+    /// The frozen proxy RM's scores of the same responses.
+    Frozen,
+}
+
 /// `[r2m]` config. Defaults: r2m-method.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +98,11 @@ pub struct R2mConfig {
     /// specified ("none"; unset = init_std).
     pub query_norm: QueryNorm,
     pub qk_init_std: Option<f64>,
+    /// What picks each group's winner and loser for the update's BT term: R2M's own
+    /// annotation-phase rewards (r2m-method.md, the default) or, a testbed switch, the frozen
+    /// proxy's scores of the same responses, a signal the H_hat term has not shaped. Read by the
+    /// methods that update online; the others have no update.
+    pub rank_by: RankBy,
     /// For pretrained-rm: the further-trained RM to use instead of `reward.model`.
     pub pretrained_rm: Option<String>,
 }
@@ -105,6 +121,7 @@ impl Default for R2mConfig {
             init_std: 0.02,
             query_norm: QueryNorm::None,
             qk_init_std: None,
+            rank_by: RankBy::Own,
             pretrained_rm: None,
         }
     }
@@ -328,7 +345,11 @@ impl RewardSource for R2mSource {
         if feedback.is_some() {
             self.log_group_agreement(&mut m, &before, &h_last, wt, input.group_size)?;
         }
-        let (loss, bt, gre) = grebt::grebt(&r, input.annotation_rewards, input.group_size, alpha);
+        let ranking = match self.cfg.rank_by {
+            RankBy::Own => input.annotation_rewards.shallow_clone(),
+            RankBy::Frozen => tch::no_grad(|| self.rm.score_embedding(&h_last)).to_device(r.device()).to_kind(r.kind()),
+        };
+        let (loss, bt, gre) = grebt::grebt(&r, &ranking, input.group_size, alpha);
         ensure_finite(&loss, input.step)?;
         loss.backward();
         let gn = clip_grad_norm(&opt.params, self.cfg.max_grad_norm).double_value(&[]);

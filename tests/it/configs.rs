@@ -115,11 +115,11 @@ fn experiment_presets_resolve() {
     // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches;
     // (session 17) vanilla and r2m under GRPO with the batch's std.
     let names: Vec<&str> = t3.variants.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["r2m-sharp-attn", "r2m-batch-std", "vanilla-batch-std"]);
+    assert_eq!(names, ["r2m-sharp-attn", "r2m-batch-std", "vanilla-batch-std", "r2m-rank-frozen"]);
     want3.variants = t3.variants.clone();
     assert_eq!(t3, want3);
     assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
-    assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3 + 2 * 3);
+    assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3 + 2 * 3 + 3);
     for spec in t3.runs() {
         let c = t3.run_config(&spec, &shared).unwrap();
         if let Some(v) = spec.variant.as_deref().filter(|v| v.ends_with("-batch-std")) {
@@ -130,6 +130,14 @@ fn experiment_presets_resolve() {
             let mut back = c.clone();
             (back.rl.scale_rewards, back.label, back.out) = (plain.rl.scale_rewards, None, plain.out.clone());
             assert_eq!(back, plain, "{}: only scale_rewards differs", spec.name());
+            continue;
+        }
+        if spec.variant.as_deref() == Some("r2m-rank-frozen") {
+            assert_eq!(spec.algo, r2m::rl::config::Algo::Grpo);
+            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() }, &shared).unwrap();
+            let (r, p) = (c.r2m.clone().unwrap(), plain.r2m.clone().unwrap());
+            assert_eq!((r.rank_by, p.rank_by), (r2m::r2m::RankBy::Frozen, r2m::r2m::RankBy::Own));
+            assert_eq!(r2m::r2m::R2mConfig { rank_by: p.rank_by, ..r }, p, "{}", spec.name());
             continue;
         }
         if let Some(v) = &spec.variant {

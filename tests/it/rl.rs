@@ -261,6 +261,27 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
     }
 }
 
+/// `r2m.rank_by = "frozen"` picks the BT term's winner and loser by the frozen proxy instead of R2M's
+/// own annotation rewards: the same update at step 0 (w = 1: the two rankings are one), another
+/// once the H_hat term is in the rewards.
+#[test]
+fn r2m_rank_by_frozen_changes_the_update_only_once_h_hat_ranks() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut runs = vec![];
+    for rank_by in [r2m::r2m::RankBy::Own, r2m::r2m::RankBy::Frozen] {
+        let mut c = tiny_cfg(d.path(), Algo::Grpo, &format!("grpo-{rank_by:?}"));
+        c.rl.steps = 4;
+        c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 5e-2, omega: 0.0, rank_by, ..Default::default() });
+        let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
+        runs.push(r2m::metrics::read_jsonl(&run(&mut r, false, false).unwrap()).unwrap());
+    }
+    let bt = |m: &Vec<serde_json::Map<String, serde_json::Value>>, i: usize| m[i]["r2m/bt"].as_f64().unwrap();
+    assert_eq!(bt(&runs[0], 0), bt(&runs[1], 0), "step 0: one ranking");
+    assert!((1..4).any(|i| (bt(&runs[0], i) - bt(&runs[1], i)).abs() > 1e-7), "the switch changed nothing: {:?}", (0..4).map(|i| (bt(&runs[0], i), bt(&runs[1], i))).collect::<Vec<_>>());
+}
+
 /// r2m-no-train never updates its modules, yet its H_hat term shapes the rewards: it logs what that
 /// term does to the within-group ranking like R2M does (1 at step 0, where w = 1), and no loss.
 #[test]
