@@ -12,7 +12,7 @@
 #   QK_STD=0.1 scripts/attention-at-init.sh           # another qk_init_std
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pairs=${1:-docs/results/overopt-t1/shared/pairs-test.jsonl}
+pairs=${1:-archive/overopt-t1/shared/pairs-test.jsonl}
 n=${2:-4}
 py=${R2M_HOME:-$HOME/.cache/r2m}/venv/bin/python
 r2m=${R2M_BIN:-target/release/r2m}

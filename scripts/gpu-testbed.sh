@@ -66,7 +66,7 @@ run)
   rc=${PIPESTATUS[0]}
   set -e
   grid=$(sed -n 's/^out *= *"\(.*\)"/\1/p' "$config" | head -1)
-  # A grid with an archive (configs/overopt-t1.toml: docs/results/overopt-t1) adds each finished run
+  # A grid with an archive (configs/overopt-t1.toml: archive/overopt-t1) adds each finished run
   # to it: bring it back under $OUT (then copy it over the repository's) whether or not the grid ended.
   archive=$(sed -n 's/^archive *= *"\(.*\)"/\1/p' "$config" | head -1)
   if [ -n "$archive" ] && [ -d "$archive" ]; then

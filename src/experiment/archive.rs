@@ -1,5 +1,5 @@
 //! A grid's results kept in a folder that travels with the code (`archive` in the grid config,
-//! e.g. `docs/results/overopt-t1` in the repository), so that a grid run across sessions, or across
+//! e.g. `archive/overopt-t1` in the repository), so that a grid run in several sittings, or on
 //! machines whose `runs/` folder does not survive, keeps every finished run.
 //!
 //! The archive holds what the report needs and what makes the shared artefacts again, never
@@ -10,7 +10,8 @@
 //!   trained on, and `rm-fingerprints.json`: the SHA-256 of each shared RM's files and its held-out
 //!   accuracy, so that a proxy trained again from the same pairs on another machine is checked
 //!   against the one the archived runs trained against;
-//! - the report (`report.md`, `report.html`, the CSVs, `plots/`, `experiment.toml`).
+//! - the report's text and tables (`report.md`, the CSVs, `experiment.toml`) and its plots as PNG
+//!   (`report.html` and the SVGs hold the same pictures again and stay in the grid's `out` folder).
 //!
 //! [`restore_shared`] runs first: it copies the archived pairs into `out/shared/` where missing (the
 //! RMs are then trained from them); then [`restore_runs`] copies every archived finished run into
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 /// again from `metrics.jsonl`).
 pub const RUN_FILES: [&str; 5] = ["config.toml", "done.json", "metrics.jsonl", "eval.jsonl", "rm_accuracy.json"];
 /// The report's files.
-const REPORT_FILES: [&str; 6] = ["experiment.toml", "report.md", "report.html", "results.csv", "runs.csv", "comparisons.csv"];
+const REPORT_FILES: [&str; 5] = ["experiment.toml", "report.md", "results.csv", "runs.csv", "comparisons.csv"];
 /// The fingerprints file under `shared/`.
 pub const FINGERPRINTS: &str = "rm-fingerprints.json";
 
@@ -185,7 +186,7 @@ pub fn save(archive: &Path, out: &Path, fingerprints: &BTreeMap<String, Value>) 
     if plots.exists() {
         for e in std::fs::read_dir(&plots).with_context(|| format!("reading {}", plots.display()))? {
             let p = e?.path();
-            if p.is_file() && !p.to_string_lossy().ends_with(".tmp") {
+            if p.is_file() && p.extension().is_some_and(|e| e == "png") {
                 copy_file(&p, &archive.join("plots").join(p.file_name().unwrap_or_default()))?;
             }
         }
@@ -318,7 +319,7 @@ mod tests {
 
     #[test]
     fn archive_and_out_must_be_apart() {
-        assert!(check_paths(Path::new("docs/results/x"), Path::new("runs/x")).is_ok());
+        assert!(check_paths(Path::new("archive/x"), Path::new("runs/x")).is_ok());
         assert!(check_paths(Path::new("runs/x/archive"), Path::new("runs/x")).is_err());
         assert!(check_paths(Path::new("runs/x"), Path::new("./runs/x/")).is_err());
     }

@@ -48,7 +48,7 @@ pub struct ExperimentConfig {
     /// The grid folder.
     pub out: PathBuf,
     /// A folder that keeps the grid's results where `out` does not survive (the repository, say:
-    /// `docs/results/NAME`): finished runs' metrics and configs, the gold-labelled pairs, the RMs'
+    /// `archive/NAME`): finished runs' metrics and configs, the gold-labelled pairs, the RMs'
     /// fingerprints and the report, never weights ([`super::archive`]). A grid restores it into
     /// `out` first and adds to it as runs finish, so it resumes on a fresh machine.
     pub archive: Option<PathBuf>,

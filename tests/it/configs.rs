@@ -76,7 +76,7 @@ fn experiment_presets_resolve() {
     let t1 = load("configs/overopt-t1.toml");
     assert_eq!(t1.runs().len(), (8 * 2 + 2) * 3);
     // Kept in the repository, so that the grid goes on across sessions on fresh machines.
-    assert_eq!(t1.archive.as_deref(), Some(Path::new("docs/results/overopt-t1")));
+    assert_eq!(t1.archive.as_deref(), Some(Path::new("archive/overopt-t1")));
     let shared = r2m::experiment::grid::Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: Default::default(), fingerprints: Default::default() };
     for spec in t1.runs() {
         let c = t1.run_config(&spec, &shared).unwrap();
@@ -87,7 +87,7 @@ fn experiment_presets_resolve() {
     // The retuned testbed (session 12): overopt-t1 with GRPO at beta 0, its own folder and archive.
     let t2 = load("configs/overopt-t2.toml");
     assert_eq!(t2.runs().len(), (8 * 2 + 2) * 3);
-    assert_eq!(t2.archive.as_deref(), Some(Path::new("docs/results/overopt-t2")));
+    assert_eq!(t2.archive.as_deref(), Some(Path::new("archive/overopt-t2")));
     assert_eq!((t2.proxy.clone(), t2.pretrained.clone()), (t1.proxy.clone(), t1.pretrained.clone()));
     for spec in t2.runs() {
         let c = t2.run_config(&spec, &shared).unwrap();
@@ -103,14 +103,14 @@ fn experiment_presets_resolve() {
     // Written as `extends = "overopt-t1.toml"`: the whole resolved config is t1's but for these.
     let mut want2 = t1.clone();
     want2.out = "runs/overopt-t2".into();
-    want2.archive = Some("docs/results/overopt-t2".into());
+    want2.archive = Some("archive/overopt-t2".into());
     want2.algo_set.insert(r2m::rl::config::Algo::Grpo, vec!["rl.beta=0.0".into()]);
     assert_eq!(t2, want2);
     // Its second try: the policy's lr 3e-4, all else as overopt-t2 (which it extends).
     let t3 = load("configs/overopt-t2-lr3e-4.toml");
     let mut want3 = t2.clone();
     want3.out = "runs/overopt-t2-lr3e-4".into();
-    want3.archive = Some("docs/results/overopt-t2-lr3e-4".into());
+    want3.archive = Some("archive/overopt-t2-lr3e-4".into());
     want3.run.policy.lr = 3e-4;
     // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches;
     // (session 17) vanilla and r2m under GRPO with the batch's std.
@@ -118,7 +118,7 @@ fn experiment_presets_resolve() {
     assert_eq!(names, ["r2m-sharp-attn", "r2m-batch-std", "vanilla-batch-std", "r2m-rank-frozen"]);
     want3.variants = t3.variants.clone();
     assert_eq!(t3, want3);
-    assert_eq!(t3.archive.as_deref(), Some(Path::new("docs/results/overopt-t2-lr3e-4")));
+    assert_eq!(t3.archive.as_deref(), Some(Path::new("archive/overopt-t2-lr3e-4")));
     assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3 + 2 * 3 + 3);
     for spec in t3.runs() {
         let c = t3.run_config(&spec, &shared).unwrap();

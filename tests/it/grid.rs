@@ -106,6 +106,10 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     let arch = cfg.archive.clone().unwrap();
     assert!(arch.join("runs/r2m-rloo-s1/metrics.jsonl").exists() && arch.join("report.md").exists());
     assert!(!arch.join("runs/vanilla-rloo-s0/checkpoint").exists());
+    // No blob twice: the HTML report and the SVGs repeat the PNGs, so only the PNGs are kept.
+    assert!(!arch.join("report.html").exists());
+    let kept: Vec<_> = std::fs::read_dir(arch.join("plots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!kept.is_empty() && kept.iter().all(|p| p.ends_with(".png")), "{kept:?}");
     let results = std::fs::read(cfg.out.join("results.csv")).unwrap();
     assert_eq!(std::fs::read(arch.join("results.csv")).unwrap(), results);
     std::fs::remove_dir_all(&cfg.out).unwrap();
