@@ -164,10 +164,22 @@ fn parse_opts() -> Result<Opts> {
         o.train_seq = if o.quick { 64 } else { 256 };
     }
     if o.gen_reps.is_empty() {
-        o.gen_reps = if o.quick { vec![1] } else if gpu { vec![5] } else { vec![3] };
+        o.gen_reps = if o.quick {
+            vec![1]
+        } else if gpu {
+            vec![5]
+        } else {
+            vec![3]
+        };
     }
     if o.train_reps == 0 {
-        o.train_reps = if o.quick { 1 } else if gpu { 10 } else { 3 };
+        o.train_reps = if o.quick {
+            1
+        } else if gpu {
+            10
+        } else {
+            3
+        };
     }
     if gpu {
         o.gen_warmup = 2;
@@ -198,9 +210,7 @@ fn prepare(o: &Opts) -> Result<Prepared> {
             state ^= state << 17;
             state
         };
-        let prompts = (0..32)
-            .map(|i| (0..30 + (i * 7) % 16).map(|_| (next() % cfg.vocab_size as u64) as i64).collect())
-            .collect();
+        let prompts = (0..32).map(|i| (0..30 + (i * 7) % 16).map(|_| (next() % cfg.vocab_size as u64) as i64).collect()).collect();
         return Ok(Prepared { dir, prompts, pad_id: 2, source: "random weights of SmolLM2-135M's shape".into() });
     }
     let gguf = o.model.clone().unwrap_or_else(r2m::paths::smollm2_gguf);
@@ -477,7 +487,11 @@ fn main() -> Result<()> {
 
     // The table.
     println!();
-    println!("foundation bench: SmolLM2-135M {}, {dev_desc}, commit {}", if o.dtype == Precision::F32 { "f32" } else { "bf16 autocast (f32 weights)" }, git_commit());
+    println!(
+        "foundation bench: SmolLM2-135M {}, {dev_desc}, commit {}",
+        if o.dtype == Precision::F32 { "f32" } else { "bf16 autocast (f32 weights)" },
+        git_commit()
+    );
     println!("model: {}", p.source);
     if let Some(h) = &hello {
         println!("peer: torch {}, transformers {}, {} threads", h["torch"], h["transformers"], h["threads"]);
@@ -577,7 +591,10 @@ mod variants {
             let emb = Tensor::cat(&[&freqs, &freqs], 1);
             Fused {
                 embed: w(&m.model.embed_tokens),
-                qkv: l.iter().map(|b| Tensor::cat(&[w(&b.self_attn.q_proj.weight), w(&b.self_attn.k_proj.weight), w(&b.self_attn.v_proj.weight)], 0)).collect(),
+                qkv: l
+                    .iter()
+                    .map(|b| Tensor::cat(&[w(&b.self_attn.q_proj.weight), w(&b.self_attn.k_proj.weight), w(&b.self_attn.v_proj.weight)], 0))
+                    .collect(),
                 o: l.iter().map(|b| w(&b.self_attn.o_proj.weight)).collect(),
                 gate_up: l.iter().map(|b| Tensor::cat(&[w(&b.mlp.gate_proj.weight), w(&b.mlp.up_proj.weight)], 0)).collect(),
                 down: l.iter().map(|b| w(&b.mlp.down_proj.weight)).collect(),
@@ -664,7 +681,11 @@ mod variants {
                     let mask = slot_valid.narrow(1, 0, p + s + 1).unsqueeze(1).unsqueeze(1);
                     sync(dev);
                     let t0 = Instant::now();
-                    let h = if which == 0 { m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(c), false).last } else { fused.forward(&tok, &pos, &mask, c) };
+                    let h = if which == 0 {
+                        m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(c), false).last
+                    } else {
+                        fused.forward(&tok, &pos, &mask, c)
+                    };
                     sync(dev);
                     let dt = t0.elapsed().as_secs_f64();
                     if which == 0 {
@@ -754,7 +775,10 @@ mod variants {
         let (ids, mask) = train_data(o, m.config.vocab_size, m.device);
         let (lp, _) = m.token_logprobs(&ids, &mask, 1.0, 1)?;
         (-lp.mean(Kind::Float)).backward();
-        let mut opt = AdamW::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), AdamWConfig { lr: 1e-5, ..Default::default() });
+        let mut opt = AdamW::new(
+            params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            AdamWConfig { lr: 1e-5, ..Default::default() },
+        );
         let cfg = opt.cfg.clone();
         let mut m1: Vec<Tensor> = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();
         let mut v1: Vec<Tensor> = params.iter().map(|(_, t)| t.zeros_like().detach()).collect();

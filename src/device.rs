@@ -56,7 +56,8 @@ pub fn cuda_free_memory(index: usize) -> Option<(u64, u64)> {
     };
     let (set, info) = (sym("cudaSetDevice")?, sym("cudaMemGetInfo")?);
     // SAFETY: both are the CUDA runtime's functions with these C signatures.
-    let (set, info) = unsafe { (std::mem::transmute::<*mut libc::c_void, SetDevice>(set), std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info)) };
+    let (set, info) =
+        unsafe { (std::mem::transmute::<*mut libc::c_void, SetDevice>(set), std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info)) };
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: plain runtime calls; the out-pointers are live locals.
     let ok = unsafe { set(index as i32) == 0 && info(&mut free, &mut total) == 0 };

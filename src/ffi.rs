@@ -98,7 +98,9 @@ pub fn fused_adamw(
     let (p, g, m, v, s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
     // SAFETY: every pointer is a live `at::Tensor` owned by a borrowed `Tensor` for the call; the
     // C++ side only reads the lists.
-    call(|e, l| unsafe { r2m_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n as i64, lr, beta1, beta2, weight_decay, eps, e, l) })
+    call(|e, l| unsafe {
+        r2m_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n as i64, lr, beta1, beta2, weight_decay, eps, e, l)
+    })
 }
 
 /// Sets `.grad` of each tensor to undefined (`tensor.grad = None`, which tch cannot express).

@@ -52,10 +52,10 @@ const END_OF_TURN_TOKENS: &[&str] =
 /// converter uses it for every `gpt2` tokenizer of a `llama` GGUF (SmolLM2's `smollm` included).
 const GPT2_PRE: &[&str] = &["gpt2", "smollm", "default"];
 /// Llama 3's split regex (its tokenizer.json), for GGUF `tokenizer.ggml.pre = "llama-bpe"`.
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split regex (transformers' `Qwen2Converter`), for `tokenizer.ggml.pre = "qwen2"`.
-const QWEN2_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// An HF tokenizer plus what `tokenizer_config.json` adds: special tokens, BOS policy, chat template.
 #[derive(Clone)]
@@ -109,10 +109,7 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         if !tj.is_file() {
-            return Err(Error::NotFound {
-                path: tj,
-                hint: " (r2m needs the fast-tokenizer file tokenizer.json of an HF folder)".into(),
-            });
+            return Err(Error::NotFound { path: tj, hint: " (r2m needs the fast-tokenizer file tokenizer.json of an HF folder)".into() });
         }
         let mut inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| tk_err(&tj, e))?;
         // transformers re-sets padding/truncation on every call (none by default).
@@ -150,11 +147,8 @@ impl Tokenizer {
             }
         };
         // transformers writes 1e30 as "no limit".
-        let model_max_length = config_json
-            .get("model_max_length")
-            .and_then(|v| v.as_f64())
-            .filter(|v| *v > 0.0 && *v < 1e18)
-            .map(|v| v as usize);
+        let model_max_length =
+            config_json.get("model_max_length").and_then(|v| v.as_f64()).filter(|v| *v > 0.0 && *v < 1e18).map(|v| v as usize);
 
         let mut tok = Tokenizer {
             inner,
@@ -203,10 +197,10 @@ impl Tokenizer {
                 supported: "gpt2 (byte-level BPE)".into(),
             });
         }
-        let tokens = meta_str_array(path, "tokenizer.ggml.tokens", get("tokenizer.ggml.tokens"))?
-            .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
-        let merges = meta_str_array(path, "tokenizer.ggml.merges", get("tokenizer.ggml.merges"))?
-            .ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+        let tokens =
+            meta_str_array(path, "tokenizer.ggml.tokens", get("tokenizer.ggml.tokens"))?.ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
+        let merges =
+            meta_str_array(path, "tokenizer.ggml.merges", get("tokenizer.ggml.merges"))?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
         let merges: Vec<(String, String)> = merges
             .iter()
             .map(|m| {
@@ -220,10 +214,7 @@ impl Tokenizer {
             None => vec![],
         };
         if !types.is_empty() && types.len() != tokens.len() {
-            return Err(Error::parse(
-                path,
-                format!("tokenizer.ggml.token_type has {} entries for {} tokens", types.len(), tokens.len()),
-            ));
+            return Err(Error::parse(path, format!("tokenizer.ggml.token_type has {} entries for {} tokens", types.len(), tokens.len())));
         }
         let id_of = |key: &str| -> Result<Option<u32>> {
             match get(key) {
@@ -260,17 +251,12 @@ impl Tokenizer {
         };
 
         // Vocab: later duplicates win, as in transformers' `{word: i for i, word in enumerate(tokens)}`.
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| tk_err(path, format!("building BPE: {e}")))?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tk_err(path, format!("building BPE: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let bytelevel = |use_regex: bool| ByteLevel::new(false, false, use_regex);
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
-            let s = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| tk_err(path, e))?;
+            let s = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| tk_err(path, e))?;
             Ok(PreSequence::new(vec![s.into(), bytelevel(false).into()]).into())
         };
         let pre_tok: PreTokenizerWrapper = match pre.as_str() {
@@ -292,12 +278,8 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(pre_tok));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
-        let special: Vec<AddedToken> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == 3)
-            .map(|(i, _)| AddedToken::from(tokens[i].clone(), true))
-            .collect();
+        let special: Vec<AddedToken> =
+            types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| AddedToken::from(tokens[i].clone(), true)).collect();
         inner.add_special_tokens(&special);
         let user: Vec<AddedToken> = types
             .iter()
@@ -400,11 +382,7 @@ impl Tokenizer {
 
     /// The pad token's id, else the first of `eos_ids`, else 0 (padding is masked out anyway).
     pub fn pad_id(&self) -> u32 {
-        self.pad_token
-            .as_deref()
-            .and_then(|t| self.inner.token_to_id(t))
-            .or_else(|| self.eos_ids().first().copied())
-            .unwrap_or(0)
+        self.pad_token.as_deref().and_then(|t| self.inner.token_to_id(t)).or_else(|| self.eos_ids().first().copied()).unwrap_or(0)
     }
 
     /// Whether `encode(text, true)` prepends the BOS token.
@@ -501,12 +479,9 @@ impl Tokenizer {
         let mut cfg = self.config_json.clone();
         cfg.entry("tokenizer_class").or_insert_with(|| J::String("PreTrainedTokenizerFast".into()));
         let mut map = serde_json::Map::new();
-        for (key, tok) in [
-            ("bos_token", &self.bos_token),
-            ("eos_token", &self.eos_token),
-            ("pad_token", &self.pad_token),
-            ("unk_token", &self.unk_token),
-        ] {
+        for (key, tok) in
+            [("bos_token", &self.bos_token), ("eos_token", &self.eos_token), ("pad_token", &self.pad_token), ("unk_token", &self.unk_token)]
+        {
             if let Some(t) = tok {
                 cfg.insert(key.into(), J::String(t.clone()));
                 map.insert(key.into(), J::String(t.clone()));
@@ -569,9 +544,7 @@ pub(crate) fn meta_int(path: &Path, key: &str, v: &gguf_file::Value) -> Result<i
 pub(crate) fn meta_str<'a>(path: &Path, key: &str, v: &'a gguf_file::Value) -> Result<&'a str> {
     match v {
         gguf_file::Value::String(s) => Ok(s),
-        other => {
-            Err(Error::parse(path, format!("GGUF metadata '{key}' is {:?}, expected a string", other.value_type())))
-        }
+        other => Err(Error::parse(path, format!("GGUF metadata '{key}' is {:?}, expected a string", other.value_type()))),
     }
 }
 
@@ -610,9 +583,7 @@ mod chat {
         env.add_function("raise_exception", |msg: String| -> Result<Value, JError> {
             Err(JError::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
         });
-        env.add_function("strftime_now", |fmt: String| -> Result<Value, JError> {
-            Ok(Value::from(strftime_now(&fmt)))
-        });
+        env.add_function("strftime_now", |fmt: String| -> Result<Value, JError> { Ok(Value::from(strftime_now(&fmt))) });
         env.add_filter("tojson", tojson);
         let t = env.template_from_str(tpl)?;
         let mut ctx = std::collections::BTreeMap::<&str, Value>::new();
@@ -660,9 +631,7 @@ mod chat {
             }
             ValueKind::String => {
                 let s = v.as_str().unwrap_or_default();
-                out.push_str(
-                    &serde_json::to_string(s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?,
-                );
+                out.push_str(&serde_json::to_string(s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?);
             }
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
@@ -702,9 +671,7 @@ mod chat {
             }
             _ => {
                 let s = v.to_string();
-                out.push_str(
-                    &serde_json::to_string(&s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?,
-                );
+                out.push_str(&serde_json::to_string(&s).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))?);
             }
         }
         Ok(())
@@ -736,8 +703,7 @@ mod chat {
 
     /// HF's `strftime_now(fmt)`: the current UTC date and time. Supports %Y %y %m %d %B %b %H %M %S %%.
     fn strftime_now(fmt: &str) -> String {
-        let secs =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
         let z = days + 719_468;
@@ -749,20 +715,8 @@ mod chat {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
-        const MONTHS: [&str; 12] = [
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ];
+        const MONTHS: [&str; 12] =
+            ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
         let month = MONTHS[(m - 1) as usize];
         let mut out = String::new();
         let mut chars = fmt.chars();
@@ -812,7 +766,8 @@ mod chat {
 
         #[test]
         fn renders_python_style_templates() {
-            let tpl = "{% for m in messages %}{{ m['role'].upper() }}:{{ m.content.strip() }}{% if not loop.last %}|{% endif %}{% endfor %}\n";
+            let tpl =
+                "{% for m in messages %}{{ m['role'].upper() }}:{{ m.content.strip() }}{% if not loop.last %}|{% endif %}{% endfor %}\n";
             let msgs = [Message::user("  hi "), Message::assistant("yo")];
             assert_eq!(render(tpl, &msgs, false, []).unwrap(), "USER:hi|ASSISTANT:yo");
             let err = render("{{ raise_exception('no system role') }}", &msgs, false, []).unwrap_err();
@@ -843,18 +798,13 @@ mod tests {
         md.insert("tokenizer.ggml.pre".into(), V::String("smollm".into()));
         md.insert("tokenizer.ggml.tokens".into(), V::Array(tokens.into_iter().map(V::String).collect()));
         md.insert("tokenizer.ggml.token_type".into(), V::Array(types));
-        md.insert(
-            "tokenizer.ggml.merges".into(),
-            V::Array(["Ġ h", "Ġh i", "h i"].iter().map(|s| V::String(s.to_string())).collect()),
-        );
+        md.insert("tokenizer.ggml.merges".into(), V::Array(["Ġ h", "Ġh i", "h i"].iter().map(|s| V::String(s.to_string())).collect()));
         md.insert("tokenizer.ggml.bos_token_id".into(), V::U32(0));
         md.insert("tokenizer.ggml.eos_token_id".into(), V::U32(1));
         md.insert("tokenizer.ggml.add_bos_token".into(), V::Bool(false));
         md.insert(
             "tokenizer.chat_template".into(),
-            V::String(
-                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into(),
-            ),
+            V::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
         );
         md
     }

@@ -76,8 +76,21 @@ impl AdamW {
             let m: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg[i]).collect();
             let v: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg_sq[i]).collect();
             let s: Vec<&Tensor> = vec![&step; ix.len()];
-            crate::ffi::fused_adamw(&p.iter().collect::<Vec<_>>(), &g.iter().collect::<Vec<_>>(), &m, &v, &s, lr, c.beta1, c.beta2, wd, c.eps)
-                .map_err(|e| Error::Input(format!("AdamW step {} (fused kernel, {} parameters from {}): {e}", self.step, ix.len(), self.params[ix[0]].0)))?;
+            crate::ffi::fused_adamw(
+                &p.iter().collect::<Vec<_>>(),
+                &g.iter().collect::<Vec<_>>(),
+                &m,
+                &v,
+                &s,
+                lr,
+                c.beta1,
+                c.beta2,
+                wd,
+                c.eps,
+            )
+            .map_err(|e| {
+                Error::Input(format!("AdamW step {} (fused kernel, {} parameters from {}): {e}", self.step, ix.len(), self.params[ix[0]].0))
+            })?;
         }
         Ok(())
     }
@@ -102,10 +115,11 @@ impl AdamW {
     pub fn load_state(&mut self, state: &[(String, Tensor)], source: &std::path::Path) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let find = |k: &str| {
-            state.iter().find(|(n, _)| n == k).map(|(_, t)| t.shallow_clone()).ok_or_else(|| Error::MissingTensors {
-                path: source.into(),
-                names: k.to_string(),
-            })
+            state
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| Error::MissingTensors { path: source.into(), names: k.to_string() })
         };
         self.step = find("step")?.int64_value(&[]);
         for (i, (n, _)) in self.params.iter().enumerate() {

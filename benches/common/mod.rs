@@ -201,7 +201,11 @@ pub fn write_random_smollm2(dir: &Path, tokenizer_dir: Option<&Path>) -> Result<
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         if !dir.join(f).exists() {
             let src = tok.join(f);
-            ensure!(src.exists(), "--random-weights: {} not found: pass --tokenizer-dir with SmolLM2's tokenizer.json and tokenizer_config.json", src.display());
+            ensure!(
+                src.exists(),
+                "--random-weights: {} not found: pass --tokenizer-dir with SmolLM2's tokenizer.json and tokenizer_config.json",
+                src.display()
+            );
             std::fs::copy(&src, dir.join(f))?;
         }
     }

@@ -55,7 +55,10 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
-    use crate::r2m::{eval::{feedback_accuracy, Feedback}, w, R2mSource};
+    use crate::r2m::{
+        eval::{feedback_accuracy, Feedback},
+        w, R2mSource,
+    };
     let device = crate::device::parse(&a.device)?;
     let (cfg, policy, ptok, ck) = crate::rl::trainer::load_run(run, device)?;
     let r2m_cfg = cfg.r2m.clone().context("the run has no [r2m] table: nothing reads feedback")?;
@@ -76,7 +79,11 @@ fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
         let att = r.attention.map(|x| x.to_json());
         println!("{}", serde_json::json!({"accuracy": acc, "pairs": n, "w": wt, "untrained": a.untrained, "run": run, "attention": att}));
     } else {
-        println!("pairs {n}  accuracy {acc:.4}  (R2M {}, w(T) = {wt:.3}, feedback from {})", if a.untrained { "untrained" } else { "trained" }, run.display());
+        println!(
+            "pairs {n}  accuracy {acc:.4}  (R2M {}, w(T) = {wt:.3}, feedback from {})",
+            if a.untrained { "untrained" } else { "trained" },
+            run.display()
+        );
         if let Some(x) = r.attention {
             println!(
                 "cross-attention: normalised entropy {:.4} (1 = uniform)  ||H_hat|| / ||H_last|| {:.4}  score std: phi(H_hat) {:.4}, phi(H_last) {:.4}",

@@ -53,10 +53,5 @@ pub(crate) fn print_report(r: &crate::experiment::ReportSummary) {
 
 pub(crate) fn print_outcome(o: &GridOutcome) {
     print_report(&o.report);
-    println!(
-        "{} runs made, {} reused; {:.1} min",
-        o.ran.len(),
-        o.skipped.len(),
-        o.wall_s / 60.0
-    );
+    println!("{} runs made, {} reused; {:.1} min", o.ran.len(), o.skipped.len(), o.wall_s / 60.0);
 }

@@ -35,10 +35,7 @@ pub fn run(a: Args) -> Result<()> {
     let h = model.forward_hidden(&ids_t, &mask, true)?;
     let logits = model.logits(&h.last).squeeze_dim(0).to_kind(Kind::Float);
     let all = Tensor::stack(&h.all.context("all hidden states were requested")?, 0).squeeze_dim(1).to_kind(Kind::Float);
-    write_file(
-        &a.out,
-        &[("logits".into(), logits), ("hidden_states".into(), all), ("input_ids".into(), Tensor::from_slice(&ids))],
-    )?;
+    write_file(&a.out, &[("logits".into(), logits), ("hidden_states".into(), all), ("input_ids".into(), Tensor::from_slice(&ids))])?;
     eprintln!("wrote {} ({} tokens)", a.out.display(), s);
     Ok(())
 }

@@ -38,9 +38,8 @@ pub fn render_preference(tok: &Tokenizer, ex: &PreferenceExample) -> Result<(Str
                 Some(Text::Chat(m)) => m,
                 _ => &[],
             };
-            let full = |x: &[Message]| {
-                tok.apply_chat_template(&[p, x].concat(), false).map_err(|e| Error::Input(format!("{}: {e}", ex.origin)))
-            };
+            let full =
+                |x: &[Message]| tok.apply_chat_template(&[p, x].concat(), false).map_err(|e| Error::Input(format!("{}: {e}", ex.origin)));
             Ok((full(c)?, full(r)?))
         }
         _ => Err(Error::Input(format!("{}: one record can't mix plain text and messages", ex.origin))),
@@ -154,7 +153,8 @@ pub fn pad_batch(seqs: &[Vec<i64>], pad_id: i64, side: PadSide) -> TokenBatch {
         }
     }
     let shape = [seqs.len() as i64, t as i64];
-    TokenBatch { ids: Tensor::from_slice(&ids).view(shape), mask: Tensor::from_slice(&mask).view(shape) } // (B, T)
+    TokenBatch { ids: Tensor::from_slice(&ids).view(shape), mask: Tensor::from_slice(&mask).view(shape) }
+    // (B, T)
 }
 
 /// The reward-model batch of pairs `idx`: (2B, T), chosen rows first then rejected rows, padded
@@ -163,8 +163,7 @@ pub fn collate_pairs(pairs: &[(Vec<i64>, Vec<i64>)], idx: &[usize], pad_id: i64)
     if let Some(&bad) = idx.iter().find(|&&i| i >= pairs.len()) {
         return Err(Error::Input(format!("collate_pairs: index {bad} out of range ({} pairs)", pairs.len())));
     }
-    let seqs: Vec<Vec<i64>> =
-        idx.iter().map(|&i| pairs[i].0.clone()).chain(idx.iter().map(|&i| pairs[i].1.clone())).collect();
+    let seqs: Vec<Vec<i64>> = idx.iter().map(|&i| pairs[i].0.clone()).chain(idx.iter().map(|&i| pairs[i].1.clone())).collect();
     Ok(pad_batch(&seqs, pad_id, PadSide::Right))
 }
 
@@ -411,11 +410,8 @@ mod tests {
             "model": {{"type": "WordLevel", "vocab": {{{vocab}}}, "unk_token": "<unk>"}}}}"#
         );
         std::fs::write(dir.path().join("tokenizer.json"), tj).unwrap();
-        std::fs::write(
-            dir.path().join("tokenizer_config.json"),
-            r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true}"#)
+            .unwrap();
         let mut tok = Tokenizer::from_hf_dir(dir.path()).unwrap();
         tok.set_add_bos(true).unwrap();
         tok

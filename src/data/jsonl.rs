@@ -27,10 +27,7 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
         }
         // A `.json` file holding one JSON array (pandas' `to_json()` default) is not JSON Lines.
         if out.is_empty() && trimmed.starts_with('[') {
-            return Err(Error::parse(
-                path,
-                format!("line {} starts a JSON array: r2m reads JSON Lines, one object per line", i + 1),
-            ));
+            return Err(Error::parse(path, format!("line {} starts a JSON array: r2m reads JSON Lines, one object per line", i + 1)));
         }
         let rec = match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(m)) => Ok(m),

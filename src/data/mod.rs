@@ -34,8 +34,8 @@ mod jsonl;
 mod parquet;
 
 pub use batch::{
-    collate_pairs, epoch_order, pad_batch, render_preference, render_prompt, tokenize_pairs, Batcher, Batches,
-    Cursor, PadSide, TokenBatch, TokenizedPairs,
+    collate_pairs, epoch_order, pad_batch, render_preference, render_prompt, tokenize_pairs, Batcher, Batches, Cursor, PadSide, TokenBatch,
+    TokenizedPairs,
 };
 
 /// Roles a message may have (TRL's conversational format; `tool` for tool results).
@@ -268,11 +268,7 @@ fn parse_preference(mut obj: Map<String, Value>, origin: Origin) -> std::result:
         Some(v) => Some(parse_text("prompt", v)?),
     };
     let mix = |field: &str, t: &Text| {
-        format!(
-            "{field}: {} but chosen is {}: one record can't mix plain text and messages",
-            t.kind(),
-            chosen.kind()
-        )
+        format!("{field}: {} but chosen is {}: one record can't mix plain text and messages", t.kind(), chosen.kind())
     };
     if rejected.is_chat() != chosen.is_chat() {
         return Err(mix("rejected", &rejected));
@@ -306,7 +302,11 @@ fn parse_completion(mut obj: Map<String, Value>, origin: Origin) -> std::result:
     let prompt = parse_text("prompt", take_required(&mut obj, "prompt", NEEDS)?)?;
     let completion = parse_text("completion", take_required(&mut obj, "completion", NEEDS)?)?;
     if prompt.is_chat() != completion.is_chat() {
-        return Err(format!("completion: {} but prompt is {}: one record can't mix plain text and messages", completion.kind(), prompt.kind()));
+        return Err(format!(
+            "completion: {} but prompt is {}: one record can't mix plain text and messages",
+            completion.kind(),
+            prompt.kind()
+        ));
     }
     Ok(CompletionExample { prompt, completion, origin })
 }
@@ -437,10 +437,7 @@ mod tests {
             ),
         );
         let l = load_preferences(&p, &LoadOptions::default()).unwrap();
-        assert_eq!(
-            l.items[0].prompt,
-            Some(Text::Chat(vec![Message::system("Be brief."), Message::user("Sky?")]))
-        );
+        assert_eq!(l.items[0].prompt, Some(Text::Chat(vec![Message::system("Be brief."), Message::user("Sky?")])));
         assert_eq!(l.items[0].chosen, Text::Chat(vec![Message::assistant("Blue.")]));
         assert_eq!(l.items[1].prompt, None);
         assert_eq!(l.items[1].rejected, Text::Chat(vec![Message::user("Sky?"), Message::assistant("Green.")]));
@@ -476,27 +473,36 @@ mod tests {
         has(&pref_err(&two("[1, 2]")), "DIR/d.jsonl:2: expected a JSON object per line, got list");
         has(&pref_err(&two(r#"{"prompt": "p", "rejected": "b"}"#)), "d.jsonl:2: chosen: missing field");
         has(&pref_err(&two(r#"{"chosen": "a"}"#)), "d.jsonl:2: rejected: missing field");
+        has(&pref_err(&two(r#"{"chosen": 3, "rejected": "b"}"#)), "d.jsonl:2: chosen: expected a string or a list of messages, got number");
         has(
-            &pref_err(&two(r#"{"chosen": 3, "rejected": "b"}"#)),
-            "d.jsonl:2: chosen: expected a string or a list of messages, got number",
+            &pref_err(&two(r#"{"chosen": "a", "rejected": {"x": 1}}"#)),
+            "d.jsonl:2: rejected: expected a string or a list of messages, got object",
         );
-        has(&pref_err(&two(r#"{"chosen": "a", "rejected": {"x": 1}}"#)), "d.jsonl:2: rejected: expected a string or a list of messages, got object");
         has(&pref_err(&two(r#"{"prompt": "", "chosen": "a", "rejected": "b"}"#)), "d.jsonl:2: prompt: empty string");
         has(&pref_err(&two(r#"{"chosen": " \n", "rejected": "b"}"#)), "d.jsonl:2: chosen: whitespace-only string");
         has(&pref_err(&two(r#"{"chosen": "a", "rejected": "a"}"#)), "d.jsonl:2: rejected: identical to chosen");
-        has(&pref_err(&two(r#"{"prompt": "p", "chosen": null, "rejected": "a"}"#)), "d.jsonl:2: chosen: expected a string or a list of messages, got null");
+        has(
+            &pref_err(&two(r#"{"prompt": "p", "chosen": null, "rejected": "a"}"#)),
+            "d.jsonl:2: chosen: expected a string or a list of messages, got null",
+        );
 
         let conv = |c: &str, r: &str| format!("{{\"chosen\": {c}, \"rejected\": {r}}}\n");
         let a = r#"[{"role": "assistant", "content": "A"}]"#;
         has(&pref_err(&conv("[]", a)), "d.jsonl:1: chosen: empty list of messages");
         has(&pref_err(&conv(r#"[{"content": "A"}]"#, a)), "d.jsonl:1: chosen[0]: message without \"role\"");
-        has(&pref_err(&conv(a, r#"[{"role": "user", "content": "Q"}, {"role": "assistant"}]"#)), "d.jsonl:1: rejected[1]: message without \"content\"");
+        has(
+            &pref_err(&conv(a, r#"[{"role": "user", "content": "Q"}, {"role": "assistant"}]"#)),
+            "d.jsonl:1: rejected[1]: message without \"content\"",
+        );
         has(
             &pref_err(&conv(r#"[{"role": "bot", "content": "A"}]"#, a)),
             "d.jsonl:1: chosen[0].role: unknown role \"bot\" (allowed: system, user, assistant, tool)",
         );
         has(&pref_err(&conv(r#"[{"role": 1, "content": "A"}]"#, a)), "d.jsonl:1: chosen[0].role: expected a string, got number");
-        has(&pref_err(&conv(r#"[{"role": "assistant", "content": null}]"#, a)), "d.jsonl:1: chosen[0].content: expected a string, got null");
+        has(
+            &pref_err(&conv(r#"[{"role": "assistant", "content": null}]"#, a)),
+            "d.jsonl:1: chosen[0].content: expected a string, got null",
+        );
         has(&pref_err(&conv(r#"["hi"]"#, a)), "d.jsonl:1: chosen[0]: expected a message {\"role\", \"content\"}, got string");
         has(&pref_err(&conv(a, a)), "d.jsonl:1: rejected: identical to chosen");
         has(
@@ -515,14 +521,20 @@ mod tests {
         has(&prompt_err("{\"text\": \"hi\"}\n"), "d.jsonl:1: prompt: missing field (a prompt record has \"prompt\")");
         has(&prompt_err("{\"prompt\": 7}\n"), "d.jsonl:1: prompt: expected a string or a list of messages, got number");
         has(&prompt_err("{\"prompt\": \"\"}\n"), "d.jsonl:1: prompt: empty string");
-        has(&prompt_err("{\"prompt\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n"), "d.jsonl:1: prompt[0].role: unknown role \"narrator\"");
+        has(
+            &prompt_err("{\"prompt\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n"),
+            "d.jsonl:1: prompt[0].role: unknown role \"narrator\"",
+        );
     }
 
     #[test]
     fn whole_file_errors() {
         has(&pref_err(""), "DIR/d.jsonl: no records (empty file)");
         has(&pref_err("\n  \n"), "DIR/d.jsonl: no records (empty file)");
-        has(&pref_err(&format!("{OK}\n{{\"chosen\": 1}}\n{{\"chosen\": 2}}\n")), "d.jsonl:2: chosen: expected a string or a list of messages, got number (1 more invalid record; skip_invalid skips them)");
+        has(
+            &pref_err(&format!("{OK}\n{{\"chosen\": 1}}\n{{\"chosen\": 2}}\n")),
+            "d.jsonl:2: chosen: expected a string or a list of messages, got number (1 more invalid record; skip_invalid skips them)",
+        );
         has(&pref_err("[\n{\"chosen\": \"a\", \"rejected\": \"b\"}\n]\n"), "DIR/d.jsonl: line 1 starts a JSON array");
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "d.csv", "chosen,rejected\n");

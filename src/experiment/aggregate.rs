@@ -249,7 +249,8 @@ fn read_run(dir: &Path, name: &str) -> std::result::Result<Run, String> {
     let from_name = parse_run_name(name);
     let (method, algo, seed) = match &config {
         Some(c) => {
-            let method = toml_get(c, "label").or_else(|| toml_get(c, "r2m.method")).and_then(|v| v.as_str()).unwrap_or(BASELINE).to_string();
+            let method =
+                toml_get(c, "label").or_else(|| toml_get(c, "r2m.method")).and_then(|v| v.as_str()).unwrap_or(BASELINE).to_string();
             let algo = toml_get(c, "rl.algo").and_then(|v| v.as_str()).map(String::from);
             let seed = toml_get(c, "seed").and_then(|v| v.as_integer()).map(|s| s as u64);
             match (algo, seed, &from_name) {
@@ -330,9 +331,7 @@ pub fn load_grid(dir: &Path, opts: &AggregateOptions) -> Result<Grid> {
             Err(reason) => incomplete.push(Incomplete { name, dir: p, reason }),
         }
     }
-    runs.sort_by(|a, b| {
-        (method_rank(&a.method), algo_rank(&a.algo), a.seed).cmp(&(method_rank(&b.method), algo_rank(&b.algo), b.seed))
-    });
+    runs.sort_by(|a, b| (method_rank(&a.method), algo_rank(&a.algo), a.seed).cmp(&(method_rank(&b.method), algo_rank(&b.algo), b.seed)));
     let gpath = dir.join("rm_accuracy.json");
     let rm_accuracy = if gpath.exists() { read_rm_accuracy(&gpath, None)? } else { vec![] };
     Ok(Grid { dir: dir.to_path_buf(), runs, incomplete, rm_accuracy })
@@ -543,11 +542,8 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
     let init_rows: BTreeMap<i64, &EvalRow> = run.eval.iter().filter(|r| r.step == -1).map(|r| (r.prompt, r)).collect();
     let sd = |f: fn(&EvalRow) -> f64| stats::std(&init_rows.values().map(|r| f(r)).filter(|v| v.is_finite()).collect::<Vec<_>>());
     let (sd_proxy, sd_gold) = (sd(EvalRow::proxy), sd(|r| r.gold));
-    let gap_std_final = if sd_proxy > 0.0 && sd_gold > 0.0 {
-        (proxy_final - proxy_init) / sd_proxy - (gold_final - gold_init) / sd_gold
-    } else {
-        nan
-    };
+    let gap_std_final =
+        if sd_proxy > 0.0 && sd_gold > 0.0 { (proxy_final - proxy_init) / sd_proxy - (gold_final - gold_init) / sd_gold } else { nan };
     let (mut wins, mut dlen) = (vec![], vec![]);
     if let Some(last) = last {
         for r in run.eval.iter().filter(|r| r.step == last.step) {
@@ -635,11 +631,7 @@ pub fn feedback_term(run: &Run) -> Vec<FeedbackPoint> {
     if !matches!(method, Some(Some(m)) if m.uses_feedback()) {
         return vec![];
     }
-    let w_at: BTreeMap<i64, f64> = run
-        .metrics
-        .iter()
-        .filter_map(|m| Some((m.get("step")?.as_i64()?, m.get("r2m/w")?.as_f64()?)))
-        .collect();
+    let w_at: BTreeMap<i64, f64> = run.metrics.iter().filter_map(|m| Some((m.get("step")?.as_i64()?, m.get("r2m/w")?.as_f64()?))).collect();
     let mut by_step: BTreeMap<i64, Vec<&EvalRow>> = BTreeMap::new();
     for r in run.eval.iter().filter(|r| r.step >= 0) {
         by_step.entry(r.step).or_default().push(r);
@@ -674,7 +666,11 @@ pub fn second_half_mean(metrics: &[Map<String, Value>], key: &str) -> f64 {
         .filter_map(|m| m.get(key).and_then(Value::as_f64))
         .filter(|x| x.is_finite())
         .collect();
-    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 /// One step of a cell's mean eval curve: summaries over the seeds that have that step.

@@ -205,7 +205,15 @@ impl Default for ProxyConfig {
             batch: 32,
             seed: 0,
             max_length: 256,
-            train: RmTrain { epochs: 4, micro_batch: 8, lr: 1e-4, warmup_ratio: 0.05, eval_every: 50, save_every: 100, ..RmTrain::default() },
+            train: RmTrain {
+                epochs: 4,
+                micro_batch: 8,
+                lr: 1e-4,
+                warmup_ratio: 0.05,
+                eval_every: 50,
+                save_every: 100,
+                ..RmTrain::default()
+            },
         }
     }
 }
@@ -273,7 +281,11 @@ impl ExperimentConfig {
             );
             ensure!(Method::all().iter().all(|m| m.name() != v.name), "variants: name {:?} is a method's name; choose another", v.name);
             ensure!(names.insert(v.name.as_str()), "variants: {:?} is listed twice", v.name);
-            ensure!(v.algos.as_ref().is_none_or(|a| !a.is_empty()), "variants.{}.algos: empty (leave it out to run the variant under every algorithm)", v.name);
+            ensure!(
+                v.algos.as_ref().is_none_or(|a| !a.is_empty()),
+                "variants.{}.algos: empty (leave it out to run the variant under every algorithm)",
+                v.name
+            );
         }
         ensure!(!self.algos.is_empty() || !self.baseline_algos.is_empty(), "algos: empty");
         ensure!(!self.seeds.is_empty(), "seeds: empty");
@@ -295,7 +307,10 @@ impl ExperimentConfig {
             ensure!((0.0..=0.5).contains(&self.proxy.flip), "proxy.flip = {} must be in [0, 0.5]", self.proxy.flip);
         }
         if self.methods.contains(&Method::PretrainedRm) {
-            ensure!(self.run.data.prompts == "testbed", "methods: pretrained-rm needs gold-labelled pairs of the RL prompts: the testbed's");
+            ensure!(
+                self.run.data.prompts == "testbed",
+                "methods: pretrained-rm needs gold-labelled pairs of the RL prompts: the testbed's"
+            );
             ensure!(self.pretrained.prompts >= 2, "pretrained.prompts must be >= 2");
         }
         // Every algorithm's settings, also of an algorithm this grid does not run (a typo fails now,
@@ -362,7 +377,13 @@ impl ExperimentConfig {
 
 impl Shared {
     fn placeholder() -> Shared {
-        Shared { proxy_rm: "proxy".into(), pretrained_rm: Some("pretrained".into()), test_pairs: None, accuracy_before: BTreeMap::new(), fingerprints: BTreeMap::new() }
+        Shared {
+            proxy_rm: "proxy".into(),
+            pretrained_rm: Some("pretrained".into()),
+            test_pairs: None,
+            accuracy_before: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        }
     }
 }
 
@@ -373,7 +394,15 @@ fn say(progress: bool, msg: impl AsRef<str>) {
 }
 
 /// Makes gold-labelled pairs into `path` unless it exists.
-fn ensure_pairs(path: &Path, cfg: &PairsConfig, policy: &mut Option<crate::model::llama::Loaded>, gold: &mut Option<Gold>, model: &str, device: Device, progress: bool) -> Result<()> {
+fn ensure_pairs(
+    path: &Path,
+    cfg: &PairsConfig,
+    policy: &mut Option<crate::model::llama::Loaded>,
+    gold: &mut Option<Gold>,
+    model: &str,
+    device: Device,
+    progress: bool,
+) -> Result<()> {
     // The settings the pairs were made with sit beside them: a changed config is an error, never
     // a silent reuse of other pairs.
     let meta = path.with_extension("config.json");
@@ -381,7 +410,11 @@ fn ensure_pairs(path: &Path, cfg: &PairsConfig, policy: &mut Option<crate::model
     if path.exists() {
         if let Ok(text) = std::fs::read_to_string(&meta) {
             let had: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", meta.display()))?;
-            ensure!(had == want, "{}: made with other settings ({had}) than now ({want}); delete it or choose another `out`", path.display());
+            ensure!(
+                had == want,
+                "{}: made with other settings ({had}) than now ({want}); delete it or choose another `out`",
+                path.display()
+            );
         }
         say(progress, format!("reusing {}", path.display()));
         return Ok(());
@@ -474,7 +507,15 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         (None, Some(_)) if cfg.run.data.prompts != "testbed" => None,
         (None, _) => {
             let t = dir.join("pairs-test.jsonl");
-            ensure_pairs(&t, &pairs(Split::Test, p.test_prompts, p.seed + 1, 0.0), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+            ensure_pairs(
+                &t,
+                &pairs(Split::Test, p.test_prompts, p.seed + 1, 0.0),
+                &mut policy,
+                &mut gold,
+                &cfg.run.policy.model,
+                device,
+                progress,
+            )?;
             Some(t)
         }
     };
@@ -482,7 +523,15 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         Some(m) => m.clone(),
         None => {
             let tr = dir.join("pairs-train.jsonl");
-            ensure_pairs(&tr, &pairs(Split::Train, p.train_prompts, p.seed, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+            ensure_pairs(
+                &tr,
+                &pairs(Split::Train, p.train_prompts, p.seed, p.flip),
+                &mut policy,
+                &mut gold,
+                &cfg.run.policy.model,
+                device,
+                progress,
+            )?;
             ensure_rm(&rm_cfg(p.backbone.clone(), dir.join("proxy-rm"), tr, test_pairs.clone(), &p.train), progress, &mut trained)?
         }
     };
@@ -490,7 +539,11 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         let rl = dir.join("pairs-rl.jsonl");
         let n = cfg.pretrained.prompts;
         ensure_pairs(&rl, &pairs(Split::Train, n, p.seed + 2, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
-        Some(ensure_rm(&rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train), progress, &mut trained)?)
+        Some(ensure_rm(
+            &rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train),
+            progress,
+            &mut trained,
+        )?)
     } else {
         None
     };
@@ -691,7 +744,8 @@ fn check_earlier_config(dir: &Path, rc: &RlConfig) -> Result<Option<RlConfig>> {
     if !path.exists() {
         return Ok(None);
     }
-    let old: RlConfig = crate::config::load(Some(&path), &[]).with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
+    let old: RlConfig =
+        crate::config::load(Some(&path), &[]).with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
     let same = |c: &RlConfig| RlConfig {
         threads: 0,
         device: String::new(),
@@ -753,7 +807,15 @@ fn tail_lines(path: &Path, n: usize) -> String {
 /// <run>/config.toml [--resume] --quiet`, output to `<run>/rl.log`. Each child dies with this
 /// process (Linux: PR_SET_PDEATHSIG), its checkpoint intact. After a failed run no new run starts;
 /// the running ones finish, then the failure is reported with the end of its log.
-fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], n: usize, shared: &Shared, exe: &Path, progress: bool, device: Device) -> Result<Vec<String>> {
+fn run_side_by_side(
+    cfg: &ExperimentConfig,
+    pending: &[Pending],
+    n: usize,
+    shared: &Shared,
+    exe: &Path,
+    progress: bool,
+    device: Device,
+) -> Result<Vec<String>> {
     use std::process::{Child, Command, Stdio};
     // This process scores each finished run's RM beside the running children: at a child's share
     // of the cores (libgomp's idle threads would spin against theirs).
@@ -769,7 +831,11 @@ fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], n: usize, share
             let conf = dir.join("config.toml");
             crate::config::save(&p.rc, &conf)?;
             let log_path = dir.join("rl.log");
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("opening {}", log_path.display()))?;
             let mut cmd = Command::new(exe);
             cmd.arg("rl").arg("--config").arg(&conf).arg("--quiet");
             if p.resume {
@@ -790,7 +856,14 @@ fn run_side_by_side(cfg: &ExperimentConfig, pending: &[Pending], n: usize, share
             let child = cmd.spawn().with_context(|| format!("starting {} rl for {}", exe.display(), p.spec.name()))?;
             say(
                 progress,
-                format!("[{}/{n}] {}{}: started (threads {}, log {})", p.i + 1, p.spec.name(), if p.resume { ", resuming" } else { "" }, p.rc.threads, log_path.display()),
+                format!(
+                    "[{}/{n}] {}{}: started (threads {}, log {})",
+                    p.i + 1,
+                    p.spec.name(),
+                    if p.resume { ", resuming" } else { "" },
+                    p.rc.threads,
+                    log_path.display()
+                ),
             );
             running.push((p, child, Instant::now()));
         }
@@ -862,7 +935,13 @@ mod tests {
     #[test]
     fn run_config_sets_what_varies_and_nothing_else() {
         let cfg = ExperimentConfig { out: "g".into(), ..ExperimentConfig::default() };
-        let shared = Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: BTreeMap::new(), fingerprints: BTreeMap::new() };
+        let shared = Shared {
+            proxy_rm: "p".into(),
+            pretrained_rm: Some("q".into()),
+            test_pairs: None,
+            accuracy_before: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        };
         let spec = RunSpec { method: Method::PretrainedRm, algo: Algo::Grpo, seed: 7, variant: None };
         let c = cfg.run_config(&spec, &shared).unwrap();
         assert_eq!((c.seed, c.rl.algo, c.out.clone()), (7, Algo::Grpo, PathBuf::from("g/pretrained-rm-grpo-s7")));
@@ -900,7 +979,10 @@ mod tests {
         // A selection without the variant's algorithm runs none of it; an empty list is a mistake.
         let rloo: ExperimentConfig = crate::config::load_str(text, "x.toml", &[r#"algos=["rloo"]"#.to_string()]).unwrap();
         assert!(rloo.runs().iter().all(|r| r.variant.as_deref() != Some("r2m-batch-std")));
-        let e = crate::config::load_str::<ExperimentConfig>(&text.replace(r#"algos = ["grpo"]"#, "algos = []"), "x.toml", &[]).unwrap().validate().unwrap_err();
+        let e = crate::config::load_str::<ExperimentConfig>(&text.replace(r#"algos = ["grpo"]"#, "algos = []"), "x.toml", &[])
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(format!("{e:#}").contains("variants.r2m-batch-std.algos"), "{e:#}");
     }
 
@@ -991,7 +1073,8 @@ mod tests {
         let again: ExperimentConfig = crate::config::load_str(&toml::to_string(&cfg).unwrap(), "e.toml", &[]).unwrap();
         assert_eq!(again, cfg);
         // Errors name the algorithm and the key.
-        let bad = |t: &str| crate::config::load_str::<ExperimentConfig>(t, "x.toml", &[]).and_then(|c| c.validate()).unwrap_err().to_string();
+        let bad =
+            |t: &str| crate::config::load_str::<ExperimentConfig>(t, "x.toml", &[]).and_then(|c| c.validate()).unwrap_err().to_string();
         let e = bad("algos = [\"rloo\"]\n[algo_set]\nrloo = [\"rl.betta=0.01\"]\n");
         assert!(e.contains("algo_set.rloo") && e.contains("betta"), "{e}");
         let e = bad("algos = [\"rloo\"]\n[algo_set]\nrloo = [\"seed=1\"]\n");

@@ -17,5 +17,5 @@ pub mod report;
 pub mod stats;
 
 pub use aggregate::{aggregate, load_grid, AggregateOptions};
-pub use report::{write_report, write_report_with, ReportSummary};
 pub use grid::{run_grid, ExperimentConfig, GridOutcome};
+pub use report::{write_report, write_report_with, ReportSummary};

@@ -136,7 +136,8 @@ fn overopt_cell(c: &Cell) -> String {
 
 /// The main table: one row per algo x method. `full` adds proxy, gap, length columns.
 fn main_table(agg: &Aggregate, full: bool) -> Table {
-    let mut cols = vec!["algo", "method", "seeds", "gold (final)", "gold @ d", "peak gold", "peak step (per run)", "win rate (%)", "LC win rate (%)"];
+    let mut cols =
+        vec!["algo", "method", "seeds", "gold (final)", "gold @ d", "peak gold", "peak step (per run)", "win rate (%)", "LC win rate (%)"];
     if full {
         cols.extend(["proxy (final)", "proxy - gold", "std. gap", "sqrt KL", "length"]);
     } else {
@@ -157,7 +158,13 @@ fn main_table(agg: &Aggregate, full: bool) -> Table {
             show(c, "lc_win_rate"),
         ];
         if full {
-            row.extend([show(c, "proxy_final"), show(c, "gap_final"), show(c, "gap_std_final"), show(c, "sqrt_kl_final"), show(c, "length_final")]);
+            row.extend([
+                show(c, "proxy_final"),
+                show(c, "gap_final"),
+                show(c, "gap_std_final"),
+                show(c, "sqrt_kl_final"),
+                show(c, "length_final"),
+            ]);
         } else {
             row.push(show(c, "sqrt_kl_final"));
         }
@@ -195,7 +202,9 @@ fn results_table(agg: &Aggregate) -> Table {
         cols.push(format!("{k}_mean"));
         cols.push(format!("{k}_ci95"));
     }
-    cols.extend(["overopt_peak_step", "overopt_drop_mean", "overopt_drop_ci95", "overopt_proxy_rise_mean", "overoptimized"].map(String::from));
+    cols.extend(
+        ["overopt_peak_step", "overopt_drop_mean", "overopt_drop_ci95", "overopt_proxy_rise_mean", "overoptimized"].map(String::from),
+    );
     for p in &phases {
         cols.push(format!("{p}_mean"));
         cols.push(format!("{p}_ci95"));
@@ -273,8 +282,26 @@ fn runs_table(grid: &Grid, agg: &Aggregate) -> Table {
 
 fn comparisons_table(agg: &Aggregate) -> Table {
     let mut t = Table::new([
-        "table", "algo", "method", "baseline", "baseline_algo", "metric", "a_mean", "a_ci95", "a_n", "b_mean", "b_ci95", "b_n", "diff", "diff_ci95", "df",
-        "t", "p_welch", "significant", "p_paired", "n_paired",
+        "table",
+        "algo",
+        "method",
+        "baseline",
+        "baseline_algo",
+        "metric",
+        "a_mean",
+        "a_ci95",
+        "a_n",
+        "b_mean",
+        "b_ci95",
+        "b_n",
+        "diff",
+        "diff_ci95",
+        "df",
+        "t",
+        "p_welch",
+        "significant",
+        "p_paired",
+        "n_paired",
     ]);
     let rows = agg
         .vs_vanilla
@@ -312,11 +339,15 @@ fn comparisons_table(agg: &Aggregate) -> Table {
 
 /// A comparison table for the report (Welch decides; the paired p is shown beside it).
 fn comparison_md_table(cs: &[&Comparison], a_title: &str, b_title: &str) -> Table {
-    let mut t = Table::new(["algo", "method", "vs", "metric", a_title, b_title, "difference ± 95% CI", "p (Welch)", "p (paired)", "p < 0.05"]);
+    let mut t =
+        Table::new(["algo", "method", "vs", "metric", a_title, b_title, "difference ± 95% CI", "p (Welch)", "p (paired)", "p < 0.05"]);
     for c in cs {
         let (d, k) = metric_format(c.metric);
-        let diff =
-            if c.welch.ci95.is_finite() { format!("{:+.d$} ± {:.d$}", c.welch.diff * k, c.welch.ci95 * k) } else { format!("{:+.d$}", c.welch.diff * k) };
+        let diff = if c.welch.ci95.is_finite() {
+            format!("{:+.d$} ± {:.d$}", c.welch.diff * k, c.welch.ci95 * k)
+        } else {
+            format!("{:+.d$}", c.welch.diff * k)
+        };
         let _ = t.push(vec![
             algo_label(&c.algo),
             c.method.clone(),
@@ -638,19 +669,17 @@ fn verdicts(agg: &Aggregate) -> Vec<String> {
         let sig_up: Vec<&str> = sig_up.into_iter().map(metric_words).collect();
         let sig_down: Vec<&str> = sig_down.into_iter().map(metric_words).collect();
         out.push(match (sig_up.is_empty(), sig_down.is_empty()) {
-            (true, true) if tested == 0 => format!(
-                "Verdict ({a}): cannot tell yet: R2M or vanilla {a} has fewer than 2 seeds, so no difference can be tested."
-            ),
-            (true, true) => format!(
-                "Verdict ({a}): R2M does NOT beat vanilla {a}: no difference in gold or win rate is significant at 0.05."
-            ),
+            (true, true) if tested == 0 => {
+                format!("Verdict ({a}): cannot tell yet: R2M or vanilla {a} has fewer than 2 seeds, so no difference can be tested.")
+            }
+            (true, true) => {
+                format!("Verdict ({a}): R2M does NOT beat vanilla {a}: no difference in gold or win rate is significant at 0.05.")
+            }
             (false, true) => format!("Verdict ({a}): R2M beats vanilla {a} on {} (p < 0.05).", sig_up.join(", ")),
             (true, false) => format!("Verdict ({a}): R2M is WORSE than vanilla {a} on {} (p < 0.05).", sig_down.join(", ")),
-            (false, false) => format!(
-                "Verdict ({a}): mixed: R2M is better on {} and worse on {} (p < 0.05).",
-                sig_up.join(", "),
-                sig_down.join(", ")
-            ),
+            (false, false) => {
+                format!("Verdict ({a}): mixed: R2M is better on {} and worse on {} (p < 0.05).", sig_up.join(", "), sig_down.join(", "))
+            }
         });
     }
     // 3. Other methods vs vanilla (gold at the last step), R2M vs ablations (LC win rate and gold).
@@ -695,9 +724,8 @@ struct Figure {
 
 fn plots(dir: &Path, agg: &Aggregate) -> Result<Vec<Figure>> {
     let mut out = vec![];
-    let mut push = |title: &str, caption: String, r: (PathBuf, PathBuf)| {
-        out.push(Figure { title: title.to_string(), caption, png: r.0, svg: r.1 })
-    };
+    let mut push =
+        |title: &str, caption: String, r: (PathBuf, PathBuf)| out.push(Figure { title: title.to_string(), caption, png: r.0, svg: r.1 });
     for algo in agg.algos() {
         let cells: Vec<&Cell> = agg.cells.iter().filter(|c| c.algo == algo).collect();
         let a = algo_label(&algo);
@@ -707,11 +735,17 @@ fn plots(dir: &Path, agg: &Aggregate) -> Result<Vec<Figure>> {
         let gold: Vec<Series> = cells.iter().map(|c| Series::mean_ci(c.method.clone(), &band(|p| p.gold, c))).collect();
         let proxy: Vec<Series> = cells.iter().map(|c| Series::mean_ci(c.method.clone(), &band(|p| p.proxy, c))).collect();
         let t = format!("Gold reward vs step ({a}, held-out prompts)");
-        let r = LineChart::new(&t, "RL step (-1 = pi_init)", "gold reward (mean over prompts)").draw(&dir.join(format!("gold_vs_step_{algo}")), &gold)?;
+        let r = LineChart::new(&t, "RL step (-1 = pi_init)", "gold reward (mean over prompts)")
+            .draw(&dir.join(format!("gold_vs_step_{algo}")), &gold)?;
         push(&t, "Mean over seeds, band = 95% CI. An eval at step t follows update t.".into(), r);
         let t = format!("Proxy reward vs step ({a}, held-out prompts)");
         let r = LineChart::new(&t, "RL step (-1 = pi_init)", "proxy RM score").draw(&dir.join(format!("proxy_vs_step_{algo}")), &proxy)?;
-        push(&t, "The frozen proxy RM's score (for online methods not the reward they trained on; older runs without it show that reward).".into(), r);
+        push(
+            &t,
+            "The frozen proxy RM's score (for online methods not the reward they trained on; older runs without it show that reward)."
+                .into(),
+            r,
+        );
         let kl: Vec<Series> = cells
             .iter()
             .map(|c| {
@@ -732,7 +766,8 @@ fn plots(dir: &Path, agg: &Aggregate) -> Result<Vec<Figure>> {
                 .map(|c| {
                     let s: Vec<Summary> =
                         phases.iter().map(|p| c.times.iter().find(|(q, _)| q == p).map(|(_, s)| *s).unwrap_or(Summary::EMPTY)).collect();
-                    BarSeries::new(c.method.clone(), s.iter().map(|s| s.mean).collect()).with_intervals(s.iter().map(|s| s.interval()).collect())
+                    BarSeries::new(c.method.clone(), s.iter().map(|s| s.mean).collect())
+                        .with_intervals(s.iter().map(|s| s.interval()).collect())
                 })
                 .collect();
             let t = format!("Time per phase ({a})");
@@ -749,7 +784,11 @@ fn plots(dir: &Path, agg: &Aggregate) -> Result<Vec<Figure>> {
             BarSeries::new(name, s.iter().map(|s| s.mean).collect()).with_intervals(s.iter().map(|s| s.interval()).collect())
         };
         let t = "RM accuracy on held-out gold pairs";
-        let r = BarChart::new(t, "", "accuracy (%)").draw(&dir.join("rm_accuracy"), &cats, &[mk("before RL", "rm_acc_before"), mk("after RL", "rm_acc_after")])?;
+        let r = BarChart::new(t, "", "accuracy (%)").draw(
+            &dir.join("rm_accuracy"),
+            &cats,
+            &[mk("before RL", "rm_acc_before"), mk("after RL", "rm_acc_after")],
+        )?;
         push(t, "Before and after RL (for R2M: with the policy's feedback and w(T)); ± 95% CI where several runs report it.".into(), r);
     }
     Ok(out)
@@ -801,8 +840,7 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
 
     b.push(H(2, "Results".into()));
     b.push(Table(main_table(agg, true)));
-    b.push(P(
-        "gold (final): held-out gold at the last eval step. peak gold / peak step: the highest eval gold (pi_init included, \
+    b.push(P("gold (final): held-out gold at the last eval step. peak gold / peak step: the highest eval gold (pi_init included, \
          step -1) and its step. win rate: share of held-out prompts where the policy's response at the last eval step has \
          higher gold than pi_init's (ties half). LC win rate: length-controlled, sigmoid(intercept) of a logistic regression \
          of those wins on tanh(length difference / its sd) (AlpacaEval 2 LC style). proxy - gold: raw difference at the end \
@@ -810,8 +848,7 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
          gold's rise, each in pi_init standard deviations over the prompts (0 at pi_init; > 0: the proxy credits more \
          than gold confirms). overopt.: the test under Verdict (gold's seed-mean peak is above the final gold by more \
          than the 95% CI of the per-seed drop, while the proxy rose after the peak)."
-            .into(),
-    ));
+        .into()));
     let over: Vec<String> = agg
         .cells
         .iter()
@@ -828,12 +865,10 @@ fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figures: &[Figure
     } else {
         let cs: Vec<&Comparison> = agg.vs_vanilla.iter().collect();
         b.push(Table(comparison_md_table(&cs, "method", "vanilla")));
-        b.push(P(
-            "Difference = method - vanilla with the 95% CI of the difference (Welch). The decision uses Welch's two-sided \
+        b.push(P("Difference = method - vanilla with the 95% CI of the difference (Welch). The decision uses Welch's two-sided \
              t-test (unequal variances); the paired t-test over shared seeds (same seed: same prompts order and init) is shown \
              beside it."
-                .into(),
-        ));
+            .into()));
     }
 
     b.push(H(2, "Ablations (R2M vs each)".into()));
@@ -890,9 +925,11 @@ fn md_escape(s: &str) -> String {
 
 /// Whether every non-empty cell of column `c` reads as a number ("0.5 ± 0.1", "+3", "n/a", "< 0.001").
 fn numeric_column(t: &Table, c: usize) -> bool {
-    t.rows.iter().map(|r| r[c].trim()).filter(|v| !v.is_empty()).all(|v| {
-        v == "n/a" || v.starts_with("< ") || v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-' || ch == '.')
-    })
+    t.rows
+        .iter()
+        .map(|r| r[c].trim())
+        .filter(|v| !v.is_empty())
+        .all(|v| v == "n/a" || v.starts_with("< ") || v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-' || ch == '.'))
 }
 
 fn md_table(t: &Table) -> String {
@@ -1012,7 +1049,9 @@ mod tests {
 
     #[test]
     fn base64_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

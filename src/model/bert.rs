@@ -195,7 +195,7 @@ impl BertEmbeddings {
         // T is checked against max_position_embeddings in `Bert::forward`.
         let t = input_ids.size()[1];
         let pos = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0); // (1, T)
-        // HF order: (word + token_type) + position.
+                                                                                     // HF order: (word + token_type) + position.
         let x = self.word_embeddings.forward(input_ids) + self.token_type_embeddings.forward(token_type_ids);
         let x = x + self.position_embeddings.forward(&pos); // (B, T, D)
         self.layer_norm.forward(&x)
@@ -350,9 +350,7 @@ impl Bert {
         let init = nn::Init::Const(0.);
         let root = vs.root();
         let embeddings = BertEmbeddings::new(&root / "embeddings", cfg, init);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BertLayer::new(&root / "encoder" / "layer" / i, cfg, init))
-            .collect();
+        let layers = (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&root / "encoder" / "layer" / i, cfg, init)).collect();
         Bert { vs, embeddings, layers, cfg: cfg.clone() }
     }
 
@@ -418,15 +416,10 @@ impl Bert {
     /// 0 = padding, any integer or float kind); `token_type_ids` default to 0. Inputs are moved to
     /// the model's device.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t) = input_ids.size2().map_err(|_| {
-            Error::Input(format!("BERT: input_ids must be (B, T), got shape {:?}", input_ids.size()))
-        })?;
+        let (b, t) =
+            input_ids.size2().map_err(|_| Error::Input(format!("BERT: input_ids must be (B, T), got shape {:?}", input_ids.size())))?;
         if attention_mask.size() != [b, t] {
-            return Err(Error::Input(format!(
-                "BERT: attention_mask has shape {:?}, input_ids {:?}",
-                attention_mask.size(),
-                [b, t]
-            )));
+            return Err(Error::Input(format!("BERT: attention_mask has shape {:?}, input_ids {:?}", attention_mask.size(), [b, t])));
         }
         if t == 0 || t > self.cfg.max_position_embeddings {
             return Err(Error::Input(format!(
@@ -498,11 +491,8 @@ impl Pooling {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::parse(path, e))?;
         let obj = v.as_object().ok_or_else(|| Error::parse(path, "expected a JSON object"))?;
-        let on: Vec<&str> = obj
-            .iter()
-            .filter(|(k, v)| k.starts_with("pooling_mode") && v.as_bool() == Some(true))
-            .map(|(k, _)| k.as_str())
-            .collect();
+        let on: Vec<&str> =
+            obj.iter().filter(|(k, v)| k.starts_with("pooling_mode") && v.as_bool() == Some(true)).map(|(k, _)| k.as_str()).collect();
         let unsupported = |value: String| Error::Unsupported {
             path: path.into(),
             what: "pooling mode".into(),
@@ -613,15 +603,7 @@ impl SentenceEncoder {
         let bert = Bert::load(&tdir, device)?;
         // After the weights, so that a wrong hidden_size is reported as the tensor it breaks.
         check_pooling_dim(&pooling_path, bert.cfg.hidden_size)?;
-        Ok(SentenceEncoder {
-            bert,
-            tokenizer,
-            pooling,
-            normalize,
-            max_seq_length,
-            do_lower_case: sb.do_lower_case,
-            batch_size: 32,
-        })
+        Ok(SentenceEncoder { bert, tokenizer, pooling, normalize, max_seq_length, do_lower_case: sb.do_lower_case, batch_size: 32 })
     }
 
     pub fn embed_dim(&self) -> i64 {
@@ -663,14 +645,10 @@ impl SentenceEncoder {
         if texts.is_empty() {
             return Err(Error::Input("SentenceEncoder::tokenize: no texts".into()));
         }
-        let prepared: Vec<String> = texts
-            .iter()
-            .map(|t| if self.do_lower_case { t.trim().to_lowercase() } else { t.trim().to_string() })
-            .collect();
-        let enc = self
-            .tokenizer
-            .encode_batch(prepared, true)
-            .map_err(|e| Error::Input(format!("tokenizing {} texts: {e}", texts.len())))?;
+        let prepared: Vec<String> =
+            texts.iter().map(|t| if self.do_lower_case { t.trim().to_lowercase() } else { t.trim().to_string() }).collect();
+        let enc =
+            self.tokenizer.encode_batch(prepared, true).map_err(|e| Error::Input(format!("tokenizing {} texts: {e}", texts.len())))?;
         let (b, t) = (enc.len(), enc[0].len()); // non-empty: checked above; padded to one length
         let mut ids = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t);

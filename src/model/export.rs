@@ -36,8 +36,7 @@ pub fn export_hf(model: &CausalLm, tokenizer: &Tokenizer, dir: &Path) -> Result<
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut cfg = model.config.clone();
     if cfg.architectures.is_empty() {
-        cfg.architectures =
-            vec![if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }.to_string()];
+        cfg.architectures = vec![if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }.to_string()];
     }
     cfg.torch_dtype = Some("float32".into());
     cfg.tie_word_embeddings = model.lm_head.is_none();

@@ -6,8 +6,8 @@
 //! Shapes: B = prompts, P = padded prompt length, N = max_new_tokens, V = vocab, D = hidden.
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
-use crate::model::packed;
 use crate::model::llama::{attn_mask, positions_from_mask, AttnMask, CausalLm};
+use crate::model::packed;
 use tch::{Device, Kind, Tensor};
 
 /// How the next token is picked.
@@ -110,10 +110,7 @@ pub struct Generation {
 impl Generation {
     /// Prompt + response ids (B, P + N') and mask: the trainer's input.
     pub fn sequences(&self) -> (Tensor, Tensor) {
-        (
-            Tensor::cat(&[&self.prompt_ids, &self.ids], 1),
-            Tensor::cat(&[&self.prompt_mask, &self.mask.to_kind(self.prompt_mask.kind())], 1),
-        )
+        (Tensor::cat(&[&self.prompt_ids, &self.ids], 1), Tensor::cat(&[&self.prompt_mask, &self.mask.to_kind(self.prompt_mask.kind())], 1))
     }
 
     /// Response ids of row `i` up to and including EOS.
@@ -302,7 +299,10 @@ pub fn generate_stream(
     let _packs = match (model.precision.autocast_kind(), cfg.pack_weights) {
         (Some(k), _) => Some(packed::install(&model.linear_weights(), packed::How::Cast(k), Some(&model.packs)).map_err(Error::Input)?),
         (None, Some(false)) => None,
-        (None, Some(true)) => Some(packed::install(&model.linear_weights(), mkl, Some(&model.packs)).map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?),
+        (None, Some(true)) => Some(
+            packed::install(&model.linear_weights(), mkl, Some(&model.packs))
+                .map_err(|e| Error::Input(format!("generate: pack_weights = true, but {e}")))?,
+        ),
         (None, None) => {
             let weights = model.linear_weights();
             packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
@@ -314,7 +314,8 @@ pub fn generate_stream(
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));
 
     // Prefill.
-    let h = model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &attn_mask(&prompt_mask), Some(&mut cache), capture.is_some());
+    let h =
+        model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &attn_mask(&prompt_mask), Some(&mut cache), capture.is_some());
     let mut hidden = if cfg.return_hidden { vec![h.last.shallow_clone()] } else { vec![] };
     // `all` holds the input of every block (then the final states): entry k is the trunk's output.
     let trunk_of = |h: &crate::model::llama::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));

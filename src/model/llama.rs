@@ -186,7 +186,13 @@ impl Attention {
     }
 
     /// x (B, T, D); `mask`: which keys each query attends; cache slots [start, start + T) get written.
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>,
+    ) -> Tensor {
         let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
         let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2); // (B, nh, T, hd)
         let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2); // (B, nkv, T, hd)
@@ -272,7 +278,13 @@ impl Block {
             .collect()
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask, cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>,
+    ) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
@@ -447,11 +459,8 @@ impl CausalLm {
             Source::Load(w) => cfg.tie_word_embeddings && !w.contains("lm_head.weight"),
             Source::Random => cfg.tie_word_embeddings,
         };
-        let lm_head = if tied {
-            None
-        } else {
-            Some(Linear::new(&mut p, &mut src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?)
-        };
+        let lm_head =
+            if tied { None } else { Some(Linear::new(&mut p, &mut src, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?) };
         if let Source::Load(w) = src {
             // HF ignores rotary inv_freq buffers some checkpoints carry.
             let extra: Vec<String> = w.names().filter(|n| n.ends_with("rotary_emb.inv_freq")).cloned().collect();
@@ -596,9 +605,9 @@ impl CausalLm {
         let logits = self.scaled_logits(&hs, temperature); // (B, n, V)
         let (b, v) = (logits.size()[0], logits.size()[2]);
         let next = ids.to_device(self.device).narrow(1, from, n).reshape([-1]); // (B n)
-        // -cross_entropy = log_softmax + nll_loss: libtorch's fused kernels both ways (what
-        // PyTorch's `labels=` loss runs), with fewer (B, n, V) temporaries than
-        // `gather - logsumexp` (whose backward adds two full-vocabulary gradients).
+                                                                                // -cross_entropy = log_softmax + nll_loss: libtorch's fused kernels both ways (what
+                                                                                // PyTorch's `labels=` loss runs), with fewer (B, n, V) temporaries than
+                                                                                // `gather - logsumexp` (whose backward adds two full-vocabulary gradients).
         -logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(&next, None, tch::Reduction::None, -100, 0.0).view([b, n])
     }
 
@@ -617,7 +626,10 @@ impl CausalLm {
     pub fn same_prefix(&self, other: &CausalLm, k: usize) -> bool {
         let in_prefix = |n: &str| {
             n.starts_with("model.embed_tokens.")
-                || n.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < k)
+                || n.strip_prefix("model.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < k)
         };
         let mine: Vec<&(String, Tensor)> = self.params.named().iter().filter(|(n, _)| in_prefix(n)).collect();
         let theirs: Vec<&(String, Tensor)> = other.params.named().iter().filter(|(n, _)| in_prefix(n)).collect();
@@ -638,10 +650,20 @@ impl CausalLm {
 
     /// `token_logprobs` from a trunk (the input of block k, from `trunk`): blocks [k, L), the
     /// norm and the head only. Equal to `token_logprobs` up to float rounding.
-    pub fn token_logprobs_from_trunk(&self, trunk: &Tensor, k: usize, ids: &Tensor, mask: &Tensor, temperature: f64, from: i64) -> Result<(Tensor, Tensor)> {
+    pub fn token_logprobs_from_trunk(
+        &self,
+        trunk: &Tensor,
+        k: usize,
+        ids: &Tensor,
+        mask: &Tensor,
+        temperature: f64,
+        from: i64,
+    ) -> Result<(Tensor, Tensor)> {
         let t = ids.size().get(1).copied().unwrap_or(0);
         if from < 1 || from >= t.max(1) || !(temperature > 0.0) {
-            return Err(Error::Input(format!("token_logprobs_from_trunk: from = {from} must be in [1, {t}) and temperature = {temperature} > 0")));
+            return Err(Error::Input(format!(
+                "token_logprobs_from_trunk: from = {from} must be in [1, {t}) and temperature = {temperature} > 0"
+            )));
         }
         self.check_ids(ids, mask)?;
         if trunk.size().get(..2) != Some(&ids.size()[..]) {
@@ -783,8 +805,8 @@ mod tests {
         let padded = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 7]);
         let full = Tensor::ones([2, 7], (Kind::Int64, Device::Cpu));
         let setups = [
-            Trainable::All,                                       // every block, input needs grad (embeddings train)
-            Trainable::Top { layers: 1, head: false },            // frozen blocks below: input without grad
+            Trainable::All,                            // every block, input needs grad (embeddings train)
+            Trainable::Top { layers: 1, head: false }, // frozen blocks below: input without grad
             Trainable::Lora { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] },
         ];
         for (i, tr) in setups.iter().enumerate() {
@@ -833,7 +855,13 @@ mod tests {
         let m = CausalLm::random(&cfg, 7, Device::Cpu).unwrap();
         // Prompts of different lengths, so the calls pad differently; no EOS, so lengths agree.
         let prompts: Vec<Vec<i64>> = vec![vec![5, 6, 7], vec![8], vec![9, 10, 11, 12, 13], vec![3, 4]];
-        let greedy = GenerateConfig { max_new_tokens: 5, sampling: Sampling::Greedy, return_hidden: true, return_trunk: Some(1), ..Default::default() };
+        let greedy = GenerateConfig {
+            max_new_tokens: 5,
+            sampling: Sampling::Greedy,
+            return_hidden: true,
+            return_trunk: Some(1),
+            ..Default::default()
+        };
         let one = generate(&m, &prompts, &greedy).unwrap();
         let parts = generate_in_calls(&m, &prompts, &greedy, 2).unwrap();
         // Greedy tokens do not depend on the split; the merged prompts are left-padded to the longest.

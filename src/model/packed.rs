@@ -87,7 +87,10 @@ impl Drop for PackScope<'_> {
 /// OS reports available (2 GiB when it reports nothing).
 pub fn pays(device: Device, kind: Kind, rows: i64, weights: &[&Tensor]) -> bool {
     let bytes: i64 = weights.iter().map(|w| w.numel() as i64 * 4).sum();
-    device == Device::Cpu && kind == Kind::Float && rows >= MIN_BATCH && bytes < crate::device::available_host_memory().unwrap_or(4 << 30) / 2
+    device == Device::Cpu
+        && kind == Kind::Float
+        && rows >= MIN_BATCH
+        && bytes < crate::device::available_host_memory().unwrap_or(4 << 30) / 2
 }
 
 /// Prepares copies of `weights` (each (out, in); MKL packing: f32 on the CPU, others are left
@@ -97,7 +100,11 @@ pub fn pays(device: Device, kind: Kind, rows: i64, weights: &[&Tensor]) -> bool 
 /// drops. MKL packing errors where libtorch was built without MKL.
 pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> Result<PackScope<'a>, String> {
     let _guard = tch::no_grad_guard();
-    let mut kept = cache.and_then(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).take()).filter(|k| k.how == how).map(|k| k.by_weight).unwrap_or_default();
+    let mut kept = cache
+        .and_then(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).take())
+        .filter(|k| k.how == how)
+        .map(|k| k.by_weight)
+        .unwrap_or_default();
     let mut by_weight = HashMap::new();
     let mut fresh = 0;
     for w in weights {

@@ -81,10 +81,11 @@ impl Params {
     pub fn load_values(&self, tensors: &[(String, Tensor)], source: &std::path::Path) -> Result<()> {
         let _guard = tch::no_grad_guard();
         for (n, t) in &self.vars {
-            let src = tensors.iter().find(|(m, _)| m == n).map(|(_, s)| s).ok_or_else(|| Error::MissingTensors {
-                path: source.into(),
-                names: n.clone(),
-            })?;
+            let src = tensors
+                .iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, s)| s)
+                .ok_or_else(|| Error::MissingTensors { path: source.into(), names: n.clone() })?;
             if src.size() != t.size() {
                 return Err(Error::ShapeMismatch { path: source.into(), name: n.clone(), got: src.size(), want: t.size() });
             }

@@ -36,7 +36,8 @@ impl CrossAttention {
     /// W_q, W_k, W_v, W_o from libtorch's generator (seeded by the caller).
     #[allow(clippy::too_many_arguments)]
     pub fn new(p: &mut Params, d_rm: i64, d_p: i64, d: i64, heads: i64, std: f64, qk_std: f64, query_norm: QueryNorm, dev: Device) -> Self {
-        let mut init = |name: &str, shape: [i64; 2], s: f64| p.add(name, (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * s).to_device(dev));
+        let mut init =
+            |name: &str, shape: [i64; 2], s: f64| p.add(name, (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * s).to_device(dev));
         let w_q = init("xattn.w_q", [d, d_rm], qk_std);
         let w_k = init("xattn.w_k", [d, d_p], qk_std);
         let w_v = init("xattn.w_v", [d, d_p], std);

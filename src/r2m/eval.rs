@@ -30,7 +30,13 @@ pub struct Feedback<'a> {
 /// Accuracy of `src` at blend weight `wt` on `pairs` (explicit prompts), with the policy's final
 /// hidden states as feedback when given (otherwise phi(H_last): the score of the methods that read
 /// none, and of the plain RM before RL). Texts reach the RM exactly as in RL (`rm_text`).
-pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[PreferenceExample], wt: f64, batch: usize) -> Result<FeedbackAccuracy> {
+pub fn feedback_accuracy(
+    src: &R2mSource,
+    feedback: Option<Feedback>,
+    pairs: &[PreferenceExample],
+    wt: f64,
+    batch: usize,
+) -> Result<FeedbackAccuracy> {
     let _g = tch::no_grad_guard();
     let (mut cs, mut rs) = (vec![], vec![]);
     let mut diags: Vec<(AttentionDiagnostics, f64)> = vec![];
@@ -38,7 +44,8 @@ pub fn feedback_accuracy(src: &R2mSource, feedback: Option<Feedback>, pairs: &[P
         let mut prompts = vec![];
         let mut responses = vec![];
         for ex in chunk {
-            let p = ex.prompt.clone().ok_or_else(|| Error::Input(format!("{}: feedback evaluation needs an explicit prompt", ex.origin)))?;
+            let p =
+                ex.prompt.clone().ok_or_else(|| Error::Input(format!("{}: feedback evaluation needs an explicit prompt", ex.origin)))?;
             let pe = PromptExample { prompt: p, origin: ex.origin.clone(), meta: Default::default() };
             for resp in [&ex.chosen, &ex.rejected] {
                 prompts.push(pe.clone());

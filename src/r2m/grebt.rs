@@ -19,8 +19,8 @@ pub fn grebt(r: &Tensor, annotation: &Tensor, k: i64, alpha: f64) -> (Tensor, Te
     let mean = r.mean_dim(1, true, kind);
     let std = r.std_dim(1, false, true); // population std, (n, 1)
     let ok = std.gt(1e-6).squeeze_dim(1).to_kind(kind); // (n)
-    // Zero-variance groups: divide by 1 instead (their term is then masked out), so no NaN
-    // reaches the graph.
+                                                        // Zero-variance groups: divide by 1 instead (their term is then masked out), so no NaN
+                                                        // reaches the graph.
     let safe = std.where_self(&std.gt(1e-6), &std.ones_like());
     let z = (&r - mean) / safe;
     let logp = z.log_softmax(1, kind);

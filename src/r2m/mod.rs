@@ -129,7 +129,12 @@ impl Default for R2mConfig {
 
 impl R2mConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.d >= 1 && self.heads >= 1 && self.d % self.heads == 0, "r2m.d = {} must be divisible by r2m.heads = {}", self.d, self.heads);
+        anyhow::ensure!(
+            self.d >= 1 && self.heads >= 1 && self.d % self.heads == 0,
+            "r2m.d = {} must be divisible by r2m.heads = {}",
+            self.d,
+            self.heads
+        );
         anyhow::ensure!((0.0..=1.0).contains(&self.omega), "r2m.omega = {} must be in [0, 1]", self.omega);
         anyhow::ensure!((0.0..=1.0).contains(&self.alpha), "r2m.alpha = {} must be in [0, 1]", self.alpha);
         anyhow::ensure!(self.lr > 0.0, "r2m.lr must be > 0");
@@ -192,7 +197,17 @@ impl R2mSource {
         let head = params.add("score.weight", rm.head.detach().copy());
         let xattn = if cfg.method.uses_feedback() {
             tch::manual_seed(seed as i64 ^ 0x52324d);
-            Some(CrossAttention::new(&mut params, rm.embed_dim(), d_policy, cfg.d, cfg.heads, cfg.init_std, cfg.qk_init_std.unwrap_or(cfg.init_std), cfg.query_norm, dev))
+            Some(CrossAttention::new(
+                &mut params,
+                rm.embed_dim(),
+                d_policy,
+                cfg.d,
+                cfg.heads,
+                cfg.init_std,
+                cfg.qk_init_std.unwrap_or(cfg.init_std),
+                cfg.query_norm,
+                dev,
+            ))
         } else {
             None
         };
@@ -252,7 +267,13 @@ impl R2mSource {
 
     /// [`Self::rewards`], also filling `diag` (when given and the cross-attention ran) with what
     /// the cross-attention does: see [`AttentionDiagnostics`].
-    pub fn rewards_with(&self, h_last: &Tensor, feedback: Option<(&Tensor, &Tensor)>, wt: f64, diag: Option<&mut Option<AttentionDiagnostics>>) -> Tensor {
+    pub fn rewards_with(
+        &self,
+        h_last: &Tensor,
+        feedback: Option<(&Tensor, &Tensor)>,
+        wt: f64,
+        diag: Option<&mut Option<AttentionDiagnostics>>,
+    ) -> Tensor {
         let fin = match (&self.xattn, feedback) {
             (Some(x), Some((h, mask))) => {
                 let mask = mask.to_device(h_last.device());
@@ -417,10 +438,21 @@ pub struct AttentionDiagnostics {
 
 impl AttentionDiagnostics {
     fn of(h_hat: &Tensor, h_last: &Tensor, att: &Tensor, mask: &Tensor, head: &Tensor) -> Self {
-        let norm = |t: &Tensor| t.to_kind(Kind::Double).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Double).sqrt().mean(Kind::Double).double_value(&[]);
+        let norm = |t: &Tensor| {
+            t.to_kind(Kind::Double)
+                .square()
+                .sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)
+                .sqrt()
+                .mean(Kind::Double)
+                .double_value(&[])
+        };
         let sd = |t: &Tensor| {
             let s = t.linear::<Tensor>(head, None).to_kind(Kind::Double);
-            if s.numel() < 2 { 0.0 } else { s.std(false).double_value(&[]) }
+            if s.numel() < 2 {
+                0.0
+            } else {
+                s.std(false).double_value(&[])
+            }
         };
         AttentionDiagnostics {
             attn_entropy: cross_attention::normalized_entropy(att, mask),

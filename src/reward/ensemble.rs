@@ -14,7 +14,9 @@ pub enum Combine {
     /// Worst-case optimisation (WCO).
     Min,
     /// Uncertainty-weighted optimisation (UWO): mean - lambda * var.
-    Uwo { lambda: f64 },
+    Uwo {
+        lambda: f64,
+    },
 }
 
 /// Combines member scores (k, N) into (N).
@@ -22,9 +24,7 @@ pub fn combine(scores: &Tensor, how: Combine) -> Tensor {
     match how {
         Combine::Mean => scores.mean_dim(0, false, Kind::Float),
         Combine::Min => scores.min_dim(0, false).0,
-        Combine::Uwo { lambda } => {
-            scores.mean_dim(0, false, Kind::Float) - scores.var_dim(0, false, false) * lambda
-        }
+        Combine::Uwo { lambda } => scores.mean_dim(0, false, Kind::Float) - scores.var_dim(0, false, false) * lambda,
     }
 }
 
@@ -43,11 +43,7 @@ impl Ensemble {
 
     /// Scores rendered texts with every member, combined: (N).
     pub fn score_texts(&self, texts: &[String], add_special: bool, max_length: usize, batch_size: usize) -> Result<Tensor> {
-        let all = self
-            .members
-            .iter()
-            .map(|m| m.score_texts(texts, add_special, max_length, batch_size))
-            .collect::<Result<Vec<_>>>()?;
+        let all = self.members.iter().map(|m| m.score_texts(texts, add_special, max_length, batch_size)).collect::<Result<Vec<_>>>()?;
         Ok(combine(&Tensor::stack(&all, 0), self.combine))
     }
 }

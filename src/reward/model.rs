@@ -19,9 +19,9 @@ use crate::model::export::write_json;
 use crate::model::llama::{attn_mask, positions_from_mask, Llama};
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
+use crate::model::precision::{Autocast, Precision};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
-use crate::model::precision::{Autocast, Precision};
 use tch::{Device, Kind, Tensor};
 
 pub enum Backbone {
@@ -87,8 +87,7 @@ impl RewardModel {
             }
         };
         // A causal LM's head is not part of a reward model.
-        let extra: Vec<String> =
-            rest.names().filter(|n| *n == "lm_head.weight" || n.ends_with("rotary_emb.inv_freq")).cloned().collect();
+        let extra: Vec<String> = rest.names().filter(|n| *n == "lm_head.weight" || n.ends_with("rotary_emb.inv_freq")).cloned().collect();
         let allow: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         rest.finish(&allow)?;
         let mut config = cfg;
@@ -170,7 +169,7 @@ impl RewardModel {
                     )));
                 }
                 let h = body.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, false).last; // (B, T, D)
-                // Last non-pad token: argmax of (index + 1) * mask, as HF's sequence classifier.
+                                                                                                              // Last non-pad token: argmax of (index + 1) * mask, as HF's sequence classifier.
                 let idx = (Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0) + 1) * &mask;
                 let last = idx.argmax(-1, false); // (B)
                 let d = h.size()[2];

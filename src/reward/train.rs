@@ -128,11 +128,7 @@ impl TrainRmConfig {
         ensure!(self.train.grad_accum >= 1, "train.grad_accum = {} must be >= 1", self.train.grad_accum);
         ensure!(self.train.epochs >= 1, "train.epochs must be >= 1");
         ensure!(self.train.lr > 0.0, "train.lr = {} must be > 0", self.train.lr);
-        ensure!(
-            (0.0..1.0).contains(&self.data.eval_fraction),
-            "data.eval_fraction = {} must be in [0, 1)",
-            self.data.eval_fraction
-        );
+        ensure!((0.0..1.0).contains(&self.data.eval_fraction), "data.eval_fraction = {} must be in [0, 1)", self.data.eval_fraction);
         ensure!((0.0..1.0).contains(&self.train.warmup_ratio), "train.warmup_ratio must be in [0, 1)");
         ensure!(self.data.max_length >= 2, "data.max_length must be >= 2");
         Ok(())
@@ -186,8 +182,7 @@ pub fn score_pairs(rm: &RewardModel, pairs: &[&PairIds]) -> Result<(Tensor, Tens
         Backbone::Decoder { tokenizer, .. } => tokenizer.pad_id() as i64,
         Backbone::Encoder { .. } => 0, // BERT [PAD]
     };
-    let seqs: Vec<Vec<i64>> =
-        pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+    let seqs: Vec<Vec<i64>> = pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let b = right_pad(&seqs, pad);
     let (s, _) = rm.score(&crate::reward::model::Batch { ids: b.ids, mask: b.mask })?;
     let n = pairs.len() as i64;
@@ -284,10 +279,9 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
 
     let mut start = 0usize;
     if let Some(ck) = &ck {
-        let st: TrainerState = serde_json::from_str(
-            &std::fs::read_to_string(ck.join("state.json")).with_context(|| format!("{}/state.json", ck.display()))?,
-        )
-        .with_context(|| format!("{}/state.json", ck.display()))?;
+        let st: TrainerState =
+            serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).with_context(|| format!("{}/state.json", ck.display()))?)
+                .with_context(|| format!("{}/state.json", ck.display()))?;
         ensure!(st.seed == cfg.seed, "{}: checkpoint was made with seed {}, config says {}", ck.display(), st.seed, cfg.seed);
         let w = safetensors::read_file(&ck.join("trainable.safetensors"))?;
         load_named(&opt.params, &w, &ck.join("trainable.safetensors"))?;

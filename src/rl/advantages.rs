@@ -131,7 +131,13 @@ pub fn group_agreement(a: &[f64], b: &[f64], k: usize) -> GroupAgreement {
         for i in 0..k {
             for j in i + 1..k {
                 let s = (ga[i] - ga[j]).signum() * (gb[i] - gb[j]).signum();
-                conc += if ga[i] == ga[j] || gb[i] == gb[j] { 0.5 } else if s > 0.0 { 1.0 } else { 0.0 };
+                conc += if ga[i] == ga[j] || gb[i] == gb[j] {
+                    0.5
+                } else if s > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                };
                 n_pairs += 1;
             }
         }

@@ -98,7 +98,13 @@ impl Shapes {
     pub fn fixed_bytes(&self) -> f64 {
         let p = self.params() as f64;
         // bf16 copies under autocast; MKL-packed f32 copies on the CPU; none for f32 on CUDA.
-        let copies = if self.act_bytes < 4 { 2.0 * p } else if self.cuda { 0.0 } else { 4.0 * p };
+        let copies = if self.act_bytes < 4 {
+            2.0 * p
+        } else if self.cuda {
+            0.0
+        } else {
+            4.0 * p
+        };
         4.0 * p * 2.0 + 12.0 * self.trained_params as f64 + copies
     }
 
@@ -143,7 +149,15 @@ pub struct Budget {
 /// Chooses (or checks) the budgets against `free` bytes. `rows`: the rows a rollout decodes
 /// (n x K; evaluation decodes at most as many per call); `minibatch`: sequences per optimiser
 /// step. `where_` names the device for the messages.
-pub fn choose(shapes: &Shapes, free: f64, rows: usize, minibatch: usize, generation: Count, grad_accum: Count, where_: &str) -> Result<Budget> {
+pub fn choose(
+    shapes: &Shapes,
+    free: f64,
+    rows: usize,
+    minibatch: usize,
+    generation: Count,
+    grad_accum: Count,
+    where_: &str,
+) -> Result<Budget> {
     // Headroom for what the estimates leave out (the reward models, allocator slack).
     let usable = free * 0.8 - shapes.fixed_bytes();
     let gib = |b: f64| b / GIB;

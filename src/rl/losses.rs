@@ -110,11 +110,7 @@ pub fn token_clipped_loss(
         per_token = per_token + k3 * beta;
     }
     let loss = aggregate(&per_token, mask, agg, max_len);
-    let stats = LossStats {
-        clip_low: (low * &m).sum(Kind::Float) / &denom,
-        clip_high: (high * &m).sum(Kind::Float) / &denom,
-        kl: kl_mean,
-    };
+    let stats = LossStats { clip_low: (low * &m).sum(Kind::Float) / &denom, clip_high: (high * &m).sum(Kind::Float) / &denom, kl: kl_mean };
     (loss, stats)
 }
 
@@ -171,7 +167,8 @@ mod tests {
         }
         // A positive advantage beyond 1 + eps is clipped: zero gradient, counted in clip_high.
         let l2 = t(&[0.0], &[1, 1]).set_requires_grad(true);
-        let (loss2, st2) = sequence_clipped_loss(&l2, &t(&[-1.0], &[1, 1]), &Tensor::ones([1, 1], (Kind::Int64, tch::Device::Cpu)), &t(&[1.0], &[1]), 0.2);
+        let (loss2, st2) =
+            sequence_clipped_loss(&l2, &t(&[-1.0], &[1, 1]), &Tensor::ones([1, 1], (Kind::Int64, tch::Device::Cpu)), &t(&[1.0], &[1]), 0.2);
         loss2.backward();
         assert!((loss2.double_value(&[]) + 1.2).abs() < 1e-6);
         assert_eq!(l2.grad().double_value(&[0, 0]), 0.0);

@@ -159,13 +159,8 @@ impl<F: FnMut(&PromptExample, &str, bool) -> f64> RewardSource for RuleSource<F>
         self.name.clone()
     }
     fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        let v: Vec<f32> = input
-            .prompts
-            .iter()
-            .zip(input.responses)
-            .zip(input.finished)
-            .map(|((p, r), f)| (self.f)(p, r, *f) as f32)
-            .collect();
+        let v: Vec<f32> =
+            input.prompts.iter().zip(input.responses).zip(input.finished).map(|((p, r), f)| (self.f)(p, r, *f) as f32).collect();
         Ok(Tensor::from_slice(&v))
     }
 }
@@ -176,9 +171,10 @@ pub fn testbed_prompt(p: &PromptExample) -> Result<TestbedPrompt> {
         Text::Plain(s) => s.clone(),
         Text::Chat(m) => m.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default(),
     };
-    let spec = p.meta.get("spec").ok_or_else(|| {
-        Error::Input(format!("{}: the gold reward needs the testbed's `spec` column (use testbed prompts)", p.origin))
-    })?;
+    let spec = p
+        .meta
+        .get("spec")
+        .ok_or_else(|| Error::Input(format!("{}: the gold reward needs the testbed's `spec` column (use testbed prompts)", p.origin)))?;
     let spec = serde_json::from_value(spec.clone()).map_err(|e| Error::Input(format!("{}: spec: {e}", p.origin)))?;
     let id = p.meta.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
     Ok(TestbedPrompt { id, text, spec })

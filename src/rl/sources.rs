@@ -1,5 +1,6 @@
 //! Builds the configured reward source (RM, ensemble, gold, or R2M and its baselines) and the
 //! optional gold scorer for metrics.
+use crate::model::precision::Precision;
 use crate::r2m::{Method, R2mSource};
 use crate::reward::ensemble::Ensemble;
 use crate::reward::RewardModel;
@@ -7,7 +8,6 @@ use crate::rl::config::{RewardKind, RlConfig};
 use crate::rl::reward_source::{EnsembleSource, GoldSource, RewardSource, RmSource};
 use crate::testbed::Gold;
 use anyhow::{Context, Result};
-use crate::model::precision::Precision;
 use tch::Device;
 
 pub fn reward_source(cfg: &RlConfig, d_policy: i64, device: Device) -> Result<Box<dyn RewardSource>> {

@@ -13,9 +13,9 @@ use crate::metrics::MetricsSink;
 use crate::model::generate::{generate_in_calls, GenerateConfig, Sampling};
 use crate::model::llama::CausalLm;
 use crate::model::load::safetensors;
+use crate::model::precision::Precision;
 use crate::rl::advantages as adv;
 use crate::rl::budget::{Budget, Count, Shapes};
-use crate::model::precision::Precision;
 use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
 use crate::rl::losses::{self, Aggregation};
 use crate::rl::reward_source::{GoldSource, RewardInput, RewardSource, UpdateInput};
@@ -62,9 +62,9 @@ pub struct Rollout {
     pub seq: Tensor,      // (B, P + N) prompt + response ids
     pub seq_mask: Tensor, // (B, P + N)
     pub prompt_len: i64,
-    pub mask: Tensor,   // (B, N) response mask (1 up to and including EOS)
-    pub old_lp: Tensor, // (B, N)
-    pub ref_lp: Tensor, // (B, N)
+    pub mask: Tensor,           // (B, N) response mask (1 up to and including EOS)
+    pub old_lp: Tensor,         // (B, N)
+    pub ref_lp: Tensor,         // (B, N)
     pub hidden: Option<Tensor>, // (B, P + N, D)
     /// The frozen trunk's output (the input of block `Run::trunk_layers`), (B, P + N, D).
     pub trunk: Option<Tensor>,
@@ -79,7 +79,16 @@ pub struct Rollout {
 /// `seq` (prompt ids left-padded to width `p`, then the response ids `ids`, (B, N), with `mask`):
 /// per row, the prompt's ids, the response's ids before its first EOS (the tokens whose text the
 /// gold scores), and their log-probs at temperature 1, computed as the gold's own pass does.
-pub fn known_fluency(reference: &CausalLm, last: &Tensor, seq: &Tensor, seq_mask: &Tensor, p: i64, ids: &Tensor, mask: &Tensor, eos: &[i64]) -> Result<Vec<Option<KnownLogprobs>>> {
+pub fn known_fluency(
+    reference: &CausalLm,
+    last: &Tensor,
+    seq: &Tensor,
+    seq_mask: &Tensor,
+    p: i64,
+    ids: &Tensor,
+    mask: &Tensor,
+    eos: &[i64],
+) -> Result<Vec<Option<KnownLogprobs>>> {
     let _guard = tch::no_grad_guard();
     let (b, t) = (seq.size()[0], seq.size()[1]);
     let cpu = |x: &Tensor| -> Result<Vec<Vec<i64>>> { Ok(Vec::<Vec<i64>>::try_from(x.to_device(Device::Cpu).to_kind(Kind::Int64))?) };
@@ -217,13 +226,15 @@ impl<'a> Run<'a> {
         let k = self.cfg.rl.group_size;
         let idx = self.step_prompts(t);
         let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
-        let ids = clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
+        let ids =
+            clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
         let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat_n(p.clone(), k)).collect();
         let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect();
         let want_h = self.reward.wants_hidden();
         let from_gen = self.logprobs_from_generator();
         let kt = self.trunk_layers;
-        let mut gcfg = self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
+        let mut gcfg =
+            self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
         gcfg.return_trunk = if from_gen && kt > 0 { Some(kt) } else { None };
         let g = clock.time("time/generate", || generate_in_calls(&self.policy, &rep, &gcfg, self.budget.generation_batch))?;
         let (seq, seq_mask) = g.sequences();
@@ -388,7 +399,14 @@ impl<'a> Run<'a> {
                     let sm = r.seq_mask.to_device(self.device).index_select(0, &ix);
                     self.policy_forwards += 1;
                     let (l, h) = match &r.trunk {
-                        Some(x) => self.policy.token_logprobs_from_trunk(&x.index_select(0, &ix), self.trunk_layers, &seq, &sm, c.temperature, p)?,
+                        Some(x) => self.policy.token_logprobs_from_trunk(
+                            &x.index_select(0, &ix),
+                            self.trunk_layers,
+                            &seq,
+                            &sm,
+                            c.temperature,
+                            p,
+                        )?,
                         None => self.policy.token_logprobs(&seq, &sm, c.temperature, p)?,
                     };
                     if let (Some(hp), true) = (&h_prime, epoch + 1 == c.epochs) {
@@ -403,7 +421,17 @@ impl<'a> Run<'a> {
                         Algo::Grpo => {
                             let lr = r.ref_lp.index_select(0, &ix);
                             let kl = if beta != 0.0 { Some((&lr, beta)) } else { None };
-                            losses::token_clipped_loss(&l, &lo, &m, &a, c.eps, c.eps_high.unwrap_or(c.eps), kl, c.aggregation, c.max_new_tokens)
+                            losses::token_clipped_loss(
+                                &l,
+                                &lo,
+                                &m,
+                                &a,
+                                c.eps,
+                                c.eps_high.unwrap_or(c.eps),
+                                kl,
+                                c.aggregation,
+                                c.max_new_tokens,
+                            )
                         }
                         Algo::ReinforcePp | Algo::Remax => losses::token_clipped_loss(
                             &l,
@@ -428,7 +456,14 @@ impl<'a> Run<'a> {
                 }
                 let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
                 ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
-                let lr = lr_at(step_opt, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0);
+                let lr = lr_at(
+                    step_opt,
+                    self.cfg.policy.lr,
+                    self.cfg.policy.warmup_steps,
+                    self.total_opt_steps(),
+                    self.cfg.policy.schedule,
+                    0.0,
+                );
                 self.opt.step(lr)?;
                 loss_sum += mb_loss;
                 gnorm += gn;
@@ -464,7 +499,8 @@ impl<'a> Run<'a> {
             // share of groups whose best response is the proxy's best too, and the correlation.
             let f = f.to_device(self.device).to_kind(Kind::Float);
             m.insert("reward_frozen_rm".into(), json!(f.mean(Kind::Float).double_value(&[])));
-            let same_top = scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float).mean(Kind::Float);
+            let same_top =
+                scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float).mean(Kind::Float);
             m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.double_value(&[])));
             let (x, y) = (&scores - scores.mean(Kind::Float), &f - f.mean(Kind::Float));
             let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
@@ -498,7 +534,17 @@ impl<'a> Run<'a> {
         let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
         m.insert("completions/clipped_ratio".into(), json!(clipped));
         m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
-        m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, self.cfg.policy.lr, self.cfg.policy.warmup_steps, self.total_opt_steps(), self.cfg.policy.schedule, 0.0)));
+        m.insert(
+            "learning_rate".into(),
+            json!(lr_at(
+                self.opt.step - 1,
+                self.cfg.policy.lr,
+                self.cfg.policy.warmup_steps,
+                self.total_opt_steps(),
+                self.cfg.policy.schedule,
+                0.0
+            )),
+        );
         if let Some(gold) = &self.gold {
             let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
             let gs = clock.time("time/gold", || gold.scores_with(&prompts, &r.responses, &r.finished, r.fluency.as_deref()))?;
@@ -638,7 +684,12 @@ impl<'a> Run<'a> {
     fn load_checkpoint(&mut self, dir: &Path) -> Result<i64> {
         let st: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
             .with_context(|| format!("{}/state.json", dir.display()))?;
-        ensure!(st["seed"].as_u64() == Some(self.cfg.seed), "{}: checkpoint seed differs from config seed {}", dir.display(), self.cfg.seed);
+        ensure!(
+            st["seed"].as_u64() == Some(self.cfg.seed),
+            "{}: checkpoint seed differs from config seed {}",
+            dir.display(),
+            self.cfg.seed
+        );
         let pol = dir.join("policy.safetensors");
         let saved = safetensors::read_file(&pol)?;
         let _g = tch::no_grad_guard();
@@ -682,13 +733,14 @@ pub fn build<'a>(
     // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
     let trunk_layers = if cfg.rl.trunk_cache { policy.frozen_prefix().min(policy.model.num_layers().saturating_sub(1)) } else { 0 };
     let reference_shares_trunk = trunk_layers > 0 && policy.same_prefix(&reference, trunk_layers);
-    let gold_reuses_reference = gold.as_ref().and_then(|g| g.gold.lm.as_ref().map(|lm| (&g.gold.cfg.fluency_model, lm))).is_some_and(|(m, lm)| {
-        let same_file = |a: &str, b: &str| match (crate::paths::resolve_model(a), crate::paths::resolve_model(b)) {
-            (Ok(x), Ok(y)) => x.canonicalize().ok().is_some_and(|x| y.canonicalize().ok() == Some(x)),
-            _ => false,
-        };
-        same_file(m, &cfg.policy.model) && lm.model.precision == reference.precision && lm.model.device == reference.device
-    });
+    let gold_reuses_reference =
+        gold.as_ref().and_then(|g| g.gold.lm.as_ref().map(|lm| (&g.gold.cfg.fluency_model, lm))).is_some_and(|(m, lm)| {
+            let same_file = |a: &str, b: &str| match (crate::paths::resolve_model(a), crate::paths::resolve_model(b)) {
+                (Ok(x), Ok(y)) => x.canonicalize().ok().is_some_and(|x| y.canonicalize().ok() == Some(x)),
+                _ => false,
+            };
+            same_file(m, &cfg.policy.model) && lm.model.precision == reference.precision && lm.model.device == reference.device
+        });
     let (train_prompts, eval_prompts) = load_prompts(cfg)?;
     ensure!(!train_prompts.is_empty(), "no training prompts");
     let budget = memory_budget(cfg, &policy, opt.params.iter().map(|(_, t)| t.numel() as i64).sum(), free, device, eval_prompts.len())?;
@@ -714,7 +766,14 @@ pub fn build<'a>(
 /// Rows per `generate` call and micro-batches per optimiser step (`rl::budget`), from the memory
 /// `free` on `device` before the models were loaded. Where the platform reports no free memory,
 /// "auto" means everything at once and one micro-batch, as without a budget.
-fn memory_budget(cfg: &RlConfig, policy: &CausalLm, trained_params: i64, free: Option<f64>, device: Device, n_eval: usize) -> Result<Budget> {
+fn memory_budget(
+    cfg: &RlConfig,
+    policy: &CausalLm,
+    trained_params: i64,
+    free: Option<f64>,
+    device: Device,
+    n_eval: usize,
+) -> Result<Budget> {
     let r = &cfg.rl;
     let rows = (r.prompts_per_step * r.group_size).max(r.eval_prompts.min(n_eval));
     let Some(free) = free else {
@@ -813,13 +872,17 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let eval_on = cfg.rl.eval_every > 0;
-    let gold_of = |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect() };
+    let gold_of =
+        |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect() };
     let mut init_gold: Vec<f64> = vec![];
     if eval_on {
         // pi_init's eval rows (step -1): the baseline of the win rates. Written once; on resume
         // read back from eval.jsonl (recomputed, deterministically, where they are missing).
         let kept: Vec<Map<String, Value>> = match &ck {
-            Some(_) => crate::metrics::read_jsonl(eval_sink.path())?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect(),
+            Some(_) => crate::metrics::read_jsonl(eval_sink.path())?
+                .into_iter()
+                .filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1))
+                .collect(),
             None => vec![],
         };
         let want = cfg.rl.eval_prompts.min(run.eval_prompts.len());
@@ -855,7 +918,19 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
             let gold = gold_of(&rows);
             if !gold.is_empty() && gold.len() == init_gold.len() {
                 // Win rate vs pi_init judged by gold (ties count half), the AlpacaEval-WR analogue.
-                let w: f64 = gold.iter().zip(&init_gold).map(|(a, b)| if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 }).sum();
+                let w: f64 = gold
+                    .iter()
+                    .zip(&init_gold)
+                    .map(|(a, b)| {
+                        if a > b {
+                            1.0
+                        } else if a == b {
+                            0.5
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum();
                 m.insert("eval/win_rate".into(), json!(w / gold.len() as f64));
             }
             for r in &rows {
@@ -915,7 +990,8 @@ fn contain_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn load_run(run_dir: &Path, device: Device) -> Result<(RlConfig, CausalLm, Tokenizer, std::path::PathBuf)> {
     let cfg: RlConfig = crate::config::load(Some(&run_dir.join("config.toml")), &[])?;
     let ck = find_checkpoint(&run_dir.join("checkpoint")).with_context(|| format!("{}: no checkpoint/ folder", run_dir.display()))?;
-    let l = CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
+    let l =
+        CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
     let mut m = l.model;
     m.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
     let params = apply_trainable(&mut m, &cfg.policy.trainable, cfg.seed as i64)?;

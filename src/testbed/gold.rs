@@ -219,20 +219,10 @@ pub struct Components {
 
 impl Components {
     /// Component names in `as_array` order (metric names `gold/{name}`).
-    pub const NAMES: [&'static str; 8] =
-        ["relevance", "repetition", "echo", "fluency", "required_words", "length", "finished", "format"];
+    pub const NAMES: [&'static str; 8] = ["relevance", "repetition", "echo", "fluency", "required_words", "length", "finished", "format"];
 
     pub fn as_array(&self) -> [f64; 8] {
-        [
-            self.relevance,
-            self.repetition,
-            self.echo,
-            self.fluency,
-            self.required_words,
-            self.length,
-            self.finished,
-            self.format,
-        ]
+        [self.relevance, self.repetition, self.echo, self.fluency, self.required_words, self.length, self.finished, self.format]
     }
     /// The gates: relevance, repetition, echo, fluency.
     pub fn gates(&self) -> [f64; 4] {
@@ -552,8 +542,7 @@ impl Gold {
             )));
         }
         let _guard = tch::no_grad_guard();
-        let mut checks: Vec<TextChecks> =
-            (0..n).map(|i| text_components(prompts[i], responses[i], finished[i], &self.cfg)).collect();
+        let mut checks: Vec<TextChecks> = (0..n).map(|i| text_components(prompts[i], responses[i], finished[i], &self.cfg)).collect();
         let nonempty: Vec<usize> = (0..n).filter(|&i| checks[i].words > 0).collect();
 
         let cosines = self.cosines(prompts, responses, &nonempty)?;
@@ -653,7 +642,12 @@ impl Gold {
             }
             let k = known.and_then(|k| k[i].as_ref());
             match k {
-                Some(k) if k.prompt == p && k.response.len() >= r.len() && k.logprobs.len() == k.response.len() && k.response[..r.len()] == r[..] => {
+                Some(k)
+                    if k.prompt == p
+                        && k.response.len() >= r.len()
+                        && k.logprobs.len() == k.response.len()
+                        && k.response[..r.len()] == r[..] =>
+                {
                     let sum: f64 = k.logprobs[..r.len()].iter().map(|&x| f64::from(x)).sum();
                     out[i] = Some(sum / r.len() as f64);
                 }
@@ -731,7 +725,9 @@ mod tests {
 
     #[test]
     fn inflections() {
-        for (w, r) in [("beans", "bean"), ("roasted", "roast"), ("baking", "bake"), ("berries", "berry"), ("planning", "plan"), ("Roast", "roast")] {
+        for (w, r) in
+            [("beans", "bean"), ("roasted", "roast"), ("baking", "bake"), ("berries", "berry"), ("planning", "plan"), ("Roast", "roast")]
+        {
             assert!(matches_word(w, r), "{w} {r}");
         }
         for (w, r) in [("bean", "beans"), ("roadster", "road"), ("cat", "catalog")] {

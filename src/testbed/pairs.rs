@@ -80,7 +80,13 @@ impl GoldPair {
 /// Samples two responses per prompt from `model`, scores them with `gold`, labels them with noise.
 /// Pairs whose two responses are identical or tie exactly in gold are dropped (counted in the
 /// second return value): they carry no preference.
-pub fn make_pairs(model: &CausalLm, tok: &Tokenizer, gold: &Gold, cfg: &PairsConfig, mut progress: impl FnMut(usize)) -> Result<(Vec<GoldPair>, usize)> {
+pub fn make_pairs(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    gold: &Gold,
+    cfg: &PairsConfig,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<GoldPair>, usize)> {
     let prompts = generate_split(cfg.split, cfg.n_prompts, 0)?;
     let eos: Vec<i64> = tok.eos_ids().into_iter().map(i64::from).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7061_6972);

@@ -154,12 +154,16 @@ impl std::fmt::Display for Split {
 pub enum Task {
     Explain,
     /// List `n` items (always with the format `Bullets { n }`).
-    List { n: usize },
+    List {
+        n: usize,
+    },
     Describe,
     Advice,
     Story,
     /// Compare the topic with `other`.
-    Compare { other: String },
+    Compare {
+        other: String,
+    },
 }
 
 /// How the answer must be laid out.
@@ -330,14 +334,7 @@ pub fn sample_spec(rng: &mut impl Rng) -> Spec {
     let max_words = lo + 5 * rng.gen_range(0..=(hi - lo) / 5);
     let k = rng.gen_range(1..=2);
     let required_words: Vec<String> = topic.words.choose_multiple(rng, k).map(|w| w.to_string()).collect();
-    Spec {
-        topic: topic.name.to_string(),
-        description: topic.description.to_string(),
-        task,
-        required_words,
-        max_words,
-        format,
-    }
+    Spec { topic: topic.name.to_string(), description: topic.description.to_string(), task, required_words, max_words, format }
 }
 
 fn quoted_words(words: &[String]) -> String {
@@ -363,59 +360,75 @@ pub fn render(spec: &Spec, rng: &mut impl Rng) -> String {
     let topic = &spec.topic;
     let pick = |rng: &mut dyn rand::RngCore, xs: &[String]| xs[rng.gen_range(0..xs.len())].clone();
     let task = match &spec.task {
-        Task::Explain => pick(rng, &[
-            format!("Explain {topic} to a beginner."),
-            format!("What is {topic}? Explain it simply."),
-            format!("Can you explain {topic} to a ten-year-old?"),
-        ]),
-        Task::List { n } => pick(rng, &[
-            format!("List {n} interesting facts about {topic}."),
-            format!("Give me {n} things everyone should know about {topic}."),
-            format!("Name {n} good things about {topic}."),
-        ]),
-        Task::Describe => pick(rng, &[
-            format!("Describe {topic}."),
-            format!("Write a short description of {topic}."),
-            format!("How would you describe {topic} to a friend?"),
-        ]),
-        Task::Advice => pick(rng, &[
-            format!("Give some advice to someone who wants to learn about {topic}."),
-            format!("What advice would you give a beginner about {topic}?"),
-            format!("Share practical tips about {topic}."),
-        ]),
-        Task::Story => pick(rng, &[
-            format!("Write a very short story about {topic}."),
-            format!("Tell me a short story about {topic}."),
-            format!("Write a tiny story in which {topic} plays a part."),
-        ]),
-        Task::Compare { other } => pick(rng, &[
-            format!("Compare {topic} and {other}."),
-            format!("What are the differences between {topic} and {other}?"),
-            format!("How is {topic} different from {other}?"),
-        ]),
+        Task::Explain => pick(
+            rng,
+            &[
+                format!("Explain {topic} to a beginner."),
+                format!("What is {topic}? Explain it simply."),
+                format!("Can you explain {topic} to a ten-year-old?"),
+            ],
+        ),
+        Task::List { n } => pick(
+            rng,
+            &[
+                format!("List {n} interesting facts about {topic}."),
+                format!("Give me {n} things everyone should know about {topic}."),
+                format!("Name {n} good things about {topic}."),
+            ],
+        ),
+        Task::Describe => pick(
+            rng,
+            &[
+                format!("Describe {topic}."),
+                format!("Write a short description of {topic}."),
+                format!("How would you describe {topic} to a friend?"),
+            ],
+        ),
+        Task::Advice => pick(
+            rng,
+            &[
+                format!("Give some advice to someone who wants to learn about {topic}."),
+                format!("What advice would you give a beginner about {topic}?"),
+                format!("Share practical tips about {topic}."),
+            ],
+        ),
+        Task::Story => pick(
+            rng,
+            &[
+                format!("Write a very short story about {topic}."),
+                format!("Tell me a short story about {topic}."),
+                format!("Write a tiny story in which {topic} plays a part."),
+            ],
+        ),
+        Task::Compare { other } => pick(
+            rng,
+            &[
+                format!("Compare {topic} and {other}."),
+                format!("What are the differences between {topic} and {other}?"),
+                format!("How is {topic} different from {other}?"),
+            ],
+        ),
     };
     let format = match &spec.format {
         None => None,
-        Some(Format::Bullets { n }) => Some(pick(rng, &[
-            format!("Answer as a bullet list of exactly {n} items."),
-            format!("Write exactly {n} bullet points, one per line."),
-        ])),
+        Some(Format::Bullets { n }) => Some(pick(
+            rng,
+            &[format!("Answer as a bullet list of exactly {n} items."), format!("Write exactly {n} bullet points, one per line.")],
+        )),
         Some(Format::Paragraph) => Some(pick(rng, &["Answer in one paragraph.".into(), "Write a single paragraph.".into()])),
         Some(Format::Sentence) => Some(pick(rng, &["Answer in a single sentence.".into(), "Reply with one sentence only.".into()])),
     };
     let words = quoted_words(&spec.required_words);
     let word_s = if spec.required_words.len() == 1 { "word" } else { "words" };
-    let require = pick(rng, &[
-        format!("Use the {word_s} {words}."),
-        format!("Include the {word_s} {words}."),
-        format!("Make sure to mention {words}."),
-    ]);
+    let require = pick(
+        rng,
+        &[format!("Use the {word_s} {words}."), format!("Include the {word_s} {words}."), format!("Make sure to mention {words}.")],
+    );
     let limit = spec.max_words;
-    let limit = pick(rng, &[
-        format!("Use at most {limit} words."),
-        format!("Keep it under {} words.", limit + 1),
-        format!("No more than {limit} words."),
-    ]);
+    let limit = pick(
+        rng,
+        &[format!("Use at most {limit} words."), format!("Keep it under {} words.", limit + 1), format!("No more than {limit} words.")],
+    );
     let mut parts = vec![capitalize(&task)];
     parts.extend(format);
     parts.push(require);

@@ -118,8 +118,7 @@ fn linked_copy(dst: &Path, skip: &[&str], edit: impl Fn(&mut serde_json::Value))
         }
     }
     if !skip.contains(&"config.json") {
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
         edit(&mut cfg);
         std::fs::write(dst.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     }

@@ -77,7 +77,13 @@ fn experiment_presets_resolve() {
     assert_eq!(t1.runs().len(), (8 * 2 + 2) * 3);
     // Kept in the repository, so that the grid goes on across sessions on fresh machines.
     assert_eq!(t1.archive.as_deref(), Some(Path::new("archive/overopt-t1")));
-    let shared = r2m::experiment::grid::Shared { proxy_rm: "p".into(), pretrained_rm: Some("q".into()), test_pairs: None, accuracy_before: Default::default(), fingerprints: Default::default() };
+    let shared = r2m::experiment::grid::Shared {
+        proxy_rm: "p".into(),
+        pretrained_rm: Some("q".into()),
+        test_pairs: None,
+        accuracy_before: Default::default(),
+        fingerprints: Default::default(),
+    };
     for spec in t1.runs() {
         let c = t1.run_config(&spec, &shared).unwrap();
         let want = if spec.algo == r2m::rl::config::Algo::Rloo { Some(0.01) } else { None };
@@ -152,7 +158,12 @@ fn experiment_presets_resolve() {
         let c2 = t2.run_config(&spec, &shared).unwrap();
         assert_eq!(c.policy.lr, 3e-4, "{}", spec.name());
         assert_eq!(c.rl, c2.rl, "{}", spec.name());
-        assert_eq!((c.r2m.clone(), c.reward.clone(), c.data.clone()), (c2.r2m.clone(), c2.reward.clone(), c2.data.clone()), "{}", spec.name());
+        assert_eq!(
+            (c.r2m.clone(), c.reward.clone(), c.data.clone()),
+            (c2.r2m.clone(), c2.reward.clone(), c2.data.clone()),
+            "{}",
+            spec.name()
+        );
     }
     // The GPU budget: K = 8, T = 100, budgets from free memory.
     let gpu = load("configs/overopt-gpu.toml");

@@ -2,8 +2,8 @@
 //! TRL's RewardTrainer rule is recomputed in Python with transformers on the same files.
 use crate::common::{python, tmpdir};
 use r2m::data::{
-    load_preferences, load_prompts, pad_batch, render_preference, render_prompt, split_holdout, tokenize_pairs,
-    Batcher, Cursor, LoadOptions, PadSide, PreferenceExample, Text,
+    load_preferences, load_prompts, pad_batch, render_preference, render_prompt, split_holdout, tokenize_pairs, Batcher, Cursor,
+    LoadOptions, PadSide, PreferenceExample, Text,
 };
 use r2m::tokenizer::{Message, Tokenizer};
 use serde_json::{json, Value};
@@ -145,9 +145,8 @@ fn prompts_to_left_padded_batches_smollm2() {
     let tok = smol();
     let d = tmpdir();
     let p = d.path().join("prompts.jsonl");
-    let rows: Vec<Value> = (0..10)
-        .map(|i| json!({"prompt": [msg("user", &format!("Count to {i}."))], "id": i, "topic": "counting"}))
-        .collect();
+    let rows: Vec<Value> =
+        (0..10).map(|i| json!({"prompt": [msg("user", &format!("Count to {i}."))], "id": i, "topic": "counting"})).collect();
     write_jsonl(&p, &rows);
     let prompts = load_prompts(&p, &LoadOptions::default()).unwrap().items;
     assert_eq!(prompts[3].meta["id"], 3);

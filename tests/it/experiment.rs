@@ -173,7 +173,8 @@ fn write_run(grid: &Path, method: &str, algo: &str, seed: u64, stop_after: Optio
     std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
     if mi == 1 {
         // Run-level RM accuracy (R2M: before and after RL, with feedback and w(T)).
-        let acc = json!({"method": method, "before": r4(0.66 + noise(&[17, ai, seed], 0.01)), "after": r4(0.74 + noise(&[18, ai, seed], 0.015))});
+        let acc =
+            json!({"method": method, "before": r4(0.66 + noise(&[17, ai, seed], 0.01)), "after": r4(0.74 + noise(&[18, ai, seed], 0.015))});
         std::fs::write(dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc).unwrap()).unwrap();
     }
 }
@@ -279,7 +280,12 @@ fn aggregates_the_fixture_grid() {
     }
     // The matched d is the smallest final sqrt(KL) of the algorithm's runs.
     for algo in ["rloo", "grpo"] {
-        let min = agg.cells.iter().filter(|c| c.algo == algo).flat_map(|c| c.run_stats.iter().map(|r| r.sqrt_kl_final)).fold(f64::INFINITY, f64::min);
+        let min = agg
+            .cells
+            .iter()
+            .filter(|c| c.algo == algo)
+            .flat_map(|c| c.run_stats.iter().map(|r| r.sqrt_kl_final))
+            .fold(f64::INFINITY, f64::min);
         assert_eq!(agg.matched_d[algo], min);
     }
     // R2M vs vanilla: better final gold (by construction), Welch p < 0.05; RM accuracy from both file kinds.
@@ -321,7 +327,9 @@ fn attention_entropy_after_rl_is_aggregated_and_reported() {
     let sec = md.split("## RM accuracy").nth(1).unwrap().split("\n## ").next().unwrap();
     let head = sec.lines().find(|l| l.contains("RM acc before")).unwrap();
     assert!(head.contains("attention entropy after (1 = uniform)"), "{head}");
-    let row = |m: &str, a: &str| sec.lines().find(|l| l.starts_with(&format!("| {a} | {m} |"))).unwrap_or_else(|| panic!("no {a} {m} row:\n{sec}")).to_string();
+    let row = |m: &str, a: &str| {
+        sec.lines().find(|l| l.starts_with(&format!("| {a} | {m} |"))).unwrap_or_else(|| panic!("no {a} {m} row:\n{sec}")).to_string()
+    };
     assert!(row("r2m", "RLOO").contains("0.9999"), "{}", row("r2m", "RLOO"));
     assert!(row("vanilla", "RLOO").contains("—"), "{}", row("vanilla", "RLOO"));
 }
@@ -338,7 +346,8 @@ fn hhat_group_corr_is_the_second_half_mean_and_reported() {
     let mut expected = vec![];
     for s in 0..3 {
         let p = d.path().join(format!("r2m-grpo-s{s}/metrics.jsonl"));
-        let mut rows: Vec<Map<String, Value>> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut rows: Vec<Map<String, Value>> =
+            std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let last = rows.iter().map(|r| r["step"].as_i64().unwrap()).max().unwrap();
         assert!(last >= 3, "the fixture needs a few steps");
         let mut kept = vec![];
@@ -433,7 +442,9 @@ fn report_renders_from_the_fixture_grid() {
     for p in [&s.results_csv, &s.runs_csv, &s.comparisons_csv, &s.report_md, &s.report_html] {
         assert!(p.exists(), "{} missing", p.display());
     }
-    for stem in ["gold_vs_step_rloo", "proxy_vs_step_grpo", "gold_vs_sqrt_kl_rloo", "gold_vs_sqrt_kl_grpo", "time_per_phase_rloo", "rm_accuracy"] {
+    for stem in
+        ["gold_vs_step_rloo", "proxy_vs_step_grpo", "gold_vs_sqrt_kl_rloo", "gold_vs_sqrt_kl_grpo", "time_per_phase_rloo", "rm_accuracy"]
+    {
         for ext in ["png", "svg"] {
             let p = d.path().join("plots").join(format!("{stem}.{ext}"));
             assert!(p.exists() && s.plots.contains(&p), "{} missing", p.display());
@@ -514,14 +525,26 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
     let s = write_report(d.path()).unwrap();
     assert!(s.verdicts.iter().any(|v| v.contains("R2M does NOT beat vanilla RLOO")), "{:?}", s.verdicts);
     assert!(s.verdicts.iter().any(|v| v.starts_with("R2M (RLOO) vs vanilla (ReMax): gold at the last step")), "{:?}", s.verdicts);
-    assert!(s.verdicts.iter().any(|v| v.contains("R2M vs vanilla (RLOO): gold at the last step +0.000 ± ") && v.ends_with("p = 1.000: not significant")), "{:?}", s.verdicts);
+    assert!(
+        s.verdicts
+            .iter()
+            .any(|v| v.contains("R2M vs vanilla (RLOO): gold at the last step +0.000 ± ") && v.ends_with("p = 1.000: not significant")),
+        "{:?}",
+        s.verdicts
+    );
 
     // With one seed of R2M nothing can be tested: the verdict says so rather than "does not beat".
     for seed in 1..3 {
         std::fs::remove_dir_all(d.path().join(format!("r2m-rloo-s{seed}"))).unwrap();
     }
     let s = write_report(d.path()).unwrap();
-    assert!(s.verdicts.iter().any(|v| v == "Verdict (RLOO): cannot tell yet: R2M or vanilla RLOO has fewer than 2 seeds, so no difference can be tested."), "{:?}", s.verdicts);
+    assert!(
+        s.verdicts
+            .iter()
+            .any(|v| v == "Verdict (RLOO): cannot tell yet: R2M or vanilla RLOO has fewer than 2 seeds, so no difference can be tested."),
+        "{:?}",
+        s.verdicts
+    );
     assert!(!s.verdicts.iter().any(|v| v.contains("does NOT beat")), "{:?}", s.verdicts);
     assert!(s.verdicts.iter().any(|v| v == "The testbed shows overoptimization under vanilla RLOO, ReMax."), "{:?}", s.verdicts);
     // With one seed of every vanilla cell, whether the testbed overoptimizes cannot be told either.

@@ -176,9 +176,21 @@ fn tiny_grid_side_by_side_matches_one_at_a_time() {
     assert!(ok && out.contains("4 runs made"), "{out}\n{err}");
     for run in ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"] {
         let (a, b) = (one.join(run), two.join(run));
-        assert_eq!(records_without_times(&a.join("metrics.jsonl")), records_without_times(&b.join("metrics.jsonl")), "{run}: metrics differ");
-        assert_eq!(std::fs::read_to_string(a.join("eval.jsonl")).unwrap(), std::fs::read_to_string(b.join("eval.jsonl")).unwrap(), "{run}: eval rows differ");
-        assert_eq!(std::fs::read_to_string(a.join("rm_accuracy.json")).unwrap(), std::fs::read_to_string(b.join("rm_accuracy.json")).unwrap(), "{run}");
+        assert_eq!(
+            records_without_times(&a.join("metrics.jsonl")),
+            records_without_times(&b.join("metrics.jsonl")),
+            "{run}: metrics differ"
+        );
+        assert_eq!(
+            std::fs::read_to_string(a.join("eval.jsonl")).unwrap(),
+            std::fs::read_to_string(b.join("eval.jsonl")).unwrap(),
+            "{run}: eval rows differ"
+        );
+        assert_eq!(
+            std::fs::read_to_string(a.join("rm_accuracy.json")).unwrap(),
+            std::fs::read_to_string(b.join("rm_accuracy.json")).unwrap(),
+            "{run}"
+        );
         let done: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("done.json")).unwrap()).unwrap();
         assert_eq!(done["threads"], t, "{run}: {done}");
     }
@@ -202,7 +214,14 @@ fn demo_smoke_runs_end_to_end_on_smollm2() {
     for name in ["vanilla", "r2m", "report:", "4 runs made"] {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }
-    for f in ["report.md", "report.html", "results.csv", "shared/pairs-train.jsonl", "shared/pairs-test.jsonl", "shared/proxy-rm/model/config.json"] {
+    for f in [
+        "report.md",
+        "report.html",
+        "results.csv",
+        "shared/pairs-train.jsonl",
+        "shared/pairs-test.jsonl",
+        "shared/proxy-rm/model/config.json",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     let plots: Vec<_> = std::fs::read_dir(out.join("plots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -225,7 +244,14 @@ fn pretrained_rm_baseline_runs_end_to_end_on_smollm2() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_r2m"))
         .args(["experiment", "--config", "configs/demo-smoke.toml", "--device", "cpu", "--quiet", "--out", out.to_str().unwrap()])
         .args(["--set", "methods=[\"pretrained-rm\"]", "--set", "seeds=[0]", "--set", "pretrained.prompts=6"])
-        .args(["--set", "pretrained.train.epochs=1", "--set", "pretrained.train.micro_batch=4", "--set", "pretrained.train.trainable_layers=2"])
+        .args([
+            "--set",
+            "pretrained.train.epochs=1",
+            "--set",
+            "pretrained.train.micro_batch=4",
+            "--set",
+            "pretrained.train.trainable_layers=2",
+        ])
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

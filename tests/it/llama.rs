@@ -113,10 +113,7 @@ fn tiny_random() -> CausalLm {
 fn generator_logprobs_equal_trainer_logprobs() {
     let _rng = crate::common::torch_rng_lock();
     let m = tiny_random();
-    for (prompts, temp) in [
-        (vec![vec![1i64, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]], 0.7),
-        (vec![vec![11i64, 12, 13]], 1.3),
-    ] {
+    for (prompts, temp) in [(vec![vec![1i64, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]], 0.7), (vec![vec![11i64, 12, 13]], 1.3)] {
         let cfg = GenerateConfig {
             max_new_tokens: 12,
             sampling: Sampling::Sample { temperature: temp, top_k: None, top_p: None },
@@ -211,9 +208,18 @@ fn packed_weights_decode_exactly_as_plain() {
 
     // An optimizer step on the top block between two decodes (an RL step): the model's kept
     // packed copies of those weights must not be reused, the others may be.
-    let top: Vec<(String, Tensor)> = m.params.named().iter().filter(|(n, _)| n.starts_with("model.layers.1.")).map(|(n, t)| (n.clone(), t.set_requires_grad(true))).collect();
+    let top: Vec<(String, Tensor)> = m
+        .params
+        .named()
+        .iter()
+        .filter(|(n, _)| n.starts_with("model.layers.1."))
+        .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
+        .collect();
     assert!(!top.is_empty());
-    let mut opt = r2m::train::AdamW::new(top.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), r2m::train::AdamWConfig { lr: 1e-2, ..Default::default() });
+    let mut opt = r2m::train::AdamW::new(
+        top.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+        r2m::train::AdamWConfig { lr: 1e-2, ..Default::default() },
+    );
     let seq = packed.ids.shallow_clone();
     m.forward(&seq, &seq.ones_like()).unwrap().logsumexp([-1i64].as_slice(), false).sum(Kind::Float).backward();
     opt.step(1e-2).unwrap();

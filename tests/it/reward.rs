@@ -177,7 +177,11 @@ fn train_rm_config_typos_and_bad_records_are_named() {
     assert!(e.contains("train.lrr"), "{e}");
     let d = tmpdir();
     let data = d.path().join("bad.jsonl");
-    std::fs::write(&data, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": 3, \"rejected\": \"c\"}\n",
+    )
+    .unwrap();
     let mut c = TrainRmConfig::default();
     c.model = "all-minilm-l6-v2".into();
     c.data.train = data.clone();

@@ -8,8 +8,8 @@ use r2m::rl::budget::Count;
 use r2m::rl::config::{Algo, RewardKind, RlConfig};
 use r2m::rl::reward_source::{RewardSource, RuleSource};
 use r2m::rl::trainer::{build, run};
-use r2m::train::Trainable;
 use r2m::testbed::TestbedPrompt;
+use r2m::train::Trainable;
 use std::path::Path;
 use tch::Device;
 
@@ -216,7 +216,12 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
     let _rng = crate::common::torch_rng_lock();
     let d = tmpdir();
     tiny_world(d.path());
-    let cases = [(Algo::Remax, Method::R2m), (Algo::Remax, Method::IterativeHead), (Algo::ReinforcePp, Method::R2mNoGre), (Algo::Rloo, Method::Vanilla)];
+    let cases = [
+        (Algo::Remax, Method::R2m),
+        (Algo::Remax, Method::IterativeHead),
+        (Algo::ReinforcePp, Method::R2mNoGre),
+        (Algo::Rloo, Method::Vanilla),
+    ];
     for (algo, method) in cases {
         let mut c = tiny_cfg(d.path(), algo, &format!("{algo:?}-{method:?}"));
         c.rl.steps = 3;
@@ -231,7 +236,9 @@ fn r2m_methods_run_with_remax_and_reinforce_pp_and_log_the_frozen_proxy() {
             assert!(m.iter().all(|x| !x.contains_key("reward_frozen_rm")) && e.iter().all(|x| !x.contains_key("reward_frozen_rm")));
             continue;
         }
-        let f = |x: &serde_json::Map<String, serde_json::Value>, k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{algo:?} + {method:?}: no {k}"));
+        let f = |x: &serde_json::Map<String, serde_json::Value>, k: &str| {
+            x[k].as_f64().unwrap_or_else(|| panic!("{algo:?} + {method:?}: no {k}"))
+        };
         assert!(f(&m[2], "r2m/loss").is_finite());
         // The cross-attention's diagnostics, only where it runs (R2M's methods, not iterative-head).
         if method.uses_feedback() {
@@ -279,7 +286,11 @@ fn r2m_rank_by_frozen_changes_the_update_only_once_h_hat_ranks() {
     }
     let bt = |m: &Vec<serde_json::Map<String, serde_json::Value>>, i: usize| m[i]["r2m/bt"].as_f64().unwrap();
     assert_eq!(bt(&runs[0], 0), bt(&runs[1], 0), "step 0: one ranking");
-    assert!((1..4).any(|i| (bt(&runs[0], i) - bt(&runs[1], i)).abs() > 1e-7), "the switch changed nothing: {:?}", (0..4).map(|i| (bt(&runs[0], i), bt(&runs[1], i))).collect::<Vec<_>>());
+    assert!(
+        (1..4).any(|i| (bt(&runs[0], i) - bt(&runs[1], i)).abs() > 1e-7),
+        "the switch changed nothing: {:?}",
+        (0..4).map(|i| (bt(&runs[0], i), bt(&runs[1], i))).collect::<Vec<_>>()
+    );
 }
 
 /// r2m-no-train never updates its modules, yet its H_hat term shapes the rewards: it logs what that
@@ -451,13 +462,16 @@ fn run_failing_at_step_5(name: &str, bad: fn() -> f64) -> String {
         name: format!("{name}-at-step-5"),
         f: move |_: &PromptExample, _: &str, _| {
             calls += 1;
-            if calls > 16 * 5 + 4 * 2 { bad() } else { 0.5 }
+            if calls > 16 * 5 + 4 * 2 {
+                bad()
+            } else {
+                0.5
+            }
         },
     };
     let mut r = build(&c, move |_| Ok(Box::new(src) as Box<dyn RewardSource>), None, Device::Cpu).unwrap();
     let e = format!("{:#}", run(&mut r, false, false).unwrap_err());
-    let st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.out.join("checkpoint/state.json")).unwrap()).unwrap();
     assert_eq!(st["step"], 4, "{name}: the last saved checkpoint");
     assert!(!c.out.join("checkpoint.tmp").exists());
     assert_eq!(final_policy(&c.out).len(), r.opt.params.len());
@@ -481,7 +495,11 @@ fn out_of_memory_in_a_step_is_a_clear_error() {
         panic!("called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB\\nException raised from malloc\")")
     });
     assert!(
-        e.contains("step 5") && e.contains("out of memory") && e.contains("rl.grad_accum") && e.contains("gradient_checkpointing") && e.contains("--resume"),
+        e.contains("step 5")
+            && e.contains("out of memory")
+            && e.contains("rl.grad_accum")
+            && e.contains("gradient_checkpointing")
+            && e.contains("--resume"),
         "{e}"
     );
     assert!(!e.contains("Exception raised from"), "the C++ backtrace leaked into the error: {e}");

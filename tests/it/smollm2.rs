@@ -105,7 +105,8 @@ fn smollm2_gguf_matches_transformers() {
     eprintln!("bf16 logits: r2m vs transformers max abs diff {peer}, transformers bf16 vs f32 {vs_f32}");
     assert!(vs_f32 > 0.0, "the reference's autocast did nothing");
     assert!(peer <= 1e-2 && peer <= 0.05 * vs_f32, "bf16 logits differ from transformers' by {peer} (bf16 vs f32: {vs_f32})");
-    let argmax_agree = lb.argmax(-1, false).eq_tensor(&r["logits_bf16"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    let argmax_agree =
+        lb.argmax(-1, false).eq_tensor(&r["logits_bf16"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     assert!(argmax_agree >= 0.95, "bf16 next-token argmax agrees on {argmax_agree}");
 }
 

@@ -108,8 +108,10 @@ const RAMBLING: &str = "Coffee is a drink made from roasted coffee beans. The be
 const NO_WORDS: &str = "Coffee is a drink made from the seeds of the coffee plant. They are ground and brewed with hot water, which draws out their flavor and caffeine. Many people drink a cup in the morning to feel awake.";
 const BULLETS: &str = "- Coffee is a drink made from roasted coffee beans.\n- The beans are ground and brewed with hot water, which draws out their flavor and caffeine.\n- Many people drink a cup in the morning to feel awake.";
 const STUFFED: &str = "Coffee beans roast coffee beans roast coffee beans roast coffee beans roast coffee beans roast coffee beans roast.";
-const ECHO: &str = "Explain coffee to a beginner. Coffee is a drink made from roasted coffee beans. Use the words beans and roast. Use at most 40 words.";
-const SALAD: &str = "Beans coffee roast the morning of awake drink people cup which a brewed hot ground water flavor many with feel are caffeine their to.";
+const ECHO: &str =
+    "Explain coffee to a beginner. Coffee is a drink made from roasted coffee beans. Use the words beans and roast. Use at most 40 words.";
+const SALAD: &str =
+    "Beans coffee roast the morning of awake drink people cup which a brewed hot ground water flavor many with feel are caffeine their to.";
 
 fn hand_set() -> Vec<(&'static str, String, bool)> {
     vec![
@@ -348,7 +350,10 @@ fn testbed_gold_table() {
         cells.push(col(&|x| x.words as f64));
         format!("| {} |", cells.join(" | "))
     };
-    println!("\ngenerated {} responses (max_new_tokens {max_new}) in {gen_s:.1} s; gold scored them in {dt:.1} s ({dt0:.1} s without fluency)\n", s.len());
+    println!(
+        "\ngenerated {} responses (max_new_tokens {max_new}) in {gen_s:.1} s; gold scored them in {dt:.1} s ({dt0:.1} s without fluency)\n",
+        s.len()
+    );
     println!("| prompts | gold | {} | cosine | mean logprob | words |", Components::NAMES.join(" | "));
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (pi, p) in ps.iter().enumerate() {
@@ -365,4 +370,3 @@ fn testbed_gold_table() {
         }
     }
 }
-

@@ -32,18 +32,8 @@ fn conversations() -> Vec<Vec<Message>> {
     vec![
         vec![Message::system("You are a terse assistant."), Message::user("What is the capital of France?")],
         vec![Message::user("Write a haiku about Rust 🦀.\nMake it  short.")],
-        vec![
-            Message::user("Hi!"),
-            Message::assistant("Hello! How can I help?"),
-            Message::user("Tell me a joke about naïve cafés."),
-        ],
-        vec![
-            Message::system("sys"),
-            Message::user("1+1?"),
-            Message::assistant("2"),
-            Message::user("2+2?"),
-            Message::assistant("4"),
-        ],
+        vec![Message::user("Hi!"), Message::assistant("Hello! How can I help?"), Message::user("Tell me a joke about naïve cafés.")],
+        vec![Message::system("sys"), Message::user("1+1?"), Message::assistant("2"), Message::user("2+2?"), Message::assistant("4")],
     ]
 }
 

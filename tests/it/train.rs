@@ -153,9 +153,7 @@ fn lora_trains_adapters_only_and_merges_for_export() {
     let got = merged.forward(&ids, &ids.ones_like()).unwrap();
     let diff = (got - want).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "{diff}");
-    let e = apply_trainable(&mut tiny(), &Trainable::Lora { rank: 2, alpha: 1.0, targets: vec!["qproj".into()] }, 0)
-        .err()
-        .unwrap()
-        .to_string();
+    let e =
+        apply_trainable(&mut tiny(), &Trainable::Lora { rank: 2, alpha: 1.0, targets: vec!["qproj".into()] }, 0).err().unwrap().to_string();
     assert!(e.contains("qproj"), "{e}");
 }

@@ -24,16 +24,8 @@ pub struct GgufModel {
 }
 
 /// The ggml types `load` dequantizes.
-pub const SUPPORTED_TYPES: &[GgmlDType] = &[
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q4K,
-    GgmlDType::Q6K,
-];
+pub const SUPPORTED_TYPES: &[GgmlDType] =
+    &[GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K];
 const SUPPORTED_NAMES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
 
 /// ggml's name for a type (ggml.h `enum ggml_type`).
@@ -155,9 +147,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let content = gguf_file::Content::read(&mut reader).map_err(|e| candle_err(path, e))?;
     let md = &content.metadata;
 
-    let arch = md
-        .get("general.architecture")
-        .ok_or_else(|| Error::parse(path, "GGUF metadata has no 'general.architecture'"))?;
+    let arch = md.get("general.architecture").ok_or_else(|| Error::parse(path, "GGUF metadata has no 'general.architecture'"))?;
     let arch = meta_str(path, "general.architecture", arch)?.to_string();
     let (model_type, hf_arch) = match arch.as_str() {
         "llama" => ("llama", "LlamaForCausalLM"),
@@ -193,7 +183,9 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             path: path.into(),
             what: "GGUF tensor".into(),
             value: (*name).clone(),
-            supported: "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}".into(),
+            supported:
+                "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}"
+                    .into(),
         })?;
         plan.push((*name, *info, hf));
     }
@@ -240,9 +232,7 @@ fn config_from_metadata(
 ) -> Result<LlamaConfig> {
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<Option<i64>> { md.get(&key(k)).map(|v| meta_int(path, &key(k), v)).transpose() };
-    let req = |k: &str| -> Result<i64> {
-        int(k)?.ok_or_else(|| Error::parse(path, format!("GGUF metadata has no '{}'", key(k))))
-    };
+    let req = |k: &str| -> Result<i64> { int(k)?.ok_or_else(|| Error::parse(path, format!("GGUF metadata has no '{}'", key(k)))) };
     let float = |k: &str| -> Result<Option<f64>> {
         use gguf_file::Value as V;
         match md.get(&key(k)) {
@@ -408,14 +398,8 @@ mod tests {
         assert_eq!(get("model.layers.0.mlp.down_proj.weight").size(), vec![32, 64]);
         assert_eq!(get("model.layers.0.self_attn.k_proj.weight").size(), vec![16, 32]);
         // q was stored as is (not permuted by a converter), so loading permutes it back.
-        let stored =
-            Tensor::from_slice(&(0..32 * 32).map(|i| (i as f32 * 0.37 + 0.5).sin()).collect::<Vec<_>>()).view([32, 32]);
-        assert!(get("model.layers.0.self_attn.q_proj.weight").allclose(
-            &reverse_permute(&stored, 2).unwrap(),
-            0.0,
-            0.0,
-            false
-        ));
+        let stored = Tensor::from_slice(&(0..32 * 32).map(|i| (i as f32 * 0.37 + 0.5).sin()).collect::<Vec<_>>()).view([32, 32]);
+        assert!(get("model.layers.0.self_attn.q_proj.weight").allclose(&reverse_permute(&stored, 2).unwrap(), 0.0, 0.0, false));
     }
 
     #[test]

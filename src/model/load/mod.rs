@@ -35,12 +35,7 @@ impl WeightMap {
         match self.tensors.remove(name) {
             Some(t) => {
                 if t.size() != shape {
-                    return Err(Error::ShapeMismatch {
-                        path: self.source.clone(),
-                        name: name.into(),
-                        got: t.size(),
-                        want: shape.to_vec(),
-                    });
+                    return Err(Error::ShapeMismatch { path: self.source.clone(), name: name.into(), got: t.size(), want: shape.to_vec() });
                 }
                 Ok(t.to_kind(Kind::Float))
             }

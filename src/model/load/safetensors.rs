@@ -9,10 +9,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::parse(&index, e))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::parse(&index, "no \"weight_map\" object"))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::parse(&index, "no \"weight_map\" object"))?;
         let mut files: Vec<PathBuf> = vec![];
         for f in map.values() {
             let f = f.as_str().ok_or_else(|| Error::parse(&index, "weight_map values must be file names"))?;
@@ -51,8 +48,7 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Writes tensors (contiguous, on the CPU) as one safetensors file, atomically (tmp + rename).
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
-    let cpu: Vec<(String, Tensor)> =
-        tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&cpu, &tmp).map_err(|e| Error::parse(&tmp, format!("writing safetensors: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
