@@ -22,7 +22,8 @@ fn main() {
             p
         }
         Err(_) => {
-            let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("neither LIBTORCH nor torch-sys's libtorch_lib is set: see docs/building.md");
+            let lib =
+                std::env::var("DEP_TCH_LIBTORCH_LIB").expect("neither LIBTORCH nor torch-sys's libtorch_lib is set: see docs/building.md");
             PathBuf::from(lib).parent().expect("libtorch lib dir has a parent").to_path_buf()
         }
     };

@@ -38,8 +38,8 @@ use anyhow::{bail, ensure, Context, Result};
 use common::{
     device_description, export_f32, git_commit, interleave, median, peer_python, peer_script, sync, timed, JsonChild, Rep, Side, QUESTIONS,
 };
+use r2m::model::causal_lm::CausalLm;
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
-use r2m::model::llama::CausalLm;
 use r2m::model::precision::Precision;
 use r2m::tokenizer::Message;
 use r2m::train::{apply_trainable, AdamW, AdamWConfig, Trainable};

@@ -1,6 +1,6 @@
 //! The RL step benchmark: one full RL step of r2m's engine (`r2m::rl::trainer::Run::step`) against
-//! TRL's GRPOTrainer / RLOOTrainer on the same machine, side by side in one run (issue 4), and the
-//! cost of R2M over vanilla RL (issue 5). Results and how to read them: docs/benchmarks.md.
+//! TRL's GRPOTrainer / RLOOTrainer on the same machine, side by side in one run, and the cost of
+//! R2M over vanilla RL. Results and how to read them: docs/benchmarks.md.
 //!
 //!   .venv/bin/pip install "trl==1.16.0" "transformers==4.57.1" "torch==2.11.0"  # bench only;
 //!                                                       # done by the bench itself when trl is absent
@@ -45,7 +45,7 @@
 //! with `model_input_names` = input_ids, attention_mask (SmolLM2's own tokenizer class has no
 //! token_type_ids either; Llama's generate() rejects them).
 //!
-//! R2M overhead (issue 5): the RLOO workload above with `r2m = Some(R2mConfig { method: R2m, .. })`
+//! R2M overhead: the RLOO workload above with `r2m = Some(R2mConfig { method: R2m, .. })`
 //! (defaults: d 2048, 1 head) against vanilla (`r2m = None`, the same RM), both in this process,
 //! steps interleaved; peak memory: each variant once more in its own child process (this binary
 //! re-executed with a hidden `--rss-child`), peak RSS (VmHWM) over the whole process and over the
@@ -72,8 +72,7 @@ use common::{
 use r2m::r2m::{Method, R2mConfig};
 use r2m::reward::RewardModel;
 use r2m::rl::config::{Algo, RewardKind, RlConfig};
-use r2m::rl::sources;
-use r2m::rl::trainer::{self, Run};
+use r2m::rl::trainer::Run;
 use r2m::train::Trainable;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -81,7 +80,7 @@ use std::process::Command;
 use std::time::Instant;
 use tch::Device;
 
-/// The TRL release this bench was written and checked against (next to transformers 4.57.1 and
+/// The TRL release this bench is checked against (next to transformers 4.57.1 and
 /// torch 2.11.0, which the pins keep as they are).
 const TRL_VERSION: &str = "1.16.0";
 
@@ -327,7 +326,7 @@ fn rl_config(o: &Opts, p: &Prepared, algo: Algo, r2m: Option<R2mConfig>) -> RlCo
 }
 
 fn build_run(cfg: &RlConfig, dev: Device) -> Result<Run<'_>> {
-    trainer::build(cfg, |d_policy| sources::reward_source(cfg, d_policy, dev), None, dev)
+    r2m::sources::build_run(cfg, dev)
 }
 
 fn trainable_weights(run: &Run) -> i64 {
@@ -464,7 +463,7 @@ fn compare_trl(o: &Opts, p: &Prepared, algo: Algo, python: Option<&str>, trl_ver
             *trl_version = pr.hello["trl"].as_str().map(String::from);
             // Same work on both sides: the same prompt tokens and the same trainable weights.
             let refs: Vec<&r2m::data::PromptExample> = run.train_prompts.iter().collect();
-            let ours = trainer::prompt_ids(&run.tokenizer, &refs, cfg.policy.chat, cfg.rl.max_prompt_tokens)?;
+            let ours = r2m::rl::rollout::prompt_ids(&run.tokenizer, &refs, cfg.policy.chat, cfg.rl.max_prompt_tokens)?;
             let theirs: Vec<Vec<i64>> = serde_json::from_value(pr.hello["prompt_ids"].clone()).context("peer hello: prompt_ids")?;
             ensure!(ours == theirs, "r2m and TRL tokenize the prompts differently:\n  r2m {ours:?}\n  TRL {theirs:?}");
             let tw = pr.hello["trainable_params"].as_i64().unwrap_or(-1);

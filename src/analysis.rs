@@ -28,8 +28,8 @@
 //! Cosines use x / max(|x|, 1e-12) (PyTorch `F.normalize`), in f64.
 use crate::data::{self, LoadOptions, PreferenceExample, Text};
 use crate::error::{Error, Result};
+use crate::model::causal_lm::CausalLm;
 use crate::model::generate::left_pad;
-use crate::model::llama::CausalLm;
 use crate::report::plot::{LineChart, Series};
 use crate::report::{csv_num, fmt_num, Table};
 use crate::reward::train::render_pair;

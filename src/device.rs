@@ -1,6 +1,6 @@
 //! `--device cpu|cuda|cuda:N|auto`. The binary does not link libtorch_cuda (a CPU-only torch
 //! install lacks cuBLAS and the binary would not start there); asking for CUDA dlopens it, whose
-//! static initialisers register the CUDA backend, as PyTorch's own import does (stack.md).
+//! static initialisers register the CUDA backend, as PyTorch's own import does (docs/building.md).
 use crate::error::{Error, Result};
 use tch::Device;
 

@@ -1,7 +1,7 @@
 //! Training primitives: AdamW (PyTorch's formula, decoupled weight decay), global grad-norm
 //! clipping, the LR schedule as a pure function of the step, and choosing what trains.
 use crate::error::{Error, Result};
-use crate::model::llama::CausalLm;
+use crate::model::causal_lm::CausalLm;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 

@@ -4,8 +4,8 @@
 #![allow(dead_code)] // each bench uses a subset
 
 use anyhow::{bail, ensure, Context, Result};
+use r2m::model::causal_lm::CausalLm;
 use r2m::model::export::{export_hf, write_json};
-use r2m::model::llama::CausalLm;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -66,6 +66,34 @@ pub struct ModelArgs {
     pub device: String,
 }
 
+/// The flags every config-driven subcommand (`rl`, `train-rm`, `experiment`, `demo`) shares; each
+/// named flag is a shorthand for a `--set` of the config key it names.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Override any config key (repeatable), as a TOML value: --set rl.algo="grpo".
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The output folder (= --set out=...).
+    #[arg(long)]
+    pub out: Option<String>,
+    /// cpu, cuda, cuda:N, or auto (= --set device=...).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The `--set` overrides these flags and `strings` / `numbers` (further shorthand flags of
+    /// one subcommand) stand for, the user's own `--set`s last.
+    pub fn sets(&self, strings: &[(&str, Option<&String>)], numbers: &[(&str, Option<u64>)]) -> Vec<String> {
+        let mut all = vec![("out", self.out.as_ref()), ("device", self.device.as_ref())];
+        all.extend_from_slice(strings);
+        flag_sets(&all, numbers, &self.sets)
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a),

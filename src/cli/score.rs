@@ -1,6 +1,6 @@
 use crate::data::{self, LoadOptions, Text};
+use crate::reward::source::rm_text;
 use crate::reward::RewardModel;
-use crate::rl::reward_source::rm_text;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;

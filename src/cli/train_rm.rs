@@ -7,9 +7,8 @@ pub struct Args {
     /// TOML config (see configs/train-rm.toml); flags and --set override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override any config key: --set train.lr=3e-5 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     /// = --set model=...
     #[arg(long)]
     pub model: Option<String>,
@@ -19,44 +18,26 @@ pub struct Args {
     /// = --set data.eval=...
     #[arg(long)]
     pub eval_data: Option<String>,
-    /// = --set out=...
-    #[arg(long)]
-    pub out: Option<String>,
     /// = --set seed=...
     #[arg(long)]
     pub seed: Option<u64>,
-    /// = --set device=...
-    #[arg(long)]
-    pub device: Option<String>,
     /// = --set data.skip_invalid=true
     #[arg(long)]
     pub skip_invalid: bool,
     /// Continue from the out folder's checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 pub fn run_cli(a: Args) -> Result<()> {
-    let mut user = a.sets.clone();
+    let mut flags = a.run.clone();
     if a.skip_invalid {
-        user.insert(0, "data.skip_invalid=true".into());
+        flags.sets.insert(0, "data.skip_invalid=true".into());
     }
-    let sets = super::flag_sets(
-        &[
-            ("model", a.model.as_ref()),
-            ("data.train", a.data.as_ref()),
-            ("data.eval", a.eval_data.as_ref()),
-            ("out", a.out.as_ref()),
-            ("device", a.device.as_ref()),
-        ],
-        &[("seed", a.seed)],
-        &user,
-    );
+    let sets = flags
+        .sets(&[("model", a.model.as_ref()), ("data.train", a.data.as_ref()), ("data.eval", a.eval_data.as_ref())], &[("seed", a.seed)]);
     let cfg: TrainRmConfig = crate::config::load(a.config.as_deref(), &sets)?;
-    let s = run(&cfg, a.resume, !a.quiet)?;
+    let s = run(&cfg, a.resume, !a.run.quiet)?;
     if s.skipped_records > 0 {
         eprintln!("skipped {} malformed records (--skip-invalid)", s.skipped_records);
     }

@@ -29,7 +29,7 @@ use crate::reward::train::{RmData, RmTrain, TrainRmConfig};
 use crate::reward::RewardModel;
 use crate::rl::config::{Algo, RewardKind, RlConfig};
 use crate::rl::reward_source::RewardSource;
-use crate::rl::{sources, trainer};
+use crate::rl::trainer;
 use crate::testbed::pairs::{make_pairs, write_jsonl, Noise, PairsConfig};
 use crate::testbed::prompts::Split;
 use crate::testbed::Gold;
@@ -397,7 +397,7 @@ fn say(progress: bool, msg: impl AsRef<str>) {
 fn ensure_pairs(
     path: &Path,
     cfg: &PairsConfig,
-    policy: &mut Option<crate::model::llama::Loaded>,
+    policy: &mut Option<crate::model::causal_lm::Loaded>,
     gold: &mut Option<Gold>,
     model: &str,
     device: Device,
@@ -694,8 +694,7 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             say(progress, format!("[{}/{n}] {name}{}", p.i + 1, if p.resume { ": resuming" } else { "" }));
             let tr = Instant::now();
             {
-                let gold = sources::gold_metrics(&p.rc, device)?;
-                let mut r = trainer::build(&p.rc, |d| sources::reward_source(&p.rc, d, device), gold, device)?;
+                let mut r = crate::sources::build_run(&p.rc, device)?;
                 trainer::run(&mut r, p.resume, progress).with_context(|| format!("run {name}"))?;
             }
             finish_run(cfg, p, &shared, tr.elapsed().as_secs_f64(), device)?;

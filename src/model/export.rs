@@ -1,7 +1,7 @@
 //! Writes a causal LM back as an HF folder that `transformers` loads: config.json,
 //! generation_config.json, model.safetensors (f32, LoRA merged, tied head omitted), tokenizer files.
 use crate::error::{Error, Result};
-use crate::model::llama::CausalLm;
+use crate::model::causal_lm::CausalLm;
 use crate::model::load::safetensors::write_file;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;

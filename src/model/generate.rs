@@ -1,13 +1,16 @@
 //! Batched KV-cache generation: left-padded prompts, temperature / top-k / top-p sampling, EOS
 //! stop, one seed. Returns the sampled ids with their log-probs under the temperature-scaled
 //! distribution, which equal the trainer's `CausalLm::token_logprobs` at the same temperature
-//! (rl-conventions.md, "Generation"; tested in tests/it).
+//! (docs/rl-conventions.md, "Generation"; tested in tests/it).
 //!
 //! Shapes: B = prompts, P = padded prompt length, N = max_new_tokens, V = vocab, D = hidden.
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
-use crate::model::llama::{attn_mask, positions_from_mask, AttnMask, CausalLm};
 use crate::model::packed;
+use crate::model::{
+    causal_lm::CausalLm,
+    llama::{attn_mask, positions_from_mask, AttnMask},
+};
 use tch::{Device, Kind, Tensor};
 
 /// How the next token is picked.

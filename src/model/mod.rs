@@ -1,4 +1,5 @@
 pub mod bert;
+pub mod causal_lm;
 pub mod config;
 pub mod export;
 pub mod generate;
@@ -9,6 +10,8 @@ pub mod lora;
 pub mod packed;
 pub mod params;
 pub mod precision;
+pub mod sentence;
 
+pub use causal_lm::CausalLm;
 pub use config::LlamaConfig;
-pub use llama::{CausalLm, Llama};
+pub use llama::Llama;

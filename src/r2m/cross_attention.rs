@@ -1,4 +1,4 @@
-//! Sequence-to-token cross-attention (r2m-method.md, "The reward model", item 3):
+//! Sequence-to-token cross-attention (docs/method.md, "The reward r(x, y, h)"):
 //! q = H_last W_q (D_rm -> d); k = h W_k, v = h W_v (D_p -> d);
 //! H_hat = softmax(q k^T / sqrt(d_head), padding masked) v W_o (d -> D_rm).
 //! No biases; weights N(0, init_std), seeded by the caller; heads split d.
@@ -8,12 +8,12 @@
 //! for W_q and W_k (`qk_std`). They exist because the attention logits' scale at init,
 //! init_std^2 |H_last| |h_t|, depends on the models: an L2-normalised encoder embedding as H_last
 //! (|H_last| = 1, the testbed's MiniLM proxy) gives logits of std ~0.02 and uniform attention, while
-//! an 8B decoder RM's H_last gives logits of std of order 1 (docs/results.md, Next item 4).
+//! an 8B decoder RM's H_last gives logits of std of order 1 (docs/method.md, "Testbed switches (not the paper's)").
 use crate::model::params::Params;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// What the query reads: H_last as is (r2m-method.md), or H_last / RMS(H_last) per row.
+/// What the query reads: H_last as is (docs/method.md), or H_last / RMS(H_last) per row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueryNorm {

@@ -4,11 +4,11 @@
 //! (offline evaluation uses w(T)).
 use crate::data::{PreferenceExample, PromptExample, Text};
 use crate::error::{Error, Result};
+use crate::model::causal_lm::CausalLm;
 use crate::model::generate::left_pad;
-use crate::model::llama::CausalLm;
 use crate::r2m::{AttentionDiagnostics, R2mSource};
 use crate::reward::loss::accuracy;
-use crate::rl::trainer::prompt_ids;
+use crate::rl::rollout::prompt_ids;
 use crate::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 

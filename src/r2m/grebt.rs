@@ -1,4 +1,4 @@
-//! GREBT (r2m-method.md, "One RL step", item 5): per group i of K responses,
+//! GREBT (docs/method.md, "The update: GREBT"): per group i of K responses,
 //! winner w = argmax_j a_ij, loser l = argmin_j a_ij by the ANNOTATION rewards a;
 //! with the recomputed rewards r:
 //! L_BT(i) = -log sigmoid(r_iw - r_il);

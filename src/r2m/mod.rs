@@ -1,5 +1,5 @@
 //! R2M, the Real-Time Aligned Reward Model (Huang et al., ICML 2026), exactly as
-//! ../shared/design/r2m-method.md states it, with the paper's baselines and ablations.
+//! docs/method.md states it, with the paper's baselines and ablations.
 //!
 //! r(x, y, h) = phi(H_fin), H_fin = (1 - w(t)) H_hat + w(t) H_last,
 //! H_hat = CrossAttn(q = H_last W_q; k, v = h W_k, h W_v) W_o,
@@ -14,7 +14,8 @@ pub mod grebt;
 use crate::error::{Error, Result};
 use crate::model::params::Params;
 use crate::reward::model::RewardModel;
-use crate::rl::reward_source::{rm_text, RewardInput, RewardSource, UpdateInput};
+use crate::reward::source::rm_text;
+use crate::rl::reward_source::{RewardInput, RewardSource, UpdateInput};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
 use cross_attention::CrossAttention;
 pub use cross_attention::QueryNorm;
@@ -23,7 +24,7 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// The methods of the paper's Table 1 and its ablations (r2m-method.md), one switch.
+/// The methods of the paper's Table 1 and its ablations (docs/method.md), one switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
@@ -75,7 +76,7 @@ pub enum RankBy {
     Frozen,
 }
 
-/// `[r2m]` config. Defaults: r2m-method.md.
+/// `[r2m]` config. Defaults: docs/method.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct R2mConfig {
@@ -92,14 +93,14 @@ pub struct R2mConfig {
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub init_std: f64,
-    /// Testbed switches, not the paper's (docs/results.md, Next item 4): `query_norm = "unit-rms"`
+    /// Testbed switches, not the paper's (docs/method.md, "Testbed switches (not the paper's)"): `query_norm = "unit-rms"`
     /// rescales H_last to unit RMS per row before W_q only (the blend and phi read it as is), and
     /// `qk_init_std` draws W_q and W_k with another std than `init_std`. Defaults: the method as
     /// specified ("none"; unset = init_std).
     pub query_norm: QueryNorm,
     pub qk_init_std: Option<f64>,
     /// What picks each group's winner and loser for the update's BT term: R2M's own
-    /// annotation-phase rewards (r2m-method.md, the default) or, a testbed switch, the frozen
+    /// annotation-phase rewards (docs/method.md, the default) or, a testbed switch, the frozen
     /// proxy's scores of the same responses, a signal the H_hat term has not shaped. Read by the
     /// methods that update online; the others have no update.
     pub rank_by: RankBy,

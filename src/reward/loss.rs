@@ -1,4 +1,4 @@
-//! Bradley-Terry reward-model loss (peer: TRL RewardTrainer; rl-conventions.md):
+//! Bradley-Terry reward-model loss (peer: TRL RewardTrainer; docs/rl-conventions.md):
 //! L = -log sigmoid(r_c - r_r - margin).mean() + eta * mean((r_c + r_r)^2)
 //! (the optional centering term of Eisenstein et al. 2023, TRL's `center_rewards_coefficient`).
 use tch::{Kind, Tensor};

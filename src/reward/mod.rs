@@ -1,8 +1,9 @@
 //! Reward models: backbone + scalar head (`model`), Bradley-Terry training (`loss`, `train`),
-//! ensembles (`ensemble`).
+//! ensembles (`ensemble`), and both as the RL engine's reward source (`source`).
 pub mod ensemble;
 pub mod loss;
 pub mod model;
+pub mod source;
 pub mod train;
 
 pub use model::RewardModel;

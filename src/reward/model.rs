@@ -13,13 +13,13 @@
 //! folders (`score.weight`, no bias). Encoder RMs are the sentence-transformers folder plus
 //! `score.safetensors` and `r2m_reward.json` (HF has no mean-pooled BERT classifier).
 use crate::error::{Error, Result};
-use crate::model::bert::SentenceEncoder;
 use crate::model::config::LlamaConfig;
 use crate::model::export::write_json;
 use crate::model::llama::{attn_mask, positions_from_mask, Llama};
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
 use crate::model::precision::{Autocast, Precision};
+use crate::model::sentence::SentenceEncoder;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};

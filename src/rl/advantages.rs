@@ -1,4 +1,4 @@
-//! Advantage estimators as pure functions on tensors (rl-conventions.md; one peer per algorithm).
+//! Advantage estimators as pure functions on tensors (docs/rl-conventions.md; one peer per algorithm).
 //!
 //! Shapes: n = prompts, K = group size (samples per prompt), B = n * K sequences ordered
 //! group-major (prompt 0's K samples first), T = response tokens, m = response mask (B, T).

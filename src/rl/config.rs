@@ -1,5 +1,5 @@
 //! `r2m rl` configuration: TOML + `--set` overrides, validated once (cross-field rules here).
-//! Each default cites its source (rl-conventions.md, r2m-method.md, the named peer).
+//! Each default cites its source (docs/rl-conventions.md, docs/method.md, the named peer).
 use crate::reward::ensemble::Combine;
 use crate::rl::advantages::ScaleRewards;
 use crate::rl::budget::Count;
@@ -120,7 +120,7 @@ pub struct AlgoConfig {
     pub ignore_eos: bool,
     /// Max prompt tokens (longer prompts are an error naming them).
     pub max_prompt_tokens: usize,
-    /// k: policy epochs over each rollout (r2m-method.md: 2).
+    /// k: policy epochs over each rollout (docs/method.md: 2).
     pub epochs: usize,
     /// Sequences per optimiser step; `grad_accum` micro-batches of `minibatch / grad_accum`
     /// ("auto": the fewest that fit in free memory, `rl::budget`).
@@ -190,7 +190,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             model: "smollm2-135m-instruct".into(),
-            // testbed.md: on the CPU, train a top slice on short responses.
+            // docs/testbed.md: on the CPU, train a top slice on short responses.
             trainable: Trainable::Top { layers: 4, head: false },
             chat: true,
             lr: 1e-5,
@@ -233,7 +233,7 @@ impl Default for AlgoConfig {
             steps: 100,
             prompts_per_step: 8,
             group_size: 4,
-            temperature: 0.7, // r2m-method.md
+            temperature: 0.7, // docs/method.md
             top_p: None,
             max_new_tokens: 64,
             ignore_eos: false,
@@ -272,6 +272,12 @@ impl AlgoConfig {
 }
 
 impl RlConfig {
+    /// The testbed's prompts do not depend on the run seed: every seed of a grid sees the same
+    /// prompt pool (seeds vary sampling, order and init).
+    pub fn seed_data(&self) -> u64 {
+        0
+    }
+
     pub fn validate(&self) -> Result<()> {
         let r = &self.rl;
         ensure!(r.steps >= 1, "rl.steps = {} must be >= 1", r.steps);

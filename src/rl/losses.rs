@@ -1,4 +1,4 @@
-//! Policy losses and KL estimators as pure functions (rl-conventions.md).
+//! Policy losses and KL estimators as pure functions (docs/rl-conventions.md).
 //!
 //! l = current log-probs, lo = rollout (old) log-probs, lr = reference log-probs, m = response
 //! mask; all (B, T) f32. Losses return (scalar loss, `LossStats`).

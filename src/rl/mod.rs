@@ -1,9 +1,20 @@
 //! The RL engine: RLOO, GRPO, REINFORCE++ and ReMax over one rollout and one trainer
-//! (rl-conventions.md). An algorithm is its advantage function plus its loss.
+//! (docs/rl-conventions.md). An algorithm is its advantage function plus its loss.
+//!
+//! - [`trainer`]: the run (built once), the loop over steps, evaluations, checkpoints;
+//! - [`rollout`], [`step`], [`eval`]: one step's phases, and the evaluation;
+//! - [`advantages`], [`losses`]: the algorithms as pure functions;
+//! - [`reward_source`]: the interfaces rewards and metrics come through;
+//! - [`budget`]: sizing generation and micro-batches to the device's memory; [`config`]: the run's
+//!   settings.
 pub mod advantages;
 pub mod budget;
 pub mod config;
+pub mod eval;
 pub mod losses;
 pub mod reward_source;
-pub mod sources;
+pub mod rollout;
+pub mod step;
 pub mod trainer;
+
+pub use step::Clock;

@@ -1,13 +1,16 @@
-//! Reward sources behind one trait: a reward model, an ensemble, a rule function (the testbed's
-//! gold), and R2M. A source may read the policy's hidden states when scoring, and may be updated
-//! after the policy step (R2M does both); its state goes into checkpoints.
-use crate::data::{PromptExample, Text};
-use crate::error::{Error, Result};
-use crate::reward::ensemble::Ensemble;
-use crate::reward::model::{Backbone, RewardModel};
-use crate::testbed::gold::Gold;
-use crate::testbed::prompts::TestbedPrompt;
-use crate::tokenizer::Message;
+//! The interfaces through which the RL engine sees rewards, and nothing else of where they come
+//! from:
+//! - [`RewardSource`]: what the policy is trained on. A frozen reward model or an ensemble
+//!   (`crate::reward::source`), R2M and its baselines (`crate::r2m`), the testbed's gold
+//!   (`crate::testbed::source`), a rule ([`RuleSource`]). A source may read the policy's hidden
+//!   states when scoring and may be updated after the policy step (R2M does both); its state goes
+//!   into checkpoints.
+//! - [`MetricSource`]: scores logged beside the reward, never trained on (the testbed's gold).
+//!
+//! `crate::sources` builds the ones a run config names.
+use crate::data::PromptExample;
+use crate::error::Result;
+use crate::model::causal_lm::CausalLm;
 use serde_json::{Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -74,78 +77,36 @@ pub trait RewardSource {
     }
 }
 
-/// The text a reward model reads for (prompt, response): conversational prompts and decoder RMs
-/// with a chat template get [prompt messages.., assistant: response] through the template (as the
-/// RM saw its conversational training pairs); otherwise prompt text + response. Returns the text
-/// and whether the tokenizer should add its special tokens.
-pub fn rm_text(rm: &RewardModel, prompt: &Text, response: &str) -> Result<(String, bool)> {
-    match (&rm.backbone, prompt) {
-        (Backbone::Decoder { tokenizer, .. }, Text::Chat(msgs)) => {
-            let mut m = msgs.clone();
-            m.push(Message { role: "assistant".into(), content: response.to_string() });
-            Ok((tokenizer.apply_chat_template(&m, false)?, false))
-        }
-        (_, Text::Chat(msgs)) => {
-            let p: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-            Ok((format!("{}\n{response}", p.join("\n")), true))
-        }
-        (_, Text::Plain(p)) => Ok((format!("{p}{response}"), true)),
-    }
+/// The reference's log-probs of one response at temperature 1, from the reference pass the KL
+/// needs anyway: the prompt's ids, the response's ids before its first EOS, and their log-probs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseLogprobs {
+    pub prompt: Vec<i64>,
+    pub response: Vec<i64>,
+    pub logprobs: Vec<f32>,
 }
 
-/// A frozen reward model.
-pub struct RmSource {
-    pub rm: RewardModel,
-    pub max_length: usize,
-    pub batch_size: usize,
-}
-
-impl RmSource {
-    /// Rendered texts, grouped by whether special tokens are added (all the same in practice).
-    pub fn texts(&self, input: &RewardInput) -> Result<(Vec<String>, bool)> {
-        let mut out = vec![];
-        let mut special = true;
-        for (p, r) in input.prompts.iter().zip(input.responses) {
-            let (t, s) = rm_text(&self.rm, &p.prompt, r)?;
-            special = s;
-            out.push(t);
-        }
-        Ok((out, special))
+/// A scorer whose scores are logged beside the reward and never trained on (the testbed's gold
+/// reward, the truth the proxy stands in for). Its [`name`](MetricSource::name) keys the metrics:
+/// `{name}/reward` on each step's rollout, `eval/{name}` and the eval rows' `{name}` column, which
+/// also judges the eval win rate against the initial policy.
+pub trait MetricSource {
+    fn name(&self) -> &'static str;
+    /// Whether it reads the reference's log-probs of each response: true where its own language
+    /// model is the run's reference (`reference_model` is the path or id the reference was loaded
+    /// from), so that the rollout hands over what the reference pass computed anyway.
+    fn reads_reference(&self, _reference_model: &str, _reference: &CausalLm) -> bool {
+        false
     }
-}
-
-impl RewardSource for RmSource {
-    fn name(&self) -> String {
-        "rm".into()
-    }
-    fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        let (texts, special) = self.texts(input)?;
-        self.rm.score_texts(&texts, special, self.max_length, self.batch_size)
-    }
-}
-
-/// An ensemble of frozen reward models (Coste et al. 2024).
-pub struct EnsembleSource {
-    pub ensemble: Ensemble,
-    pub max_length: usize,
-    pub batch_size: usize,
-}
-
-impl RewardSource for EnsembleSource {
-    fn name(&self) -> String {
-        format!("ensemble-{}", self.ensemble.members.len())
-    }
-    fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        let mut all = vec![];
-        for m in &self.ensemble.members {
-            let texts: Vec<(String, bool)> =
-                input.prompts.iter().zip(input.responses).map(|(p, r)| rm_text(m, &p.prompt, r)).collect::<Result<_>>()?;
-            let special = texts.first().map(|t| t.1).unwrap_or(true);
-            let t: Vec<String> = texts.into_iter().map(|t| t.0).collect();
-            all.push(m.score_texts(&t, special, self.max_length, self.batch_size)?);
-        }
-        Ok(crate::reward::ensemble::combine(&Tensor::stack(&all, 0), self.ensemble.combine))
-    }
+    /// Scores (B) f32 on the CPU; `reference` holds the reference's log-probs of each response
+    /// when [`reads_reference`](MetricSource::reads_reference) said so.
+    fn scores(
+        &self,
+        prompts: &[&PromptExample],
+        responses: &[String],
+        finished: &[bool],
+        reference: Option<&[Option<ResponseLogprobs>]>,
+    ) -> Result<Tensor>;
 }
 
 /// A rule reward: any function of (prompt, response, finished).
@@ -162,57 +123,6 @@ impl<F: FnMut(&PromptExample, &str, bool) -> f64> RewardSource for RuleSource<F>
         let v: Vec<f32> =
             input.prompts.iter().zip(input.responses).zip(input.finished).map(|((p, r), f)| (self.f)(p, r, *f) as f32).collect();
         Ok(Tensor::from_slice(&v))
-    }
-}
-
-/// The testbed prompt behind a prompt record (its `spec` column).
-pub fn testbed_prompt(p: &PromptExample) -> Result<TestbedPrompt> {
-    let text = match &p.prompt {
-        Text::Plain(s) => s.clone(),
-        Text::Chat(m) => m.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default(),
-    };
-    let spec = p
-        .meta
-        .get("spec")
-        .ok_or_else(|| Error::Input(format!("{}: the gold reward needs the testbed's `spec` column (use testbed prompts)", p.origin)))?;
-    let spec = serde_json::from_value(spec.clone()).map_err(|e| Error::Input(format!("{}: spec: {e}", p.origin)))?;
-    let id = p.meta.get("id").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    Ok(TestbedPrompt { id, text, spec })
-}
-
-/// The testbed's gold reward as a source (the "human"; also used for evaluation).
-pub struct GoldSource {
-    pub gold: Gold,
-}
-
-impl GoldSource {
-    pub fn scores(&self, prompts: &[&PromptExample], responses: &[String], finished: &[bool]) -> Result<Tensor> {
-        self.scores_with(prompts, responses, finished, None)
-    }
-
-    /// [`GoldSource::scores`] with fluency log-probs already known for some responses
-    /// ([`crate::testbed::Gold::score_with`]).
-    pub fn scores_with(
-        &self,
-        prompts: &[&PromptExample],
-        responses: &[String],
-        finished: &[bool],
-        known: Option<&[Option<crate::testbed::KnownLogprobs>]>,
-    ) -> Result<Tensor> {
-        let tps = prompts.iter().map(|p| testbed_prompt(p)).collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&TestbedPrompt> = tps.iter().collect();
-        let rs: Vec<&str> = responses.iter().map(|s| s.as_str()).collect();
-        let g = self.gold.score_with(&refs, &rs, finished, known)?;
-        Ok(Tensor::from_slice(&g.iter().map(|s| s.total as f32).collect::<Vec<_>>()))
-    }
-}
-
-impl RewardSource for GoldSource {
-    fn name(&self) -> String {
-        "gold".into()
-    }
-    fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        self.scores(&input.prompts, input.responses, input.finished)
     }
 }
 

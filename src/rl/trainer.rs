@@ -1,32 +1,22 @@
-//! One RL step in Algorithm 1's order, and the run loop around it.
-//!
-//! Step t:
-//!  1. sample n prompts (a pure function of seed and step), K responses each from pi_old;
-//!  2. one policy forward over prompt+response: old log-probs AND h (or both from the generator);
-//!     reference log-probs;
-//!  3. annotate rewards (the reward source sees h and t), compute advantages;
-//!  4. k policy epochs over minibatches (clipped loss, AdamW); h' captured in the last epoch;
-//!  5. the reward source's update (R2M) with h'; metrics; eval; checkpoint.
+//! The RL run: what it is built from ([`build`]), the loop over steps with evaluations and atomic
+//! checkpoints ([`run`]), and loading a finished run back ([`load_run`]). The step itself is in
+//! step.rs, its rollout in rollout.rs, the evaluation in eval.rs.
 use crate::checkpoint::{find_checkpoint, write_atomic, write_dir_atomic};
-use crate::data::{PromptExample, Text};
+use crate::data::PromptExample;
 use crate::metrics::MetricsSink;
-use crate::model::generate::{generate_in_calls, GenerateConfig, Sampling};
-use crate::model::llama::CausalLm;
+use crate::model::causal_lm::CausalLm;
 use crate::model::load::safetensors;
 use crate::model::precision::Precision;
-use crate::rl::advantages as adv;
 use crate::rl::budget::{Budget, Count, Shapes};
-use crate::rl::config::{Algo, LogprobsFrom, RlConfig};
-use crate::rl::losses::{self, Aggregation};
-use crate::rl::reward_source::{GoldSource, RewardInput, RewardSource, UpdateInput};
-use crate::testbed::KnownLogprobs;
-use crate::tokenizer::{Message, Tokenizer};
-use crate::train::{apply_trainable, clip_grad_norm, ensure_finite, lr_at, AdamW, AdamWConfig};
+use crate::rl::config::RlConfig;
+use crate::rl::reward_source::{MetricSource, RewardSource};
+use crate::tokenizer::Tokenizer;
+use crate::train::{apply_trainable, AdamW, AdamWConfig};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Everything the loop needs, built once.
 pub struct Run<'a> {
@@ -35,7 +25,8 @@ pub struct Run<'a> {
     pub reference: CausalLm,
     pub tokenizer: Tokenizer,
     pub reward: Box<dyn RewardSource>,
-    pub gold: Option<GoldSource>,
+    /// Scores logged beside the reward, never trained on (the testbed's gold).
+    pub metric: Option<Box<dyn MetricSource>>,
     pub train_prompts: Vec<PromptExample>,
     pub eval_prompts: Vec<PromptExample>,
     pub opt: AdamW,
@@ -47,625 +38,16 @@ pub struct Run<'a> {
     /// when the reference holds the same weights there.
     pub trunk_layers: usize,
     pub reference_shares_trunk: bool,
-    /// The gold's fluency LM is the reference (same weights, tokenizer and precision): the gold's
-    /// fluency log-probs then come from the reference pass that the KL needs anyway, for every
-    /// response whose tokens the gold would score itself ([`KnownLogprobs`]).
-    pub gold_reuses_reference: bool,
+    /// The metric source reads the reference's log-probs of each response
+    /// ([`ResponseLogprobs`](crate::rl::reward_source::ResponseLogprobs)):
+    /// they come from the reference pass that the KL needs anyway.
+    pub metric_reads_reference: bool,
     /// Rows per `generate` call and micro-batches per optimiser step (`rl.generation_batch`,
     /// `rl.grad_accum`, resolved against free memory when "auto").
     pub budget: Budget,
 }
 
-/// A collected rollout (B = n * K, group-major).
-pub struct Rollout {
-    pub prompt_idx: Vec<usize>,
-    pub seq: Tensor,      // (B, P + N) prompt + response ids
-    pub seq_mask: Tensor, // (B, P + N)
-    pub prompt_len: i64,
-    pub mask: Tensor,           // (B, N) response mask (1 up to and including EOS)
-    pub old_lp: Tensor,         // (B, N)
-    pub ref_lp: Tensor,         // (B, N)
-    pub hidden: Option<Tensor>, // (B, P + N, D)
-    /// The frozen trunk's output (the input of block `Run::trunk_layers`), (B, P + N, D).
-    pub trunk: Option<Tensor>,
-    pub responses: Vec<String>,
-    pub finished: Vec<bool>,
-    pub entropy: f64,
-    /// The gold's fluency log-probs from the reference pass (when `Run::gold_reuses_reference`).
-    pub fluency: Option<Vec<Option<KnownLogprobs>>>,
-}
-
-/// The gold's fluency log-probs from the reference's final hidden states `last` (B, P + N, D) of
-/// `seq` (prompt ids left-padded to width `p`, then the response ids `ids`, (B, N), with `mask`):
-/// per row, the prompt's ids, the response's ids before its first EOS (the tokens whose text the
-/// gold scores), and their log-probs at temperature 1, computed as the gold's own pass does.
-pub fn known_fluency(
-    reference: &CausalLm,
-    last: &Tensor,
-    seq: &Tensor,
-    seq_mask: &Tensor,
-    p: i64,
-    ids: &Tensor,
-    mask: &Tensor,
-    eos: &[i64],
-) -> Result<Vec<Option<KnownLogprobs>>> {
-    let _guard = tch::no_grad_guard();
-    let (b, t) = (seq.size()[0], seq.size()[1]);
-    let cpu = |x: &Tensor| -> Result<Vec<Vec<i64>>> { Ok(Vec::<Vec<i64>>::try_from(x.to_device(Device::Cpu).to_kind(Kind::Int64))?) };
-    let (seq_v, seq_m, ids_v, mask_v) = (cpu(seq)?, cpu(seq_mask)?, cpu(ids)?, cpu(mask)?);
-    let (mut rows, mut at, mut next) = (Vec::with_capacity(b as usize), Vec::new(), Vec::new());
-    for i in 0..b as usize {
-        let prompt: Vec<i64> = (0..p as usize).filter(|&j| seq_m[i][j] != 0).map(|j| seq_v[i][j]).collect();
-        let len = mask_v[i].iter().filter(|&&m| m != 0).count();
-        let response: Vec<i64> = ids_v[i][..len].iter().copied().take_while(|x| !eos.contains(x)).collect();
-        // The state at position p - 1 + j predicts response token j.
-        at.extend((0..response.len() as i64).map(|j| i as i64 * t + p - 1 + j));
-        next.extend(response.iter().copied());
-        rows.push((prompt, response));
-    }
-    let lp = if at.is_empty() {
-        vec![]
-    } else {
-        let dev = last.device();
-        let hs = last.view([-1, last.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev)); // (sum r, D)
-        let logits = reference.logits(&hs).to_kind(Kind::Float);
-        let nx = Tensor::from_slice(&next).to_device(dev).unsqueeze(-1);
-        let lp = logits.gather(-1, &nx, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
-        Vec::<f32>::try_from(&lp.to_device(Device::Cpu))?
-    };
-    let mut off = 0;
-    Ok(rows
-        .into_iter()
-        .map(|(prompt, response)| {
-            let n = response.len();
-            let logprobs = lp[off..off + n].to_vec();
-            off += n;
-            Some(KnownLogprobs { prompt, response, logprobs })
-        })
-        .collect())
-}
-
-fn render(tok: &Tokenizer, p: &Text, chat: bool) -> Result<(String, bool)> {
-    Ok(match (p, chat) {
-        (Text::Chat(m), _) => (tok.apply_chat_template(m, true)?, false),
-        (Text::Plain(s), true) if tok.chat_template().is_some() => {
-            (tok.apply_chat_template(&[Message { role: "user".into(), content: s.clone() }], true)?, false)
-        }
-        (Text::Plain(s), _) => (s.clone(), true),
-    })
-}
-
-/// Tokenizes prompts for the policy, checking lengths (errors name the prompt's origin).
-pub fn prompt_ids(tok: &Tokenizer, prompts: &[&PromptExample], chat: bool, max_tokens: usize) -> Result<Vec<Vec<i64>>> {
-    prompts
-        .iter()
-        .map(|p| {
-            let (text, special) = render(tok, &p.prompt, chat)?;
-            let ids: Vec<i64> = tok.encode(&text, special)?.into_iter().map(i64::from).collect();
-            ensure!(!ids.is_empty(), "{}: prompt is empty", p.origin);
-            ensure!(ids.len() <= max_tokens, "{}: prompt has {} tokens > rl.max_prompt_tokens = {max_tokens}", p.origin, ids.len());
-            Ok(ids)
-        })
-        .collect()
-}
-
-fn decode_responses(tok: &Tokenizer, ids: &Tensor, mask: &Tensor, eos: &[i64]) -> Result<(Vec<String>, Vec<bool>)> {
-    let b = ids.size()[0];
-    let (mut texts, mut fin) = (vec![], vec![]);
-    let lens = Vec::<i64>::try_from(mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))?;
-    for i in 0..b {
-        let row = Vec::<i64>::try_from(ids.get(i).narrow(0, 0, lens[i as usize]))?;
-        let ended = row.last().is_some_and(|t| eos.contains(t));
-        let body: Vec<u32> = row.iter().filter(|t| !eos.contains(t)).map(|&t| t as u32).collect();
-        texts.push(tok.decode(&body, true)?);
-        fin.push(ended);
-    }
-    Ok((texts, fin))
-}
-
-/// Timings of one step, in seconds (metric names `time/*`).
-#[derive(Default)]
-pub struct Clock(pub Vec<(&'static str, f64)>);
-
-impl Clock {
-    pub fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        let t0 = Instant::now();
-        let out = f();
-        self.0.push((name, t0.elapsed().as_secs_f64()));
-        out
-    }
-}
-
-impl<'a> Run<'a> {
-    fn gen_config(&self, seed: u64, temperature: f64, return_hidden: bool) -> GenerateConfig {
-        GenerateConfig {
-            max_new_tokens: self.cfg.rl.max_new_tokens,
-            sampling: Sampling::Sample { temperature, top_k: None, top_p: self.cfg.rl.top_p },
-            seed,
-            eos_ids: if self.cfg.rl.ignore_eos { vec![] } else { self.tokenizer.eos_ids().into_iter().map(i64::from).collect() },
-            pad_id: self.tokenizer.pad_id() as i64,
-            return_hidden,
-            return_trunk: None,
-            stop_check_every: 4,
-            pack_weights: None,
-        }
-    }
-
-    /// Hands freed host heap pages back between the phases of a step when the tensors live on the
-    /// CPU (`device::release_free_host_memory`); on a GPU the host heap holds little.
-    fn release_host_memory(&self) {
-        if self.device == Device::Cpu {
-            crate::device::release_free_host_memory();
-        }
-    }
-
-    /// Whether old log-probs, h and the trunk come from the generator (`rl.logprobs_from`).
-    pub fn logprobs_from_generator(&self) -> bool {
-        match self.cfg.rl.logprobs_from {
-            LogprobsFrom::Generator => true,
-            LogprobsFrom::Forward => false,
-            LogprobsFrom::Auto => self.policy.head_weight().kind() == Kind::Float && self.policy.precision == Precision::F32,
-        }
-    }
-
-    /// Prompts of step t: a pure function of (seed, t) over the seeded epoch orders.
-    pub fn step_prompts(&self, t: i64) -> Vec<usize> {
-        let n = self.cfg.rl.prompts_per_step;
-        let total = self.train_prompts.len();
-        (0..n)
-            .map(|j| {
-                let flat = t as usize * n + j;
-                let order = crate::data::batch::epoch_order(total, self.cfg.seed, (flat / total) as u64);
-                order[flat % total]
-            })
-            .collect()
-    }
-
-    /// Phases 1-2: generation, old log-probs + h, reference log-probs.
-    pub fn collect(&mut self, t: i64, clock: &mut Clock) -> Result<Rollout> {
-        let k = self.cfg.rl.group_size;
-        let idx = self.step_prompts(t);
-        let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
-        let ids =
-            clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
-        let rep: Vec<Vec<i64>> = ids.iter().flat_map(|p| std::iter::repeat_n(p.clone(), k)).collect();
-        let prompt_idx: Vec<usize> = idx.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect();
-        let want_h = self.reward.wants_hidden();
-        let from_gen = self.logprobs_from_generator();
-        let kt = self.trunk_layers;
-        let mut gcfg =
-            self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
-        gcfg.return_trunk = if from_gen && kt > 0 { Some(kt) } else { None };
-        let g = clock.time("time/generate", || generate_in_calls(&self.policy, &rep, &gcfg, self.budget.generation_batch))?;
-        let (seq, seq_mask) = g.sequences();
-        let p = g.prompt_ids.size()[1];
-        let temp = self.cfg.rl.temperature;
-        let _guard = tch::no_grad_guard();
-        let trunk = match (kt, &g.trunk) {
-            (0, _) => None,
-            (_, Some(x)) => Some(x.shallow_clone()),
-            (_, None) => Some(clock.time("time/logprobs", || self.policy.trunk(&seq, &seq_mask, kt))?),
-        };
-        let (old_lp, hidden, entropy) = if from_gen {
-            let m = g.mask.to_kind(Kind::Float);
-            let ent = ((&g.entropy * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)).double_value(&[]);
-            (g.logprobs.shallow_clone(), g.hidden.as_ref().map(|h| h.shallow_clone()), ent)
-        } else {
-            clock.time("time/logprobs", || -> Result<_> {
-                self.policy_forwards += 1;
-                let last = match &trunk {
-                    Some(x) => self.policy.hidden_from_trunk(x, kt, &seq_mask),
-                    None => self.policy.forward_hidden(&seq, &seq_mask, false)?.last,
-                };
-                let n = seq.size()[1] - p;
-                let logits = self.policy.scaled_logits(&last.narrow(1, p - 1, n), temp);
-                let next = seq.to_device(self.device).narrow(1, p, n).unsqueeze(-1);
-                let lp = logits.gather(-1, &next, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
-                let ent = losses::entropy(&logits, &g.mask.to_device(self.device)).double_value(&[]);
-                Ok((lp, if want_h { Some(last) } else { None }, ent))
-            })?
-        };
-        let (ref_lp, ref_last) = clock.time("time/reference", || match (&trunk, self.reference_shares_trunk) {
-            (Some(x), true) => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
-            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
-        })?;
-        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
-        let fluency = if self.gold_reuses_reference {
-            Some(clock.time("time/gold", || known_fluency(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos))?)
-        } else {
-            None
-        };
-        drop(ref_last);
-        let (responses, finished) = clock.time("time/decode", || decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos))?;
-        Ok(Rollout {
-            prompt_idx,
-            seq,
-            seq_mask,
-            prompt_len: p,
-            mask: g.mask.to_device(self.device),
-            old_lp: old_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
-            ref_lp: ref_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
-            hidden,
-            trunk,
-            responses,
-            finished,
-            entropy,
-            fluency,
-        })
-    }
-
-    /// ReMax's baseline: the reward of each prompt's greedy response (one extra generation).
-    fn remax_baseline(&mut self, r: &Rollout, t: i64, clock: &mut Clock) -> Result<Tensor> {
-        let k = self.cfg.rl.group_size;
-        let idx: Vec<usize> = r.prompt_idx.iter().step_by(k).copied().collect();
-        let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
-        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
-        let mut gcfg = self.gen_config(0, 1.0, self.reward.wants_hidden());
-        gcfg.sampling = Sampling::Greedy;
-        let g = clock.time("time/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
-        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
-        let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
-        let (seq, seq_mask) = g.sequences();
-        let hidden = g.hidden.as_ref();
-        let input = RewardInput {
-            prompts,
-            responses: &texts,
-            finished: &fin,
-            hidden: hidden.map(|h| (h, &seq_mask)),
-            step: t,
-            total_steps: self.cfg.rl.steps,
-            group_size: 1,
-        };
-        let _ = seq;
-        let b = clock.time("time/reward", || self.reward.score_aside(&input))?;
-        // One baseline per prompt, repeated over its K samples.
-        Ok(b.repeat_interleave_self_int(k as i64, 0, None).to_device(self.device))
-    }
-
-    /// Phases 3-5 for one step; returns the step's metrics.
-    pub fn step(&mut self, t: i64) -> Result<Map<String, Value>> {
-        let mut clock = Clock::default();
-        let t_step = Instant::now();
-        let c = self.cfg.rl.clone();
-        let k = c.group_size as i64;
-        let beta = c.beta();
-        let r = self.collect(t, &mut clock)?;
-        self.release_host_memory();
-        let scores = {
-            let input = RewardInput {
-                prompts: r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect(),
-                responses: &r.responses,
-                finished: &r.finished,
-                hidden: r.hidden.as_ref().map(|h| (h, &r.seq_mask)),
-                step: t,
-                total_steps: c.steps,
-                group_size: k,
-            };
-            let reward = &mut self.reward;
-            clock.time("time/reward", || reward.score(&input))?
-        };
-        let frozen = self.reward.frozen_scores();
-        let scores = scores.to_device(self.device).to_kind(Kind::Float);
-        ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
-        let b = scores.size()[0];
-        let mask_f = r.mask.to_kind(Kind::Float);
-
-        // Advantages: (B) sequence-level or (B, N) token-level.
-        let (t_adv, n_clock) = (Instant::now(), clock.0.len());
-        let advantages = match c.algo {
-            Algo::Rloo => {
-                let shaped = adv::kl_shaped_reward(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
-                let a = adv::rloo(&shaped, k);
-                if c.normalize_advantages {
-                    adv::normalize(&a)
-                } else {
-                    a
-                }
-            }
-            Algo::Grpo => adv::grpo(&scores, k, c.scale_rewards),
-            Algo::ReinforcePp => {
-                let rw = adv::token_rewards(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
-                adv::reinforce_pp(&rw, &r.mask, c.gamma)
-            }
-            Algo::Remax => {
-                let base = self.remax_baseline(&r, t, &mut clock)?;
-                let rw = adv::token_rewards(&scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
-                adv::remax(&rw, &r.mask, &base.to_kind(Kind::Float))
-            }
-        };
-
-        // ReMax's baseline generation and reward are timed as such, not as advantages.
-        let inner: f64 = clock.0[n_clock..].iter().map(|x| x.1).sum();
-        clock.0.push(("time/advantages", t_adv.elapsed().as_secs_f64() - inner));
-
-        // Policy optimisation: k epochs of minibatches; h' captured in the last epoch.
-        let want_h = self.reward.wants_hidden();
-        let d = self.policy.config.hidden_size;
-        let h_prime = if want_h { Some(Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device))) } else { None };
-        let (mut loss_sum, mut n_opt, mut clip_low, mut clip_high, mut kl_term, mut gnorm) = (0.0, 0, 0.0, 0.0, 0.0, 0.0);
-        let micro = (c.minibatch / self.budget.grad_accum) as i64;
-        let p = r.prompt_len;
-        let t_pol = Instant::now();
-        for epoch in 0..c.epochs {
-            // A fixed permutation per (seed, step, epoch): deterministic and resumable.
-            let order = crate::data::batch::epoch_order(b as usize, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
-            for mb in order.chunks(c.minibatch) {
-                let step_opt = self.opt.step;
-                self.opt.zero_grad();
-                let mut mb_loss = 0.0;
-                for chunk in mb.chunks(micro as usize) {
-                    let ix = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
-                    let seq = r.seq.to_device(self.device).index_select(0, &ix);
-                    let sm = r.seq_mask.to_device(self.device).index_select(0, &ix);
-                    self.policy_forwards += 1;
-                    let (l, h) = match &r.trunk {
-                        Some(x) => self.policy.token_logprobs_from_trunk(
-                            &x.index_select(0, &ix),
-                            self.trunk_layers,
-                            &seq,
-                            &sm,
-                            c.temperature,
-                            p,
-                        )?,
-                        None => self.policy.token_logprobs(&seq, &sm, c.temperature, p)?,
-                    };
-                    if let (Some(hp), true) = (&h_prime, epoch + 1 == c.epochs) {
-                        let mut hp = hp.shallow_clone();
-                        let _ = hp.index_copy_(0, &ix, &h.detach().to_kind(Kind::Float));
-                    }
-                    let m = r.mask.index_select(0, &ix);
-                    let lo = r.old_lp.index_select(0, &ix);
-                    let a = advantages.index_select(0, &ix);
-                    let (loss, st) = match c.algo {
-                        Algo::Rloo => losses::sequence_clipped_loss(&l, &lo, &m, &a, c.eps),
-                        Algo::Grpo => {
-                            let lr = r.ref_lp.index_select(0, &ix);
-                            let kl = if beta != 0.0 { Some((&lr, beta)) } else { None };
-                            losses::token_clipped_loss(
-                                &l,
-                                &lo,
-                                &m,
-                                &a,
-                                c.eps,
-                                c.eps_high.unwrap_or(c.eps),
-                                kl,
-                                c.aggregation,
-                                c.max_new_tokens,
-                            )
-                        }
-                        Algo::ReinforcePp | Algo::Remax => losses::token_clipped_loss(
-                            &l,
-                            &lo,
-                            &m,
-                            &a,
-                            c.eps,
-                            c.eps_high.unwrap_or(c.eps),
-                            None,
-                            Aggregation::TokenMean,
-                            c.max_new_tokens,
-                        ),
-                    };
-                    let scaled = &loss * (chunk.len() as f64 / mb.len() as f64);
-                    scaled.backward();
-                    let lv = loss.double_value(&[]);
-                    ensure_finite(lv, &format!("policy loss at step {t} (policy update)"))?;
-                    mb_loss += lv * chunk.len() as f64 / mb.len() as f64;
-                    clip_low += st.clip_low.double_value(&[]);
-                    clip_high += st.clip_high.double_value(&[]);
-                    kl_term += st.kl.double_value(&[]);
-                }
-                let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
-                ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
-                let lr = lr_at(
-                    step_opt,
-                    self.cfg.policy.lr,
-                    self.cfg.policy.warmup_steps,
-                    self.total_opt_steps(),
-                    self.cfg.policy.schedule,
-                    0.0,
-                );
-                self.opt.step(lr)?;
-                loss_sum += mb_loss;
-                gnorm += gn;
-                n_opt += 1;
-            }
-        }
-        clock.0.push(("time/policy", t_pol.elapsed().as_secs_f64()));
-        let n_micro = (n_opt as f64) * (c.minibatch as f64 / micro as f64);
-
-        // Phase 5: the reward source's update (R2M), with h' from the last epoch.
-        let upd = {
-            let u = UpdateInput {
-                annotation_rewards: &scores,
-                hidden: h_prime.as_ref().map(|h| (h, &r.seq_mask)),
-                step: t,
-                total_steps: c.steps,
-                group_size: k,
-            };
-            let reward = &mut self.reward;
-            clock.time("time/r2m", || reward.update(&u))?
-        };
-
-        // Metrics (TRL names where the quantity is the same).
-        let (t_metrics, n_clock_metrics) = (Instant::now(), clock.0.len());
-        let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let mut m = Map::new();
-        m.insert("step".into(), json!(t));
-        m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
-        m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
-        if let Some(f) = &frozen {
-            // How far the reward trained on departs from the frozen proxy on the same rollouts: the
-            // share of groups whose best response is the proxy's best too, and the correlation.
-            let f = f.to_device(self.device).to_kind(Kind::Float);
-            m.insert("reward_frozen_rm".into(), json!(f.mean(Kind::Float).double_value(&[])));
-            let same_top =
-                scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float).mean(Kind::Float);
-            m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.double_value(&[])));
-            let (x, y) = (&scores - scores.mean(Kind::Float), &f - f.mean(Kind::Float));
-            let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
-            let corr = if den > 0.0 { (x * y).sum(Kind::Float).double_value(&[]) / den } else { f64::NAN };
-            m.insert("reward_frozen_rm/corr".into(), json!(corr));
-            // The same inside each group, which is all a group-relative advantage sees: group_corr
-            // is the correlation of the GRPO advantages the two rewards give.
-            if k >= 2 {
-                let (sv, fv) = (Vec::<f64>::try_from(scores.to_kind(Kind::Double))?, Vec::<f64>::try_from(f.to_kind(Kind::Double))?);
-                let g = adv::group_agreement(&sv, &fv, k as usize);
-                m.insert("reward_frozen_rm/group_corr".into(), json!(g.corr));
-                m.insert("reward_frozen_rm/group_agree".into(), json!(g.concordance));
-            }
-        }
-        let g = scores.view([-1, k]);
-        let zero_std = g.std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-        m.insert("frac_reward_zero_std".into(), json!(zero_std));
-        m.insert("kl".into(), json!(kl_seq.mean(Kind::Float).double_value(&[])));
-        if !r.entropy.is_nan() {
-            m.insert("entropy".into(), json!(r.entropy));
-        }
-        m.insert("loss".into(), json!(loss_sum / n_opt.max(1) as f64));
-        m.insert("grad_norm".into(), json!(gnorm / n_opt.max(1) as f64));
-        m.insert("clip_ratio/low_mean".into(), json!(clip_low / n_micro));
-        m.insert("clip_ratio/high_mean".into(), json!(clip_high / n_micro));
-        m.insert("clip_ratio/region_mean".into(), json!((clip_low + clip_high) / n_micro));
-        if c.algo == Algo::Grpo {
-            m.insert("kl_term".into(), json!(kl_term / n_micro));
-        }
-        m.insert("completions/mean_length".into(), json!(lens.mean(Kind::Float).double_value(&[])));
-        let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
-        m.insert("completions/clipped_ratio".into(), json!(clipped));
-        m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
-        m.insert(
-            "learning_rate".into(),
-            json!(lr_at(
-                self.opt.step - 1,
-                self.cfg.policy.lr,
-                self.cfg.policy.warmup_steps,
-                self.total_opt_steps(),
-                self.cfg.policy.schedule,
-                0.0
-            )),
-        );
-        if let Some(gold) = &self.gold {
-            let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
-            let gs = clock.time("time/gold", || gold.scores_with(&prompts, &r.responses, &r.finished, r.fluency.as_deref()))?;
-            m.insert("gold/reward".into(), json!(gs.mean(Kind::Float).double_value(&[])));
-        }
-        for (k2, v) in upd {
-            m.insert(k2, v);
-        }
-        let gold_s: f64 = clock.0[n_clock_metrics..].iter().filter(|x| x.0 == "time/gold").map(|x| x.1).sum();
-        clock.0.push(("time/metrics", t_metrics.elapsed().as_secs_f64() - gold_s));
-        for (name, s) in &clock.0 {
-            let e = m.entry(name.to_string()).or_insert(json!(0.0));
-            *e = json!(e.as_f64().unwrap_or(0.0) + s);
-        }
-        self.release_host_memory();
-        m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
-        Ok(m)
-    }
-
-    fn total_opt_steps(&self) -> i64 {
-        let c = &self.cfg.rl;
-        let b = c.prompts_per_step * c.group_size;
-        c.steps * (c.epochs * b / c.minibatch) as i64
-    }
-
-    /// Evaluation on held-out prompts: one sample each at `eval_temperature` with a fixed seed;
-    /// reward (the source at step t), gold (if configured), KL to the reference, length.
-    /// Also returns one row per prompt (`eval.jsonl`: step, prompt index and id, reward, gold,
-    /// length, kl, finished) for win rates against pi_init (the rows of step -1).
-    pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
-        let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
-        let mut m = Map::new();
-        if n == 0 {
-            return Ok((m, vec![]));
-        }
-        let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
-        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
-        let want_h = self.reward.wants_hidden();
-        let mut gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
-        // As in the rollouts: where the reference shares the policy's frozen trunk, the generator
-        // hands it out and the reference runs only the blocks above it (same tokens; the KL moves
-        // by float rounding only).
-        let kt = if self.reference_shares_trunk { self.trunk_layers } else { 0 };
-        gcfg.return_trunk = (kt > 0).then_some(kt);
-        let mut clock = Clock(vec![]);
-        let g = clock.time("time/eval/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
-        let (seq, seq_mask) = g.sequences();
-        let p = g.prompt_ids.size()[1];
-        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
-        let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
-        let _guard = tch::no_grad_guard();
-        let temp = self.cfg.rl.eval_temperature;
-        let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
-            Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
-            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
-        })?;
-        let fluency = if self.gold_reuses_reference {
-            Some(clock.time("time/eval/gold", || known_fluency(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos))?)
-        } else {
-            None
-        };
-        drop(ref_last);
-        let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
-        let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let input = RewardInput {
-            prompts: prompts.clone(),
-            responses: &texts,
-            finished: &fin,
-            hidden: g.hidden.as_ref().map(|h| (h, &seq_mask)),
-            step: t,
-            total_steps: self.cfg.rl.steps,
-            group_size: 1,
-        };
-        let reward = &mut self.reward;
-        let rw = clock.time("time/eval/reward", || reward.score_aside(&input))?;
-        let frozen = reward.frozen_scores().map(|f| Vec::<f64>::try_from(f.to_kind(Kind::Double))).transpose()?;
-        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
-        if let Some(f) = &frozen {
-            m.insert("eval/reward_frozen_rm".into(), json!(f.iter().sum::<f64>() / f.len().max(1) as f64));
-        }
-        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
-        m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
-        let gold = match &self.gold {
-            Some(gold) => {
-                let gs = clock.time("time/eval/gold", || gold.scores_with(&prompts, &texts, &fin, fluency.as_deref()))?;
-                m.insert("eval/gold".into(), json!(gs.mean(Kind::Float).double_value(&[])));
-                Some(Vec::<f64>::try_from(gs.to_kind(Kind::Double))?)
-            }
-            None => None,
-        };
-        // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
-        // and `time/eval` holds the whole eval).
-        for (name, s) in clock.0 {
-            let e = m.entry(name.to_string()).or_insert(json!(0.0));
-            *e = json!(e.as_f64().unwrap_or(0.0) + s);
-        }
-        let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
-        let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
-        let lens = Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?;
-        let rows = (0..n)
-            .map(|i| {
-                let mut r = Map::new();
-                r.insert("step".into(), json!(t));
-                r.insert("prompt".into(), json!(i));
-                r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
-                r.insert("reward".into(), json!(rwv[i]));
-                if let Some(f) = &frozen {
-                    r.insert("reward_frozen_rm".into(), json!(f[i]));
-                }
-                if let Some(g) = &gold {
-                    r.insert("gold".into(), json!(g[i]));
-                }
-                r.insert("length".into(), json!(lens[i]));
-                r.insert("kl".into(), json!(klv[i]));
-                r.insert("finished".into(), json!(fin[i]));
-                r
-            })
-            .collect();
-        Ok((m, rows))
-    }
-
+impl Run<'_> {
     fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
         write_dir_atomic(dir, |tmp| {
             let w: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
@@ -707,12 +89,20 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Builds the policy, reference, optimiser and prompts for `cfg` on `device`; `reward` makes the
-/// reward source given the policy's hidden size (R2M's D_p).
+/// Prompts to train on and to evaluate on.
+pub struct Prompts {
+    pub train: Vec<PromptExample>,
+    pub eval: Vec<PromptExample>,
+}
+
+/// Builds the policy, reference and optimiser for `cfg` on `device`; `reward` makes the reward
+/// source given the policy's hidden size (R2M's D_p); `metric` scores for the logs only.
+/// (`crate::sources::build_run` makes all of them from the config.)
 pub fn build<'a>(
     cfg: &'a RlConfig,
     reward: impl FnOnce(i64) -> Result<Box<dyn RewardSource>>,
-    gold: Option<GoldSource>,
+    metric: Option<Box<dyn MetricSource>>,
+    prompts: Prompts,
     device: Device,
 ) -> Result<Run<'a>> {
     cfg.validate()?;
@@ -733,15 +123,8 @@ pub fn build<'a>(
     // At most L - 1 blocks: the generator hands out block inputs, and the last block has no successor.
     let trunk_layers = if cfg.rl.trunk_cache { policy.frozen_prefix().min(policy.model.num_layers().saturating_sub(1)) } else { 0 };
     let reference_shares_trunk = trunk_layers > 0 && policy.same_prefix(&reference, trunk_layers);
-    let gold_reuses_reference =
-        gold.as_ref().and_then(|g| g.gold.lm.as_ref().map(|lm| (&g.gold.cfg.fluency_model, lm))).is_some_and(|(m, lm)| {
-            let same_file = |a: &str, b: &str| match (crate::paths::resolve_model(a), crate::paths::resolve_model(b)) {
-                (Ok(x), Ok(y)) => x.canonicalize().ok().is_some_and(|x| y.canonicalize().ok() == Some(x)),
-                _ => false,
-            };
-            same_file(m, &cfg.policy.model) && lm.model.precision == reference.precision && lm.model.device == reference.device
-        });
-    let (train_prompts, eval_prompts) = load_prompts(cfg)?;
+    let metric_reads_reference = metric.as_ref().is_some_and(|m| m.reads_reference(&cfg.policy.model, &reference));
+    let Prompts { train: train_prompts, eval: eval_prompts } = prompts;
     ensure!(!train_prompts.is_empty(), "no training prompts");
     let budget = memory_budget(cfg, &policy, opt.params.iter().map(|(_, t)| t.numel() as i64).sum(), free, device, eval_prompts.len())?;
     Ok(Run {
@@ -750,7 +133,7 @@ pub fn build<'a>(
         reference,
         tokenizer: loaded.tokenizer,
         reward,
-        gold,
+        metric,
         train_prompts,
         eval_prompts,
         opt,
@@ -758,7 +141,7 @@ pub fn build<'a>(
         policy_forwards: 0,
         trunk_layers,
         reference_shares_trunk,
-        gold_reuses_reference,
+        metric_reads_reference,
         budget,
     })
 }
@@ -797,63 +180,6 @@ fn memory_budget(
     crate::rl::budget::choose(&shapes, free, rows, r.minibatch, r.generation_batch, r.grad_accum, &name)
 }
 
-/// Train and eval prompts from the config (the testbed generator or files).
-pub fn load_prompts(cfg: &RlConfig) -> Result<(Vec<PromptExample>, Vec<PromptExample>)> {
-    let opts = crate::data::LoadOptions { skip_invalid: cfg.data.skip_invalid };
-    if cfg.data.prompts == "testbed" {
-        use crate::testbed::prompts::{generate_split, Split};
-        let to_ex = |v: Vec<crate::testbed::TestbedPrompt>, name: &str| -> Vec<PromptExample> {
-            v.into_iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let mut meta = Map::new();
-                    meta.insert("id".into(), json!(p.id));
-                    meta.insert("spec".into(), serde_json::to_value(&p.spec).unwrap_or(Value::Null));
-                    PromptExample {
-                        prompt: Text::Plain(p.text),
-                        origin: crate::data::Origin { file: format!("testbed:{name}").into(), line: i + 1 },
-                        meta,
-                    }
-                })
-                .collect()
-        };
-        let tr = generate_split(Split::Train, cfg.data.testbed_train, cfg.seed_data())?;
-        let te = generate_split(Split::Test, cfg.data.testbed_test, cfg.seed_data())?;
-        return Ok((as_chat(cfg, to_ex(tr, "train")), as_chat(cfg, to_ex(te, "test"))));
-    }
-    let train = crate::data::load_prompts(Path::new(&cfg.data.prompts), &opts)?.items;
-    let eval = match &cfg.data.eval_prompts {
-        Some(p) => crate::data::load_prompts(Path::new(p), &opts)?.items,
-        None => vec![],
-    };
-    Ok((as_chat(cfg, train), as_chat(cfg, eval)))
-}
-
-/// With `policy.chat`, a plain prompt is one user message: the policy renders it through its chat
-/// template, and the reward model reads the same conversation it was trained on (TRL's
-/// conversational pairs, as `testbed make-pairs` writes them), not the bare concatenation.
-fn as_chat(cfg: &RlConfig, v: Vec<PromptExample>) -> Vec<PromptExample> {
-    if !cfg.policy.chat {
-        return v;
-    }
-    v.into_iter()
-        .map(|mut p| {
-            if let Text::Plain(s) = &p.prompt {
-                p.prompt = Text::Chat(vec![Message { role: "user".into(), content: s.clone() }]);
-            }
-            p
-        })
-        .collect()
-}
-
-impl RlConfig {
-    /// The testbed's prompts do not depend on the run seed: every seed of a grid sees the same
-    /// prompt pool (seeds vary sampling, order and init).
-    pub fn seed_data(&self) -> u64 {
-        0
-    }
-}
-
 /// Runs (or resumes) training; returns the path of the metrics file.
 pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::PathBuf> {
     let cfg = run.cfg;
@@ -872,8 +198,9 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let eval_on = cfg.rl.eval_every > 0;
-    let gold_of =
-        |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get("gold").and_then(|g| g.as_f64())).collect() };
+    // The metric source's column of the eval rows (the testbed's gold): the win rate's judge.
+    let judge = run.metric.as_ref().map(|m| m.name()).unwrap_or_default();
+    let gold_of = |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get(judge).and_then(|g| g.as_f64())).collect() };
     let mut init_gold: Vec<f64> = vec![];
     if eval_on {
         // pi_init's eval rows (step -1): the baseline of the win rates. Written once; on resume
@@ -917,7 +244,7 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
             }
             let gold = gold_of(&rows);
             if !gold.is_empty() && gold.len() == init_gold.len() {
-                // Win rate vs pi_init judged by gold (ties count half), the AlpacaEval-WR analogue.
+                // Win rate vs pi_init judged by the metric source (ties count half), the AlpacaEval-WR analogue.
                 let w: f64 = gold
                     .iter()
                     .zip(&init_gold)

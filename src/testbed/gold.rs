@@ -1,4 +1,4 @@
-//! The gold reward g(x, y): the testbed's stand-in for the person who asked (design/testbed.md).
+//! The gold reward g(x, y): the testbed's stand-in for the person who asked (docs/testbed.md).
 //!
 //! Deterministic, documented, and hidden from the proxy RM and the policy: they see the prompt text,
 //! never the [`Spec`] nor this code. Eight components, each in [0, 1]. Four are *gates*: they say
@@ -43,14 +43,16 @@
 //! stuffing, copying the prompt's wording ("Use the words ...") or broken text is bad, and it
 //! cannot count words or list items reliably. RL against it can then raise the proxy by stuffing
 //! the required words, echoing the prompt, or padding, and g falls through the gates and `length`.
-use super::prompts::{Format, Spec, TestbedPrompt};
+pub use super::checks::*;
+use super::prompts::TestbedPrompt;
 use crate::error::{Error, Result};
-use crate::model::bert::SentenceEncoder;
+use crate::model::causal_lm::{CausalLm, Loaded};
 use crate::model::generate::left_pad;
-use crate::model::llama::{CausalLm, Loaded};
+use crate::model::sentence::SentenceEncoder;
+use crate::rl::reward_source::ResponseLogprobs;
 use crate::tokenizer::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Gate strengths and instruction weights of `g = 10 q a` (see the module docs). Gates in [0, 1]
@@ -262,229 +264,7 @@ pub struct GoldScore {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Text checks: pure functions of the response text.
-
-/// `clamp((v - lo) / (hi - lo), 0, 1)`.
-pub fn ramp(v: f64, lo: f64, hi: f64) -> f64 {
-    ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
-}
-
-/// If `line` starts with a list marker (`-`, `*`, `+`, a bullet character, or `1.` / `1)`), the rest
-/// of the line.
-pub fn strip_bullet(line: &str) -> Option<&str> {
-    let l = line.trim_start();
-    for m in ["- ", "* ", "+ ", "• ", "· ", "– "] {
-        if let Some(rest) = l.strip_prefix(m) {
-            return Some(rest);
-        }
-    }
-    let digits = l.chars().take_while(|c| c.is_ascii_digit()).count();
-    if (1..=2).contains(&digits) {
-        let rest = &l[digits..];
-        if let Some(r) = rest.strip_prefix(". ").or_else(|| rest.strip_prefix(") ")) {
-            return Some(r);
-        }
-    }
-    None
-}
-
-/// The response's words, lowercased, punctuation trimmed from both ends; list markers are not words.
-pub fn words(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let body = strip_bullet(line).unwrap_or(line);
-        for tok in body.split_whitespace() {
-            let w = tok.trim_matches(|c: char| !c.is_alphanumeric());
-            if !w.is_empty() {
-                out.push(w.to_lowercase());
-            }
-        }
-    }
-    out
-}
-
-/// Distinct n-gram ratio: unique n-grams / n-grams; 1 when there are fewer than `n` words.
-pub fn distinct_n(words: &[String], n: usize) -> f64 {
-    if n == 0 || words.len() < n {
-        return 1.0;
-    }
-    let grams: Vec<&[String]> = words.windows(n).collect();
-    let unique: std::collections::HashSet<&[String]> = grams.iter().copied().collect();
-    unique.len() as f64 / grams.len() as f64
-}
-
-/// Whether `word` is `req` or a simple inflection of it (plural, past, -ing, -er, -ly, possessive).
-pub fn matches_word(word: &str, req: &str) -> bool {
-    let (word, req) = (word.to_lowercase(), req.to_lowercase());
-    if word == req {
-        return true;
-    }
-    const SUFFIXES: &[&str] = &["s", "es", "ed", "d", "ing", "er", "ers", "ly", "'s", "y", "ful"];
-    if let Some(rest) = word.strip_prefix(req.as_str()) {
-        if SUFFIXES.contains(&rest) {
-            return true;
-        }
-        // Doubled final consonant: "plan" -> "planning", "shop" -> "shopped".
-        let last = req.chars().last().unwrap_or(' ');
-        if let Some(r) = rest.strip_prefix(last) {
-            if ["ing", "ed", "er", "ers"].contains(&r) {
-                return true;
-            }
-        }
-    }
-    // "bake" -> "baking", "berry" -> "berries".
-    for (drop, adds) in [('e', &["ing", "ed", "er", "ers"][..]), ('y', &["ies", "ied", "ier"][..])] {
-        if let Some(stem) = req.strip_suffix(drop) {
-            if let Some(rest) = word.strip_prefix(stem) {
-                if adds.contains(&rest) {
-                    return true;
-                }
-            }
-        }
-    }
-    false
-}
-
-/// Fraction of `required` found among `words` (1 when nothing is required).
-pub fn required_words_score(words: &[String], required: &[String]) -> f64 {
-    if required.is_empty() {
-        return 1.0;
-    }
-    let found = required.iter().filter(|r| words.iter().any(|w| matches_word(w, r))).count();
-    found as f64 / required.len() as f64
-}
-
-/// 1 within `[min_words_frac * max, max]` words, a linear ramp from 0 words below, and a linear fall
-/// above, reaching 0 at `(1 + overlength_zero) * max` words.
-pub fn length_score(n_words: usize, max_words: usize, cfg: &GoldConfig) -> f64 {
-    let (w, l) = (n_words as f64, max_words.max(1) as f64);
-    let lo = (cfg.min_words_frac * l).ceil().max(1.0);
-    if w < lo {
-        w / lo
-    } else if w <= l {
-        1.0
-    } else {
-        (1.0 - (w - l) / (cfg.overlength_zero * l)).max(0.0)
-    }
-}
-
-/// Sentences: pieces ended by `.`, `!`, `?` (followed by a space, a newline or the end) or by a
-/// line break, counted when they contain a letter or digit.
-pub fn count_sentences(text: &str) -> usize {
-    let mut n = 0;
-    for line in text.lines() {
-        let body = strip_bullet(line).unwrap_or(line);
-        let chars: Vec<char> = body.chars().collect();
-        let mut has_word = false;
-        for (i, &c) in chars.iter().enumerate() {
-            if c.is_alphanumeric() {
-                has_word = true;
-            }
-            let end = matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|c| c.is_whitespace());
-            if end && has_word {
-                n += 1;
-                has_word = false;
-            }
-        }
-        if has_word {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// How well the layout follows `format` (1 for `None`):
-/// - `Bullets { n }`: with k bullet lines, `max(0, 1 - |k - n| / n)` (0 without bullets), times
-///   0.8 for each non-bullet line beyond two (an intro and an outro line are fine);
-/// - `Paragraph`: `1 / (non-empty lines)`, halved if any line is a bullet;
-/// - `Sentence`: `1 / sentences` (see [`count_sentences`]).
-pub fn format_score(text: &str, format: Option<&Format>) -> f64 {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return 0.0;
-    }
-    let bullets = lines.iter().filter(|l| strip_bullet(l).is_some()).count();
-    match format {
-        None => 1.0,
-        Some(Format::Bullets { n }) => {
-            let n = (*n).max(1) as f64;
-            if bullets == 0 {
-                return 0.0;
-            }
-            let base = (1.0 - (bullets as f64 - n).abs() / n).max(0.0);
-            let others = (lines.len() - bullets).saturating_sub(2);
-            base * 0.8f64.powi(others as i32)
-        }
-        Some(Format::Paragraph) => {
-            let s = 1.0 / lines.len() as f64;
-            if bullets > 0 {
-                0.5 * s
-            } else {
-                s
-            }
-        }
-        Some(Format::Sentence) => 1.0 / count_sentences(text).max(1) as f64,
-    }
-}
-
-/// Share of `response`'s word trigrams that also occur in `prompt`'s words (0 under 3 words).
-pub fn copied_share(response: &[String], prompt: &[String]) -> f64 {
-    if response.len() < 3 {
-        return 0.0;
-    }
-    let in_prompt: HashSet<&[String]> = prompt.windows(3).collect();
-    let grams: Vec<&[String]> = response.windows(3).collect();
-    grams.iter().filter(|g| in_prompt.contains(*g)).count() as f64 / grams.len() as f64
-}
-
-/// What the text alone gives: every component but relevance and fluency (left at 0), and the raw
-/// measurements behind them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextChecks {
-    pub components: Components,
-    pub words: usize,
-    pub distinct: f64,
-    pub copied: f64,
-}
-
-/// The components that need no model, for `response` to `prompt`.
-pub fn text_components(prompt: &TestbedPrompt, response: &str, finished: bool, cfg: &GoldConfig) -> TextChecks {
-    let spec: &Spec = &prompt.spec;
-    let ws = words(response);
-    let finished = if finished { 1.0 } else { 0.0 };
-    if ws.is_empty() {
-        let components = Components { finished, ..Default::default() };
-        return TextChecks { components, words: 0, distinct: 0.0, copied: 0.0 };
-    }
-    let distinct = 0.5 * (distinct_n(&ws, 2) + distinct_n(&ws, 3));
-    let copied = copied_share(&ws, &words(&prompt.text));
-    let components = Components {
-        relevance: 0.0,
-        repetition: ramp(distinct, cfg.repetition_lo, cfg.repetition_hi),
-        echo: 1.0 - ramp(copied, cfg.echo_lo, cfg.echo_hi),
-        fluency: 0.0,
-        required_words: required_words_score(&ws, &spec.required_words),
-        length: length_score(ws.len(), spec.max_words, cfg),
-        finished,
-        format: format_score(response, spec.format.as_ref()),
-    };
-    TextChecks { components, words: ws.len(), distinct, copied }
-}
-
-// ------------------------------------------------------------------------------------------------
 // The gold with its models.
-
-/// Token log-probs of a response under the fluency LM, already computed elsewhere (an RL step's
-/// reference pass over the same tokens, when the reference is the fluency LM): `logprobs[j]` is
-/// log p(`response[j]` | `prompt`, `response[..j]`) at temperature 1. [`Gold::score_with`] uses them
-/// for a response whose own tokens (the chat-formatted prompt, the response text encoded again)
-/// are `prompt` and a prefix of `response`; any other response gets its own pass.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KnownLogprobs {
-    pub prompt: Vec<i64>,
-    pub response: Vec<i64>,
-    pub logprobs: Vec<f32>,
-}
 
 /// The gold reward with its frozen models: MiniLM for relevance, and pi_init for fluency when its
 /// gate is on.
@@ -523,14 +303,14 @@ impl Gold {
     }
 
     /// [`Gold::score`], with fluency log-probs already known for some responses (`known[i]` for
-    /// response i; see [`KnownLogprobs`]): the same scores up to float rounding, without the LM
+    /// response i; see [`ResponseLogprobs`]): the same scores up to float rounding, without the LM
     /// pass for those responses.
     pub fn score_with(
         &self,
         prompts: &[&TestbedPrompt],
         responses: &[&str],
         finished: &[bool],
-        known: Option<&[Option<KnownLogprobs>]>,
+        known: Option<&[Option<ResponseLogprobs>]>,
     ) -> Result<Vec<GoldScore>> {
         let n = prompts.len();
         if responses.len() != n || finished.len() != n || known.is_some_and(|k| k.len() != n) {
@@ -629,7 +409,7 @@ impl Gold {
         prompts: &[&TestbedPrompt],
         responses: &[&str],
         idx: &[usize],
-        known: Option<&[Option<KnownLogprobs>]>,
+        known: Option<&[Option<ResponseLogprobs>]>,
     ) -> Result<Vec<Option<f64>>> {
         let mut out = vec![None; prompts.len()];
         let tok = &lm.tokenizer;
@@ -691,78 +471,6 @@ impl Gold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::prompts::Task;
-
-    fn prompt(format: Option<Format>) -> TestbedPrompt {
-        let spec = Spec {
-            topic: "coffee".into(),
-            description: "Coffee is a drink.".into(),
-            task: Task::Explain,
-            required_words: vec!["beans".into(), "roast".into()],
-            max_words: 20,
-            format,
-        };
-        let text = "Explain coffee to a beginner. Use the words \"beans\" and \"roast\". No more than 20 words.".into();
-        TestbedPrompt { id: "t".into(), text, spec }
-    }
-
-    #[test]
-    fn words_and_bullets() {
-        assert_eq!(words("- Hello, world!\n2. It's 5 o'clock."), ["hello", "world", "it's", "5", "o'clock"]);
-        assert_eq!(strip_bullet("  * item"), Some("item"));
-        assert_eq!(strip_bullet("12) item"), Some("item"));
-        assert_eq!(strip_bullet("2024 was"), None);
-        assert_eq!(strip_bullet("-item"), None);
-    }
-
-    #[test]
-    fn distinct_ratios() {
-        let w = words("a b c a b c");
-        assert_eq!(distinct_n(&w, 2), 3.0 / 5.0);
-        assert_eq!(distinct_n(&w, 3), 3.0 / 4.0);
-        assert_eq!(distinct_n(&w[..1], 2), 1.0);
-    }
-
-    #[test]
-    fn inflections() {
-        for (w, r) in
-            [("beans", "bean"), ("roasted", "roast"), ("baking", "bake"), ("berries", "berry"), ("planning", "plan"), ("Roast", "roast")]
-        {
-            assert!(matches_word(w, r), "{w} {r}");
-        }
-        for (w, r) in [("bean", "beans"), ("roadster", "road"), ("cat", "catalog")] {
-            assert!(!matches_word(w, r), "{w} {r}");
-        }
-        assert_eq!(required_words_score(&words("I roast beans."), &["beans".into(), "roast".into()]), 1.0);
-        assert_eq!(required_words_score(&words("I grind beans."), &["beans".into(), "roast".into()]), 0.5);
-    }
-
-    #[test]
-    fn length_shape() {
-        let c = GoldConfig::default();
-        assert_eq!(length_score(0, 40, &c), 0.0);
-        assert_eq!(length_score(8, 40, &c), 0.5);
-        assert_eq!(length_score(16, 40, &c), 1.0);
-        assert_eq!(length_score(40, 40, &c), 1.0);
-        assert_eq!(length_score(50, 40, &c), 0.75);
-        assert_eq!(length_score(80, 40, &c), 0.0);
-        assert_eq!(length_score(200, 40, &c), 0.0);
-    }
-
-    #[test]
-    fn formats() {
-        let b = Format::Bullets { n: 3 };
-        assert_eq!(format_score("Facts:\n- a\n- b\n- c", Some(&b)), 1.0);
-        assert!((format_score("- a\n- b", Some(&b)) - 2.0 / 3.0).abs() < 1e-12);
-        assert_eq!(format_score("a b c", Some(&b)), 0.0);
-        assert_eq!(format_score("x\n- a\n- b\n- c\ny\nz", Some(&b)), 0.8);
-        assert_eq!(format_score("One para. Two sentences.", Some(&Format::Paragraph)), 1.0);
-        assert_eq!(format_score("One.\n\nTwo.", Some(&Format::Paragraph)), 0.5);
-        assert_eq!(format_score("It is 3.5 cm long.", Some(&Format::Sentence)), 1.0);
-        assert_eq!(format_score("One. Two! Three?", Some(&Format::Sentence)), 1.0 / 3.0);
-        assert_eq!(format_score("anything", None), 1.0);
-        assert_eq!(count_sentences("- a b\n- c. d"), 3);
-    }
 
     #[test]
     fn total_is_gates_times_instructions() {
@@ -791,22 +499,6 @@ mod tests {
         // A gate of strength 0 is off.
         let no_flu = GoldWeights { fluency: 0.0, ..w.clone() };
         assert!(close(components_to_total(&Components { fluency: 0.0, ..ones }, &no_flu), 10.0));
-    }
-
-    #[test]
-    fn text_components_of_empty_clean_and_echo() {
-        let cfg = GoldConfig::default();
-        let p = prompt(Some(Format::Sentence));
-        let t = text_components(&p, "", true, &cfg);
-        let c = t.components;
-        assert_eq!((t.words, c.finished, c.length, c.format, c.required_words), (0, 1.0, 0.0, 0.0, 0.0));
-        let t = text_components(&p, "Coffee is made by roasting beans and brewing them with hot water.", false, &cfg);
-        let c = t.components;
-        assert_eq!((t.words, t.distinct, t.copied), (12, 1.0, 0.0));
-        assert_eq!((c.required_words, c.length, c.repetition, c.echo, c.finished, c.format), (1.0, 1.0, 1.0, 1.0, 0.0, 1.0));
-        // Restating the constraints: 3 of 4 trigrams come from the prompt.
-        let t = text_components(&p, "Beans. No more than 20 words.", true, &cfg);
-        assert_eq!((t.copied, t.components.echo), (0.75, 0.0));
     }
 
     #[test]

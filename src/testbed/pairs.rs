@@ -1,11 +1,11 @@
-//! Gold-labelled preference pairs (testbed.md): two pi_init samples per prompt, labelled by the
+//! Gold-labelled preference pairs (docs/testbed.md): two pi_init samples per prompt, labelled by the
 //! gold reward, with label noise as in Coste et al. 2024 (a fixed flip rate, or Bradley-Terry
 //! sampling from sigmoid(g_a - g_b)). Written as conversational TRL preference JSONL with the gold
 //! scores and the spec kept as extra columns.
 use crate::data::{Origin, PreferenceExample, Text};
 use crate::error::{Error, Result};
+use crate::model::causal_lm::CausalLm;
 use crate::model::generate::{generate, GenerateConfig, Sampling};
-use crate::model::llama::CausalLm;
 use crate::testbed::gold::Gold;
 use crate::testbed::prompts::{generate_split, Split, TestbedPrompt};
 use crate::tokenizer::{Message, Tokenizer};

@@ -4,7 +4,7 @@
 use crate::common::{python, tmpdir};
 use r2m::analysis::{analyze, pool_responses, tokenize_pair, HiddenConfig};
 use r2m::data::{LoadOptions, Origin, PreferenceExample, Text};
-use r2m::model::llama::CausalLm;
+use r2m::model::causal_lm::CausalLm;
 use r2m::tokenizer::Message;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -20,7 +20,7 @@ transformers.LlamaForCausalLM(cfg).save_pretrained(sys.argv[1], safe_serializati
 "#,
         &[dir.to_str().unwrap()],
     );
-    let tok = r2m::tokenizer::Tokenizer::from_gguf_file(&r2m::paths::smollm2_gguf()).unwrap();
+    let tok = r2m::model::load::gguf::read_tokenizer(&r2m::paths::smollm2_gguf()).unwrap();
     tok.save_hf(dir).unwrap();
 }
 
@@ -150,7 +150,7 @@ fn check_pooling_ignores_padding_and_prompt(dir: &Path) {
 
 #[test]
 fn response_start_for_each_format() {
-    let tok = r2m::tokenizer::Tokenizer::from_gguf_file(&r2m::paths::smollm2_gguf()).unwrap();
+    let tok = r2m::model::load::gguf::read_tokenizer(&r2m::paths::smollm2_gguf()).unwrap();
     let origin = Origin { file: PathBuf::from("x.jsonl"), line: 1 };
     let msgs = |c: &str| vec![Message::user("Name a colour."), Message::assistant(c)];
     // Conversational, explicit prompt: the prompt is the template with the generation prompt.

@@ -1,7 +1,7 @@
 //! The BERT encoder and sentence-transformers pooling against `SentenceTransformer(dir).encode`
 //! (all-MiniLM-L6-v2), and the errors for broken folders.
 use crate::common;
-use r2m::model::bert::SentenceEncoder;
+use r2m::model::sentence::SentenceEncoder;
 use r2m::tch::{Device, Kind, Tensor};
 use std::path::Path;
 

@@ -15,7 +15,7 @@ fn example_rl_config_resolves() {
     c.validate().unwrap();
     assert_eq!(c.rl.algo, Algo::Grpo);
     assert_eq!((c.rl.steps, c.rl.prompts_per_step, c.rl.group_size, c.rl.epochs), (20, 8, 4, 2));
-    assert_eq!(c.rl.beta(), 0.04); // GRPO's default (rl-conventions.md)
+    assert_eq!(c.rl.beta(), 0.04); // GRPO's default (docs/rl-conventions.md)
     let r = c.r2m.as_ref().unwrap();
     assert_eq!((r.method, r.d, r.heads, r.omega, r.alpha), (Method::R2m, 2048, 1, 0.6, 0.3));
     // The resolved config round-trips through TOML (it is saved with every run).
@@ -75,7 +75,7 @@ fn experiment_presets_resolve() {
     // 3 seeds; RLOO at its own beta (the others at their algorithm's default).
     let t1 = load("configs/overopt-t1.toml");
     assert_eq!(t1.runs().len(), (8 * 2 + 2) * 3);
-    // Kept in the repository, so that the grid goes on across sessions on fresh machines.
+    // Kept in the repository, so that the grid goes on in several sittings and on fresh machines.
     assert_eq!(t1.archive.as_deref(), Some(Path::new("archive/overopt-t1")));
     let shared = r2m::experiment::grid::Shared {
         proxy_rm: "p".into(),
@@ -90,7 +90,7 @@ fn experiment_presets_resolve() {
         assert_eq!(c.rl.beta, want, "{}", spec.name());
         assert_eq!((c.rl.steps, c.rl.eval_prompts, c.r2m.as_ref().unwrap().lr), (80, 128, 1e-5), "{}", spec.name());
     }
-    // The retuned testbed (session 12): overopt-t1 with GRPO at beta 0, its own folder and archive.
+    // overopt-t2: overopt-t1 with GRPO at beta 0, its own folder and archive.
     let t2 = load("configs/overopt-t2.toml");
     assert_eq!(t2.runs().len(), (8 * 2 + 2) * 3);
     assert_eq!(t2.archive.as_deref(), Some(Path::new("archive/overopt-t2")));
@@ -112,14 +112,15 @@ fn experiment_presets_resolve() {
     want2.archive = Some("archive/overopt-t2".into());
     want2.algo_set.insert(r2m::rl::config::Algo::Grpo, vec!["rl.beta=0.0".into()]);
     assert_eq!(t2, want2);
-    // Its second try: the policy's lr 3e-4, all else as overopt-t2 (which it extends).
+    // overopt-t2-lr3e-4 (the default grid): the policy's lr 3e-4, all else as overopt-t2 (which it
+    // extends) ...
     let t3 = load("configs/overopt-t2-lr3e-4.toml");
     let mut want3 = t2.clone();
     want3.out = "runs/overopt-t2-lr3e-4".into();
     want3.archive = Some("archive/overopt-t2-lr3e-4".into());
     want3.run.policy.lr = 3e-4;
-    // ... and (session 15) the variant r2m-sharp-attn: r2m with the attention's testbed switches;
-    // (session 17) vanilla and r2m under GRPO with the batch's std.
+    // ... plus its variants: r2m-sharp-attn (r2m with the attention's testbed switches), vanilla and
+    // r2m under GRPO with the batch's std, and r2m-rank-frozen (GRPO, ranked by the frozen proxy).
     let names: Vec<&str> = t3.variants.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["r2m-sharp-attn", "r2m-batch-std", "vanilla-batch-std", "r2m-rank-frozen"]);
     want3.variants = t3.variants.clone();

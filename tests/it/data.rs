@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 fn smol() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_gguf_file(&r2m::paths::smollm2_gguf()).expect("SmolLM2 GGUF tokenizer"))
+    T.get_or_init(|| r2m::model::load::gguf::read_tokenizer(&r2m::paths::smollm2_gguf()).expect("SmolLM2 GGUF tokenizer"))
 }
 
 fn write_jsonl(path: &Path, rows: &[Value]) {

@@ -2,8 +2,8 @@
 //! transformers, SmolLM2 from its GGUF; the generator/trainer log-prob invariant; export round trip;
 //! bad input.
 use crate::common::{python, tmpdir};
+use r2m::model::causal_lm::CausalLm;
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
-use r2m::model::llama::CausalLm;
 use r2m::model::load::{safetensors, ModelSource, WeightMap};
 use r2m::model::params::Source;
 use r2m::model::LlamaConfig;

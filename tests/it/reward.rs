@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 
 /// Writes the SmolLM2 tokenizer files into `dir` (tiny test models reuse its vocabulary).
 fn put_tokenizer(dir: &Path) {
-    let tok = r2m::tokenizer::Tokenizer::from_gguf_file(&r2m::paths::smollm2_gguf()).unwrap();
+    let tok = r2m::model::load::gguf::read_tokenizer(&r2m::paths::smollm2_gguf()).unwrap();
     tok.save_hf(dir).unwrap();
 }
 

@@ -7,7 +7,7 @@ use r2m::reward::RewardModel;
 use r2m::rl::budget::Count;
 use r2m::rl::config::{Algo, RewardKind, RlConfig};
 use r2m::rl::reward_source::{RewardSource, RuleSource};
-use r2m::rl::trainer::{build, run};
+use r2m::rl::trainer::{run, Run};
 use r2m::testbed::TestbedPrompt;
 use r2m::train::Trainable;
 use std::path::Path;
@@ -124,9 +124,20 @@ fn final_policy(out: &Path) -> Vec<(String, tch::Tensor)> {
     r2m::model::load::safetensors::read_file(&out.join("checkpoint/policy.safetensors")).unwrap()
 }
 
+/// A run of `c` on its configured prompts, with the reward source `reward` and the metric source
+/// `metric`.
+fn build<'a>(
+    c: &'a RlConfig,
+    reward: impl FnOnce(i64) -> anyhow::Result<Box<dyn RewardSource>>,
+    metric: Option<Box<dyn r2m::rl::reward_source::MetricSource>>,
+    device: Device,
+) -> anyhow::Result<Run<'a>> {
+    r2m::rl::trainer::build(c, reward, metric, r2m::sources::prompts(c)?, device)
+}
+
 fn source(c: &RlConfig) -> impl FnOnce(i64) -> anyhow::Result<Box<dyn RewardSource>> + 'static {
     let c = c.clone();
-    move |dp: i64| r2m::rl::sources::reward_source(&c, dp, Device::Cpu)
+    move |dp: i64| r2m::sources::reward_source(&c, dp, Device::Cpu)
 }
 
 /// Interrupted at step 6 (checkpoint at 4), resumed: weights and metrics equal an uninterrupted run.
@@ -373,13 +384,13 @@ fn gold_fluency_from_the_reference_pass_matches_the_golds_own() {
     c.rl.minibatch = 6;
     c.reward.kind = RewardKind::Gold; // validation only: the step's reward is the rule below
     c.rl.eval_prompts = 4;
-    let gold = r2m::rl::sources::gold_metrics(&c, Device::Cpu).unwrap();
+    let gold = r2m::sources::metric_source(&c, Device::Cpu).unwrap();
     let mut r = build(&c, |_| Ok(yes_rule()), gold, Device::Cpu).unwrap();
-    assert!(r.gold_reuses_reference && r.reference_shares_trunk);
-    let ro = r.collect(0, &mut r2m::rl::trainer::Clock::default()).unwrap();
-    let known = ro.fluency.as_ref().expect("fluency log-probs from the reference pass");
-    let gold = &r.gold.as_ref().unwrap().gold;
-    let tps: Vec<_> = ro.prompt_idx.iter().map(|&i| r2m::rl::reward_source::testbed_prompt(&r.train_prompts[i]).unwrap()).collect();
+    assert!(r.metric_reads_reference && r.reference_shares_trunk);
+    let ro = r.collect(0, &mut r2m::rl::Clock::default()).unwrap();
+    let known = ro.reference_logprobs.as_ref().expect("fluency log-probs from the reference pass");
+    let gold = r2m::testbed::Gold::load(c.reward.gold.clone(), Device::Cpu).unwrap();
+    let tps: Vec<_> = ro.prompt_idx.iter().map(|&i| r2m::testbed::source::testbed_prompt(&r.train_prompts[i]).unwrap()).collect();
     let refs: Vec<&TestbedPrompt> = tps.iter().collect();
     let texts: Vec<&str> = ro.responses.iter().map(|s| s.as_str()).collect();
     // The rollout's tokens are what the gold would score for (nearly) every response.
@@ -524,9 +535,9 @@ fn r2m_invariants() {
     let mut with = vanilla.clone();
     with.out = dir.join("r");
     with.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-2, ..Default::default() });
-    let mut rv = build(&vanilla, |dp| r2m::rl::sources::reward_source(&vanilla, dp, Device::Cpu), None, Device::Cpu).unwrap();
-    let mut rr = build(&with, |dp| r2m::rl::sources::reward_source(&with, dp, Device::Cpu), None, Device::Cpu).unwrap();
-    let mut clock = r2m::rl::trainer::Clock::default();
+    let mut rv = build(&vanilla, |dp| r2m::sources::reward_source(&vanilla, dp, Device::Cpu), None, Device::Cpu).unwrap();
+    let mut rr = build(&with, |dp| r2m::sources::reward_source(&with, dp, Device::Cpu), None, Device::Cpu).unwrap();
+    let mut clock = r2m::rl::Clock::default();
     let roll = rr.collect(0, &mut clock).unwrap();
     let prompts: Vec<&PromptExample> = roll.prompt_idx.iter().map(|&i| &rr.train_prompts[i]).collect();
     let input = r2m::rl::reward_source::RewardInput {

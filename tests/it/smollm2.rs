@@ -1,9 +1,9 @@
 //! The real model: SmolLM2-135M-Instruct from its GGUF against transformers loading the same GGUF
 //! (logits and greedy continuation), and the export round trip through transformers.
 use crate::common::{python, tmpdir};
+use r2m::model::causal_lm::CausalLm;
 use r2m::model::export::export_hf;
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
-use r2m::model::llama::CausalLm;
 use r2m::model::load::safetensors;
 use r2m::tokenizer::Message;
 use std::collections::HashMap;

@@ -2,7 +2,8 @@
 //! models (MiniLM + SmolLM2): deterministic, batch = one by one, and hand-made hacks ranked below
 //! the clean answer. `testbed_gold_table` (ignored) makes the table in docs/testbed.md.
 use crate::common::tmpdir;
-use r2m::testbed::gold::{Components, Gold, GoldConfig, GoldScore, KnownLogprobs};
+use r2m::rl::reward_source::ResponseLogprobs as KnownLogprobs;
+use r2m::testbed::gold::{Components, Gold, GoldConfig, GoldScore};
 use r2m::testbed::prompts::{self, generate_split, Format, Spec, Split, Task, TestbedPrompt};
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -284,8 +285,8 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 #[test]
 #[ignore = "slow (~2 min): makes the table in docs/testbed.md"]
 fn testbed_gold_table() {
+    use r2m::model::causal_lm::CausalLm;
     use r2m::model::generate::{generate, GenerateConfig, Sampling};
-    use r2m::model::llama::CausalLm;
     use r2m::tokenizer::Message;
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n_prompts, k, max_new) = (env("R2M_TESTBED_PROMPTS", 4), env("R2M_TESTBED_SAMPLES", 16), env("R2M_TESTBED_MAX_NEW", 64));

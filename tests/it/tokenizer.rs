@@ -88,7 +88,7 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let gguf = r2m::paths::smollm2_gguf();
-        let smol = Tokenizer::from_gguf_file(&gguf).expect("SmolLM2 GGUF tokenizer");
+        let smol = r2m::model::load::gguf::read_tokenizer(&gguf).expect("SmolLM2 GGUF tokenizer");
         let mini = Tokenizer::from_hf_dir(&r2m::paths::minilm_dir()).expect("MiniLM tokenizer");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("it-tokenizer");
         let (smol_saved, mini_saved) = (dir.join("smol_saved"), dir.join("mini_saved"));

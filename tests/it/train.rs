@@ -2,7 +2,7 @@
 //! clip, AdamW) on a tiny Llama written by transformers gives the same loss, gradient norm and
 //! updated weights; what is frozen stays bit-identical; LoRA and top-N training learn.
 use crate::common::{python, tmpdir};
-use r2m::model::llama::CausalLm;
+use r2m::model::causal_lm::CausalLm;
 use r2m::model::load::{safetensors, WeightMap};
 use r2m::model::params::Source;
 use r2m::model::LlamaConfig;

@@ -8,8 +8,9 @@
 //! - llama's `attn_q`/`attn_k` rows are un-permuted (`reverse_permute`): llama.cpp's converter
 //!   interleaves each head's two rotary halves for its RoPE kernel; HF's `rotate_half` wants them apart.
 use crate::error::{Error, Result};
+use crate::gguf_meta::{meta_int, meta_str};
 use crate::model::config::{LlamaConfig, TokenIds};
-use crate::tokenizer::{meta_int, meta_str, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use std::collections::HashMap;
 use std::path::Path;
@@ -138,6 +139,13 @@ pub(crate) fn candle_err(path: &Path, e: candle_core::Error) -> Error {
         };
     }
     Error::parse(path, msg)
+}
+
+/// Reads only the GGUF header of `path` and builds its tokenizer ([`Tokenizer::from_gguf`]).
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    let content = gguf_file::Content::read(&mut f).map_err(|e| candle_err(path, e))?;
+    Tokenizer::from_gguf(path, &content.metadata)
 }
 
 /// Loads a GGUF file: config, HF-named f32 tensors, tokenizer. Architectures `llama` and `qwen2`.

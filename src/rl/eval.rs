@@ -1,0 +1,108 @@
+//! Evaluation on the held-out prompts: one sample per prompt at `rl.eval_temperature` with a fixed
+//! seed, scored by the reward source as it stands at step t and by the metric source, with the KL
+//! to the reference and the length. The rows of step -1 (the initial policy) are the baseline of
+//! the win rates.
+use crate::data::PromptExample;
+use crate::model::generate::generate_in_calls;
+use crate::rl::reward_source::RewardInput;
+use crate::rl::rollout::{decode_responses, prompt_ids, reference_response_logprobs};
+use crate::rl::step::Clock;
+use crate::rl::trainer::Run;
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+use tch::{Device, Kind};
+
+impl Run<'_> {
+    pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
+        let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
+        let mut m = Map::new();
+        if n == 0 {
+            return Ok((m, vec![]));
+        }
+        let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
+        let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
+        let want_h = self.reward.wants_hidden();
+        let mut gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
+        // As in the rollouts: where the reference shares the policy's frozen trunk, the generator
+        // hands it out and the reference runs only the blocks above it (same tokens; the KL moves
+        // by float rounding only).
+        let kt = if self.reference_shares_trunk { self.trunk_layers } else { 0 };
+        gcfg.return_trunk = (kt > 0).then_some(kt);
+        let mut clock = Clock::default();
+        let g = clock.time("time/eval/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
+        let (seq, seq_mask) = g.sequences();
+        let p = g.prompt_ids.size()[1];
+        let eos: Vec<i64> = self.tokenizer.eos_ids().into_iter().map(i64::from).collect();
+        let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
+        let _guard = tch::no_grad_guard();
+        let temp = self.cfg.rl.eval_temperature;
+        let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
+            Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
+            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+        })?;
+        let metric = self.metric.as_ref().map(|s| s.name());
+        let reference_logprobs = if self.metric_reads_reference {
+            let lp = || reference_response_logprobs(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos);
+            Some(clock.time(format!("time/eval/{}", metric.unwrap_or_default()), lp)?)
+        } else {
+            None
+        };
+        drop(ref_last);
+        let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
+        let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let input = RewardInput {
+            prompts: prompts.clone(),
+            responses: &texts,
+            finished: &fin,
+            hidden: g.hidden.as_ref().map(|h| (h, &seq_mask)),
+            step: t,
+            total_steps: self.cfg.rl.steps,
+            group_size: 1,
+        };
+        let reward = &mut self.reward;
+        let rw = clock.time("time/eval/reward", || reward.score_aside(&input))?;
+        let frozen = reward.frozen_scores().map(|f| Vec::<f64>::try_from(f.to_kind(Kind::Double))).transpose()?;
+        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
+        if let Some(f) = &frozen {
+            m.insert("eval/reward_frozen_rm".into(), json!(f.iter().sum::<f64>() / f.len().max(1) as f64));
+        }
+        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
+        m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
+        let gold = match &self.metric {
+            Some(source) => {
+                let name = source.name();
+                let score = || source.scores(&prompts, &texts, &fin, reference_logprobs.as_deref());
+                let gs = clock.time(format!("time/eval/{name}"), score)?;
+                m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
+                Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?))
+            }
+            None => None,
+        };
+        // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
+        // and `time/eval` holds the whole eval).
+        clock.add_to(&mut m);
+        let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
+        let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
+        let lens = Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?;
+        let rows = (0..n)
+            .map(|i| {
+                let mut r = Map::new();
+                r.insert("step".into(), json!(t));
+                r.insert("prompt".into(), json!(i));
+                r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
+                r.insert("reward".into(), json!(rwv[i]));
+                if let Some(f) = &frozen {
+                    r.insert("reward_frozen_rm".into(), json!(f[i]));
+                }
+                if let Some((name, g)) = &gold {
+                    r.insert(name.to_string(), json!(g[i]));
+                }
+                r.insert("length".into(), json!(lens[i]));
+                r.insert("kl".into(), json!(klv[i]));
+                r.insert("finished".into(), json!(fin[i]));
+                r
+            })
+            .collect();
+        Ok((m, rows))
+    }
+}

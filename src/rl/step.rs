@@ -1,0 +1,317 @@
+//! One RL step as named phases, in Algorithm 1's order:
+//!  1. [`Run::collect`] (rollout.rs): n prompts, K responses each from the current policy, their old
+//!     log-probs and hidden states h, the reference's log-probs;
+//!  2. [`Run::score`]: the reward source annotates the responses (it may read h and the step t);
+//!  3. [`Run::advantages`]: the algorithm's advantages and the loss they enter (the one place the
+//!     algorithms differ);
+//!  4. [`Run::policy_update`]: k epochs of minibatches, clipped loss, AdamW; h' captured in the
+//!     last epoch;
+//!  5. [`Run::reward_update`]: the reward source's own update with h' (R2M's; a no-op for a frozen RM);
+//!  6. [`Run::step_metrics`]: the step's metrics (TRL's names where the quantity is the same).
+use crate::data::PromptExample;
+use crate::rl::advantages as adv;
+use crate::rl::config::Algo;
+use crate::rl::losses::{self, Aggregation, LossStats};
+use crate::rl::reward_source::{RewardInput, UpdateInput};
+use crate::rl::rollout::Rollout;
+use crate::rl::trainer::Run;
+use crate::train::{clip_grad_norm, ensure_finite, lr_at};
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Timings of one step, in seconds (metric names `time/*`), in the order they were taken.
+#[derive(Default)]
+pub struct Clock(pub Vec<(String, f64)>);
+
+impl Clock {
+    pub fn time<T>(&mut self, name: impl Into<String>, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let out = f();
+        self.0.push((name.into(), t0.elapsed().as_secs_f64()));
+        out
+    }
+
+    /// Seconds taken since entry `from`, by entries named `name` (all of them with `None`).
+    fn since(&self, from: usize, name: Option<&str>) -> f64 {
+        self.0[from..].iter().filter(|x| name.is_none_or(|n| x.0 == n)).map(|x| x.1).sum()
+    }
+
+    /// Adds every timing to `m` (timings of the same name add up).
+    pub fn add_to(&self, m: &mut Map<String, Value>) {
+        for (name, s) in &self.0 {
+            let e = m.entry(name.clone()).or_insert(json!(0.0));
+            *e = json!(e.as_f64().unwrap_or(0.0) + s);
+        }
+    }
+}
+
+/// The loss an algorithm's advantages enter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PolicyLoss {
+    /// Sequence-level advantages (B) on the sequence's summed log-ratio, clipped (RLOO).
+    Sequence,
+    /// Token-level advantages on each token's ratio, clipped at `eps` / `eps_high`; the KL to the
+    /// reference as a loss term with coefficient `kl_beta` (GRPO) or already in the rewards (None).
+    Token { kl_beta: Option<f64>, aggregation: Aggregation },
+}
+
+/// What the policy update (phase 4) adds up for the metrics.
+#[derive(Default)]
+pub struct PolicyStats {
+    pub loss_sum: f64,
+    pub grad_norm_sum: f64,
+    pub optimizer_steps: usize,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub kl_term: f64,
+    /// Micro-batches the sums above run over.
+    pub micro_batches: f64,
+}
+
+impl Run<'_> {
+    /// One RL step: the phases in order; returns the step's metrics.
+    pub fn step(&mut self, t: i64) -> Result<Map<String, Value>> {
+        let mut clock = Clock::default();
+        let t_step = Instant::now();
+        let r = self.collect(t, &mut clock)?;
+        self.release_host_memory();
+        let scores = self.score(&r, t, &mut clock)?;
+        let frozen = self.reward.frozen_scores();
+        let scores = scores.to_device(self.device).to_kind(Kind::Float);
+        ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
+        let (advantages, loss) = self.advantages(&r, &scores, t, &mut clock)?;
+        let (stats, h_prime) = clock.time("time/policy", || self.policy_update(&r, &advantages, loss, t))?;
+        let update = clock.time("time/r2m", || self.reward_update(&r, &scores, h_prime.as_ref(), t))?;
+        let mut m = self.step_metrics(t, &r, &scores, frozen, &stats, update, &mut clock)?;
+        self.release_host_memory();
+        m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
+        Ok(m)
+    }
+
+    /// Phase 2: the reward source's scores of the rollout's responses (B), as it returns them.
+    pub fn score(&mut self, r: &Rollout, t: i64, clock: &mut Clock) -> Result<Tensor> {
+        let input = RewardInput {
+            prompts: r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect(),
+            responses: &r.responses,
+            finished: &r.finished,
+            hidden: r.hidden.as_ref().map(|h| (h, &r.seq_mask)),
+            step: t,
+            total_steps: self.cfg.rl.steps,
+            group_size: self.cfg.rl.group_size as i64,
+        };
+        let reward = &mut self.reward;
+        Ok(clock.time("time/reward", || reward.score(&input))?)
+    }
+
+    /// Phase 3: the advantages, (B) sequence-level or (B, N) token-level, and the loss they enter.
+    /// ReMax's greedy baseline generation and its reward are timed as generation and reward.
+    pub fn advantages(&mut self, r: &Rollout, scores: &Tensor, t: i64, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
+        let c = self.cfg.rl.clone();
+        let (k, beta) = (c.group_size as i64, c.beta());
+        let (t_adv, from) = (Instant::now(), clock.0.len());
+        let token_mean = PolicyLoss::Token { kl_beta: None, aggregation: Aggregation::TokenMean };
+        let out = match c.algo {
+            Algo::Rloo => {
+                let shaped = adv::kl_shaped_reward(scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
+                let a = adv::rloo(&shaped, k);
+                (if c.normalize_advantages { adv::normalize(&a) } else { a }, PolicyLoss::Sequence)
+            }
+            Algo::Grpo => (
+                adv::grpo(scores, k, c.scale_rewards),
+                PolicyLoss::Token { kl_beta: (beta != 0.0).then_some(beta), aggregation: c.aggregation },
+            ),
+            Algo::ReinforcePp => {
+                let rw = adv::token_rewards(scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
+                (adv::reinforce_pp(&rw, &r.mask, c.gamma), token_mean)
+            }
+            Algo::Remax => {
+                let base = self.remax_baseline(r, t, clock)?;
+                let rw = adv::token_rewards(scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
+                (adv::remax(&rw, &r.mask, &base.to_kind(Kind::Float)), token_mean)
+            }
+        };
+        let inner = clock.since(from, None);
+        clock.0.push(("time/advantages".into(), t_adv.elapsed().as_secs_f64() - inner));
+        Ok(out)
+    }
+
+    /// Phase 4: k epochs over minibatches of the rollout (a fixed permutation per seed, step and
+    /// epoch: deterministic and resumable), each split into micro-batches whose gradients add up
+    /// before one AdamW step. Returns the sums for the metrics and, where the reward source reads
+    /// hidden states, h' (B, P + N, D) from the last epoch's training forward.
+    pub fn policy_update(&mut self, r: &Rollout, advantages: &Tensor, loss: PolicyLoss, t: i64) -> Result<(PolicyStats, Option<Tensor>)> {
+        let c = self.cfg.rl.clone();
+        let b = r.seq.size()[0];
+        let d = self.policy.config.hidden_size;
+        let h_prime = self.reward.wants_hidden().then(|| Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device)));
+        let mut st = PolicyStats::default();
+        let micro = c.minibatch / self.budget.grad_accum;
+        for epoch in 0..c.epochs {
+            let order = crate::data::batch::epoch_order(b as usize, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
+            for mb in order.chunks(c.minibatch) {
+                let step_opt = self.opt.step;
+                self.opt.zero_grad();
+                let mut mb_loss = 0.0;
+                for chunk in mb.chunks(micro) {
+                    let h_out = h_prime.as_ref().filter(|_| epoch + 1 == c.epochs);
+                    let (lv, ls) = self.micro_batch(r, advantages, loss, chunk, mb.len(), h_out)?;
+                    let w = chunk.len() as f64 / mb.len() as f64;
+                    ensure_finite(lv, &format!("policy loss at step {t} (policy update)"))?;
+                    mb_loss += lv * w;
+                    st.clip_low += ls.clip_low.double_value(&[]);
+                    st.clip_high += ls.clip_high.double_value(&[]);
+                    st.kl_term += ls.kl.double_value(&[]);
+                }
+                let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
+                ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
+                let p = &self.cfg.policy;
+                self.opt.step(lr_at(step_opt, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0))?;
+                st.loss_sum += mb_loss;
+                st.grad_norm_sum += gn;
+                st.optimizer_steps += 1;
+            }
+        }
+        st.micro_batches = (st.optimizer_steps as f64) * (c.minibatch as f64 / micro as f64);
+        Ok((st, h_prime))
+    }
+
+    /// One micro-batch (the rows `chunk` of a minibatch of `mb_len` rows): the policy's forward,
+    /// the loss, scaled by the chunk's share of the minibatch, and its backward. Writes the
+    /// detached hidden states into `h_out` at those rows when given. Returns the unscaled loss.
+    #[allow(clippy::too_many_arguments)]
+    fn micro_batch(
+        &mut self,
+        r: &Rollout,
+        advantages: &Tensor,
+        loss: PolicyLoss,
+        chunk: &[usize],
+        mb_len: usize,
+        h_out: Option<&Tensor>,
+    ) -> Result<(f64, LossStats)> {
+        let c = &self.cfg.rl;
+        let ix = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
+        let seq = r.seq.to_device(self.device).index_select(0, &ix);
+        let sm = r.seq_mask.to_device(self.device).index_select(0, &ix);
+        self.policy_forwards += 1;
+        let (l, h) = match &r.trunk {
+            Some(x) => {
+                self.policy.token_logprobs_from_trunk(&x.index_select(0, &ix), self.trunk_layers, &seq, &sm, c.temperature, r.prompt_len)?
+            }
+            None => self.policy.token_logprobs(&seq, &sm, c.temperature, r.prompt_len)?,
+        };
+        if let Some(hp) = h_out {
+            let _ = hp.shallow_clone().index_copy_(0, &ix, &h.detach().to_kind(Kind::Float));
+        }
+        let (m, lo, a) = (r.mask.index_select(0, &ix), r.old_lp.index_select(0, &ix), advantages.index_select(0, &ix));
+        let (value, st) = match loss {
+            PolicyLoss::Sequence => losses::sequence_clipped_loss(&l, &lo, &m, &a, c.eps),
+            PolicyLoss::Token { kl_beta, aggregation } => {
+                let lr = kl_beta.map(|_| r.ref_lp.index_select(0, &ix));
+                let kl = lr.as_ref().zip(kl_beta);
+                losses::token_clipped_loss(&l, &lo, &m, &a, c.eps, c.eps_high.unwrap_or(c.eps), kl, aggregation, c.max_new_tokens)
+            }
+        };
+        (&value * (chunk.len() as f64 / mb_len as f64)).backward();
+        Ok((value.double_value(&[]), st))
+    }
+
+    /// Phase 5: the reward source's update after the policy's (R2M's re-fit), with h' from the last
+    /// epoch; returns its metrics.
+    pub fn reward_update(&mut self, r: &Rollout, scores: &Tensor, h_prime: Option<&Tensor>, t: i64) -> Result<Map<String, Value>> {
+        let u = UpdateInput {
+            annotation_rewards: scores,
+            hidden: h_prime.map(|h| (h, &r.seq_mask)),
+            step: t,
+            total_steps: self.cfg.rl.steps,
+            group_size: self.cfg.rl.group_size as i64,
+        };
+        Ok(self.reward.update(&u)?)
+    }
+
+    /// Phase 6: the step's metrics; the metric source (the testbed's gold) scores the rollout here.
+    pub fn step_metrics(
+        &mut self,
+        t: i64,
+        r: &Rollout,
+        scores: &Tensor,
+        frozen: Option<Tensor>,
+        st: &PolicyStats,
+        update: Map<String, Value>,
+        clock: &mut Clock,
+    ) -> Result<Map<String, Value>> {
+        let (t_metrics, from) = (Instant::now(), clock.0.len());
+        let c = &self.cfg.rl;
+        let k = c.group_size as i64;
+        let mask_f = r.mask.to_kind(Kind::Float);
+        let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let mut m = Map::new();
+        m.insert("step".into(), json!(t));
+        m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
+        m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
+        if let Some(f) = &frozen {
+            frozen_rm_metrics(&mut m, scores, &f.to_device(self.device).to_kind(Kind::Float), k)?;
+        }
+        let zero_std = scores.view([-1, k]).std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float);
+        m.insert("frac_reward_zero_std".into(), json!(zero_std.double_value(&[])));
+        m.insert("kl".into(), json!(kl_seq.mean(Kind::Float).double_value(&[])));
+        if !r.entropy.is_nan() {
+            m.insert("entropy".into(), json!(r.entropy));
+        }
+        let (n_opt, n_micro) = (st.optimizer_steps.max(1) as f64, st.micro_batches);
+        m.insert("loss".into(), json!(st.loss_sum / n_opt));
+        m.insert("grad_norm".into(), json!(st.grad_norm_sum / n_opt));
+        m.insert("clip_ratio/low_mean".into(), json!(st.clip_low / n_micro));
+        m.insert("clip_ratio/high_mean".into(), json!(st.clip_high / n_micro));
+        m.insert("clip_ratio/region_mean".into(), json!((st.clip_low + st.clip_high) / n_micro));
+        if c.algo == Algo::Grpo {
+            m.insert("kl_term".into(), json!(st.kl_term / n_micro));
+        }
+        m.insert("completions/mean_length".into(), json!(lens.mean(Kind::Float).double_value(&[])));
+        let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
+        m.insert("completions/clipped_ratio".into(), json!(clipped));
+        m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
+        let p = &self.cfg.policy;
+        m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0)));
+        let metric_time = self.metric.as_ref().map(|s| format!("time/{}", s.name()));
+        if let (Some(source), Some(time)) = (&self.metric, &metric_time) {
+            let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
+            let gs = clock.time(time, || source.scores(&prompts, &r.responses, &r.finished, r.reference_logprobs.as_deref()))?;
+            m.insert(format!("{}/reward", source.name()), json!(gs.mean(Kind::Float).double_value(&[])));
+        }
+        m.extend(update);
+        let metric_s = metric_time.map(|n| clock.since(from, Some(&n))).unwrap_or(0.0);
+        clock.0.push(("time/metrics".into(), t_metrics.elapsed().as_secs_f64() - metric_s));
+        clock.add_to(&mut m);
+        Ok(m)
+    }
+
+    pub(crate) fn total_opt_steps(&self) -> i64 {
+        let c = &self.cfg.rl;
+        let b = c.prompts_per_step * c.group_size;
+        c.steps * (c.epochs * b / c.minibatch) as i64
+    }
+}
+
+/// How far the reward trained on departs from the frozen proxy's scores `f` on the same rollouts:
+/// the share of groups whose best response is the proxy's best too, the correlation, and the same
+/// inside each group, which is all a group-relative advantage sees (`group_corr` is the
+/// correlation of the GRPO advantages the two rewards give).
+fn frozen_rm_metrics(m: &mut Map<String, Value>, scores: &Tensor, f: &Tensor, k: i64) -> Result<()> {
+    m.insert("reward_frozen_rm".into(), json!(f.mean(Kind::Float).double_value(&[])));
+    let same_top = scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float);
+    m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.mean(Kind::Float).double_value(&[])));
+    let (x, y) = (scores - scores.mean(Kind::Float), f - f.mean(Kind::Float));
+    let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
+    let corr = if den > 0.0 { (x * y).sum(Kind::Float).double_value(&[]) / den } else { f64::NAN };
+    m.insert("reward_frozen_rm/corr".into(), json!(corr));
+    if k >= 2 {
+        let (sv, fv) = (Vec::<f64>::try_from(scores.to_kind(Kind::Double))?, Vec::<f64>::try_from(f.to_kind(Kind::Double))?);
+        let g = adv::group_agreement(&sv, &fv, k as usize);
+        m.insert("reward_frozen_rm/group_corr".into(), json!(g.corr));
+        m.insert("reward_frozen_rm/group_agree".into(), json!(g.concordance));
+    }
+    Ok(())
+}
