@@ -1,4 +1,4 @@
-//! Link-time settings for libtorch (see ../shared/design/stack.md and docs/building.md).
+//! Link-time settings for libtorch (docs/building.md).
 //!
 //! * An rpath to the torch wheel's `lib/` folder, so that `r2m` runs without a hand-set
 //!   LD_LIBRARY_PATH (LD_LIBRARY_PATH still wins: on a GPU machine point it at that machine's

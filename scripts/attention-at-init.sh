@@ -42,7 +42,7 @@ import math, os, sys, torch
 from safetensors.torch import load_file
 tmp, n = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
-d, std = 512, 0.02          # configs/overopt-t1.toml's r2m.d; r2m-method.md's init
+d, std = 512, 0.02          # configs/overopt-t1.toml's r2m.d; docs/method.md's init
 qk = float(os.environ.get("QK_STD", "0.05"))
 def attention(q, k):
     logits = q @ k.T / math.sqrt(d)

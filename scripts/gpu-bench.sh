@@ -23,7 +23,8 @@
 #            bench runs on seeded random weights of SmolLM2-135M's shape (speed does not depend on
 #            the weights); the bench still checks r2m's CUDA logits against transformers'.
 #   DTYPE    bf16 (default: autocast over f32 weights on both sides, r2m's CUDA default) or f32
-#   GEN_BATCHES  generation batch sizes (default 1,64: issue 7's goal is at batch 64)
+#   GEN_BATCHES  generation batch sizes (default 1,64: 64 is a GPU rollout's batch, n x K = 8 x 8
+#            in configs/overopt-gpu.toml)
 #   QUICK=1  batch 1 & 4, 32 new tokens, train 2 x 64 (a minute)
 #   COMMIT   the git commit to record (default: git rev-parse, else "unknown")
 # Everything runs under timeouts that add up to less than 10 minutes.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The testbed experiment on a lent GPU machine (no network, at most 64 MiB carried per call):
+# The testbed experiment on a GPU machine without network (at most 64 MiB carried per call):
 #
 #   scripts/gpu-testbed.sh pack          # build machine: split the models into gpu-carry/tb1..tbN
 #   scripts/gpu-testbed.sh unpack        # GPU machine, once every part has been carried
