@@ -44,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
             "demo: {} runs ({} x {} x seeds {:?}) on the overoptimization testbed, into {}",
             runs.len(),
             cfg.methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
-            cfg.algos.iter().map(|a| crate::experiment::grid::algo_key(*a)).collect::<Vec<_>>().join(", "),
+            cfg.algos.iter().map(|a| crate::experiment::arm::algo_key(*a)).collect::<Vec<_>>().join(", "),
             cfg.seeds,
             cfg.out.display()
         );

@@ -129,9 +129,9 @@ fn experiment_presets_resolve() {
     assert_eq!(t3.runs().len(), (8 * 2 + 2) * 3 + 2 * 3 + 2 * 3 + 3);
     for spec in t3.runs() {
         let c = t3.run_config(&spec, &shared).unwrap();
-        if let Some(v) = spec.variant.as_deref().filter(|v| v.ends_with("-batch-std")) {
+        if let Some(v) = spec.arm.variant_name().filter(|v| v.ends_with("-batch-std")) {
             assert_eq!(spec.algo, r2m::rl::config::Algo::Grpo, "{v}: GRPO only");
-            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() }, &shared).unwrap();
+            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { arm: spec.method().into(), ..spec.clone() }, &shared).unwrap();
             assert_eq!(c.rl.scale_rewards, r2m::rl::advantages::ScaleRewards::Batch);
             assert_eq!(plain.rl.scale_rewards, r2m::rl::advantages::ScaleRewards::Group);
             let mut back = c.clone();
@@ -139,17 +139,17 @@ fn experiment_presets_resolve() {
             assert_eq!(back, plain, "{}: only scale_rewards differs", spec.name());
             continue;
         }
-        if spec.variant.as_deref() == Some("r2m-rank-frozen") {
+        if spec.arm.variant_name() == Some("r2m-rank-frozen") {
             assert_eq!(spec.algo, r2m::rl::config::Algo::Grpo);
-            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() }, &shared).unwrap();
+            let plain = t3.run_config(&r2m::experiment::grid::RunSpec { arm: spec.method().into(), ..spec.clone() }, &shared).unwrap();
             let (r, p) = (c.r2m.clone().unwrap(), plain.r2m.clone().unwrap());
             assert_eq!((r.rank_by, p.rank_by), (r2m::r2m::RankBy::Frozen, r2m::r2m::RankBy::Own));
             assert_eq!(r2m::r2m::R2mConfig { rank_by: p.rank_by, ..r }, p, "{}", spec.name());
             continue;
         }
-        if let Some(v) = &spec.variant {
+        if let Some(v) = spec.arm.variant_name() {
             assert_eq!(v, "r2m-sharp-attn");
-            let plain = r2m::experiment::grid::RunSpec { variant: None, ..spec.clone() };
+            let plain = r2m::experiment::grid::RunSpec { arm: spec.method().into(), ..spec.clone() };
             let (r, p) = (c.r2m.clone().unwrap(), t3.run_config(&plain, &shared).unwrap().r2m.unwrap());
             assert_eq!((r.query_norm, r.qk_init_std), (r2m::r2m::QueryNorm::UnitRms, Some(0.05)));
             assert_eq!(r2m::r2m::R2mConfig { query_norm: p.query_norm, qk_init_std: p.qk_init_std, ..r }, p, "{}", spec.name());

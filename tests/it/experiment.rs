@@ -5,8 +5,10 @@
 //! vanilla's gold rises then falls while its proxy keeps rising (overoptimization by construction),
 //! R2M's gold keeps rising; lengths grow more under vanilla.
 use crate::common::tmpdir;
-use r2m::experiment::aggregate::{self, AggregateOptions};
-use r2m::experiment::{stats, write_report};
+use r2m::experiment::run_stats::{feedback_term, run_stats};
+use r2m::experiment::{aggregate, load_grid, stats, write_report, AggregateOptions, Arm};
+use r2m::r2m::Method;
+use r2m::rl::config::Algo;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -252,17 +254,17 @@ fn fixture_copy() -> tempfile::TempDir {
 fn aggregates_the_fixture_grid() {
     let d = fixture_copy();
     let opts = AggregateOptions::default();
-    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    let grid = load_grid(d.path(), &opts).unwrap();
     assert_eq!(grid.runs.len(), 12);
     let inc: Vec<&str> = grid.incomplete.iter().map(|x| x.name.as_str()).collect();
     assert_eq!(inc, ["r2m-grpo-s3", "vanilla-remax-s0"], "{:?}", grid.incomplete);
     assert!(grid.incomplete[0].reason.contains("5 of 10"), "{}", grid.incomplete[0].reason);
     assert!(grid.incomplete[1].reason.contains("no metrics"), "{}", grid.incomplete[1].reason);
 
-    let agg = aggregate::aggregate(&grid, &opts);
+    let agg = aggregate(&grid, &opts);
     assert_eq!(agg.cells.len(), 4);
-    assert_eq!(agg.algos(), ["rloo", "grpo"]);
-    assert_eq!(agg.methods(), ["vanilla", "r2m"]);
+    assert_eq!(agg.algos(), [Algo::Rloo, Algo::Grpo]);
+    assert_eq!(agg.arms(), [Method::Vanilla.into(), Method::R2m.into()]);
     for c in &agg.cells {
         assert_eq!(c.seeds, [0, 1, 2]);
         // Win rates from eval.jsonl agree with the trainer-style eval/win_rate of the last step.
@@ -276,29 +278,29 @@ fn aggregates_the_fixture_grid() {
         }
         // By construction: vanilla overoptimizes, R2M does not.
         let o = c.overopt.as_ref().unwrap();
-        assert_eq!(o.overoptimized, Some(c.method == "vanilla"), "{} {}: {}", c.method, c.algo, o.describe());
+        assert_eq!(o.overoptimized, Some(c.arm.is(Method::Vanilla)), "{} {:?}: {}", c.arm, c.algo, o.describe());
     }
     // The matched d is the smallest final sqrt(KL) of the algorithm's runs.
-    for algo in ["rloo", "grpo"] {
+    for algo in [Algo::Rloo, Algo::Grpo] {
         let min = agg
             .cells
             .iter()
             .filter(|c| c.algo == algo)
             .flat_map(|c| c.run_stats.iter().map(|r| r.sqrt_kl_final))
             .fold(f64::INFINITY, f64::min);
-        assert_eq!(agg.matched_d[algo], min);
+        assert_eq!(agg.matched_d[&algo], min);
     }
     // R2M vs vanilla: better final gold (by construction), Welch p < 0.05; RM accuracy from both file kinds.
-    let c = agg.vs_vanilla.iter().find(|c| c.algo == "rloo" && c.method == "r2m" && c.metric == "gold_final").unwrap();
+    let c = agg.vs_vanilla.iter().find(|c| c.algo == Algo::Rloo && c.arm.is(Method::R2m) && c.metric == "gold_final").unwrap();
     assert!(c.welch.diff > 0.0 && c.significant(), "{c:?}");
-    let r2m = agg.cell("r2m", "rloo").unwrap();
+    let r2m = agg.cell(Method::R2m, Algo::Rloo).unwrap();
     assert_eq!(r2m.get("rm_acc_after").n, 3);
-    assert_eq!(agg.cell("vanilla", "rloo").unwrap().get("rm_acc_before").mean, 0.683);
+    assert_eq!(agg.cell(Method::Vanilla, Algo::Rloo).unwrap().get("rm_acc_before").mean, 0.683);
     // No ablation runs in the fixture: an empty ablation table, not an error.
     assert!(agg.ablations.is_empty());
     // A configured matched d is used as is.
-    let agg = aggregate::aggregate(&grid, &AggregateOptions { matched_d: Some(0.5), ..Default::default() });
-    assert_eq!(agg.matched_d["rloo"], 0.5);
+    let agg = aggregate(&grid, &AggregateOptions { matched_d: Some(0.5), ..Default::default() });
+    assert_eq!(agg.matched_d[&Algo::Rloo], 0.5);
 }
 
 /// R2M's attention entropy after RL (`attention` in a run's rm_accuracy.json, written by the grid
@@ -317,12 +319,12 @@ fn attention_entropy_after_rl_is_aggregated_and_reported() {
         v["attention"] = json!({"attn_entropy": e, "hhat_norm_ratio": 5.0, "score_std_hhat": 0.06, "score_std_hlast": 0.33});
         std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     }
-    let agg = aggregate::aggregate(&aggregate::load_grid(d.path(), &opts).unwrap(), &opts);
-    let e = agg.cell("r2m", "rloo").unwrap().get("attn_entropy_after");
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    let e = agg.cell(Method::R2m, Algo::Rloo).unwrap().get("attn_entropy_after");
     assert_eq!(e.n, 3);
     assert!((e.mean - (0.9999 + 0.99995 + 0.9998) / 3.0).abs() < 1e-12, "{e:?}");
-    assert_eq!(agg.cell("r2m", "grpo").unwrap().get("attn_entropy_after").n, 0);
-    assert_eq!(agg.cell("vanilla", "rloo").unwrap().get("attn_entropy_after").n, 0);
+    assert_eq!(agg.cell(Method::R2m, Algo::Grpo).unwrap().get("attn_entropy_after").n, 0);
+    assert_eq!(agg.cell(Method::Vanilla, Algo::Rloo).unwrap().get("attn_entropy_after").n, 0);
     let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
     let sec = md.split("## RM accuracy").nth(1).unwrap().split("\n## ").next().unwrap();
     let head = sec.lines().find(|l| l.contains("RM acc before")).unwrap();
@@ -364,17 +366,17 @@ fn hhat_group_corr_is_the_second_half_mean_and_reported() {
         let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
         std::fs::write(&p, text).unwrap();
     }
-    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    let grid = load_grid(d.path(), &opts).unwrap();
     for s in 0..3 {
         let run = grid.runs.iter().find(|r| r.name == format!("r2m-grpo-s{s}")).unwrap();
-        let got = aggregate::run_stats(run, f64::NAN).hhat_group_corr;
+        let got = run_stats(run, f64::NAN).hhat_group_corr;
         assert!((got - expected[s]).abs() < 1e-12, "seed {s}: {got} vs {}", expected[s]);
     }
-    let agg = aggregate::aggregate(&grid, &opts);
-    let g = agg.cell("r2m", "grpo").unwrap().get("hhat_group_corr");
+    let agg = aggregate(&grid, &opts);
+    let g = agg.cell(Method::R2m, Algo::Grpo).unwrap().get("hhat_group_corr");
     assert_eq!(g.n, 3);
     assert!((g.mean - expected.iter().sum::<f64>() / 3.0).abs() < 1e-12, "{g:?}");
-    assert_eq!(agg.cell("vanilla", "grpo").unwrap().get("hhat_group_corr").n, 0);
+    assert_eq!(agg.cell(Method::Vanilla, Algo::Grpo).unwrap().get("hhat_group_corr").n, 0);
     let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
     let sec = md.split("## R2M's feedback term").nth(1).unwrap().split("\n## ").next().unwrap();
     assert!(sec.lines().any(|l| l.starts_with("| algo | method |") && l.contains("group corr. of reward with/without H_hat")), "{sec}");
@@ -393,8 +395,8 @@ fn the_proxy_is_the_frozen_rm_where_logged() {
     let d = fixture_copy();
     let opts = AggregateOptions::default();
     let stats_of = |name: &str| {
-        let grid = aggregate::load_grid(d.path(), &opts).unwrap();
-        aggregate::run_stats(grid.runs.iter().find(|r| r.name == name).unwrap(), f64::NAN)
+        let grid = load_grid(d.path(), &opts).unwrap();
+        run_stats(grid.runs.iter().find(|r| r.name == name).unwrap(), f64::NAN)
     };
     let before = stats_of("r2m-grpo-s0");
     let p = d.path().join("r2m-grpo-s0/eval.jsonl");
@@ -590,15 +592,17 @@ fn labelled_runs_are_their_own_method() {
         std::fs::write(to.join("config.toml"), format!("label = \"r2m-lr1e-5\"\n{cfg}")).unwrap();
     }
     let opts = AggregateOptions::default();
-    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
-    let agg = aggregate::aggregate(&grid, &opts);
-    assert_eq!(agg.methods(), ["vanilla", "r2m", "r2m-lr1e-5"]);
-    assert_eq!(agg.cell("r2m", "rloo").unwrap().seeds, [0, 1, 2]);
-    assert_eq!(agg.cell("r2m-lr1e-5", "rloo").unwrap().seeds, [0, 1, 2]);
-    assert!(agg.cell("r2m-lr1e-5", "grpo").is_none());
+    let grid = load_grid(d.path(), &opts).unwrap();
+    let agg = aggregate(&grid, &opts);
+    let variant = Arm::variant("r2m-lr1e-5", Method::R2m);
+    assert_eq!(agg.arms(), [Method::Vanilla.into(), Method::R2m.into(), variant.clone()]);
+    assert_eq!(agg.cell(Method::R2m, Algo::Rloo).unwrap().seeds, [0, 1, 2]);
+    assert_eq!(agg.cell(variant.clone(), Algo::Rloo).unwrap().seeds, [0, 1, 2]);
+    assert!(agg.cell(variant.clone(), Algo::Grpo).is_none());
     // Same runs as r2m: the same comparison with vanilla.
-    let find = |m: &str| agg.vs_vanilla.iter().find(|c| c.algo == "rloo" && c.method == m && c.metric == "gold_final").unwrap().welch.diff;
-    assert_eq!(find("r2m-lr1e-5"), find("r2m"));
+    let find =
+        |m: &Arm| agg.vs_vanilla.iter().find(|c| c.algo == Algo::Rloo && &c.arm == m && c.metric == "gold_final").unwrap().welch.diff;
+    assert_eq!(find(&variant), find(&Method::R2m.into()));
 }
 
 /// Writes the fixture's report to `$R2M_REPORT_DEMO` (a folder) for a look:
@@ -651,23 +655,23 @@ fn feedback_term_is_read_from_the_eval_rows_and_reported() {
         let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
         std::fs::write(dir.join("eval.jsonl"), text).unwrap();
     }
-    let grid = aggregate::load_grid(d.path(), &opts).unwrap();
+    let grid = load_grid(d.path(), &opts).unwrap();
     for s in 0..2 {
         let run = grid.runs.iter().find(|r| r.name == format!("r2m-grpo-s{s}")).unwrap();
-        let fb = aggregate::feedback_term(run);
+        let fb = feedback_term(run);
         assert!(fb.iter().all(|p| p.w < 1.0 && (p.gold_corr.unwrap() + 1.0).abs() < 1e-6), "{fb:?}");
-        let st = aggregate::run_stats(run, f64::NAN);
+        let st = run_stats(run, f64::NAN);
         assert!((st.hhat_rise - expected[s]).abs() < 1e-6, "seed {s}: {} vs {}", st.hhat_rise, expected[s]);
         assert!((st.hhat_gold_corr + 1.0).abs() < 1e-6, "{}", st.hhat_gold_corr);
     }
     let vanilla = grid.runs.iter().find(|r| r.name == "vanilla-grpo-s0").unwrap();
-    assert!(aggregate::feedback_term(vanilla).is_empty());
+    assert!(feedback_term(vanilla).is_empty());
     // iterative-head logs w and a frozen score too, but its reward has no H_hat term.
     let mut ih = grid.runs.iter().find(|r| r.name == "r2m-grpo-s0").unwrap().clone();
     ih.config.as_mut().unwrap()["r2m"].as_table_mut().unwrap().insert("method".into(), "iterative-head".into());
-    assert!(aggregate::feedback_term(&ih).is_empty());
-    let agg = aggregate::aggregate(&grid, &opts);
-    let rise = agg.cell("r2m", "grpo").unwrap().get("hhat_rise");
+    assert!(feedback_term(&ih).is_empty());
+    let agg = aggregate(&grid, &opts);
+    let rise = agg.cell(Method::R2m, Algo::Grpo).unwrap().get("hhat_rise");
     assert_eq!(rise.n, 2, "s2 and s3 have no frozen score: {rise:?}");
     assert!((rise.mean - (expected[0] + expected[1]) / 2.0).abs() < 1e-6);
     let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
