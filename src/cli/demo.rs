@@ -14,20 +14,11 @@ pub struct Args {
     /// The paper-style grid (every method, RLOO and GRPO, 3 seeds): for a GPU or a long CPU run.
     #[arg(long)]
     pub full: bool,
-    /// The grid folder (default: the preset's, under runs/).
-    #[arg(long)]
-    pub out: Option<String>,
-    /// cpu, cuda, cuda:N, or auto.
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     /// Runs side by side on the CPU (= --set jobs=N): each gets cores / N threads.
     #[arg(long)]
     pub jobs: Option<u64>,
-    /// Override any key of the preset (see configs/demo.toml), e.g. --set run.rl.steps=30.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -36,9 +27,11 @@ pub fn run(a: Args) -> Result<()> {
         (_, true) => (FULL, "configs/experiment.toml (built in)"),
         _ => (DEMO, "configs/demo.toml (built in)"),
     };
-    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("jobs", a.jobs)], &a.sets);
-    let cfg: ExperimentConfig = crate::config::load_str(text, origin, &sets)?;
-    if !a.quiet {
+    let sets = a.run.sets(&[], &[("jobs", a.jobs)]);
+    let mut cfg: ExperimentConfig = crate::config::load_str(text, origin, &sets)?;
+    resolve_in_checkout(&mut cfg);
+    let quiet = a.run.quiet;
+    if !quiet {
         let runs = cfg.runs();
         eprintln!(
             "demo: {} runs ({} x {} x seeds {:?}) on the overoptimization testbed, into {}",
@@ -49,7 +42,24 @@ pub fn run(a: Args) -> Result<()> {
             cfg.out.display()
         );
     }
-    let o = run_grid(&cfg, !a.quiet)?;
+    let o = run_grid(&cfg, !quiet)?;
     super::experiment::print_outcome(&o);
+    if !a.smoke && !a.full {
+        println!(
+            "\nThe demo runs {} seed(s) per method at a small budget: it shows overoptimization and R2M beside vanilla, \
+             it cannot rank them where the intervals overlap. The answer over 3 seeds of every method and ablation: \
+             docs/results.md (in the repository).",
+            cfg.seeds.len()
+        );
+    }
     Ok(())
+}
+
+/// The presets name the archive they take their pairs from relative to the repository: run from
+/// elsewhere, the binary finds it in the checkout it was built from, or makes the pairs itself.
+fn resolve_in_checkout(cfg: &mut ExperimentConfig) {
+    if let Some(from) = cfg.proxy.pairs_from.clone().filter(|p| p.is_relative() && !p.exists()) {
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&from);
+        cfg.proxy.pairs_from = built.exists().then_some(built);
+    }
 }

@@ -7,34 +7,25 @@ pub struct Args {
     /// TOML config (see configs/experiment.toml); --set overrides its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override any config key: --set seeds=[0,1] --set run.rl.steps=50 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// = --set out=...
-    #[arg(long)]
-    pub out: Option<String>,
-    /// = --set device=...
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     /// Runs side by side on the CPU (= --set jobs=N): each gets cores / N threads.
     #[arg(long)]
     pub jobs: Option<u64>,
     /// Only (re)write the report from the run folders already in `out` (and the `archive`'s).
     #[arg(long)]
     pub report_only: bool,
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sets = super::flag_sets(&[("out", a.out.as_ref()), ("device", a.device.as_ref())], &[("jobs", a.jobs)], &a.sets);
+    let sets = a.run.sets(&[], &[("jobs", a.jobs)]);
     let cfg: ExperimentConfig = crate::config::load(a.config.as_deref(), &sets)?;
     if a.report_only {
-        let r = report_only(&cfg, !a.quiet)?;
+        let r = report_only(&cfg, !a.run.quiet)?;
         print_report(&r);
         return Ok(());
     }
-    let o = run_grid(&cfg, !a.quiet)?;
+    let o = run_grid(&cfg, !a.run.quiet)?;
     print_outcome(&o);
     Ok(())
 }

@@ -110,6 +110,10 @@ pub struct ProxyConfig {
     pub model: Option<String>,
     /// Held-out preference pairs for RM accuracy (default: the testbed's, made here).
     pub test_pairs: Option<PathBuf>,
+    /// A folder (another grid's archive) whose `shared/` pairs this grid takes where it has none
+    /// yet, instead of making them: the proxy is then trained on the same pairs. A pairs file
+    /// made with other settings than this grid's is an error, never silently reused.
+    pub pairs_from: Option<PathBuf>,
     /// The RM backbone (a fresh, seeded head on it).
     pub backbone: String,
     /// Prompts of the train split for the proxy's pairs (two pi_init samples each).
@@ -166,6 +170,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             model: None,
             test_pairs: None,
+            pairs_from: None,
             backbone: "all-minilm-l6-v2".into(),
             train_prompts: 512,
             test_prompts: 128,
@@ -260,6 +265,9 @@ impl ExperimentConfig {
                 self.run.data.prompts
             );
             ensure!(self.proxy.train_prompts >= 2, "proxy.train_prompts must be >= 2");
+            if let Some(from) = &self.proxy.pairs_from {
+                ensure!(from.join("shared").is_dir(), "proxy.pairs_from = {:?}: there is no shared/ folder of pairs there", from);
+            }
             ensure!(self.proxy.test_prompts >= 1, "proxy.test_prompts must be >= 1");
             ensure!((0.0..=0.5).contains(&self.proxy.flip), "proxy.flip = {} must be in [0, 0.5]", self.proxy.flip);
         }

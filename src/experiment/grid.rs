@@ -89,6 +89,11 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             say(progress, format!("restored shared/{f} from the archive {}", a.display()));
         }
     }
+    if let Some(from) = &cfg.proxy.pairs_from {
+        for f in archive::restore_shared(from, &cfg.out)? {
+            say(progress, format!("took shared/{f} from {}", from.display()));
+        }
+    }
     let shared = prepare_shared(cfg, device, progress)?;
     let specs = cfg.runs();
     if let Some(a) = &cfg.archive {

@@ -24,6 +24,9 @@ impl Overopt {
             Some(true) => "overoptimization: YES (gold fell from its peak by more than the CI while the proxy kept rising)",
             Some(false) if self.peak_step >= self.last_step => "overoptimization: no (gold is highest at the last step)",
             Some(false) => "overoptimization: not shown (the drop is within the CI, or the proxy did not rise after the peak)",
+            None if self.proxy_rise.mean > 0.0 && self.drop.mean > 0.0 => {
+                "overoptimization: as the curves show it for one seed (gold fell from its peak while the proxy rose), untested: a test needs 2 seeds or more"
+            }
             None => "overoptimization: undetermined (fewer than 2 seeds)",
         };
         format!("{head}. {verdict}")
@@ -167,9 +170,10 @@ pub fn verdicts(agg: &Aggregate) -> Vec<String> {
             (true, true) if tested == 0 => {
                 format!("Verdict ({a}): cannot tell yet: R2M or vanilla {a} has fewer than 2 seeds, so no difference can be tested.")
             }
-            (true, true) => {
-                format!("Verdict ({a}): R2M does NOT beat vanilla {a}: no difference in gold or win rate is significant at 0.05.")
-            }
+            (true, true) => format!(
+                "Verdict ({a}): R2M does NOT beat vanilla {a} here: no difference in gold or win rate is significant at 0.05 \
+                 (the intervals overlap: at this number of seeds a difference of their width would go unseen)."
+            ),
             (false, true) => format!("Verdict ({a}): R2M beats vanilla {a} on {} (p < 0.05).", sig_up.join(", ")),
             (true, false) => format!("Verdict ({a}): R2M is WORSE than vanilla {a} on {} (p < 0.05).", sig_down.join(", ")),
             (false, false) => {
