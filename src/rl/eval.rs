@@ -4,9 +4,9 @@
 //! the win rates.
 use crate::data::PromptExample;
 use crate::model::generate::generate_in_calls;
+use crate::rl::clock::Clock;
 use crate::rl::reward_source::RewardInput;
 use crate::rl::rollout::{decode_responses, prompt_ids, reference_response_logprobs};
-use crate::rl::step::Clock;
 use crate::rl::trainer::Run;
 use anyhow::Result;
 use serde_json::{json, Map, Value};

@@ -6,9 +6,10 @@
 //! - [`advantages`], [`losses`]: the algorithms as pure functions;
 //! - [`reward_source`]: the interfaces rewards and metrics come through;
 //! - [`budget`]: sizing generation and micro-batches to the device's memory; [`config`]: the run's
-//!   settings.
+//!   settings; [`clock`]: the per-phase timings.
 pub mod advantages;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod eval;
 pub mod losses;
@@ -17,4 +18,4 @@ pub mod rollout;
 pub mod step;
 pub mod trainer;
 
-pub use step::Clock;
+pub use clock::Clock;

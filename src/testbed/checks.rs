@@ -1,7 +1,6 @@
 //! The gold's text checks: pure functions of the response text (and the prompt's spec), each a
 //! component of the gold reward in [0, 1] (`super::gold` documents how they combine).
-use super::gold::{Components, GoldConfig};
-use super::prompts::{Format, Spec, TestbedPrompt};
+use super::prompts::Format;
 use std::collections::HashSet;
 
 /// `clamp((v - lo) / (hi - lo), 0, 1)`.
@@ -94,20 +93,6 @@ pub fn required_words_score(words: &[String], required: &[String]) -> f64 {
     found as f64 / required.len() as f64
 }
 
-/// 1 within `[min_words_frac * max, max]` words, a linear ramp from 0 words below, and a linear fall
-/// above, reaching 0 at `(1 + overlength_zero) * max` words.
-pub fn length_score(n_words: usize, max_words: usize, cfg: &GoldConfig) -> f64 {
-    let (w, l) = (n_words as f64, max_words.max(1) as f64);
-    let lo = (cfg.min_words_frac * l).ceil().max(1.0);
-    if w < lo {
-        w / lo
-    } else if w <= l {
-        1.0
-    } else {
-        (1.0 - (w - l) / (cfg.overlength_zero * l)).max(0.0)
-    }
-}
-
 /// Sentences: pieces ended by `.`, `!`, `?` (followed by a space, a newline or the end) or by a
 /// line break, counted when they contain a letter or digit.
 pub fn count_sentences(text: &str) -> usize {
@@ -177,57 +162,9 @@ pub fn copied_share(response: &[String], prompt: &[String]) -> f64 {
     grams.iter().filter(|g| in_prompt.contains(*g)).count() as f64 / grams.len() as f64
 }
 
-/// What the text alone gives: every component but relevance and fluency (left at 0), and the raw
-/// measurements behind them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextChecks {
-    pub components: Components,
-    pub words: usize,
-    pub distinct: f64,
-    pub copied: f64,
-}
-
-/// The components that need no model, for `response` to `prompt`.
-pub fn text_components(prompt: &TestbedPrompt, response: &str, finished: bool, cfg: &GoldConfig) -> TextChecks {
-    let spec: &Spec = &prompt.spec;
-    let ws = words(response);
-    let finished = if finished { 1.0 } else { 0.0 };
-    if ws.is_empty() {
-        let components = Components { finished, ..Default::default() };
-        return TextChecks { components, words: 0, distinct: 0.0, copied: 0.0 };
-    }
-    let distinct = 0.5 * (distinct_n(&ws, 2) + distinct_n(&ws, 3));
-    let copied = copied_share(&ws, &words(&prompt.text));
-    let components = Components {
-        relevance: 0.0,
-        repetition: ramp(distinct, cfg.repetition_lo, cfg.repetition_hi),
-        echo: 1.0 - ramp(copied, cfg.echo_lo, cfg.echo_hi),
-        fluency: 0.0,
-        required_words: required_words_score(&ws, &spec.required_words),
-        length: length_score(ws.len(), spec.max_words, cfg),
-        finished,
-        format: format_score(response, spec.format.as_ref()),
-    };
-    TextChecks { components, words: ws.len(), distinct, copied }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::prompts::Task;
-
-    fn prompt(format: Option<Format>) -> TestbedPrompt {
-        let spec = Spec {
-            topic: "coffee".into(),
-            description: "Coffee is a drink.".into(),
-            task: Task::Explain,
-            required_words: vec!["beans".into(), "roast".into()],
-            max_words: 20,
-            format,
-        };
-        let text = "Explain coffee to a beginner. Use the words \"beans\" and \"roast\". No more than 20 words.".into();
-        TestbedPrompt { id: "t".into(), text, spec }
-    }
 
     #[test]
     fn words_and_bullets() {
@@ -261,18 +198,6 @@ mod tests {
     }
 
     #[test]
-    fn length_shape() {
-        let c = GoldConfig::default();
-        assert_eq!(length_score(0, 40, &c), 0.0);
-        assert_eq!(length_score(8, 40, &c), 0.5);
-        assert_eq!(length_score(16, 40, &c), 1.0);
-        assert_eq!(length_score(40, 40, &c), 1.0);
-        assert_eq!(length_score(50, 40, &c), 0.75);
-        assert_eq!(length_score(80, 40, &c), 0.0);
-        assert_eq!(length_score(200, 40, &c), 0.0);
-    }
-
-    #[test]
     fn formats() {
         let b = Format::Bullets { n: 3 };
         assert_eq!(format_score("Facts:\n- a\n- b\n- c", Some(&b)), 1.0);
@@ -285,21 +210,5 @@ mod tests {
         assert_eq!(format_score("One. Two! Three?", Some(&Format::Sentence)), 1.0 / 3.0);
         assert_eq!(format_score("anything", None), 1.0);
         assert_eq!(count_sentences("- a b\n- c. d"), 3);
-    }
-
-    #[test]
-    fn text_components_of_empty_clean_and_echo() {
-        let cfg = GoldConfig::default();
-        let p = prompt(Some(Format::Sentence));
-        let t = text_components(&p, "", true, &cfg);
-        let c = t.components;
-        assert_eq!((t.words, c.finished, c.length, c.format, c.required_words), (0, 1.0, 0.0, 0.0, 0.0));
-        let t = text_components(&p, "Coffee is made by roasting beans and brewing them with hot water.", false, &cfg);
-        let c = t.components;
-        assert_eq!((t.words, t.distinct, t.copied), (12, 1.0, 0.0));
-        assert_eq!((c.required_words, c.length, c.repetition, c.echo, c.finished, c.format), (1.0, 1.0, 1.0, 1.0, 0.0, 1.0));
-        // Restating the constraints: 3 of 4 trigrams come from the prompt.
-        let t = text_components(&p, "Beans. No more than 20 words.", true, &cfg);
-        assert_eq!((t.copied, t.components.echo), (0.75, 0.0));
     }
 }
