@@ -296,6 +296,12 @@ impl RlConfig {
         ensure!(r.temperature > 0.0, "rl.temperature must be > 0 (sampling)");
         ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");
         ensure!(r.eps > 0.0 && r.eps < 1.0, "rl.eps = {} must be in (0, 1)", r.eps);
+        ensure!(
+            r.gamma == 1.0 || r.algo == Algo::ReinforcePp,
+            "rl.gamma = {}: only REINFORCE++ discounts its returns; {:?} uses gamma = 1 (leave rl.gamma at 1)",
+            r.gamma,
+            r.algo
+        );
         ensure!(self.policy.lr > 0.0, "policy.lr must be > 0");
         crate::model::precision::Precision::resolve(&self.policy.dtype, tch::Device::Cpu, "policy.dtype")?;
         crate::model::precision::Precision::resolve(&self.reward.dtype, tch::Device::Cpu, "reward.dtype")?;

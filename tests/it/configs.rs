@@ -30,6 +30,12 @@ fn example_rl_config_resolves() {
     assert!(c.validate().unwrap_err().to_string().contains("rl.group_size"));
     let c: RlConfig = r2m::config::load(Some(&repo("configs/rl.toml")), &["rl.minibatch=7".into()]).unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("rl.minibatch"));
+    // A discount only REINFORCE++ implements is refused for the others, not ignored.
+    let c: RlConfig = r2m::config::load(Some(&repo("configs/rl.toml")), &["rl.algo=\"remax\"".into(), "rl.gamma=0.9".into()]).unwrap();
+    assert!(c.validate().unwrap_err().to_string().contains("rl.gamma"));
+    let c: RlConfig =
+        r2m::config::load(Some(&repo("configs/rl.toml")), &["rl.algo=\"reinforce_pp\"".into(), "rl.gamma=0.9".into()]).unwrap();
+    c.validate().unwrap();
 }
 
 #[test]
