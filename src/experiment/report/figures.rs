@@ -204,7 +204,6 @@ fn time_bars(cells: &[&Cell], phases: &[String]) -> (Vec<String>, Vec<BarSeries>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiment::aggregate::Cell;
     use crate::r2m::Method;
     use crate::rl::config::Algo;
 
