@@ -57,10 +57,10 @@ impl Arm {
 
     /// Table order: the methods in the paper's order (docs/method.md "Baselines and ablations"), then
     /// the variants by name.
-    fn rank(&self) -> (usize, String, usize) {
+    fn rank(&self) -> (usize, &str, usize) {
         match self {
-            Arm::Method(m) => (method_index(*m), String::new(), 0),
-            Arm::Variant { name, method } => (Method::all().len(), name.clone(), method_index(*method)),
+            Arm::Method(m) => (method_index(*m), "", 0),
+            Arm::Variant { name, method } => (Method::all().len(), name, method_index(*method)),
         }
     }
 }

@@ -67,7 +67,7 @@ pub fn write_report_with(grid_dir: &Path, opts: &AggregateOptions) -> Result<Rep
     let comparisons_csv = grid_dir.join("comparisons.csv");
     comparisons_table(&agg).write_csv(&comparisons_csv)?;
 
-    let figures = plots(&grid_dir.join("plots"), &agg)?;
+    let figures = plots(&grid_dir.join("plots"), &grid, &agg)?;
     let verdicts = verdicts(&agg);
     let blocks = document(&grid, &agg, &verdicts, &figures);
     let report_md = grid_dir.join("report.md");
