@@ -8,20 +8,10 @@
 //! algorithm: given ([`AggregateOptions::matched_d`]) or the smallest final sqrt(KL) over its runs.
 use super::arm::{Arm, ABLATIONS, BASELINE, FULL, OTHER_BASELINES};
 use super::run_stats::{eval_curve, run_stats, EvalPoint, RunStats, COMPARED, METRICS};
-use super::runs::{Grid, RmAccuracy};
+use super::runs::{AggregateOptions, Grid, RmAccuracy};
 use super::stats::{self, summarize, Summary, TTest};
 use crate::rl::config::Algo;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Options of [`aggregate`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AggregateOptions {
-    /// The d = sqrt(KL) at which gold is compared; `None`: per algorithm, the smallest final
-    /// sqrt(KL) over its runs (every run reaches it, so no extrapolation).
-    pub matched_d: Option<f64>,
-    /// Aggregate runs stopped before `rl.steps` too (they stay listed as incomplete).
-    pub include_partial: bool,
-}
 
 /// One step of a cell's mean eval curve: summaries over the seeds that have that step.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,6 @@
 //! and variants) under which algorithms and seeds, the shared artefacts' settings, and the config
 //! of every run ([`ExperimentConfig::runs`], [`ExperimentConfig::run_config`]).
 use super::arm::{algo_key, run_name, Arm};
-use super::shared::Shared;
 use crate::r2m::Method;
 use crate::reward::train::RmTrain;
 use crate::rl::config::{Algo, RewardKind, RlConfig};
@@ -344,6 +343,34 @@ impl ExperimentConfig {
         r.pretrained_rm = if spec.method() == Method::PretrainedRm { shared.pretrained_rm.clone() } else { None };
         c.r2m = Some(r);
         Ok(c)
+    }
+}
+
+/// The paths of the shared artefacts, resolved.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The proxy RM every run starts from.
+    pub proxy_rm: String,
+    /// The further-trained RM of pretrained-rm.
+    pub pretrained_rm: Option<String>,
+    /// Held-out pairs for RM accuracy.
+    pub test_pairs: Option<PathBuf>,
+    /// Held-out accuracy of each RM before RL (key: the RM path).
+    pub accuracy_before: BTreeMap<String, f64>,
+    /// Each shared RM made here (key: its path): {"sha256", "accuracy"} ([`archive::fingerprint`]).
+    pub fingerprints: BTreeMap<String, serde_json::Value>,
+}
+
+impl Shared {
+    /// Made-up paths, for checking a grid config before anything is made.
+    pub fn placeholder() -> Shared {
+        Shared {
+            proxy_rm: "proxy".into(),
+            pretrained_rm: Some("pretrained".into()),
+            test_pairs: None,
+            accuracy_before: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        }
     }
 }
 

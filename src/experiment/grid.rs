@@ -19,28 +19,22 @@
 //! checkpoint, and restarts the others. A run folder made with a different config is an error
 //! (naming the folder), never silently reused.
 use super::archive;
-use super::arm::algo_key;
 use super::report::{write_report, ReportSummary};
-use super::shared::{prepare_shared, run_rm_accuracy_after};
-use crate::checkpoint::{find_checkpoint, write_atomic};
-use crate::r2m::Method;
+use super::shared::prepare_shared;
+use crate::checkpoint::find_checkpoint;
 use crate::rl::config::RlConfig;
 use crate::rl::trainer;
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 
+pub use super::config::Shared;
 pub use super::config::{ExperimentConfig, PretrainedConfig, ProxyConfig, RunSpec, Variant};
-pub use super::shared::Shared;
-
-pub(super) fn say(progress: bool, msg: impl AsRef<str>) {
-    if progress {
-        eprintln!("experiment: {}", msg.as_ref());
-    }
-}
+use super::finish::{finish_run, Pending};
+use super::progress::say;
 
 /// What [`run_grid`] did.
 #[derive(Debug)]
@@ -61,14 +55,6 @@ pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
         std::env::current_exe().context("locating the r2m binary (for the runs of jobs > 1)")?
     };
     run_grid_with(cfg, progress, &exe)
-}
-
-/// A run to make: its place in the grid, spec, config, and whether it resumes a checkpoint.
-pub(super) struct Pending {
-    pub i: usize,
-    pub spec: RunSpec,
-    pub rc: RlConfig,
-    pub resume: bool,
 }
 
 /// [`run_grid`], with `exe` the r2m binary that runs each run (`r2m rl`) when `jobs` > 1.
@@ -207,40 +193,6 @@ fn check_earlier_config(dir: &Path, rc: &RlConfig) -> Result<Option<RlConfig>> {
     Ok(Some(old))
 }
 
-/// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`.
-pub(super) fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
-    let (spec, dir) = (&p.spec, &p.rc.out);
-    let mut summary = json!({"run": spec.name(), "wall_s": wall_s, "machine": crate::device::describe_host(device)});
-    if p.rc.threads > 0 {
-        summary["threads"] = json!(p.rc.threads);
-    }
-    // The RM the run trained against, by content: runs of one grid on several machines (an
-    // archived grid) can be checked to share it.
-    let rm = if spec.method() == Method::PretrainedRm { shared.pretrained_rm.as_ref() } else { Some(&shared.proxy_rm) };
-    if let Some(f) = rm.and_then(|rm| shared.fingerprints.get(rm)) {
-        summary["rm_sha256"] = f["sha256"].clone();
-    }
-    if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
-        let rm = match spec.method() {
-            Method::PretrainedRm => shared.pretrained_rm.clone().unwrap_or_default(),
-            _ => shared.proxy_rm.clone(),
-        };
-        let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
-        let after = run_rm_accuracy_after(dir, t, cfg.eval_batch, device)?;
-        let mut acc = json!({"method": spec.method().name(), "algo": algo_key(spec.algo), "seed": spec.seed,
-                         "before": before, "after": after.accuracy, "pairs": after.pairs});
-        if let Some(a) = after.attention {
-            acc["attention"] = a.to_json();
-        }
-        write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
-        summary["rm_accuracy"] = acc;
-    }
-    write_atomic(&dir.join("done.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    if let Some(a) = &cfg.archive {
-        archive::save(a, &cfg.out, &shared.fingerprints)?;
-    }
-    Ok(())
-}
 /// Reads `done.json` of every run (for tests and tools).
 pub fn done_runs(grid: &Path) -> Result<Vec<Value>> {
     let mut v = vec![];

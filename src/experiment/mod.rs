@@ -6,7 +6,8 @@
 //! - [`config`]: the grid's config: arms, algorithms, seeds, each run's config.
 //! - [`shared`]: the artefacts every run shares (pairs, proxy RM, RM accuracy before RL).
 //! - [`grid`]: the runner: shared artefacts, one `r2m rl` run per arm x algo x seed, resume, RM
-//!   accuracy after RL, the report; [`pool`]: runs side by side as child processes.
+//!   accuracy after RL, the report; [`finish`]: what follows a run's training; `pool`: runs side
+//!   by side as child processes; [`progress`]: progress lines.
 //! - [`archive`]: a grid's results kept where `out` does not survive (the repository): finished
 //!   runs' metrics, the pairs, RM fingerprints and the report, restored on a fresh machine.
 //!
@@ -22,9 +23,11 @@ pub mod aggregate;
 pub mod archive;
 pub mod arm;
 pub mod config;
+pub mod finish;
 pub mod format;
 pub mod grid;
 mod pool;
+pub mod progress;
 pub mod report;
 pub mod run_stats;
 pub mod runs;
@@ -32,9 +35,10 @@ pub mod shared;
 pub mod stats;
 pub mod verdict;
 
-pub use aggregate::{aggregate, AggregateOptions};
+pub use aggregate::aggregate;
 pub use arm::Arm;
 pub use config::ExperimentConfig;
 pub use grid::{run_grid, GridOutcome};
 pub use report::{write_report, write_report_with, ReportSummary};
 pub use runs::load_grid;
+pub use runs::AggregateOptions;

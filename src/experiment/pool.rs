@@ -1,8 +1,9 @@
 //! Runs side by side: the grid's pending runs as child processes of the r2m binary (`r2m rl`), at
 //! most `jobs` at a time ([`run_side_by_side`]).
 use super::config::ExperimentConfig;
-use super::grid::{finish_run, say, Pending};
-use super::shared::Shared;
+use super::config::Shared;
+use super::finish::{finish_run, Pending};
+use super::progress::say;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;

@@ -8,7 +8,6 @@
 //! without metrics, with unreadable files, or stopped before `rl.steps` is listed in
 //! [`Grid::incomplete`] and left out of the aggregates (a partial run's "last step" is not
 //! comparable), unless [`AggregateOptions::include_partial`].
-use super::aggregate::AggregateOptions;
 use super::arm::{parse_algo, parse_method, parse_run_name, Arm, BASELINE};
 use crate::error::{Error, Result};
 use crate::r2m::Method;
@@ -242,6 +241,16 @@ fn read_run(dir: &Path, name: &str) -> std::result::Result<Run, String> {
         Err(_) => None,
     };
     Ok(Run { name: name.to_string(), dir: dir.to_path_buf(), arm, algo, seed, steps_planned, config, metrics, eval, rm_accuracy, done })
+}
+
+/// Options of reading a grid ([`load_grid`]) and of aggregating it ([`super::aggregate`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AggregateOptions {
+    /// The d = sqrt(KL) at which gold is compared; `None`: per algorithm, the smallest final
+    /// sqrt(KL) over its runs (every run reaches it, so no extrapolation).
+    pub matched_d: Option<f64>,
+    /// Aggregate runs stopped before `rl.steps` too (they stay listed as incomplete).
+    pub include_partial: bool,
 }
 
 /// Reads every run folder under `dir` (sub-folders with `config.toml` or `metrics.jsonl`, or named

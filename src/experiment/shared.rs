@@ -4,8 +4,8 @@
 //! accuracy before RL ([`prepare_shared`]); and a run's RM accuracy after RL
 //! ([`run_rm_accuracy_after`]).
 use super::archive;
-use super::config::ExperimentConfig;
-use super::grid::say;
+use super::config::{ExperimentConfig, Shared};
+use super::progress::say;
 use crate::checkpoint::{find_checkpoint, write_atomic};
 use crate::data::{self, LoadOptions};
 use crate::model::CausalLm;
@@ -23,34 +23,6 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
-
-/// The paths of the shared artefacts, resolved.
-#[derive(Debug, Clone)]
-pub struct Shared {
-    /// The proxy RM every run starts from.
-    pub proxy_rm: String,
-    /// The further-trained RM of pretrained-rm.
-    pub pretrained_rm: Option<String>,
-    /// Held-out pairs for RM accuracy.
-    pub test_pairs: Option<PathBuf>,
-    /// Held-out accuracy of each RM before RL (key: the RM path).
-    pub accuracy_before: BTreeMap<String, f64>,
-    /// Each shared RM made here (key: its path): {"sha256", "accuracy"} ([`archive::fingerprint`]).
-    pub fingerprints: BTreeMap<String, Value>,
-}
-
-impl Shared {
-    /// Made-up paths, for checking a grid config before anything is made.
-    pub fn placeholder() -> Shared {
-        Shared {
-            proxy_rm: "proxy".into(),
-            pretrained_rm: Some("pretrained".into()),
-            test_pairs: None,
-            accuracy_before: BTreeMap::new(),
-            fingerprints: BTreeMap::new(),
-        }
-    }
-}
 
 /// Makes gold-labelled pairs into `path` unless it exists.
 fn ensure_pairs(

@@ -12,7 +12,8 @@
 //!
 //! Here: [`tables`] (the CSVs and the report's tables), [`setup`] (the runs' settings), [`figures`]
 //! (the plots), [`document`] (the report as blocks) and [`markup`] (blocks to Markdown and HTML).
-use super::aggregate::{aggregate, AggregateOptions};
+use super::aggregate::aggregate;
+use super::runs::AggregateOptions;
 use super::runs::{load_grid, Incomplete};
 use super::verdict::verdicts;
 use crate::error::Result;

@@ -1,0 +1,55 @@
+//! A run the grid makes ([`Pending`]) and what follows its training ([`finish_run`]): its RM
+//! accuracy before and after RL, `done.json`, and the archive's copy.
+use super::archive;
+use super::arm::algo_key;
+use super::config::{ExperimentConfig, RunSpec, Shared};
+use super::shared::run_rm_accuracy_after;
+use crate::checkpoint::write_atomic;
+use crate::r2m::Method;
+use crate::rl::config::RlConfig;
+use anyhow::Result;
+use serde_json::json;
+use tch::Device;
+
+/// A run to make: its place in the grid, spec, config, and whether it resumes a checkpoint.
+pub(super) struct Pending {
+    pub i: usize,
+    pub spec: RunSpec,
+    pub rc: RlConfig,
+    pub resume: bool,
+}
+
+/// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`.
+pub(super) fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
+    let (spec, dir) = (&p.spec, &p.rc.out);
+    let mut summary = json!({"run": spec.name(), "wall_s": wall_s, "machine": crate::device::describe_host(device)});
+    if p.rc.threads > 0 {
+        summary["threads"] = json!(p.rc.threads);
+    }
+    // The RM the run trained against, by content: runs of one grid on several machines (an
+    // archived grid) can be checked to share it.
+    let rm = if spec.method() == Method::PretrainedRm { shared.pretrained_rm.as_ref() } else { Some(&shared.proxy_rm) };
+    if let Some(f) = rm.and_then(|rm| shared.fingerprints.get(rm)) {
+        summary["rm_sha256"] = f["sha256"].clone();
+    }
+    if let (true, Some(t)) = (cfg.rm_accuracy, &shared.test_pairs) {
+        let rm = match spec.method() {
+            Method::PretrainedRm => shared.pretrained_rm.clone().unwrap_or_default(),
+            _ => shared.proxy_rm.clone(),
+        };
+        let before = shared.accuracy_before.get(&rm).copied().unwrap_or(f64::NAN);
+        let after = run_rm_accuracy_after(dir, t, cfg.eval_batch, device)?;
+        let mut acc = json!({"method": spec.method().name(), "algo": algo_key(spec.algo), "seed": spec.seed,
+                         "before": before, "after": after.accuracy, "pairs": after.pairs});
+        if let Some(a) = after.attention {
+            acc["attention"] = a.to_json();
+        }
+        write_atomic(&dir.join("rm_accuracy.json"), serde_json::to_string_pretty(&acc)?.as_bytes())?;
+        summary["rm_accuracy"] = acc;
+    }
+    write_atomic(&dir.join("done.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &shared.fingerprints)?;
+    }
+    Ok(())
+}
