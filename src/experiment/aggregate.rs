@@ -8,7 +8,7 @@
 //! algorithm: given ([`AggregateOptions::matched_d`]) or the smallest final sqrt(KL) over its runs.
 use super::arm::{Arm, ABLATIONS, BASELINE, FULL, OTHER_BASELINES};
 use super::run_stats::{eval_curve, run_stats, EvalPoint, RunStats, COMPARED, METRICS};
-use super::runs::{AggregateOptions, Grid, RmAccuracy};
+use super::runs::{AggregateOptions, EvalRow, Grid, RmAccuracy, Run};
 use super::stats::{self, summarize, Summary, TTest};
 use crate::rl::config::Algo;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,8 +38,12 @@ pub struct Overopt {
     pub final_gold: f64,
     pub drop: Summary,
     pub proxy_rise: Summary,
-    /// Some(true/false) when decidable; None with fewer than 2 seeds (no CI).
+    /// Some(true/false) when decidable; None with fewer than 2 seeds (no CI), unless the one
+    /// seed's held-out prompts are the replicates.
     pub overoptimized: Option<bool>,
+    /// With one seed: the number of held-out prompts `drop` and `proxy_rise` run over (each
+    /// prompt's gold at the peak step against its gold at the last step, paired). None: over seeds.
+    pub over_prompts: Option<usize>,
 }
 
 /// Aggregates of one arm x algo over its seeds.
@@ -179,8 +183,15 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
             _ => Some((s, g)),
         }
     })?;
-    let drop: Vec<f64> = curves.iter().filter_map(|c| Some(at(c, peak.0)?.gold - at(c, last)?.gold)).collect();
-    let rise: Vec<f64> = curves.iter().filter_map(|c| Some(at(c, last)?.proxy - at(c, peak.0)?.proxy)).collect();
+    let mut drop: Vec<f64> = curves.iter().filter_map(|c| Some(at(c, peak.0)?.gold - at(c, last)?.gold)).collect();
+    let mut rise: Vec<f64> = curves.iter().filter_map(|c| Some(at(c, last)?.proxy - at(c, peak.0)?.proxy)).collect();
+    let mut over_prompts = None;
+    if let [i] = idx {
+        if let Some((d, r)) = prompt_changes(&grid.runs[*i], peak.0, last) {
+            over_prompts = Some(d.len());
+            (drop, rise) = (d, r);
+        }
+    }
     let (drop, rise) = (summarize(&drop), summarize(&rise));
     let overoptimized = if peak.0 >= last {
         Some(false)
@@ -197,7 +208,19 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
         drop,
         proxy_rise: rise,
         overoptimized,
+        over_prompts,
     })
+}
+
+/// One run's per-prompt change between steps `from` and `to` of its eval: gold's fall and the
+/// proxy's rise on each held-out prompt scored at both (None without two such prompts).
+fn prompt_changes(run: &Run, from: i64, to: i64) -> Option<(Vec<f64>, Vec<f64>)> {
+    let at = |s: i64| -> BTreeMap<i64, &EvalRow> {
+        run.eval.iter().filter(|r| r.step == s && r.gold.is_finite()).map(|r| (r.prompt, r)).collect()
+    };
+    let (a, b) = (at(from), at(to));
+    let pairs: Vec<(&EvalRow, &EvalRow)> = a.iter().filter_map(|(p, x)| Some((*x, *b.get(p)?))).collect();
+    (pairs.len() >= 2).then(|| pairs.iter().map(|(x, y)| (x.gold - y.gold, y.proxy() - x.proxy())).unzip())
 }
 
 fn mean_curve(grid: &Grid, idx: &[usize]) -> Vec<CurvePoint> {

@@ -13,6 +13,9 @@ use serde_json::{json, Map, Value};
 use tch::{Device, Kind};
 
 impl Run<'_> {
+    /// Evaluation on the held-out prompts: one sample each at `rl.eval_temperature` with a fixed
+    /// seed; the reward source's score at step t, the metric source's, the KL to the reference and
+    /// the length. Returns the metrics and one row per prompt (`eval.jsonl`).
     pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
         let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
         let mut m = Map::new();
@@ -81,28 +84,49 @@ impl Run<'_> {
         // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
         // and `time/eval` holds the whole eval).
         clock.add_to(&mut m);
-        let rwv = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
-        let klv = Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?;
-        let lens = Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?;
-        let rows = (0..n)
-            .map(|i| {
-                let mut r = Map::new();
-                r.insert("step".into(), json!(t));
-                r.insert("prompt".into(), json!(i));
-                r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
-                r.insert("reward".into(), json!(rwv[i]));
-                if let Some(f) = &frozen {
-                    r.insert("reward_frozen_rm".into(), json!(f[i]));
-                }
-                if let Some((name, g)) = &gold {
-                    r.insert(name.to_string(), json!(g[i]));
-                }
-                r.insert("length".into(), json!(lens[i]));
-                r.insert("kl".into(), json!(klv[i]));
-                r.insert("finished".into(), json!(fin[i]));
-                r
-            })
-            .collect();
+        let columns = EvalColumns {
+            reward: Vec::<f64>::try_from(rw.to_kind(Kind::Double))?,
+            frozen,
+            metric: gold,
+            length: Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?,
+            kl: Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?,
+        };
+        let rows = eval_rows(t, &prompts, &fin, &columns);
         Ok((m, rows))
     }
+}
+
+/// One evaluation's per-prompt values.
+struct EvalColumns {
+    reward: Vec<f64>,
+    /// The frozen RM's own score, where the reward source's reward is something else (R2M's).
+    frozen: Option<Vec<f64>>,
+    /// The metric source's name and scores.
+    metric: Option<(&'static str, Vec<f64>)>,
+    length: Vec<f64>,
+    kl: Vec<f64>,
+}
+
+/// The rows of `eval.jsonl` for step `t`: step, prompt index and id, reward, the frozen RM's and
+/// the metric source's scores, length, KL and whether the response finished.
+fn eval_rows(t: i64, prompts: &[&PromptExample], finished: &[bool], c: &EvalColumns) -> Vec<Map<String, Value>> {
+    (0..prompts.len())
+        .map(|i| {
+            let mut r = Map::new();
+            r.insert("step".into(), json!(t));
+            r.insert("prompt".into(), json!(i));
+            r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
+            r.insert("reward".into(), json!(c.reward[i]));
+            if let Some(f) = &c.frozen {
+                r.insert("reward_frozen_rm".into(), json!(f[i]));
+            }
+            if let Some((name, g)) = &c.metric {
+                r.insert(name.to_string(), json!(g[i]));
+            }
+            r.insert("length".into(), json!(c.length[i]));
+            r.insert("kl".into(), json!(c.kl[i]));
+            r.insert("finished".into(), json!(finished[i]));
+            r
+        })
+        .collect()
 }

@@ -198,33 +198,7 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
     let eval_on = cfg.rl.eval_every > 0;
-    // The metric source's column of the eval rows (the testbed's gold): the win rate's judge.
-    let judge = run.metric.as_ref().map(|m| m.name()).unwrap_or_default();
-    let gold_of = |rows: &[Map<String, Value>]| -> Vec<f64> { rows.iter().filter_map(|r| r.get(judge).and_then(|g| g.as_f64())).collect() };
-    let mut init_gold: Vec<f64> = vec![];
-    if eval_on {
-        // pi_init's eval rows (step -1): the baseline of the win rates. Written once; on resume
-        // read back from eval.jsonl (recomputed, deterministically, where they are missing).
-        let kept: Vec<Map<String, Value>> = match &ck {
-            Some(_) => crate::metrics::read_jsonl(eval_sink.path())?
-                .into_iter()
-                .filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1))
-                .collect(),
-            None => vec![],
-        };
-        let want = cfg.rl.eval_prompts.min(run.eval_prompts.len());
-        if kept.len() == want && want > 0 {
-            init_gold = gold_of(&kept);
-        } else {
-            let (_, rows) = run.evaluate(-1)?;
-            init_gold = gold_of(&rows);
-            if kept.is_empty() {
-                for r in &rows {
-                    eval_sink.write(r)?;
-                }
-            }
-        }
-    }
+    let init = if eval_on { initial_eval(run, ck.is_some(), &mut eval_sink)? } else { vec![] };
     eprintln!(
         "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step",
         run.budget.generation_batch, run.budget.grad_accum
@@ -237,33 +211,7 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         let mut m = contain_panic(&format!("step {t}"), || run.step(t))?;
         let last = t + 1 == cfg.rl.steps;
         if eval_on && (t % cfg.rl.eval_every == 0 || last) {
-            let t0 = Instant::now();
-            let (em, rows) = contain_panic(&format!("eval at step {t}"), || run.evaluate(t))?;
-            for (k, v) in em {
-                m.insert(k, v);
-            }
-            let gold = gold_of(&rows);
-            if !gold.is_empty() && gold.len() == init_gold.len() {
-                // Win rate vs pi_init judged by the metric source (ties count half), the AlpacaEval-WR analogue.
-                let w: f64 = gold
-                    .iter()
-                    .zip(&init_gold)
-                    .map(|(a, b)| {
-                        if a > b {
-                            1.0
-                        } else if a == b {
-                            0.5
-                        } else {
-                            0.0
-                        }
-                    })
-                    .sum();
-                m.insert("eval/win_rate".into(), json!(w / gold.len() as f64));
-            }
-            for r in &rows {
-                eval_sink.write(r)?;
-            }
-            m.insert("time/eval".into(), json!(t0.elapsed().as_secs_f64()));
+            eval_step(run, t, &init, &mut m, &mut eval_sink)?;
         }
         let msg = format!(
             "reward {:.3} kl {:.3} {:.1}s/step",
@@ -285,6 +233,72 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     }
     crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
     Ok(sink.path().to_path_buf())
+}
+
+/// The eval rows' scores by the metric source's column (the testbed's gold): the win rate's judge.
+fn judged(run: &Run, rows: &[Map<String, Value>]) -> Vec<f64> {
+    let judge = run.metric.as_ref().map(|m| m.name()).unwrap_or_default();
+    rows.iter().filter_map(|r| r.get(judge).and_then(|g| g.as_f64())).collect()
+}
+
+/// pi_init's eval rows (step -1), the baseline of the win rates: written once; on resume read
+/// back from eval.jsonl (recomputed, deterministically, where they are missing). Returns their
+/// judged scores.
+fn initial_eval(run: &mut Run, resumed: bool, eval_sink: &mut MetricsSink) -> Result<Vec<f64>> {
+    let kept: Vec<Map<String, Value>> = if resumed {
+        crate::metrics::read_jsonl(eval_sink.path())?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect()
+    } else {
+        vec![]
+    };
+    let want = run.cfg.rl.eval_prompts.min(run.eval_prompts.len());
+    if kept.len() == want && want > 0 {
+        return Ok(judged(run, &kept));
+    }
+    let (_, rows) = run.evaluate(-1)?;
+    if kept.is_empty() {
+        for r in &rows {
+            eval_sink.write(r)?;
+        }
+    }
+    Ok(judged(run, &rows))
+}
+
+/// The share of prompts on which `now` beats `init` (ties count half): the win rate against
+/// pi_init, the AlpacaEval-WR analogue. None when the two do not cover the same prompts.
+fn win_rate(now: &[f64], init: &[f64]) -> Option<f64> {
+    if now.is_empty() || now.len() != init.len() {
+        return None;
+    }
+    let w: f64 = now
+        .iter()
+        .zip(init)
+        .map(|(a, b)| {
+            if a > b {
+                1.0
+            } else if a == b {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    Some(w / now.len() as f64)
+}
+
+/// One evaluation inside the loop, at step `t`: its metrics (and the win rate against `init`)
+/// into `m`, its rows into `eval.jsonl`.
+fn eval_step(run: &mut Run, t: i64, init: &[f64], m: &mut Map<String, Value>, eval_sink: &mut MetricsSink) -> Result<()> {
+    let t0 = Instant::now();
+    let (em, rows) = contain_panic(&format!("eval at step {t}"), || run.evaluate(t))?;
+    m.extend(em);
+    if let Some(w) = win_rate(&judged(run, &rows), init) {
+        m.insert("eval/win_rate".into(), json!(w));
+    }
+    for r in &rows {
+        eval_sink.write(r)?;
+    }
+    m.insert("time/eval".into(), json!(t0.elapsed().as_secs_f64()));
+    Ok(())
 }
 
 /// Runs one step (or eval) and turns a panic inside it into an error naming the step: tch panics

@@ -61,10 +61,21 @@ fn experiment_presets_resolve() {
     };
     let demo = load("configs/demo.toml");
     let names: Vec<String> = demo.runs().iter().map(|r| r.name()).collect();
-    assert_eq!(names, ["vanilla-rloo-s0", "r2m-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1"]);
+    assert_eq!(names, ["vanilla-grpo-s0", "r2m-grpo-s0"]);
     assert_eq!(demo.proxy.backbone, "all-minilm-l6-v2");
     assert_eq!(demo.proxy.train.trainable_layers, None);
-    assert_eq!((demo.run.rl.steps, demo.run.rl.prompts_per_step, demo.run.rl.group_size), (10, 4, 4));
+    assert_eq!((demo.run.rl.steps, demo.run.rl.prompts_per_step, demo.run.rl.group_size), (24, 4, 4));
+    // The demo is the testbed's grid at a shorter budget: the same proxy, trained on the same
+    // archived pairs, GRPO without a KL term, the policy's lr doubled.
+    let tuned = load("configs/overopt-t2-lr3e-4.toml");
+    assert_eq!(demo.proxy.pairs_from.as_deref(), tuned.archive.as_deref());
+    let strip = |mut p: r2m::experiment::grid::ProxyConfig| {
+        p.pairs_from = None;
+        p
+    };
+    assert_eq!(strip(demo.proxy.clone()), strip(tuned.proxy.clone()));
+    assert_eq!(demo.algo_set.get(&Algo::Grpo), tuned.algo_set.get(&Algo::Grpo));
+    assert_eq!((demo.run.policy.lr, tuned.run.policy.lr), (6e-4, 3e-4));
     // The overoptimization check: vanilla and R2M GRPO on the demo's proxy settings, 3 seeds, T = 80,
     // and R2M at a 10x smaller lr of its modules (a variant).
     let over = load("configs/overopt.toml");
@@ -76,7 +87,7 @@ fn experiment_presets_resolve() {
     assert_eq!(names, want);
     assert_eq!(over.run.r2m.as_ref().unwrap().lr, 1e-4);
     assert_eq!(over.variants[0].set, ["r2m.lr=1e-5"]);
-    assert_eq!((over.proxy.clone(), over.run.rl.steps, over.run.rl.max_new_tokens), (demo.proxy.clone(), 80, 64));
+    assert_eq!((over.proxy.clone(), over.run.rl.steps, over.run.rl.max_new_tokens), (strip(demo.proxy.clone()), 80, 64));
     // The Table-1 grid at the CPU budget: 8 methods x {GRPO, RLOO} + vanilla {REINFORCE++, ReMax},
     // 3 seeds; RLOO at its own beta (the others at their algorithm's default).
     let t1 = load("configs/overopt-t1.toml");

@@ -14,6 +14,7 @@ pub(super) fn overopt_cell(c: &Cell) -> String {
     match &c.overopt {
         None => "n/a".into(),
         Some(o) => match o.overoptimized {
+            Some(true) if o.over_prompts.is_some() => "yes (1 seed)".into(),
             Some(true) => "yes".into(),
             Some(false) => "no".into(),
             None => "undetermined".into(),
