@@ -11,47 +11,36 @@ use crate::rl::config::Algo;
 impl Overopt {
     /// A sentence for the report.
     pub fn describe(&self) -> String {
-        if let Some(n) = self.over_prompts {
-            return self.describe_one_seed(n);
-        }
+        let (drop, rise) = (pm(&self.drop, 3), pm(&self.proxy_rise, 3));
+        let (whose, changes) = match self.over_prompts {
+            None => ("seed-mean gold", format!("per seed, gold fell {drop} from the peak and the proxy changed by {rise} after it")),
+            Some(n) => (
+                "gold",
+                format!(
+                    "over the {n} held-out prompts (one seed, each prompt's peak-step score against its last-step score), \
+                     gold fell {drop} and the proxy changed by {rise}"
+                ),
+            ),
+        };
         let head = format!(
-            "seed-mean gold peaks at step {} ({:.3}) and ends at {:.3} at step {}; per seed, gold fell {} from the peak and the proxy changed by {} after it",
-            self.peak_step,
-            self.peak_gold,
-            self.final_gold,
-            self.last_step,
-            pm(&self.drop, 3),
-            pm(&self.proxy_rise, 3),
+            "{whose} peaks at step {} ({:.3}) and ends at {:.3} at step {}; {changes}",
+            self.peak_step, self.peak_gold, self.final_gold, self.last_step
         );
+        let one_seed = self.over_prompts.is_some();
         let verdict = match self.overoptimized {
+            Some(true) if one_seed => {
+                "overoptimization: YES in this seed (gold fell by more than its CI over the prompts while the proxy rose; another seed may differ)"
+            }
             Some(true) => "overoptimization: YES (gold fell from its peak by more than the CI while the proxy kept rising)",
             Some(false) if self.peak_step >= self.last_step => "overoptimization: no (gold is highest at the last step)",
+            Some(false) if one_seed => {
+                "overoptimization: not shown in this seed (the drop is within the CI over the prompts, or the proxy did not rise)"
+            }
             Some(false) => "overoptimization: not shown (the drop is within the CI, or the proxy did not rise after the peak)",
             None if self.proxy_rise.mean > 0.0 && self.drop.mean > 0.0 => {
                 "overoptimization: as the curves show it for one seed (gold fell from its peak while the proxy rose), untested: a test needs 2 seeds or more"
             }
             None => "overoptimization: undetermined (fewer than 2 seeds)",
-        };
-        format!("{head}. {verdict}")
-    }
-
-    /// The sentence for one seed, tested over its `n` held-out prompts.
-    fn describe_one_seed(&self, n: usize) -> String {
-        let head = format!(
-            "gold peaks at step {} ({:.3}) and ends at {:.3} at step {}; over the {n} held-out prompts (one seed, each prompt's \
-             peak-step score against its last-step score), gold fell {} and the proxy changed by {}",
-            self.peak_step,
-            self.peak_gold,
-            self.final_gold,
-            self.last_step,
-            pm(&self.drop, 3),
-            pm(&self.proxy_rise, 3),
-        );
-        let verdict = match self.overoptimized {
-            Some(true) => "overoptimization: YES in this seed (gold fell by more than its CI over the prompts while the proxy rose; another seed may differ)",
-            Some(false) if self.peak_step >= self.last_step => "overoptimization: no (gold is highest at the last step)",
-            Some(false) => "overoptimization: not shown in this seed (the drop is within the CI over the prompts, or the proxy did not rise)",
-            None => "overoptimization: undetermined",
         };
         format!("{head}. {verdict}")
     }
