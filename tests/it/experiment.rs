@@ -250,6 +250,28 @@ fn fixture_copy() -> tempfile::TempDir {
     d
 }
 
+/// With one seed, the overoptimization test runs over the held-out prompts (each prompt's gold at
+/// the peak step against its gold at the last step) and says so; with several, over the seeds.
+#[test]
+fn one_seed_is_tested_over_its_prompts() {
+    let d = fixture_copy();
+    for m in ["vanilla", "r2m"] {
+        for s in [1, 2] {
+            std::fs::remove_dir_all(d.path().join(format!("{m}-rloo-s{s}"))).unwrap();
+        }
+    }
+    let opts = AggregateOptions::default();
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    let v = agg.cell(Method::Vanilla, Algo::Rloo).unwrap().overopt.clone().unwrap();
+    assert_eq!((v.over_prompts, v.overoptimized), (Some(PROMPTS), Some(true)), "{}", v.describe());
+    assert!(v.describe().contains("over the 16 held-out prompts") && v.describe().contains("YES in this seed"), "{}", v.describe());
+    // R2M's gold rises to the last step by construction.
+    let r = agg.cell(Method::R2m, Algo::Rloo).unwrap().overopt.clone().unwrap();
+    assert_eq!(r.overoptimized, Some(false), "{}", r.describe());
+    let g = agg.cell(Method::Vanilla, Algo::Grpo).unwrap().overopt.clone().unwrap();
+    assert_eq!((g.over_prompts, g.overoptimized), (None, Some(true)), "{}", g.describe());
+}
+
 #[test]
 fn aggregates_the_fixture_grid() {
     let d = fixture_copy();
