@@ -577,13 +577,23 @@ fn verdict_says_when_r2m_does_not_beat_vanilla() {
             std::fs::remove_dir_all(d.path().join(format!("vanilla-{algo}-s{seed}"))).unwrap();
         }
     }
+    // One seed of each: the test runs over each seed's held-out prompts, and says so.
+    let s = write_report(d.path()).unwrap();
+    let want = "The testbed shows overoptimization under vanilla RLOO (in one seed, over its held-out prompts), \
+                ReMax (in one seed, over its held-out prompts).";
+    assert!(s.verdicts.iter().any(|v| v == want), "{:?}", s.verdicts);
+    // Without per-prompt eval rows (metrics only) one seed cannot be tested.
+    let p = d.path().join("vanilla-remax-s0/eval.jsonl");
+    let remax_eval = std::fs::read_to_string(&p).unwrap();
+    for algo in ["rloo", "remax"] {
+        std::fs::remove_file(d.path().join(format!("vanilla-{algo}-s0/eval.jsonl"))).unwrap();
+    }
     let s = write_report(d.path()).unwrap();
     assert!(s.verdicts.iter().any(|v| v.starts_with("Cannot tell yet whether the testbed overoptimizes")), "{:?}", s.verdicts);
     assert!(!s.verdicts.iter().any(|v| v.contains("does NOT show")), "{:?}", s.verdicts);
     // One seed whose gold is highest at the last step is a "no" for its algorithm, but while
     // another algorithm cannot be tested the testbed's verdict is still open (not "does NOT show").
-    let p = d.path().join("vanilla-remax-s0/eval.jsonl");
-    let rows: Vec<Value> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = remax_eval.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let last = rows.iter().map(|r| r["step"].as_i64().unwrap()).max().unwrap();
     let lifted: Vec<String> = rows
         .into_iter()
