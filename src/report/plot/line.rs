@@ -147,8 +147,11 @@ impl LineChart {
             // The first series (the reference, in the report) on top.
             for (se, &c) in panel.series.iter().zip(&colors).rev() {
                 let width = if se.seeds.is_empty() { 2 } else { 3 };
+                // One path per pair of points: the bitmap backend joins the corners of a thick path
+                // with miters, which at a sharp turn shoot far past the point.
                 for seg in segments(&se.points) {
-                    chart.draw_series(LineSeries::new(seg, c.stroke_width(width))).map_err(s)?;
+                    let pairs = seg.windows(2).map(|w| PathElement::new(w.to_vec(), c.stroke_width(width)));
+                    chart.draw_series(pairs).map_err(s)?;
                 }
                 if markers {
                     let pts = se.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite());
