@@ -278,6 +278,27 @@ impl RlConfig {
         0
     }
 
+    /// The settings only some algorithms read are refused under the others, where they would be
+    /// silently ignored.
+    fn check_algorithm_settings(&self) -> Result<()> {
+        let (r, d) = (&self.rl, AlgoConfig::default());
+        let only = |set: bool, key: &str, readers: &str| -> Result<()> {
+            ensure!(
+                !set,
+                "rl.{key}: only {readers} read(s) it; under rl.algo = {:?} it would be ignored (leave it at its default)",
+                r.algo
+            );
+            Ok(())
+        };
+        only(r.algo != Algo::ReinforcePp && r.gamma != d.gamma, "gamma", "REINFORCE++ (the others use gamma = 1)")?;
+        only(!matches!(r.algo, Algo::ReinforcePp | Algo::Remax) && r.reward_clip != d.reward_clip, "reward_clip", "REINFORCE++ and ReMax")?;
+        only(r.algo != Algo::Rloo && r.normalize_advantages != d.normalize_advantages, "normalize_advantages", "RLOO")?;
+        only(r.algo != Algo::Grpo && r.scale_rewards != d.scale_rewards, "scale_rewards", "GRPO")?;
+        only(r.algo != Algo::Grpo && r.aggregation != d.aggregation, "aggregation", "GRPO")?;
+        only(r.algo == Algo::Rloo && r.eps_high.is_some(), "eps_high", "the token-level losses (GRPO, REINFORCE++, ReMax)")?;
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let r = &self.rl;
         ensure!(r.steps >= 1, "rl.steps = {} must be >= 1", r.steps);
@@ -296,12 +317,7 @@ impl RlConfig {
         ensure!(r.temperature > 0.0, "rl.temperature must be > 0 (sampling)");
         ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");
         ensure!(r.eps > 0.0 && r.eps < 1.0, "rl.eps = {} must be in (0, 1)", r.eps);
-        ensure!(
-            r.gamma == 1.0 || r.algo == Algo::ReinforcePp,
-            "rl.gamma = {}: only REINFORCE++ discounts its returns; {:?} uses gamma = 1 (leave rl.gamma at 1)",
-            r.gamma,
-            r.algo
-        );
+        self.check_algorithm_settings()?;
         ensure!(self.policy.lr > 0.0, "policy.lr must be > 0");
         crate::model::precision::Precision::resolve(&self.policy.dtype, tch::Device::Cpu, "policy.dtype")?;
         crate::model::precision::Precision::resolve(&self.reward.dtype, tch::Device::Cpu, "reward.dtype")?;

@@ -30,7 +30,17 @@ fn example_rl_config_resolves() {
     assert!(c.validate().unwrap_err().to_string().contains("rl.group_size"));
     let c: RlConfig = r2m::config::load(Some(&repo("configs/rl.toml")), &["rl.minibatch=7".into()]).unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("rl.minibatch"));
-    // A discount only REINFORCE++ implements is refused for the others, not ignored.
+    // A setting only some algorithms read is refused under the others, not ignored.
+    for (algo, set) in [
+        ("grpo", "rl.normalize_advantages=true"),
+        ("rloo", "rl.scale_rewards=\"batch\""),
+        ("rloo", "rl.eps_high=0.28"),
+        ("grpo", "rl.reward_clip=5.0"),
+    ] {
+        let c: RlConfig = r2m::config::load(Some(&repo("configs/rl.toml")), &[format!("rl.algo=\"{algo}\""), set.into()]).unwrap();
+        let key = set.split('=').next().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains(key), "{algo} {set}");
+    }
     let c: RlConfig = r2m::config::load(Some(&repo("configs/rl.toml")), &["rl.algo=\"remax\"".into(), "rl.gamma=0.9".into()]).unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("rl.gamma"));
     let c: RlConfig =
