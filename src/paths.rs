@@ -26,8 +26,9 @@ pub fn aliases() -> Vec<(&'static str, PathBuf)> {
     vec![("smollm2-135m-instruct", smollm2_gguf()), ("all-minilm-l6-v2", minilm_dir())]
 }
 
-/// A path, or an alias from `aliases()`. A missing path is an error naming it (and, for an alias,
-/// the bootstrap that makes it).
+/// A path, an alias from `aliases()`, or a Hugging Face hub id (`org/name` or `org/name@revision`,
+/// see [`resolve_hub_id`]). A missing path is an error naming it (and, for an alias, the bootstrap
+/// that makes it).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if let Some((_, p)) = aliases().into_iter().find(|(a, _)| a.eq_ignore_ascii_case(spec)) {
         if !p.exists() {
@@ -36,9 +37,93 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     let p = PathBuf::from(spec);
+    if !p.exists() && hub_id(spec).is_some() {
+        return resolve_hub_id(spec, &hub_cache());
+    }
     if !p.exists() {
         let names: Vec<&str> = aliases().iter().map(|(a, _)| *a).collect();
         return Err(Error::NotFound { path: p, hint: format!(" (not a path, nor one of the aliases {})", names.join(", ")) });
     }
     Ok(p)
+}
+
+/// The local Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (as `huggingface_hub` lays it out).
+pub fn hub_cache() -> PathBuf {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => hf_hub::Cache::from_env().path().clone(),
+    }
+}
+
+/// `org/name[@revision]` split into (id, revision; `main` when none), if `spec` has that shape:
+/// two non-empty names of letters, digits, `-`, `_` and `.`, not starting with a dot.
+fn hub_id(spec: &str) -> Option<(&str, &str)> {
+    let (id, rev) = spec.split_once('@').unwrap_or((spec, "main"));
+    let (org, name) = id.split_once('/')?;
+    let ok = |s: &str| !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (ok(org) && ok(name) && !rev.is_empty()).then_some((id, rev))
+}
+
+/// The snapshot folder of a hub id in the hub cache at `cache` (through `hf-hub`'s cache layout:
+/// `models--org--name/refs/<revision>` names the commit whose `snapshots/<commit>/` holds the
+/// files; a revision that is itself a commit is looked up in `snapshots/` directly). Offline: a
+/// model absent from the cache is an error naming the id and the cache searched.
+pub fn resolve_hub_id(spec: &str, cache: &std::path::Path) -> Result<PathBuf> {
+    let (id, rev) = hub_id(spec).ok_or_else(|| Error::Input(format!("{spec:?} is not a hub id (org/name or org/name@revision)")))?;
+    let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, rev.to_string());
+    let folder = cache.join(repo.folder_name());
+    let cached = hf_hub::Cache::new(cache.to_path_buf()).repo(repo).get("config.json");
+    let snapshot = match cached {
+        Some(config) => config.parent().map(PathBuf::from),
+        None => Some(folder.join("snapshots").join(rev)).filter(|d| d.join("config.json").exists()),
+    };
+    snapshot.ok_or_else(|| Error::NotFound {
+        path: folder.clone(),
+        hint: format!(
+            " (no such path; as a hub id, '{id}' at revision '{rev}' is not in the local Hugging Face cache {}: download it there, e.g. \
+             `huggingface-cli download {id}`, set HF_HUB_CACHE or HF_HOME to the cache that has it, or give its folder)",
+            cache.display()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub cache in a temp folder, laid out as `huggingface_hub` writes it.
+    fn fake_cache(root: &std::path::Path) {
+        let repo = root.join("models--org--tiny");
+        for (commit, marker) in [("c0ffee", "main"), ("beef01", "old")] {
+            std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+            std::fs::write(repo.join("snapshots").join(commit).join("config.json"), marker).unwrap();
+        }
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "c0ffee").unwrap();
+        std::fs::write(repo.join("refs/v1"), "beef01").unwrap();
+    }
+
+    #[test]
+    fn hub_ids_resolve_in_the_cache_by_ref_or_commit() {
+        let d = tempfile::tempdir().unwrap();
+        fake_cache(d.path());
+        let snap = |s: &str| resolve_hub_id(s, d.path()).map(|p| std::fs::read_to_string(p.join("config.json")).unwrap());
+        assert_eq!(snap("org/tiny").unwrap(), "main");
+        assert_eq!(snap("org/tiny@v1").unwrap(), "old");
+        assert_eq!(snap("org/tiny@beef01").unwrap(), "old");
+        let e = snap("org/absent").unwrap_err().to_string();
+        assert!(e.contains("org/absent") && e.contains(&d.path().display().to_string()), "{e}");
+        let e = snap("org/tiny@v2").unwrap_err().to_string();
+        assert!(e.contains("'v2'"), "{e}");
+    }
+
+    #[test]
+    fn only_org_slash_name_is_a_hub_id() {
+        assert_eq!(hub_id("Qwen/Qwen2.5-0.5B-Instruct"), Some(("Qwen/Qwen2.5-0.5B-Instruct", "main")));
+        assert_eq!(hub_id("org/name@v1.0"), Some(("org/name", "v1.0")));
+        for not in ["runs/x/y", "./m", "/abs/m", "name", "org/", "../m", "org/na me", "org/m@"] {
+            assert_eq!(hub_id(not), None, "{not}");
+        }
+    }
 }

@@ -57,8 +57,9 @@ pub enum Command {
 /// Options shared by every subcommand that loads a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// An HF folder (config.json + *.safetensors + tokenizer.json), a .gguf file, or an alias:
-    /// smollm2-135m-instruct, all-minilm-l6-v2 (made by scripts/bootstrap.sh).
+    /// An HF folder (config.json + *.safetensors + tokenizer.json), a .gguf file, an alias:
+    /// smollm2-135m-instruct, all-minilm-l6-v2 (made by scripts/bootstrap.sh), or a hub id
+    /// org/name[@revision] in the local Hugging Face cache.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     pub model: String,
     /// cpu, cuda, cuda:N, or auto (CUDA when a GPU is usable).
