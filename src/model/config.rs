@@ -90,6 +90,13 @@ pub struct LlamaConfig {
     pub num_labels: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torch_dtype: Option<String>,
+    /// Sliding-window attention: Mistral's window (null: none), Qwen2's (used only with
+    /// `use_sliding_window`). r2m attends over the whole sequence, so an active window is refused
+    /// at load ([`LlamaConfig::validate`]) rather than computed wrongly past the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
 }
 
 fn default_model_type() -> String {
@@ -139,6 +146,19 @@ impl LlamaConfig {
             return bad(format!(
                 "hidden_size = {} is not divisible by num_attention_heads = {}",
                 self.hidden_size, self.num_attention_heads
+            ));
+        }
+        let window = match self.model_type.as_str() {
+            "mistral" => self.sliding_window.map(|w| format!("sliding_window = {w}")),
+            "qwen2" if self.use_sliding_window == Some(true) => {
+                Some(format!("use_sliding_window = true (sliding_window = {:?})", self.sliding_window))
+            }
+            _ => None,
+        };
+        if let Some(field) = window {
+            return bad(format!(
+                "{field}: sliding-window attention is not implemented (r2m would attend past the window); \
+                 only where every sequence fits in the window is full attention the same, and then the window can be set to null"
             ));
         }
         if let Some(rs) = &self.rope_scaling {
@@ -208,5 +228,27 @@ mod tests {
         .unwrap();
         let e = c.validate(Path::new("x/config.json")).unwrap_err().to_string();
         assert!(e.contains("x/config.json") && e.contains("num_key_value_heads"), "{e}");
+    }
+
+    #[test]
+    fn an_active_sliding_window_is_refused_not_ignored() {
+        let cfg = |extra: &str| -> LlamaConfig {
+            serde_json::from_str(&format!(
+                r#"{{"vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let check = |extra: &str| cfg(extra).validate(Path::new("m/config.json")).map_err(|e| e.to_string());
+        let e = check(r#","model_type":"mistral","sliding_window":4096"#).unwrap_err();
+        assert!(e.contains("m/config.json") && e.contains("sliding_window = 4096"), "{e}");
+        assert!(check(r#","model_type":"mistral","sliding_window":null"#).is_ok());
+        let e = check(r#","model_type":"qwen2","use_sliding_window":true,"sliding_window":32768"#).unwrap_err();
+        assert!(e.contains("use_sliding_window = true"), "{e}");
+        // Qwen2.5's own configs carry a window they do not use.
+        assert!(check(r#","model_type":"qwen2","use_sliding_window":false,"sliding_window":32768"#).is_ok());
+        // Written back as read (export keeps what transformers needs to compute the same).
+        let c = cfg(r#","model_type":"qwen2","use_sliding_window":false,"sliding_window":32768"#);
+        let back: LlamaConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!((back.sliding_window, back.use_sliding_window), (Some(32768), Some(false)));
     }
 }

@@ -291,6 +291,8 @@ fn config_from_metadata(
         pad_token_id: id("tokenizer.ggml.padding_token_id")?,
         num_labels: None,
         torch_dtype: None,
+        sliding_window: None,
+        use_sliding_window: None,
     };
     config.validate(path)?;
     Ok(config)
