@@ -97,6 +97,9 @@ pub struct LlamaConfig {
     pub sliding_window: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_sliding_window: Option<bool>,
+    /// Llama's switch for biases in the MLP projections: not implemented, refused when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mlp_bias: bool,
 }
 
 fn default_model_type() -> String {
@@ -147,6 +150,9 @@ impl LlamaConfig {
                 "hidden_size = {} is not divisible by num_attention_heads = {}",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if self.mlp_bias {
+            return bad("mlp_bias = true: biases in the MLP projections are not implemented".into());
         }
         let window = match self.model_type.as_str() {
             "mistral" => self.sliding_window.map(|w| format!("sliding_window = {w}")),
@@ -231,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn an_active_sliding_window_is_refused_not_ignored() {
+    fn fields_that_change_the_computation_are_refused_not_ignored() {
         let cfg = |extra: &str| -> LlamaConfig {
             serde_json::from_str(&format!(
                 r#"{{"vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2{extra}}}"#
@@ -239,6 +245,7 @@ mod tests {
             .unwrap()
         };
         let check = |extra: &str| cfg(extra).validate(Path::new("m/config.json")).map_err(|e| e.to_string());
+        assert!(check(r#","mlp_bias":true"#).unwrap_err().contains("mlp_bias = true"));
         let e = check(r#","model_type":"mistral","sliding_window":4096"#).unwrap_err();
         assert!(e.contains("m/config.json") && e.contains("sliding_window = 4096"), "{e}");
         assert!(check(r#","model_type":"mistral","sliding_window":null"#).is_ok());

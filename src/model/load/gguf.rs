@@ -293,6 +293,7 @@ fn config_from_metadata(
         torch_dtype: None,
         sliding_window: None,
         use_sliding_window: None,
+        mlp_bias: false,
     };
     config.validate(path)?;
     Ok(config)
