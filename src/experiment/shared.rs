@@ -124,29 +124,25 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         data: RmData { train, eval, max_length: p.max_length, ..RmData::default() },
         train: t.clone(),
     };
-    let pairs = |split, n, seed, flip| PairsConfig {
-        split,
-        n_prompts: n,
-        seed,
-        temperature: p.temperature,
-        max_new_tokens: p.max_new_tokens,
-        batch: p.batch,
-        noise: Noise::Flip { p: flip },
+    // Gold-labelled pairs into `path` unless there; pi_init and the gold load on first need.
+    let mut make_pairs = |path: &Path, split: Split, n_prompts: usize, seed: u64, flip: f64| {
+        let c = PairsConfig {
+            split,
+            n_prompts,
+            seed,
+            temperature: p.temperature,
+            max_new_tokens: p.max_new_tokens,
+            batch: p.batch,
+            noise: Noise::Flip { p: flip },
+        };
+        ensure_pairs(path, &c, &mut policy, &mut gold, &cfg.run.policy.model, device, progress)
     };
     let test_pairs = match (&p.test_pairs, &p.model) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(_)) if cfg.run.data.prompts != "testbed" => None,
         (None, _) => {
             let t = dir.join("pairs-test.jsonl");
-            ensure_pairs(
-                &t,
-                &pairs(Split::Test, p.test_prompts, p.seed + 1, 0.0),
-                &mut policy,
-                &mut gold,
-                &cfg.run.policy.model,
-                device,
-                progress,
-            )?;
+            make_pairs(&t, Split::Test, p.test_prompts, p.seed + 1, 0.0)?;
             Some(t)
         }
     };
@@ -154,22 +150,14 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         Some(m) => m.clone(),
         None => {
             let tr = dir.join("pairs-train.jsonl");
-            ensure_pairs(
-                &tr,
-                &pairs(Split::Train, p.train_prompts, p.seed, p.flip),
-                &mut policy,
-                &mut gold,
-                &cfg.run.policy.model,
-                device,
-                progress,
-            )?;
+            make_pairs(&tr, Split::Train, p.train_prompts, p.seed, p.flip)?;
             ensure_rm(&rm_cfg(p.backbone.clone(), dir.join("proxy-rm"), tr, test_pairs.clone(), &p.train), progress, &mut trained)?
         }
     };
     let pretrained_rm = if cfg.runs_method(Method::PretrainedRm) {
         let rl = dir.join("pairs-rl.jsonl");
         let n = cfg.pretrained.prompts;
-        ensure_pairs(&rl, &pairs(Split::Train, n, p.seed + 2, p.flip), &mut policy, &mut gold, &cfg.run.policy.model, device, progress)?;
+        make_pairs(&rl, Split::Train, n, p.seed + 2, p.flip)?;
         Some(ensure_rm(
             &rm_cfg(proxy_rm.clone(), dir.join("pretrained-rm"), rl, test_pairs.clone(), &cfg.pretrained.train),
             progress,

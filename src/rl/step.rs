@@ -83,7 +83,7 @@ impl Run<'_> {
     /// Phase 3: the advantages, (B) sequence-level or (B, N) token-level, and the loss they enter.
     /// ReMax's greedy baseline generation and its reward are timed as generation and reward.
     pub fn advantages(&mut self, r: &Rollout, scores: &Tensor, t: i64, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
-        let c = self.cfg.rl.clone();
+        let c = &self.cfg.rl;
         let (k, beta) = (c.group_size as i64, c.beta());
         let (t_adv, from) = (Instant::now(), clock.0.len());
         let token_mean = PolicyLoss::Token { kl_beta: None, aggregation: Aggregation::TokenMean };
@@ -117,7 +117,7 @@ impl Run<'_> {
     /// before one AdamW step. Returns the sums for the metrics and, where the reward source reads
     /// hidden states, h' (B, P + N, D) from the last epoch's training forward.
     pub fn policy_update(&mut self, r: &Rollout, advantages: &Tensor, loss: PolicyLoss, t: i64) -> Result<(PolicyStats, Option<Tensor>)> {
-        let c = self.cfg.rl.clone();
+        let c = &self.cfg.rl;
         let b = r.seq.size()[0];
         let d = self.policy.config.hidden_size;
         let h_prime = self.reward.wants_hidden().then(|| Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device)));

@@ -29,34 +29,12 @@ pub struct GoldSource {
     pub gold: Gold,
 }
 
-impl GoldSource {
-    pub fn scores(&self, prompts: &[&PromptExample], responses: &[String], finished: &[bool]) -> Result<Tensor> {
-        self.scores_with(prompts, responses, finished, None)
-    }
-
-    /// [`GoldSource::scores`] with fluency log-probs already known for some responses
-    /// ([`Gold::score_with`]).
-    pub fn scores_with(
-        &self,
-        prompts: &[&PromptExample],
-        responses: &[String],
-        finished: &[bool],
-        known: Option<&[Option<ResponseLogprobs>]>,
-    ) -> Result<Tensor> {
-        let tps = prompts.iter().map(|p| testbed_prompt(p)).collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&TestbedPrompt> = tps.iter().collect();
-        let rs: Vec<&str> = responses.iter().map(|s| s.as_str()).collect();
-        let g = self.gold.score_with(&refs, &rs, finished, known)?;
-        Ok(Tensor::from_slice(&g.iter().map(|s| s.total as f32).collect::<Vec<_>>()))
-    }
-}
-
 impl RewardSource for GoldSource {
     fn name(&self) -> String {
         "gold".into()
     }
     fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        self.scores(&input.prompts, input.responses, input.finished)
+        MetricSource::scores(self, &input.prompts, input.responses, input.finished, None)
     }
 }
 
@@ -79,6 +57,8 @@ impl MetricSource for GoldSource {
             && lm.model.device == reference.device
     }
 
+    /// The gold's totals; `reference` gives the fluency log-probs of the responses whose tokens
+    /// the gold would score itself ([`Gold::score_with`]).
     fn scores(
         &self,
         prompts: &[&PromptExample],
@@ -86,6 +66,10 @@ impl MetricSource for GoldSource {
         finished: &[bool],
         reference: Option<&[Option<ResponseLogprobs>]>,
     ) -> Result<Tensor> {
-        self.scores_with(prompts, responses, finished, reference)
+        let tps = prompts.iter().map(|p| testbed_prompt(p)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&TestbedPrompt> = tps.iter().collect();
+        let rs: Vec<&str> = responses.iter().map(|s| s.as_str()).collect();
+        let g = self.gold.score_with(&refs, &rs, finished, reference)?;
+        Ok(Tensor::from_slice(&g.iter().map(|s| s.total as f32).collect::<Vec<_>>()))
     }
 }
