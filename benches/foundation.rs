@@ -549,10 +549,11 @@ fn main() -> Result<()> {
 /// to back the suggestions in docs/benchmarks.md. Nothing here is used by the main table.
 mod variants {
     use super::*;
+    use r2m::model::attention::Masks;
+    use r2m::model::decoder::{causal_mask, positions_from_mask, AttnMask};
     use r2m::model::kv_cache::KvCache;
-    use r2m::model::llama::{causal_mask, positions_from_mask, AttnMask};
 
-    /// A decode-step body with fewer ops than r2m's `Llama::forward`: q/k/v and gate/up fused into
+    /// A decode-step body with fewer ops than r2m's `Decoder::forward`: q/k/v and gate/up fused into
     /// one matmul each, `at::rms_norm`, RoPE from a precomputed cos/sin table applied once to q and
     /// k together, GQA through SDPA as r2m does.
     pub struct Fused {
@@ -583,7 +584,7 @@ mod variants {
             let hd = c.head_dim();
             let dev = m.device;
             let inv = (Tensor::arange_start_step(0, hd, 2, (Kind::Int64, dev)).to_kind(Kind::Float) / hd as f64)
-                .g_mul_scalar(c.rope_theta.ln())
+                .g_mul_scalar(c.layout.rope.theta.ln())
                 .exp()
                 .reciprocal();
             let pos = Tensor::arange(c.max_position_embeddings, (Kind::Float, dev));
@@ -593,13 +594,13 @@ mod variants {
                 embed: w(&m.model.embed_tokens),
                 qkv: l
                     .iter()
-                    .map(|b| Tensor::cat(&[w(&b.self_attn.q_proj.weight), w(&b.self_attn.k_proj.weight), w(&b.self_attn.v_proj.weight)], 0))
+                    .map(|b| Tensor::cat(&[w(&b.linears()[0].weight), w(&b.linears()[1].weight), w(&b.linears()[2].weight)], 0))
                     .collect(),
-                o: l.iter().map(|b| w(&b.self_attn.o_proj.weight)).collect(),
-                gate_up: l.iter().map(|b| Tensor::cat(&[w(&b.mlp.gate_proj.weight), w(&b.mlp.up_proj.weight)], 0)).collect(),
-                down: l.iter().map(|b| w(&b.mlp.down_proj.weight)).collect(),
-                ln1: l.iter().map(|b| w(&b.input_layernorm.weight)).collect(),
-                ln2: l.iter().map(|b| w(&b.post_attention_layernorm.weight)).collect(),
+                o: l.iter().map(|b| w(&b.linears()[3].weight)).collect(),
+                gate_up: l.iter().map(|b| Tensor::cat(&[w(&b.linears()[4].weight), w(&b.linears()[5].weight)], 0)).collect(),
+                down: l.iter().map(|b| w(&b.linears()[6].weight)).collect(),
+                ln1: l.iter().map(|b| w(&b.input_layernorm.as_ref().unwrap().weight)).collect(),
+                ln2: l.iter().map(|b| w(&b.post_attention_layernorm.as_ref().unwrap().weight)).collect(),
                 norm: w(&m.model.norm.weight),
                 cos: emb.cos(),
                 sin: emb.sin(),
@@ -608,7 +609,7 @@ mod variants {
                 hd,
                 d: c.hidden_size,
                 f: c.intermediate_size,
-                eps: c.rms_norm_eps,
+                eps: c.norm_eps(),
             }
         }
 
@@ -664,7 +665,8 @@ mod variants {
         slot_valid.narrow(1, 0, p).copy_(&pmask.to_kind(Kind::Bool));
         let pos0 = positions_from_mask(&pmask);
         let mut cache = new_cache(m, b, smax);
-        let h_pre = m.model.forward(&ids, &pos0, &AttnMask::Explicit(causal_mask(&pmask)), Some(&mut cache), false);
+        let h_pre =
+            m.model.forward(&ids, &pos0, &Masks { full: AttnMask::Explicit(causal_mask(&pmask)), sliding: None }, Some(&mut cache), false);
         let mut cache_f = new_cache(m, b, smax);
         let h_pre_f = fused.forward(&ids, &pos0, &causal_mask(&pmask), &mut cache_f);
         let pre_diff = (&h_pre.last - &h_pre_f).abs().max().double_value(&[]);
@@ -682,7 +684,9 @@ mod variants {
                     sync(dev);
                     let t0 = Instant::now();
                     let h = if which == 0 {
-                        m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(c), false).last
+                        m.model
+                            .forward(&tok, &pos, &Masks { full: AttnMask::Explicit(mask.shallow_clone()), sliding: None }, Some(c), false)
+                            .last
                     } else {
                         fused.forward(&tok, &pos, &mask, c)
                     };
@@ -722,7 +726,10 @@ mod variants {
             let mask = slot_valid.narrow(1, 0, p + s + 1).unsqueeze(1).unsqueeze(1);
             cache.len = p + s;
             cache_f.len = p + s;
-            let ha = m.model.forward(&tok, &pos, &AttnMask::Explicit(mask.shallow_clone()), Some(&mut cache), false).last;
+            let ha = m
+                .model
+                .forward(&tok, &pos, &Masks { full: AttnMask::Explicit(mask.shallow_clone()), sliding: None }, Some(&mut cache), false)
+                .last;
             let hb = fused.forward(&tok, &pos, &mask, &mut cache_f);
             step_diff = step_diff.max((ha - hb).abs().max().double_value(&[]));
         }

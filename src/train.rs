@@ -186,7 +186,8 @@ pub enum Trainable {
     /// embeddings the head IS the embedding matrix, so `head` then trains the embeddings).
     Top { layers: usize, head: bool },
     /// LoRA adapters of rank `rank` (scale alpha / rank) on the named projections of every block
-    /// (e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); the base is frozen.
+    /// (e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; Phi-3's fused
+    /// qkv_proj and gate_up_proj; GPT-NeoX's qkv_proj, o_proj, up_proj, down_proj); the base is frozen.
     Lora { rank: i64, alpha: f64, targets: Vec<String> },
 }
 
@@ -203,7 +204,7 @@ pub fn apply_trainable(model: &mut CausalLm, t: &Trainable, seed: i64) -> Result
             let first = n_layers - layers;
             let head_name = if model.lm_head.is_some() { "lm_head.weight" } else { "model.embed_tokens.weight" };
             model.params.set_trainable(|n| {
-                n == "model.norm.weight"
+                n.starts_with("model.norm.")
                     || (*head && n == head_name)
                     || n.strip_prefix("model.layers.")
                         .and_then(|r| r.split('.').next())
@@ -212,9 +213,13 @@ pub fn apply_trainable(model: &mut CausalLm, t: &Trainable, seed: i64) -> Result
             });
         }
         Trainable::Lora { rank, alpha, targets } => {
-            const KNOWN: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-            if let Some(bad) = targets.iter().find(|x| !KNOWN.contains(&x.as_str())) {
-                return Err(Error::Input(format!("trainable.targets: unknown projection '{bad}' (known: {})", KNOWN.join(", "))));
+            let present: std::collections::BTreeSet<String> =
+                model.model.layers.iter().flat_map(|b| b.linears()).map(|l| l.kind().to_string()).collect();
+            if let Some(bad) = targets.iter().find(|x| !present.contains(x.as_str())) {
+                return Err(Error::Input(format!(
+                    "trainable.targets: this model has no projection '{bad}' (its projections: {})",
+                    present.into_iter().collect::<Vec<_>>().join(", ")
+                )));
             }
             if *rank < 1 {
                 return Err(Error::Input(format!("trainable.rank = {rank} must be >= 1")));
@@ -223,18 +228,8 @@ pub fn apply_trainable(model: &mut CausalLm, t: &Trainable, seed: i64) -> Result
             tch::manual_seed(seed);
             let p = &mut model.params;
             for block in model.model.layers.iter_mut() {
-                let a = &mut block.self_attn;
-                let m = &mut block.mlp;
-                for (name, lin) in [
-                    ("q_proj", &mut a.q_proj),
-                    ("k_proj", &mut a.k_proj),
-                    ("v_proj", &mut a.v_proj),
-                    ("o_proj", &mut a.o_proj),
-                    ("gate_proj", &mut m.gate_proj),
-                    ("up_proj", &mut m.up_proj),
-                    ("down_proj", &mut m.down_proj),
-                ] {
-                    if targets.iter().any(|x| x == name) && lin.lora.is_none() {
+                for lin in block.linears_mut() {
+                    if targets.iter().any(|x| x == lin.kind()) && lin.lora.is_none() {
                         lin.add_lora(p, *rank, *alpha);
                     }
                 }

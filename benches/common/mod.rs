@@ -180,7 +180,7 @@ pub fn default_f32_dir() -> PathBuf {
 }
 
 /// SmolLM2-135M's architecture (what `--random-weights` fills with seeded random weights).
-pub fn smollm2_config() -> r2m::model::LlamaConfig {
+pub fn smollm2_config() -> r2m::model::DecoderConfig {
     serde_json::from_value(json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

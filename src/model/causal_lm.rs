@@ -1,20 +1,21 @@
-//! A causal LM: the Llama-family body (`super::llama`) with its LM head, loaded from an HF folder
+//! A causal LM: the decoder body (`super::decoder`) with its LM head, loaded from an HF folder
 //! or a GGUF file, and the passes RL needs: logits, token log-probs, hidden states, the frozen
 //! trunk's output and the blocks above it.
 use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
+use crate::model::config::DecoderConfig;
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Params, Source};
 use crate::model::precision::{Autocast, Precision};
 use crate::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::llama::*;
+use crate::model::decoder::*;
+use crate::model::layers::Linear;
 
 /// A causal LM: body + LM head (tied to the embeddings when `tie_word_embeddings`).
 pub struct CausalLm {
-    pub config: LlamaConfig,
-    pub model: Llama,
+    pub config: DecoderConfig,
+    pub model: Decoder,
     pub lm_head: Option<Linear>,
     pub params: Params,
     pub device: Device,
@@ -33,9 +34,9 @@ pub struct Loaded {
 impl CausalLm {
     /// Builds the model from a weight source: loaded (every tensor shape-checked, every missing or
     /// unused tensor an error naming it) or random (seeded by `tch::manual_seed` beforehand).
-    pub fn new(cfg: &LlamaConfig, mut src: Source, device: Device) -> Result<Self> {
+    pub fn new(cfg: &DecoderConfig, mut src: Source, device: Device) -> Result<Self> {
         let mut p = Params::default();
-        let model = Llama::new(&mut p, &mut src, cfg, device)?;
+        let model = Decoder::new(&mut p, &mut src, cfg, device)?;
         let tied = match &src {
             Source::Load(w) => cfg.tie_word_embeddings && !w.contains("lm_head.weight"),
             Source::Random => cfg.tie_word_embeddings,
@@ -52,7 +53,7 @@ impl CausalLm {
     }
 
     /// A seeded random model (tests, benchmarks).
-    pub fn random(cfg: &LlamaConfig, seed: i64, device: Device) -> Result<Self> {
+    pub fn random(cfg: &DecoderConfig, seed: i64, device: Device) -> Result<Self> {
         tch::manual_seed(seed);
         Self::new(cfg, Source::Random, device)
     }
@@ -61,8 +62,8 @@ impl CausalLm {
     pub fn load(src: &ModelSource, device: Device) -> Result<Loaded> {
         match src {
             ModelSource::HfDir(dir) => {
-                let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
-                let weights = WeightMap::new(dir.clone(), safetensors::read_dir(dir)?);
+                let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
+                let weights = WeightMap::new(dir.clone(), cfg.internal_names(safetensors::read_dir(dir)?));
                 let model = CausalLm::new(&cfg, Source::Load(weights), device)?;
                 let tokenizer = Tokenizer::from_hf_dir(dir)?;
                 Ok(Loaded { model, tokenizer })
@@ -90,9 +91,14 @@ impl CausalLm {
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(l) => l.forward(hidden),
             None => crate::model::packed::linear(hidden, &self.model.embed_tokens, None),
+        };
+        match self.config.layout.final_softcap {
+            // Gemma 2: cap * tanh(logits / cap).
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
         }
     }
 
@@ -101,21 +107,18 @@ impl CausalLm {
     pub fn linear_weights(&self) -> Vec<&Tensor> {
         let mut w = vec![];
         for l in &self.model.layers {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            for lin in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj] {
-                w.push(&lin.weight);
-            }
+            w.extend(l.linears().into_iter().map(|lin| &lin.weight));
         }
         w.push(self.head_weight());
         w
     }
 
-    /// logits / temperature, f32. A bias-free head is linear, so the division is applied to the
+    /// logits / temperature, f32. A bias-free, uncapped head is linear, so the division is applied to the
     /// hidden states (B, n, D) instead of the logits (B, n, V): one full-vocabulary tensor less,
     /// forward and backward (V / D = 85 for SmolLM2).
     pub fn scaled_logits(&self, hidden: &Tensor, temperature: f64) -> Tensor {
         let _ac = self.autocast();
-        let linear_head = self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
+        let linear_head = self.lm_head.as_ref().is_none_or(|l| l.bias.is_none()) && self.config.layout.final_softcap.is_none();
         if temperature == 1.0 {
             self.logits(hidden).to_kind(Kind::Float)
         } else if linear_head {
@@ -146,7 +149,7 @@ impl CausalLm {
         let _ac = self.autocast();
         let ids = ids.to_device(self.device);
         let mask = mask.to_device(self.device);
-        Ok(self.model.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, all_hidden))
+        Ok(self.model.forward(&ids, &positions_from_mask(&mask), &self.model.masks(&mask), None, all_hidden))
     }
 
     /// Logits (B, T, V) of a full-sequence forward, f32.
@@ -226,7 +229,7 @@ impl CausalLm {
         let _g = tch::no_grad_guard();
         let _ac = self.autocast();
         let (ids, mask) = (ids.to_device(self.device), mask.to_device(self.device));
-        Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len())))
+        Ok(self.model.forward_prefix(&ids, &positions_from_mask(&mask), &self.model.masks(&mask), k.min(self.model.layers.len())))
     }
 
     /// `token_logprobs` from a trunk (the input of block k, from `trunk`): blocks [k, L), the
@@ -258,6 +261,6 @@ impl CausalLm {
     pub fn hidden_from_trunk(&self, trunk: &Tensor, k: usize, mask: &Tensor) -> Tensor {
         let _ac = self.autocast();
         let mask = mask.to_device(self.device);
-        self.model.forward_suffix(trunk, &positions_from_mask(&mask), &attn_mask(&mask), k.min(self.model.layers.len()))
+        self.model.forward_suffix(trunk, &positions_from_mask(&mask), &self.model.masks(&mask), k.min(self.model.layers.len()))
     }
 }

@@ -2,6 +2,7 @@
 //! generation_config.json, model.safetensors (f32, LoRA merged, tied head omitted), tokenizer files.
 use crate::error::{Error, Result};
 use crate::model::causal_lm::CausalLm;
+use crate::model::layers::Norm;
 use crate::model::load::safetensors::write_file;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -10,21 +11,27 @@ use tch::Tensor;
 /// The model's weights under HF names, with LoRA adapters folded into their base weights.
 pub fn hf_state_dict(model: &CausalLm) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = vec![];
-    let mut push = |n: &str, t: Tensor| out.push((n.to_string(), t.to_kind(tch::Kind::Float)));
+    let arch = model.config.arch;
+    let mut push = |n: &str, t: Tensor| out.push((arch.hf_name(n), t.to_kind(tch::Kind::Float)));
     push("model.embed_tokens.weight", model.model.embed_tokens.detach());
-    for (i, b) in model.model.layers.iter().enumerate() {
-        let a = &b.self_attn;
-        let m = &b.mlp;
-        for lin in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj] {
+    let norm = |push: &mut dyn FnMut(&str, Tensor), n: &Norm| {
+        push(&format!("{}.weight", n.name), n.weight.detach());
+        if let Some(b) = &n.bias {
+            push(&format!("{}.bias", n.name), b.detach());
+        }
+    };
+    for b in &model.model.layers {
+        for lin in b.linears() {
             push(&format!("{}.weight", lin.name), lin.merged_weight());
             if let Some(bias) = &lin.bias {
                 push(&format!("{}.bias", lin.name), bias.detach());
             }
         }
-        push(&format!("model.layers.{i}.input_layernorm.weight"), b.input_layernorm.weight.detach());
-        push(&format!("model.layers.{i}.post_attention_layernorm.weight"), b.post_attention_layernorm.weight.detach());
+        for n in b.norms() {
+            norm(&mut push, n);
+        }
     }
-    push("model.norm.weight", model.model.norm.weight.detach());
+    norm(&mut push, &model.model.norm);
     if let Some(h) = &model.lm_head {
         push("lm_head.weight", h.merged_weight());
     }
@@ -35,10 +42,8 @@ pub fn hf_state_dict(model: &CausalLm) -> Vec<(String, Tensor)> {
 pub fn export_hf(model: &CausalLm, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut cfg = model.config.clone();
-    if cfg.architectures.is_empty() {
-        cfg.architectures = vec![if cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }.to_string()];
-    }
-    cfg.torch_dtype = Some("float32".into());
+    cfg.architectures = vec![cfg.arch.causal_lm_class()];
+    cfg.raw.insert("torch_dtype".into(), "float32".into());
     cfg.tie_word_embeddings = model.lm_head.is_none();
     if cfg.bos_token_id.is_none() {
         cfg.bos_token_id = tokenizer.bos_id().map(|i| crate::model::config::TokenIds::One(i as i64));

@@ -7,10 +7,7 @@
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
-use crate::model::{
-    causal_lm::CausalLm,
-    llama::{attn_mask, positions_from_mask, AttnMask},
-};
+use crate::model::{attention::Masks, causal_lm::CausalLm, decoder::positions_from_mask};
 use tch::{Device, Kind, Tensor};
 
 /// How the next token is picked.
@@ -317,11 +314,16 @@ pub fn generate_stream(
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));
 
     // Prefill.
-    let h =
-        model.model.forward(&prompt_ids, &positions_from_mask(&prompt_mask), &attn_mask(&prompt_mask), Some(&mut cache), capture.is_some());
+    let h = model.model.forward(
+        &prompt_ids,
+        &positions_from_mask(&prompt_mask),
+        &model.model.masks(&prompt_mask),
+        Some(&mut cache),
+        capture.is_some(),
+    );
     let mut hidden = if cfg.return_hidden { vec![h.last.shallow_clone()] } else { vec![] };
     // `all` holds the input of every block (then the final states): entry k is the trunk's output.
-    let trunk_of = |h: &crate::model::llama::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));
+    let trunk_of = |h: &crate::model::decoder::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));
     let mut trunk: Vec<Tensor> = trunk_of(&h).into_iter().collect();
     let mut logits = model.logits(&h.last.narrow(1, p - 1, 1)).squeeze_dim(1); // (B, V)
     let mut pos = prompt_mask.sum_dim_intlist([1i64].as_slice(), true, Kind::Int64) - 1; // (B, 1): last position
@@ -329,6 +331,14 @@ pub fn generate_stream(
     let mut finished = Tensor::zeros([b], (Kind::Bool, dev));
     let (mut toks, mut lps, mut masks, mut ents) = (vec![], vec![], vec![], vec![]);
     let keep_going = cfg.return_hidden || capture.is_some();
+    let longrope_switch = match &c.layout.rope.scaling {
+        Some(crate::model::arch::RopeScaling::LongRope { original_max_position_embeddings, .. })
+            if p <= *original_max_position_embeddings =>
+        {
+            Some(*original_max_position_embeddings)
+        }
+        _ => None,
+    };
     for step in 0..n {
         let (tok, lp, ent) = pick(&logits, &cfg.sampling);
         let alive = finished.logical_not();
@@ -350,8 +360,28 @@ pub fn generate_stream(
         // Feed the token: one new slot per row.
         pos += 1;
         let s = cache.len;
-        let mask = AttnMask::Explicit(slot_valid.narrow(1, 0, s + 1).unsqueeze(1).unsqueeze(1)); // (B, 1, 1, S)
-        let h = model.model.forward(&tok.unsqueeze(-1), &pos, &mask, Some(&mut cache), capture.is_some());
+        let h = if longrope_switch == Some(s) {
+            // LongRoPE: the sequence reaches the original context, and its frequencies change.
+            // transformers' Phi-3 then drops the cache and runs the whole sequence again, so that
+            // every cached key uses the new ones; so does this. The new token's states are kept.
+            let seq = Tensor::cat(&[prompt_ids.shallow_clone(), Tensor::stack(&toks, 1)], 1);
+            let seq_mask = slot_valid.narrow(1, 0, s + 1).to_kind(Kind::Int64);
+            cache.len = 0;
+            let full = model.model.forward(
+                &seq,
+                &positions_from_mask(&seq_mask),
+                &model.model.masks(&seq_mask),
+                Some(&mut cache),
+                capture.is_some(),
+            );
+            crate::model::decoder::Hidden {
+                last: full.last.narrow(1, s, 1),
+                all: full.all.map(|a| a.iter().map(|t| t.narrow(1, s, 1)).collect()),
+            }
+        } else {
+            let masks = Masks::for_step(&slot_valid.narrow(1, 0, s + 1), model.model.window); // (B, 1, 1, S)
+            model.model.forward(&tok.unsqueeze(-1), &pos, &masks, Some(&mut cache), capture.is_some())
+        };
         if cfg.return_hidden {
             hidden.push(h.last.shallow_clone());
         }

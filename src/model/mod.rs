@@ -1,10 +1,13 @@
+pub mod arch;
+pub mod attention;
 pub mod bert;
 pub mod causal_lm;
 pub mod config;
+pub mod decoder;
 pub mod export;
 pub mod generate;
 pub mod kv_cache;
-pub mod llama;
+pub mod layers;
 pub mod load;
 pub mod lora;
 pub mod packed;
@@ -13,5 +16,5 @@ pub mod precision;
 pub mod sentence;
 
 pub use causal_lm::CausalLm;
-pub use config::LlamaConfig;
-pub use llama::Llama;
+pub use config::DecoderConfig;
+pub use decoder::Decoder;

@@ -1,6 +1,6 @@
 //! `RewardModel`: a backbone + a linear scoring head -> one scalar per (prompt, response).
 //!
-//! - Decoder backbone (Llama family): the final hidden state (after the final norm) of the last
+//! - Decoder backbone (any `model::arch` architecture): the final hidden state (after the final norm) of the last
 //!   non-pad token, as HF `LlamaForSequenceClassification` does; sequences are RIGHT-padded, as TRL's
 //!   preference collator does, so positions equal HF's.
 //! - Encoder backbone (BERT, e.g. all-MiniLM-L6-v2): the pooling the model was trained with
@@ -9,13 +9,14 @@
 //! The pooled vector is H_last, the "reward token embedding" R2M reads; `score_embedding` applies the
 //! head to it, so R2M can score a blended embedding with the same head.
 //!
-//! On disk: decoder RMs are HF `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification`
-//! folders (`score.weight`, no bias). Encoder RMs are the sentence-transformers folder plus
+//! On disk: decoder RMs are HF `*ForSequenceClassification` folders of their architecture
+//! (`LlamaForSequenceClassification`, `Gemma3TextForSequenceClassification`, ...: `score.weight`,
+//! no bias). Encoder RMs are the sentence-transformers folder plus
 //! `score.safetensors` and `r2m_reward.json` (HF has no mean-pooled BERT classifier).
 use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
+use crate::model::config::DecoderConfig;
+use crate::model::decoder::{positions_from_mask, Decoder};
 use crate::model::export::write_json;
-use crate::model::llama::{attn_mask, positions_from_mask, Llama};
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
 use crate::model::precision::{Autocast, Precision};
@@ -25,7 +26,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 pub enum Backbone {
-    Decoder { body: Llama, config: LlamaConfig, tokenizer: Tokenizer },
+    Decoder { body: Decoder, config: DecoderConfig, tokenizer: Tokenizer },
     Encoder { enc: SentenceEncoder, dir: std::path::PathBuf },
 }
 
@@ -57,8 +58,8 @@ impl RewardModel {
             ModelSource::HfDir(dir) if dir.join("modules.json").exists() => Self::load_encoder(dir, seed, device),
             ModelSource::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
-                let cfg = LlamaConfig::from_file(&cfg_path)?;
-                let w = WeightMap::new(dir.clone(), safetensors::read_dir(dir)?);
+                let cfg = DecoderConfig::from_file(&cfg_path)?;
+                let w = WeightMap::new(dir.clone(), cfg.internal_names(safetensors::read_dir(dir)?));
                 let tok = Tokenizer::from_hf_dir(dir)?;
                 Self::decoder(cfg, w, tok, seed, device)
             }
@@ -70,11 +71,11 @@ impl RewardModel {
         }
     }
 
-    fn decoder(cfg: LlamaConfig, w: WeightMap, tokenizer: Tokenizer, seed: i64, device: Device) -> Result<Self> {
+    fn decoder(cfg: DecoderConfig, w: WeightMap, tokenizer: Tokenizer, seed: i64, device: Device) -> Result<Self> {
         let d = cfg.hidden_size;
         let mut p = Params::default();
         let mut src = Source::Load(w);
-        let body = Llama::new(&mut p, &mut src, &cfg, device)?;
+        let body = Decoder::new(&mut p, &mut src, &cfg, device)?;
         let mut rest = match src {
             Source::Load(w) => w,
             Source::Random => return Err(Error::Input("reward model: expected loaded weights".into())),
@@ -114,10 +115,10 @@ impl RewardModel {
     }
 
     /// A seeded random decoder RM (tests).
-    pub fn random_decoder(cfg: &LlamaConfig, tokenizer: Tokenizer, seed: i64, device: Device) -> Result<Self> {
+    pub fn random_decoder(cfg: &DecoderConfig, tokenizer: Tokenizer, seed: i64, device: Device) -> Result<Self> {
         tch::manual_seed(seed);
         let mut p = Params::default();
-        let body = Llama::new(&mut p, &mut Source::Random, cfg, device)?;
+        let body = Decoder::new(&mut p, &mut Source::Random, cfg, device)?;
         let head = p.get(&mut Source::Random, "score.weight", &[1, cfg.hidden_size], Init::Normal(0.02), device)?;
         let mut config = cfg.clone();
         config.num_labels = Some(1);
@@ -168,8 +169,8 @@ impl RewardModel {
                         config.max_position_embeddings
                     )));
                 }
-                let h = body.forward(&ids, &positions_from_mask(&mask), &attn_mask(&mask), None, false).last; // (B, T, D)
-                                                                                                              // Last non-pad token: argmax of (index + 1) * mask, as HF's sequence classifier.
+                let h = body.forward(&ids, &positions_from_mask(&mask), &body.masks(&mask), None, false).last; // (B, T, D)
+                                                                                                               // Last non-pad token: argmax of (index + 1) * mask, as HF's sequence classifier.
                 let idx = (Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0) + 1) * &mask;
                 let last = idx.argmax(-1, false); // (B)
                 let d = h.size()[2];
@@ -238,7 +239,7 @@ impl RewardModel {
             n == "score.weight"
                 || layers.is_none()
                 || layer_of(n).is_some_and(|i| i >= first)
-                || (layers != Some(0) && n == "model.norm.weight")
+                || (layers != Some(0) && n.starts_with("model.norm."))
         };
         let all = self.all_params();
         for (n, t) in &all {
@@ -254,9 +255,8 @@ impl RewardModel {
         match &self.backbone {
             Backbone::Decoder { config, tokenizer, .. } => {
                 let mut cfg = config.clone();
-                let arch = if cfg.model_type == "qwen2" { "Qwen2ForSequenceClassification" } else { "LlamaForSequenceClassification" };
-                cfg.architectures = vec![arch.into()];
-                cfg.torch_dtype = Some("float32".into());
+                cfg.architectures = vec![cfg.arch.seq_cls_class()];
+                cfg.raw.insert("torch_dtype".into(), "float32".into());
                 cfg.num_labels = Some(1);
                 cfg.pad_token_id = Some(tokenizer.pad_id() as i64);
                 let mut json = serde_json::to_value(&cfg).map_err(|e| Error::parse(dir, e))?;
@@ -266,7 +266,7 @@ impl RewardModel {
                 json.as_object_mut().map(|o| o.remove("num_labels"));
                 write_json(&dir.join("config.json"), &json)?;
                 let tensors: Vec<(String, Tensor)> =
-                    self.params.named().iter().map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Float))).collect();
+                    self.params.named().iter().map(|(n, t)| (cfg.arch.hf_name(n), t.detach().to_kind(Kind::Float))).collect();
                 safetensors::write_file(&dir.join("model.safetensors"), &tensors)?;
                 tokenizer.save_hf(dir)
             }

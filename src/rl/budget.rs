@@ -19,7 +19,7 @@
 //!
 //! The estimates are for the worst case (the longest prompt, every response at max_new_tokens), so
 //! "auto" stays on the safe side; they are not exact (allocator slack, the reward models).
-use crate::model::config::LlamaConfig;
+use crate::model::config::DecoderConfig;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -65,7 +65,7 @@ impl From<Count> for CountRepr {
 #[derive(Debug, Clone)]
 pub struct Shapes {
     /// The policy's config.
-    pub model: LlamaConfig,
+    pub model: DecoderConfig,
     /// Longest prompt (P) and most new tokens (N).
     pub prompt_tokens: i64,
     pub new_tokens: i64,
@@ -259,7 +259,7 @@ pub fn free_memory(device: Device) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn smollm2() -> LlamaConfig {
+    fn smollm2() -> DecoderConfig {
         serde_json::from_str(
             r#"{"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                 "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": true}"#,

@@ -1,5 +1,5 @@
 //! A tokenizer from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`), rebuilt as the
-//! byte-level BPE that transformers' GGUF converter builds.
+//! byte-level BPE that transformers' GGUF converter builds, or (Gemma) as SentencePiece BPE.
 use super::{tk_err, Tokenizer};
 use crate::error::{Error, Result};
 use crate::gguf_meta::{meta_int, meta_str};
@@ -25,35 +25,19 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 impl Tokenizer {
     /// Builds the tokenizer stored in GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
-    /// Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE) is supported, with the pre-tokenizers
+    /// `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with the pre-tokenizers
     /// `gpt2`/`smollm`/`default` (GPT-2 regex, as transformers' GGUF converter), `llama-bpe` and
-    /// `qwen2` (the regexes of those models' own tokenizer.json). Control tokens (token_type 3)
-    /// become special added tokens, user-defined ones (4) plain added tokens.
+    /// `qwen2` (the regexes of those models' own tokenizer.json); and Gemma's SentencePiece
+    /// (`llama` in a `gemma2`/`gemma3` file). Control tokens (token_type 3) become special added
+    /// tokens, user-defined ones (4) plain added tokens.
     pub fn from_gguf(path: &Path, md: &HashMap<String, gguf_file::Value>) -> Result<Self> {
         let get = |key: &str| md.get(key);
         let missing = |key: &str| Error::parse(path, format!("GGUF metadata has no '{key}'"));
         let model = get("tokenizer.ggml.model").ok_or_else(|| missing("tokenizer.ggml.model"))?;
         let model = meta_str(path, "tokenizer.ggml.model", model)?;
-        if model != "gpt2" {
-            return Err(Error::Unsupported {
-                path: path.into(),
-                what: "GGUF tokenizer model (tokenizer.ggml.model)".into(),
-                value: model.into(),
-                supported: "gpt2 (byte-level BPE)".into(),
-            });
-        }
+        let arch = get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         let tokens =
             meta_str_array(path, "tokenizer.ggml.tokens", get("tokenizer.ggml.tokens"))?.ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
-        let merges =
-            meta_str_array(path, "tokenizer.ggml.merges", get("tokenizer.ggml.merges"))?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::parse(path, format!("tokenizer.ggml.merges: bad entry {m:?}")))
-            })
-            .collect::<Result<_>>()?;
         let types: Vec<i64> = match get("tokenizer.ggml.token_type") {
             Some(v) => meta_int_array(path, "tokenizer.ggml.token_type", v)?,
             None => vec![],
@@ -84,48 +68,30 @@ impl Tokenizer {
                 extra_eos.push(id);
             }
         }
-        let pre = match get("tokenizer.ggml.pre") {
-            Some(v) => meta_str(path, "tokenizer.ggml.pre", v)?.to_string(),
-            None => "default".into(),
+        let (mut inner, spm) = match model {
+            "gpt2" => (byte_level_bpe(path, md, &tokens)?, false),
+            "llama" if arch.starts_with("gemma") => (gemma_spm_bpe(path, md, &tokens, unk)?, true),
+            _ => {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: format!("GGUF tokenizer model (tokenizer.ggml.model) of architecture '{arch}'"),
+                    value: model.into(),
+                    supported: "gpt2 (byte-level BPE), llama (SentencePiece) for gemma2/gemma3".into(),
+                })
+            }
         };
         let add_bos = match get("tokenizer.ggml.add_bos_token") {
             Some(gguf_file::Value::Bool(b)) => *b,
             Some(v) => meta_int(path, "tokenizer.ggml.add_bos_token", v)? != 0,
-            // llama.cpp's default: Llama 3 adds <|begin_of_text|>, the other BPE vocabularies nothing.
-            None => pre == "llama-bpe",
+            // llama.cpp's default: SentencePiece vocabularies and Llama 3 add BOS, other BPE ones not.
+            None => spm || matches!(get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str), Some("llama-bpe")),
         };
-
-        // Vocab: later duplicates win, as in transformers' `{word: i for i, word in enumerate(tokens)}`.
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tk_err(path, format!("building BPE: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let bytelevel = |use_regex: bool| ByteLevel::new(false, false, use_regex);
-        let split = |re: &str| -> Result<PreTokenizerWrapper> {
-            let s = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| tk_err(path, e))?;
-            Ok(PreSequence::new(vec![s.into(), bytelevel(false).into()]).into())
-        };
-        let pre_tok: PreTokenizerWrapper = match pre.as_str() {
-            p if GPT2_PRE.contains(&p) => bytelevel(true).into(),
-            "llama-bpe" => split(LLAMA3_REGEX)?,
-            "qwen2" => {
-                inner.with_normalizer(Some(NFC));
-                split(QWEN2_REGEX)?
-            }
-            other => {
-                return Err(Error::Unsupported {
-                    path: path.into(),
-                    what: "GGUF pre-tokenizer (tokenizer.ggml.pre)".into(),
-                    value: other.into(),
-                    supported: "gpt2, smollm, default, llama-bpe, qwen2".into(),
-                })
-            }
-        };
-        inner.with_pre_tokenizer(Some(pre_tok));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
 
         let special: Vec<AddedToken> =
             types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| AddedToken::from(tokens[i].clone(), true)).collect();
         inner.add_special_tokens(&special);
+        // User-defined pieces (Gemma's runs of newlines, tabs and spaces among them) match the raw
+        // text before anything else, as in SentencePiece and llama.cpp.
         let user: Vec<AddedToken> = types
             .iter()
             .enumerate()
@@ -160,6 +126,134 @@ impl Tokenizer {
         tok.set_add_bos(add_bos)?;
         Ok(tok)
     }
+}
+
+/// The byte-level BPE of a `gpt2` GGUF tokenizer, as transformers' GGUF converter builds it.
+fn byte_level_bpe(path: &Path, md: &HashMap<String, gguf_file::Value>, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
+    let get = |key: &str| md.get(key);
+    let missing = |key: &str| Error::parse(path, format!("GGUF metadata has no '{key}'"));
+    let merges =
+        meta_str_array(path, "tokenizer.ggml.merges", get("tokenizer.ggml.merges"))?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::parse(path, format!("tokenizer.ggml.merges: bad entry {m:?}")))
+        })
+        .collect::<Result<_>>()?;
+    let pre = match get("tokenizer.ggml.pre") {
+        Some(v) => meta_str(path, "tokenizer.ggml.pre", v)?.to_string(),
+        None => "default".into(),
+    };
+
+    // Vocab: later duplicates win, as in transformers' `{word: i for i, word in enumerate(tokens)}`.
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tk_err(path, format!("building BPE: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let bytelevel = |use_regex: bool| ByteLevel::new(false, false, use_regex);
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        let s = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| tk_err(path, e))?;
+        Ok(PreSequence::new(vec![s.into(), bytelevel(false).into()]).into())
+    };
+    let pre_tok: PreTokenizerWrapper = match pre.as_str() {
+        p if GPT2_PRE.contains(&p) => bytelevel(true).into(),
+        "llama-bpe" => split(LLAMA3_REGEX)?,
+        "qwen2" => {
+            inner.with_normalizer(Some(NFC));
+            split(QWEN2_REGEX)?
+        }
+        other => {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                what: "GGUF pre-tokenizer (tokenizer.ggml.pre)".into(),
+                value: other.into(),
+                supported: "gpt2, smollm, default, llama-bpe, qwen2".into(),
+            })
+        }
+    };
+    inner.with_pre_tokenizer(Some(pre_tok));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// A Gemma GGUF's SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`: pieces with scores),
+/// tokenized as SentencePiece BPE does and llama.cpp reads it: user-defined pieces match the raw
+/// text first (added tokens, see the caller), spaces become "▁", then adjacent pieces merge while
+/// their concatenation is a piece, the highest-scoring first, with byte fallback (`<0xNN>`) for
+/// what no piece covers. Built as an HF BPE whose merges are every split of every piece into two
+/// pieces, ranked by the piece's score.
+///
+/// transformers' GGUF converter builds a Unigram over the same scores instead; as Gemma 3's scores
+/// are BPE merge ranks, that splits common words into letters ("▁c ap it al") that the model
+/// rarely saw, so r2m does not follow it here.
+fn gemma_spm_bpe(
+    path: &Path,
+    md: &HashMap<String, gguf_file::Value>,
+    tokens: &[String],
+    unk: Option<u32>,
+) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence, strip::Strip};
+    use tokenizers::normalizers::replace::Replace;
+    let key = "tokenizer.ggml.scores";
+    let v = md.get(key).ok_or_else(|| Error::parse(path, format!("GGUF metadata has no '{key}'")))?;
+    let arr = v.to_vec().map_err(|_| Error::parse(path, format!("GGUF metadata '{key}' is not an array")))?;
+    let scores: Vec<f32> = arr
+        .iter()
+        .map(|x| match x {
+            gguf_file::Value::F32(f) => Ok(*f),
+            gguf_file::Value::F64(f) => Ok(*f as f32),
+            _ => Err(Error::parse(path, format!("GGUF metadata '{key}' holds a non-float"))),
+        })
+        .collect::<Result<_>>()?;
+    if scores.len() != tokens.len() {
+        return Err(Error::parse(path, format!("{key} has {} entries for {} tokens", scores.len(), tokens.len())));
+    }
+    let pieces = tokens;
+    // Later duplicates win, as in a dict built from the list.
+    let vocab: tokenizers::models::bpe::Vocab = pieces.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut merges: Vec<(f32, u32, String, String)> = vec![];
+    for (i, piece) in pieces.iter().enumerate() {
+        if vocab.get(piece) != Some(&(i as u32)) {
+            continue;
+        }
+        let cuts: Vec<usize> = piece.char_indices().map(|(b, _)| b).skip(1).collect();
+        for b in cuts {
+            let (l, r) = piece.split_at(b);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                merges.push((scores[i], li.min(ri), l.to_string(), r.to_string()));
+            }
+        }
+    }
+    // Highest score first; among the splits of one piece, the one with the more frequent halves.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges: Vec<(String, String)> = merges.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Some(u) = unk {
+        builder = builder.unk_token(pieces[u as usize].clone());
+    }
+    let model = builder.build().map_err(|e| tk_err(path, format!("building BPE: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(model);
+    inner.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(|e| tk_err(path, e))?));
+    let add_prefix_space = match md.get("tokenizer.ggml.add_space_prefix") {
+        Some(gguf_file::Value::Bool(b)) => *b,
+        Some(v) => meta_int(path, "tokenizer.ggml.add_space_prefix", v)? != 0,
+        None => true,
+    };
+    if add_prefix_space {
+        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::metaspace::Metaspace::new(
+            '\u{2581}',
+            tokenizers::pre_tokenizers::metaspace::PrependScheme::First,
+            false,
+        )));
+    }
+    let mut decoders: Vec<tokenizers::DecoderWrapper> =
+        vec![Replace::new("\u{2581}", " ").map_err(|e| tk_err(path, e))?.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if add_prefix_space {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(Sequence::new(decoders)));
+    Ok(inner)
 }
 
 fn meta_str_array(path: &Path, key: &str, v: Option<&gguf_file::Value>) -> Result<Option<Vec<String>>> {

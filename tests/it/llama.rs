@@ -6,7 +6,7 @@ use r2m::model::causal_lm::CausalLm;
 use r2m::model::generate::{generate, GenerateConfig, Sampling};
 use r2m::model::load::{safetensors, ModelSource, WeightMap};
 use r2m::model::params::Source;
-use r2m::model::LlamaConfig;
+use r2m::model::DecoderConfig;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -38,7 +38,7 @@ save_file({{"ids": ids, "mask": mask, "logits": out.logits.contiguous(),
 }
 
 fn load_tiny(dir: &Path) -> CausalLm {
-    let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let cfg = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
     let w = WeightMap::new(dir, safetensors::read_dir(dir).unwrap());
     CausalLm::new(&cfg, Source::Load(w), Device::Cpu).unwrap()
 }
@@ -89,7 +89,7 @@ fn tiny_qwen2_matches_transformers() {
 }
 
 fn tiny_random() -> CausalLm {
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: DecoderConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "tie_word_embeddings": false
@@ -274,7 +274,7 @@ fn bad_input_gives_clear_errors() {
     let cfg_path = d.path().join("config.json");
     let orig = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(&cfg_path, orig.replace("\"intermediate_size\": 96", "\"intermediate_size\": 80")).unwrap();
-    let cfg = LlamaConfig::from_file(&cfg_path).unwrap();
+    let cfg = DecoderConfig::from_file(&cfg_path).unwrap();
     let w = WeightMap::new(d.path(), safetensors::read_dir(d.path()).unwrap());
     let e = CausalLm::new(&cfg, Source::Load(w), Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("gate_proj.weight") && e.contains("[96, 64]") && e.contains("[80, 64]"), "{e}");

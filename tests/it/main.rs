@@ -1,11 +1,13 @@
 //! Integration tests: one binary (see Cargo.toml `[[test]] it`). Reference values come from Python
 //! (transformers, sentence-transformers, tokenizers) in the bootstrap's virtualenv.
 mod analysis;
+mod archs;
 mod bert;
 mod common;
 mod configs;
 mod data;
 mod experiment;
+mod gemma3;
 mod gguf;
 mod grid;
 mod llama;

@@ -16,6 +16,12 @@ use tch::Device;
 /// A tiny world in `dir`: `policy/` (tiny Llama + word-level tokenizer), `rm/` (tiny Llama
 /// sequence classifier, same tokenizer), `prompts.jsonl`.
 pub fn tiny_world(dir: &Path) {
+    world(dir, "llama")
+}
+
+/// `kind` "llama": as above; "mixed": a Qwen3 policy (D 32) and a Gemma 3 reward model (D 48,
+/// sliding and global layers).
+fn world(dir: &Path, kind: &str) {
     python(
         r###"
 import sys, os, json, torch, transformers
@@ -33,19 +39,28 @@ def save_tok(p):
     json.dump({"eos_token": "<eos>", "pad_token": "<pad>", "tokenizer_class": "PreTrainedTokenizerFast"},
               open(os.path.join(p, "tokenizer_config.json"), "w"))
 torch.manual_seed(0)
-cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-    eos_token_id=1, pad_token_id=0, bos_token_id=None)
-transformers.LlamaForCausalLM(cfg).save_pretrained(d + "/policy", safe_serialization=True)
+ids = dict(eos_token_id=1, pad_token_id=0, bos_token_id=None)
+if sys.argv[2] == "llama":
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **ids)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d + "/policy", safe_serialization=True)
+    cfg.num_labels = 1
+    transformers.LlamaForSequenceClassification(cfg).save_pretrained(d + "/rm", safe_serialization=True)
+else:
+    cfg = transformers.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **ids)
+    transformers.Qwen3ForCausalLM(cfg).save_pretrained(d + "/policy", safe_serialization=True)
+    cfg = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=64, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], num_labels=1, **ids)
+    transformers.Gemma3TextForSequenceClassification(cfg).save_pretrained(d + "/rm", safe_serialization=True)
 save_tok(d + "/policy")
-cfg.num_labels = 1
-transformers.LlamaForSequenceClassification(cfg).save_pretrained(d + "/rm", safe_serialization=True)
 save_tok(d + "/rm")
 with open(d + "/prompts.jsonl", "w") as f:
     for i in range(40):
         f.write(json.dumps({"prompt": " ".join(f"w{(i * 7 + j) % 60}" for j in range(3 + i % 4))}) + "\n")
 "###,
-        &[dir.to_str().unwrap()],
+        &[dir.to_str().unwrap(), kind],
     );
 }
 
@@ -197,6 +212,29 @@ fn check_resume(dir: &Path, algo: Algo, with_r2m: Option<Method>) {
             assert!(t.equal(&sb[&n]), "R2M state {n} differs after resume");
         }
     }
+}
+
+/// A Qwen3 policy scored by a Gemma 3 reward model of another width, with R2M reading the
+/// policy's hidden states (D_p 32) into the RM's (D_rm 48): the run goes to the end and resumes.
+#[test]
+fn r2m_across_architectures_and_widths() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    world(d.path(), "mixed");
+    let mut c = tiny_cfg(d.path(), Algo::Grpo, "mixed");
+    c.rl.steps = 4;
+    c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-3, ..Default::default() });
+    let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
+    let m = run(&mut r, false, false).unwrap();
+    let recs = r2m::metrics::read_jsonl(&m).unwrap();
+    assert_eq!(recs.len(), 4);
+    for rec in &recs {
+        let w = rec["r2m/w"].as_f64().unwrap();
+        assert!(rec["reward"].as_f64().unwrap().is_finite() && (0.0..=1.0).contains(&w), "{rec:?}");
+    }
+    let policy = r2m::model::DecoderConfig::from_file(&d.path().join("policy/config.json")).unwrap();
+    let rm = r2m::model::DecoderConfig::from_file(&d.path().join("rm/config.json")).unwrap();
+    assert_eq!((policy.arch.model_type(), policy.hidden_size, rm.arch.model_type(), rm.hidden_size), ("qwen3", 32, "gemma3_text", 48));
 }
 
 #[test]

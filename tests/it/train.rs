@@ -5,7 +5,7 @@ use crate::common::{python, tmpdir};
 use r2m::model::causal_lm::CausalLm;
 use r2m::model::load::{safetensors, WeightMap};
 use r2m::model::params::Source;
-use r2m::model::LlamaConfig;
+use r2m::model::DecoderConfig;
 use r2m::train::{apply_trainable, clip_grad_norm, AdamW, AdamWConfig, Trainable};
 use tch::{Device, Kind, Tensor};
 
@@ -47,7 +47,7 @@ save_file(out, sys.argv[1] + "/after.safetensors")
 fn one_training_step_matches_pytorch() {
     let d = tmpdir();
     python(STEP_PY, &[d.path().to_str().unwrap()]);
-    let cfg = LlamaConfig::from_file(&d.path().join("config.json")).unwrap();
+    let cfg = DecoderConfig::from_file(&d.path().join("config.json")).unwrap();
     let w = WeightMap::new(d.path(), safetensors::read_dir(d.path()).unwrap());
     let mut m = CausalLm::new(&cfg, Source::Load(w), Device::Cpu).unwrap();
     let after: std::collections::HashMap<String, Tensor> =
@@ -86,7 +86,7 @@ fn one_training_step_matches_pytorch() {
 }
 
 fn tiny() -> CausalLm {
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: DecoderConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 64, "tie_word_embeddings": true
     }))

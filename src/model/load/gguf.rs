@@ -1,4 +1,4 @@
-//! GGUF import: a llama.cpp file to HF-named f32 tensors, an HF `LlamaConfig` and the tokenizer.
+//! GGUF import: a llama.cpp file to HF-named f32 tensors, an HF `DecoderConfig` and the tokenizer.
 //!
 //! Read with candle's `gguf_file` reader, dequantized to f32 by candle, then moved to tch. The result
 //! equals what transformers loads from the same file (`from_pretrained(dir, gguf_file=..)`,
@@ -9,7 +9,8 @@
 //!   interleaves each head's two rotary halves for its RoPE kernel; HF's `rotate_half` wants them apart.
 use crate::error::{Error, Result};
 use crate::gguf_meta::{meta_int, meta_str};
-use crate::model::config::{LlamaConfig, TokenIds};
+use crate::model::arch::Arch;
+use crate::model::config::DecoderConfig;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType};
 use std::collections::HashMap;
@@ -18,16 +19,29 @@ use tch::{Kind, Tensor};
 
 /// A GGUF model, ready for `WeightMap::new(path, tensors)` and `CausalLm::new(&config, ..)`.
 pub struct GgufModel {
-    pub config: LlamaConfig,
+    pub config: DecoderConfig,
     /// HF-named f32 CPU tensors, in file order.
     pub tensors: Vec<(String, Tensor)>,
     pub tokenizer: Tokenizer,
 }
 
 /// The ggml types `load` dequantizes.
-pub const SUPPORTED_TYPES: &[GgmlDType] =
-    &[GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K];
-const SUPPORTED_NAMES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
+pub const SUPPORTED_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+const SUPPORTED_NAMES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 /// ggml's name for a type (ggml.h `enum ggml_type`).
 fn ggml_name(t: GgmlDType) -> &'static str {
@@ -74,8 +88,11 @@ fn ggml_name_of_id(id: u32) -> &'static str {
     }
 }
 
-/// Maps a GGUF tensor name to its HF name; `None` for a name r2m does not know.
-pub fn hf_name(gguf: &str) -> Option<String> {
+/// Maps a GGUF tensor name to its HF name under architecture `arch`; `None` for a name r2m does
+/// not know. The norms differ by family: llama.cpp's `ffn_norm` is the pre-MLP norm, which Llama
+/// calls `post_attention_layernorm` and Gemma `pre_feedforward_layernorm`; Gemma's and OLMo 2's
+/// `post_attention_norm` is HF's `post_attention_layernorm`.
+pub fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -92,20 +109,43 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     if !matches!(suffix, "weight" | "bias") {
         return None;
     }
+    let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     let hf = match part {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_qkv" if arch == Arch::Phi3 => "self_attn.qkv_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if arch == Arch::Phi3 => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         "attn_norm" => "input_layernorm",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
+
+/// llama.cpp's `general.architecture` names r2m reads, and the architecture of each.
+fn arch_of(name: &str) -> Option<Arch> {
+    Some(match name {
+        "llama" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        "gemma2" => Arch::Gemma2,
+        "gemma3" => Arch::Gemma3,
+        "olmo2" => Arch::Olmo2,
+        "phi3" => Arch::Phi3,
+        _ => return None,
+    })
+}
+const GGUF_ARCHS: &str = "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3";
 
 /// Undoes llama.cpp's `permute` of q/k rows (convert_hf_to_gguf.py), as transformers'
 /// `LlamaTensorProcessor._reverse_permute_weights`: rows (n_head, 2, hd/2) were stored as
@@ -148,7 +188,7 @@ pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_gguf(path, &content.metadata)
 }
 
-/// Loads a GGUF file: config, HF-named f32 tensors, tokenizer. Architectures `llama` and `qwen2`.
+/// Loads a GGUF file: config, HF-named f32 tensors, tokenizer. Architectures: `GGUF_ARCHS`.
 pub fn load(path: &Path) -> Result<GgufModel> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(file);
@@ -157,18 +197,12 @@ pub fn load(path: &Path) -> Result<GgufModel> {
 
     let arch = md.get("general.architecture").ok_or_else(|| Error::parse(path, "GGUF metadata has no 'general.architecture'"))?;
     let arch = meta_str(path, "general.architecture", arch)?.to_string();
-    let (model_type, hf_arch) = match arch.as_str() {
-        "llama" => ("llama", "LlamaForCausalLM"),
-        "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
-        _ => {
-            return Err(Error::Unsupported {
-                path: path.into(),
-                what: "GGUF architecture (general.architecture)".into(),
-                value: arch,
-                supported: "llama, qwen2".into(),
-            })
-        }
-    };
+    let kind = arch_of(&arch).ok_or_else(|| Error::Unsupported {
+        path: path.into(),
+        what: "GGUF architecture (general.architecture)".into(),
+        value: arch.clone(),
+        supported: GGUF_ARCHS.into(),
+    })?;
 
     // Tensors in file order; every name and type checked before any is dequantized.
     let mut infos: Vec<(&String, &gguf_file::TensorInfo)> = content.tensor_infos.iter().collect();
@@ -187,20 +221,20 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         if name.as_str() == "rope_freqs.weight" {
             continue;
         }
-        let hf = hf_name(name).ok_or_else(|| Error::Unsupported {
+        let hf = hf_name(name, kind).ok_or_else(|| Error::Unsupported {
             path: path.into(),
             what: "GGUF tensor".into(),
             value: (*name).clone(),
-            supported:
-                "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm}"
-                    .into(),
+            supported: "token_embd, output_norm, output, blk.N.{attn_q,attn_k,attn_v,attn_qkv,attn_output,attn_q_norm,attn_k_norm,\
+                        ffn_gate,ffn_up,ffn_down,attn_norm,ffn_norm,post_attention_norm,post_ffw_norm}"
+                .into(),
         })?;
         plan.push((*name, *info, hf));
     }
 
     let tokenizer = Tokenizer::from_gguf(path, md)?;
     let has = |n: &str| content.tensor_infos.contains_key(n);
-    let config = config_from_metadata(path, md, &arch, model_type, hf_arch, &tokenizer, &has)?;
+    let config = config_from_metadata(path, md, &arch, kind, &tokenizer, &has)?;
 
     let n_head = config.num_attention_heads;
     let n_kv = config.n_kv_heads();
@@ -216,28 +250,32 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| Error::parse(path, format!("dequantizing tensor '{name}': {}", candle_msg(e))))?;
         let mut t = Tensor::f_from_slice(&data)?.f_reshape(&dims)?.f_to_kind(Kind::Float)?;
-        if model_type == "llama" {
+        if kind == Arch::Llama {
             if name.contains(".attn_q.") {
                 t = reverse_permute(&t, n_head)?;
             } else if name.contains(".attn_k.") {
                 t = reverse_permute(&t, n_kv)?;
             }
         }
+        // llama.cpp stores Gemma's norm weights as 1 + w (its norm scales by w); HF's by 1 + w.
+        if matches!(kind, Arch::Gemma2 | Arch::Gemma3) && name.ends_with("norm.weight") {
+            t = t - 1.0;
+        }
         tensors.push((hf, t));
     }
     Ok(GgufModel { config, tensors, tokenizer })
 }
 
-/// `LlamaConfig` from `{arch}.*` metadata, as transformers' GGUF_CONFIG_MAPPING derives it.
+/// `DecoderConfig` from `{arch}.*` metadata, as transformers' GGUF_CONFIG_MAPPING derives it (the
+/// fields GGUF does not carry take the config class's defaults, as there).
 fn config_from_metadata(
     path: &Path,
     md: &HashMap<String, gguf_file::Value>,
     arch: &str,
-    model_type: &str,
-    hf_arch: &str,
+    kind: Arch,
     tok: &Tokenizer,
     has_tensor: &dyn Fn(&str) -> bool,
-) -> Result<LlamaConfig> {
+) -> Result<DecoderConfig> {
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<Option<i64>> { md.get(&key(k)).map(|v| meta_int(path, &key(k), v)).transpose() };
     let req = |k: &str| -> Result<i64> { int(k)?.ok_or_else(|| Error::parse(path, format!("GGUF metadata has no '{}'", key(k)))) };
@@ -251,10 +289,10 @@ fn config_from_metadata(
         }
     };
     let n_head = req("attention.head_count")?;
-    // transformers maps llama's rope.dimension_count to head_dim (not for qwen2).
+    // transformers maps llama's rope.dimension_count to head_dim (not for the others).
     let head_dim = match int("attention.key_length")? {
         Some(h) => Some(h),
-        None if model_type == "llama" => int("rope.dimension_count")?,
+        None if kind == Arch::Llama => int("rope.dimension_count")?,
         None => None,
     };
     // transformers: `{arch}.vocab_size`, else the length of the token list.
@@ -269,34 +307,36 @@ fn config_from_metadata(
     let id = |k: &str| -> Result<Option<i64>> {
         md.get(k).map(|v| meta_int(path, k, v)).transpose().map(|v| v.filter(|i| *i >= 0 && *i < u32::MAX as i64))
     };
-    let config = LlamaConfig {
-        architectures: vec![hf_arch.to_string()],
-        model_type: model_type.to_string(),
-        vocab_size,
-        hidden_size: req("embedding_length")?,
-        intermediate_size: req("feed_forward_length")?,
-        num_hidden_layers: req("block_count")?,
-        num_attention_heads: n_head,
-        num_key_value_heads: Some(int("attention.head_count_kv")?.unwrap_or(n_head)),
-        head_dim,
-        rms_norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
-        rope_theta: float("rope.freq_base")?.unwrap_or(10_000.0),
-        rope_scaling: None,
-        max_position_embeddings: int("context_length")?.unwrap_or(2048),
-        tie_word_embeddings: !has_tensor("output.weight"),
-        attention_bias: model_type == "llama" && has_tensor("blk.0.attn_q.bias"),
-        hidden_act: "silu".into(),
-        bos_token_id: id("tokenizer.ggml.bos_token_id")?.map(TokenIds::One),
-        eos_token_id: id("tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
-        pad_token_id: id("tokenizer.ggml.padding_token_id")?,
-        num_labels: None,
-        torch_dtype: None,
-        sliding_window: None,
-        use_sliding_window: None,
-        mlp_bias: false,
+    let mut c = serde_json::json!({
+        "architectures": [kind.causal_lm_class()],
+        "model_type": kind.model_type(),
+        "vocab_size": vocab_size,
+        "hidden_size": req("embedding_length")?,
+        "intermediate_size": req("feed_forward_length")?,
+        "num_hidden_layers": req("block_count")?,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": int("attention.head_count_kv")?.unwrap_or(n_head),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
+        "rope_theta": float("rope.freq_base")?.unwrap_or(10_000.0),
+        "max_position_embeddings": int("context_length")?.unwrap_or(2048),
+        "tie_word_embeddings": !has_tensor("output.weight"),
+    });
+    let o = c.as_object_mut().expect("an object");
+    let mut set = |k: &str, v: Option<serde_json::Value>| {
+        if let Some(v) = v {
+            o.insert(k.into(), v);
+        }
     };
-    config.validate(path)?;
-    Ok(config)
+    set("head_dim", head_dim.map(Into::into));
+    set("bos_token_id", id("tokenizer.ggml.bos_token_id")?.map(Into::into));
+    set("eos_token_id", id("tokenizer.ggml.eos_token_id")?.map(Into::into));
+    set("pad_token_id", id("tokenizer.ggml.padding_token_id")?.map(Into::into));
+    match kind {
+        Arch::Llama => set("attention_bias", Some(has_tensor("blk.0.attn_q.bias").into())),
+        Arch::Gemma2 | Arch::Gemma3 => set("sliding_window", int("attention.sliding_window")?.map(Into::into)),
+        _ => {}
+    }
+    DecoderConfig::from_json(c, path)
 }
 
 #[cfg(test)]
@@ -307,12 +347,19 @@ mod tests {
 
     #[test]
     fn maps_gguf_names_to_hf() {
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(hf_name("blk.12.attn_q.bias").unwrap(), "model.layers.12.self_attn.q_proj.bias");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight").unwrap(), "model.layers.0.post_attention_layernorm.weight");
-        assert_eq!(hf_name("blk.3.attn_output.weight").unwrap(), "model.layers.3.self_attn.o_proj.weight");
-        assert!(hf_name("blk.x.attn_q.weight").is_none());
-        assert!(hf_name("blk.0.ffn_gate_exps.weight").is_none());
+        let l = Arch::Llama;
+        assert_eq!(hf_name("token_embd.weight", l).unwrap(), "model.embed_tokens.weight");
+        assert_eq!(hf_name("blk.12.attn_q.bias", l).unwrap(), "model.layers.12.self_attn.q_proj.bias");
+        assert_eq!(hf_name("blk.0.ffn_norm.weight", l).unwrap(), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(hf_name("blk.3.attn_output.weight", l).unwrap(), "model.layers.3.self_attn.o_proj.weight");
+        assert!(hf_name("blk.x.attn_q.weight", l).is_none());
+        assert!(hf_name("blk.0.ffn_gate_exps.weight", l).is_none());
+        // Gemma's ffn_norm is the norm before the MLP; its post-attention norm has its own name.
+        let g = Arch::Gemma3;
+        assert_eq!(hf_name("blk.0.ffn_norm.weight", g).unwrap(), "model.layers.0.pre_feedforward_layernorm.weight");
+        assert_eq!(hf_name("blk.0.post_attention_norm.weight", g).unwrap(), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(hf_name("blk.1.attn_k_norm.weight", g).unwrap(), "model.layers.1.self_attn.k_norm.weight");
+        assert_eq!(hf_name("blk.1.ffn_up.weight", Arch::Phi3).unwrap(), "model.layers.1.mlp.gate_up_proj.weight");
     }
 
     /// llama.cpp's `permute` (convert_hf_to_gguf.py `LlamaModel.permute`), to check the inverse.
@@ -415,16 +462,16 @@ mod tests {
 
     #[test]
     fn refuses_unsupported_quant_and_architecture_by_name() {
-        let p = tmp("q5.gguf");
-        write_tiny(&p, "llama", GgmlDType::Q5_0);
+        let p = tmp("q8_1.gguf");
+        write_tiny(&p, "llama", GgmlDType::Q8_1);
         let e = load(&p).err().unwrap().to_string();
         std::fs::remove_file(&p).ok();
-        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q5_0") && e.contains("Q4_K"), "{e}");
-        let p = tmp("phi.gguf");
-        write_tiny(&p, "phi3", GgmlDType::F32);
+        assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q8_1") && e.contains("Q4_K"), "{e}");
+        let p = tmp("neox.gguf");
+        write_tiny(&p, "gptneox", GgmlDType::F32);
         let e = load(&p).err().unwrap().to_string();
         std::fs::remove_file(&p).ok();
-        assert!(e.contains("phi3") && e.contains(&p.display().to_string()), "{e}");
+        assert!(e.contains("gptneox") && e.contains(&p.display().to_string()), "{e}");
     }
 
     #[test]

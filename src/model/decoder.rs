@@ -1,256 +1,123 @@
-//! The whole Llama-family decoder (Llama 2/3, SmolLM2, Qwen2): RoPE (with Llama 3 scaling), GQA,
-//! RMSNorm, SwiGLU, optional q/k/v biases, tied or untied embeddings. HF weight names throughout.
+//! The decoder: embeddings, blocks (attention and MLP with the norms where the architecture puts
+//! them), final norm. One implementation serves every architecture in `model::arch`: Llama 2/3,
+//! SmolLM2, Mistral, Qwen2/3, Gemma 2/3, OLMo 2, Phi-3, GPT-NeoX. Tensor names are the Llama
+//! layout's (`model.layers.N.self_attn.q_proj.weight`), which are HF's for all but GPT-NeoX.
 //!
-//! Shapes: B = batch, T = tokens in this call, S = cached slots, D = hidden size,
-//! nh / nkv = query / key-value heads, hd = head dim, V = vocab.
+//! Shapes: B = batch, T = tokens in this call, D = hidden size, V = vocab.
 //!
 //! Padding: sequences are left-padded with an attention mask; positions are `cumsum(mask) - 1`, as
 //! HF's `generate` does, so a padded row computes exactly what the unpadded sequence computes.
 use crate::error::Result;
-use crate::model::config::LlamaConfig;
-use crate::model::kv_cache::KvCache;
-use crate::model::lora::LoraAdapter;
+use crate::model::arch::{BlockKind, MlpKind};
+use crate::model::attention::{Attention, Masks};
+use crate::model::config::DecoderConfig;
+use crate::model::kv_cache::{KvCache, LayerCache};
+use crate::model::layers::{activation, Linear, Norm, Rope, INIT_STD};
 use crate::model::params::{Init, Params, Source};
 use tch::{Device, Kind, Tensor};
 
-const INIT_STD: f64 = 0.02; // HF LlamaConfig.initializer_range
-
-/// A linear layer y = x W^T + b, with an optional LoRA adapter.
-pub struct Linear {
-    pub name: String,
-    pub weight: Tensor, // (out, in)
-    pub bias: Option<Tensor>,
-    pub lora: Option<LoraAdapter>,
-}
-
-impl Linear {
-    pub(crate) fn new(p: &mut Params, src: &mut Source, name: &str, in_dim: i64, out_dim: i64, bias: bool, dev: Device) -> Result<Self> {
-        let weight = p.get(src, &format!("{name}.weight"), &[out_dim, in_dim], Init::Normal(INIT_STD), dev)?;
-        let bias = if bias { Some(p.get(src, &format!("{name}.bias"), &[out_dim], Init::Zeros, dev)?) } else { None };
-        Ok(Linear { name: name.to_string(), weight, bias, lora: None })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = crate::model::packed::linear(x, &self.weight, self.bias.as_ref());
-        match &self.lora {
-            Some(l) => y + l.forward(x),
-            None => y,
-        }
-    }
-
-    /// Wraps this layer with a fresh LoRA adapter whose tensors are registered in `p` as
-    /// `{name}.lora_A.weight` / `{name}.lora_B.weight` (PEFT's names without the adapter name).
-    pub fn add_lora(&mut self, p: &mut Params, rank: i64, alpha: f64) {
-        let (out_dim, in_dim) = (self.weight.size()[0], self.weight.size()[1]);
-        let (a, b) = LoraAdapter::init(in_dim, out_dim, rank);
-        let dev = self.weight.device();
-        let a = p.add(&format!("{}.lora_A.weight", self.name), a.to_device(dev));
-        let b = p.add(&format!("{}.lora_B.weight", self.name), b.to_device(dev));
-        self.lora = Some(LoraAdapter { a, b, scale: alpha / rank as f64 });
-    }
-
-    /// A copy sharing every tensor (storage and gradient) with this layer.
-    fn shallow(&self) -> Linear {
-        Linear {
-            name: self.name.clone(),
-            weight: self.weight.shallow_clone(),
-            bias: self.bias.as_ref().map(Tensor::shallow_clone),
-            lora: self.lora.as_ref().map(|l| LoraAdapter { a: l.a.shallow_clone(), b: l.b.shallow_clone(), scale: l.scale }),
-        }
-    }
-
-    /// The layer's tensors, adapter included.
-    fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.weight];
-        v.extend(self.bias.as_ref());
-        if let Some(l) = &self.lora {
-            v.extend([&l.a, &l.b]);
-        }
-        v
-    }
-
-    /// The weight with any adapter folded in (export).
-    pub fn merged_weight(&self) -> Tensor {
-        match &self.lora {
-            Some(l) => self.weight.detach() + l.delta(),
-            None => self.weight.detach(),
-        }
-    }
-}
-
-pub struct RmsNorm {
-    pub weight: Tensor, // (D)
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(p: &mut Params, src: &mut Source, name: &str, dim: i64, eps: f64, dev: Device) -> Result<Self> {
-        Ok(RmsNorm { weight: p.get(src, &format!("{name}.weight"), &[dim], Init::Ones, dev)?, eps })
-    }
-
-    fn shallow(&self) -> RmsNorm {
-        RmsNorm { weight: self.weight.shallow_clone(), eps: self.eps }
-    }
-
-    /// HF LlamaRMSNorm: computed in f32, cast back, then scaled.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        (xf * (var + self.eps).rsqrt()).to_kind(kind) * &self.weight
-    }
-}
-
-/// Rotary embedding: inverse frequencies, with Llama 3 scaling applied when configured.
-pub struct Rope {
-    inv_freq: Tensor, // (hd/2) f32
-}
-
-impl Rope {
-    pub fn new(cfg: &LlamaConfig, dev: Device) -> Self {
-        let hd = cfg.head_dim();
-        let exps = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / hd as f64;
-        let mut inv_freq = Tensor::from(cfg.rope_theta as f32).pow(&exps).reciprocal();
-        if let Some(rs) = cfg.rope_scaling.as_ref().filter(|r| r.rope_type == "llama3") {
-            // transformers modeling_rope_utils._compute_llama3_parameters
-            let old = rs.original_max_position_embeddings as f64;
-            let (lo_wl, hi_wl) = (old / rs.low_freq_factor, old / rs.high_freq_factor);
-            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
-            let scaled = inv_freq.where_self(&wavelen.le(lo_wl), &(&inv_freq / rs.factor));
-            let smooth = (old / &wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-            let smoothed: Tensor = (1.0 - &smooth) * &scaled / rs.factor + &smooth * &scaled;
-            let medium = wavelen.ge(hi_wl).logical_and(&wavelen.le(lo_wl));
-            inv_freq = smoothed.where_self(&medium, &scaled);
-        }
-        Rope { inv_freq: inv_freq.to_device(dev) }
-    }
-
-    /// cos, sin for `positions` (B, T): each (B, 1, T, hd), in f32.
-    pub fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // (B, T, hd/2)
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // (B, 1, T, hd)
-        (emb.cos(), emb.sin())
-    }
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
-}
-
-/// RoPE in the tables' precision (f32): under bf16 autocast q and k come out of their
-/// projections in bf16 and leave in f32, as in transformers (whose rotary tables take the dtype
-/// of the f32 residual stream); attention then casts them back to bf16.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    (x * cos) + rotate_half(x) * sin
-}
-
-pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
-    n_heads: i64,
-    n_kv: i64,
-    head_dim: i64,
-}
-
-impl Attention {
-    fn new(p: &mut Params, src: &mut Source, name: &str, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
-        let (d, nh, nkv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let qkv_b = cfg.qkv_bias();
-        Ok(Attention {
-            q_proj: Linear::new(p, src, &format!("{name}.q_proj"), d, nh * hd, qkv_b, dev)?,
-            k_proj: Linear::new(p, src, &format!("{name}.k_proj"), d, nkv * hd, qkv_b, dev)?,
-            v_proj: Linear::new(p, src, &format!("{name}.v_proj"), d, nkv * hd, qkv_b, dev)?,
-            o_proj: Linear::new(p, src, &format!("{name}.o_proj"), nh * hd, d, cfg.o_bias(), dev)?,
-            n_heads: nh,
-            n_kv: nkv,
-            head_dim: hd,
-        })
-    }
-
-    fn shallow(&self) -> Attention {
-        Attention {
-            q_proj: self.q_proj.shallow(),
-            k_proj: self.k_proj.shallow(),
-            v_proj: self.v_proj.shallow(),
-            o_proj: self.o_proj.shallow(),
-            n_heads: self.n_heads,
-            n_kv: self.n_kv,
-            head_dim: self.head_dim,
-        }
-    }
-
-    /// x (B, T, D); `mask`: which keys each query attends; cache slots [start, start + T) get written.
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: &AttnMask,
-        cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>,
-    ) -> Tensor {
-        let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
-        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2); // (B, nh, T, hd)
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2); // (B, nkv, T, hd)
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
-        let q = apply_rope(&q, &rope.0, &rope.1);
-        let k = apply_rope(&k, &rope.0, &rope.1);
-        let (k, v) = match cache {
-            Some((c, start)) => c.append(start, &k, &v), // (B, nkv, S, hd)
-            None => (k, v),
-        };
-        let gqa = self.n_kv != self.n_heads;
-        let y = match mask {
-            AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa),
-            AttnMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa),
-        };
-        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]); // (B, T, nh*hd)
-        self.o_proj.forward(&y)
-    }
-}
+pub use crate::model::attention::{causal_mask, AttnMask};
 
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// `gate_proj` (gated MLPs) or `gate_up_proj` (Phi-3's fused [gate; up]); none in a plain MLP.
+    pub gate: Option<Linear>,
+    pub up_proj: Option<Linear>,
     pub down_proj: Linear,
+    kind: MlpKind,
+    act: crate::model::arch::Act,
 }
 
 impl Mlp {
-    fn new(p: &mut Params, src: &mut Source, name: &str, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
-        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Mlp {
-            gate_proj: Linear::new(p, src, &format!("{name}.gate_proj"), d, f, false, dev)?,
-            up_proj: Linear::new(p, src, &format!("{name}.up_proj"), d, f, false, dev)?,
-            down_proj: Linear::new(p, src, &format!("{name}.down_proj"), f, d, false, dev)?,
-        })
+    fn new(p: &mut Params, src: &mut Source, name: &str, cfg: &DecoderConfig, dev: Device) -> Result<Self> {
+        let (d, f, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.layout.mlp_bias);
+        let lin = |p: &mut Params, src: &mut Source, n: &str, i, o| Linear::new(p, src, &format!("{name}.{n}"), i, o, b, dev);
+        let kind = cfg.layout.mlp;
+        let (gate, up_proj) = match kind {
+            MlpKind::Gated => (Some(lin(p, src, "gate_proj", d, f)?), Some(lin(p, src, "up_proj", d, f)?)),
+            MlpKind::GatedFused => (Some(lin(p, src, "gate_up_proj", d, 2 * f)?), None),
+            MlpKind::Plain => (None, Some(lin(p, src, "up_proj", d, f)?)),
+        };
+        Ok(Mlp { gate, up_proj, down_proj: lin(p, src, "down_proj", f, d)?, kind, act: cfg.layout.act })
     }
 
     fn shallow(&self) -> Mlp {
-        Mlp { gate_proj: self.gate_proj.shallow(), up_proj: self.up_proj.shallow(), down_proj: self.down_proj.shallow() }
+        Mlp {
+            gate: self.gate.as_ref().map(Linear::shallow),
+            up_proj: self.up_proj.as_ref().map(Linear::shallow),
+            down_proj: self.down_proj.shallow(),
+            kind: self.kind,
+            act: self.act,
+        }
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        self.gate.iter().chain(self.up_proj.iter()).chain([&self.down_proj]).collect()
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.gate.iter_mut().chain(self.up_proj.iter_mut()).chain([&mut self.down_proj]).collect()
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let h = match (self.kind, &self.gate, &self.up_proj) {
+            (MlpKind::Gated, Some(g), Some(u)) => activation(self.act, &g.forward(x)) * u.forward(x),
+            (MlpKind::GatedFused, Some(gu), _) => {
+                let y = gu.forward(x);
+                let f = y.size()[y.dim() - 1] / 2;
+                y.narrow(-1, f, f) * activation(self.act, &y.narrow(-1, 0, f))
+            }
+            (_, _, Some(u)) => activation(self.act, &u.forward(x)),
+            _ => unreachable!("an MLP is built with the projections of its kind"),
+        };
+        self.down_proj.forward(&h)
     }
 }
 
+/// One decoder block. Which norms exist depends on the architecture (`BlockKind`):
+/// `input_layernorm` before attention (pre-norm, parallel, sandwich), `post_attention_layernorm`
+/// before the MLP (pre-norm, parallel) or on the attention's output (sandwich, post-norm),
+/// `pre_feedforward_layernorm` and `post_feedforward_layernorm` around the MLP (sandwich; OLMo 2
+/// only the latter).
 pub struct Block {
     pub self_attn: Attention,
     pub mlp: Mlp,
-    pub input_layernorm: RmsNorm,
-    pub post_attention_layernorm: RmsNorm,
+    pub input_layernorm: Option<Norm>,
+    pub post_attention_layernorm: Option<Norm>,
+    pub pre_feedforward_layernorm: Option<Norm>,
+    pub post_feedforward_layernorm: Option<Norm>,
+    kind: BlockKind,
+    /// Index of this block's rotary embedding in `Decoder::ropes`.
+    rope: usize,
 }
 
 impl Block {
-    fn new(p: &mut Params, src: &mut Source, i: i64, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+    fn new(p: &mut Params, src: &mut Source, i: i64, cfg: &DecoderConfig, dev: Device) -> Result<Self> {
         let n = format!("model.layers.{i}");
-        let eps = cfg.rms_norm_eps;
+        let l = &cfg.layout;
+        // Registered in this order (attention, MLP, norms): the optimiser's parameter order.
+        let self_attn = Attention::new(p, src, &format!("{n}.self_attn"), cfg, i as usize, dev)?;
+        let mlp = Mlp::new(p, src, &format!("{n}.mlp"), cfg, dev)?;
+        let mut norm = |name: &str, on: bool| -> Result<Option<Norm>> {
+            if !on {
+                return Ok(None);
+            }
+            Norm::new(p, src, &format!("{n}.{name}"), cfg.hidden_size, l.norm, l.norm_eps, dev).map(Some)
+        };
+        let k = l.block;
+        let input_layernorm = norm("input_layernorm", k != BlockKind::PostNorm)?;
+        let post_attention_layernorm = norm("post_attention_layernorm", true)?;
+        let pre_feedforward_layernorm = norm("pre_feedforward_layernorm", k == BlockKind::Sandwich)?;
+        let post_feedforward_layernorm = norm("post_feedforward_layernorm", matches!(k, BlockKind::Sandwich | BlockKind::PostNorm))?;
+        let local = l.rope_local.is_some() && cfg.layer_type(i as usize) == crate::model::arch::LayerType::Sliding;
         Ok(Block {
-            self_attn: Attention::new(p, src, &format!("{n}.self_attn"), cfg, dev)?,
-            mlp: Mlp::new(p, src, &format!("{n}.mlp"), cfg, dev)?,
-            input_layernorm: RmsNorm::new(p, src, &format!("{n}.input_layernorm"), cfg.hidden_size, eps, dev)?,
-            post_attention_layernorm: RmsNorm::new(p, src, &format!("{n}.post_attention_layernorm"), cfg.hidden_size, eps, dev)?,
+            self_attn,
+            mlp,
+            input_layernorm,
+            post_attention_layernorm,
+            pre_feedforward_layernorm,
+            post_feedforward_layernorm,
+            kind: k,
+            rope: local as usize,
         })
     }
 
@@ -258,32 +125,71 @@ impl Block {
         Block {
             self_attn: self.self_attn.shallow(),
             mlp: self.mlp.shallow(),
-            input_layernorm: self.input_layernorm.shallow(),
-            post_attention_layernorm: self.post_attention_layernorm.shallow(),
+            input_layernorm: self.input_layernorm.as_ref().map(Norm::shallow),
+            post_attention_layernorm: self.post_attention_layernorm.as_ref().map(Norm::shallow),
+            pre_feedforward_layernorm: self.pre_feedforward_layernorm.as_ref().map(Norm::shallow),
+            post_feedforward_layernorm: self.post_feedforward_layernorm.as_ref().map(Norm::shallow),
+            kind: self.kind,
+            rope: self.rope,
         }
+    }
+
+    /// The block's linear layers (attention, then MLP).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = self.self_attn.linears();
+        v.extend(self.mlp.linears());
+        v
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = self.self_attn.linears_mut();
+        v.extend(self.mlp.linears_mut());
+        v
+    }
+
+    /// The block's norms (q/k norms included).
+    pub fn norms(&self) -> Vec<&Norm> {
+        let mut v: Vec<&Norm> =
+            [&self.input_layernorm, &self.post_attention_layernorm, &self.pre_feedforward_layernorm, &self.post_feedforward_layernorm]
+                .into_iter()
+                .flatten()
+                .collect();
+        v.extend(self.self_attn.norms());
+        v
     }
 
     /// The block's tensors that require grad (what training updates).
     fn trained(&self) -> Vec<&Tensor> {
-        let a = &self.self_attn;
-        let m = &self.mlp;
-        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+        self.linears()
             .into_iter()
             .flat_map(Linear::tensors)
-            .chain([&self.input_layernorm.weight, &self.post_attention_layernorm.weight])
+            .chain(self.norms().into_iter().flat_map(Norm::tensors))
             .filter(|t| t.requires_grad())
             .collect()
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: &AttnMask,
-        cache: Option<(&mut crate::model::kv_cache::LayerCache, i64)>,
-    ) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, cache);
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), masks: &Masks, cache: Option<(&mut LayerCache, i64)>) -> Tensor {
+        let norm = |n: &Option<Norm>, x: &Tensor| n.as_ref().expect("the block kind's norms exist").forward(x);
+        let attn = |x: &Tensor, cache| self.self_attn.forward(x, rope, masks, cache);
+        match self.kind {
+            BlockKind::PreNorm => {
+                let h = x + attn(&norm(&self.input_layernorm, x), cache);
+                &h + self.mlp.forward(&norm(&self.post_attention_layernorm, &h))
+            }
+            BlockKind::Parallel => {
+                let a = attn(&norm(&self.input_layernorm, x), cache);
+                self.mlp.forward(&norm(&self.post_attention_layernorm, x)) + a + x
+            }
+            BlockKind::Sandwich => {
+                let h = x + norm(&self.post_attention_layernorm, &attn(&norm(&self.input_layernorm, x), cache));
+                let m = self.mlp.forward(&norm(&self.pre_feedforward_layernorm, &h));
+                &h + norm(&self.post_feedforward_layernorm, &m)
+            }
+            BlockKind::PostNorm => {
+                let h = x + norm(&self.post_attention_layernorm, &attn(x, cache));
+                &h + norm(&self.post_feedforward_layernorm, &self.mlp.forward(&h))
+            }
+        }
     }
 }
 
@@ -296,11 +202,16 @@ pub struct Hidden {
 }
 
 /// The decoder body: embeddings, blocks, final norm. Returns hidden states.
-pub struct Llama {
+pub struct Decoder {
     pub embed_tokens: Tensor, // (V, D)
     pub layers: Vec<Block>,
-    pub norm: RmsNorm,
-    pub rope: Rope,
+    pub norm: Norm,
+    /// The rotary embeddings: [global] or [global, local] (Gemma 3).
+    pub ropes: Vec<Rope>,
+    /// Embeddings multiplied by this (Gemma).
+    embed_scale: Option<f64>,
+    /// The sliding layers' window, if any layer slides.
+    pub window: Option<i64>,
     /// Activation checkpointing (HF `gradient_checkpointing_enable()`): while autograd records,
     /// each block keeps only its input and is run again in backward (`ffi::checkpoint`). Less
     /// memory for training (one hidden state per block and token instead of every activation),
@@ -308,29 +219,53 @@ pub struct Llama {
     pub checkpointing: bool,
 }
 
-impl Llama {
-    /// Builds the body's parameters (HF names `model.*`) from `src` into `p`.
-    pub fn new(p: &mut Params, src: &mut Source, cfg: &LlamaConfig, dev: Device) -> Result<Self> {
+impl Decoder {
+    /// Builds the body's parameters (names `model.*`) from `src` into `p`.
+    pub fn new(p: &mut Params, src: &mut Source, cfg: &DecoderConfig, dev: Device) -> Result<Self> {
         let embed_tokens = p.get(src, "model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size], Init::Normal(INIT_STD), dev)?;
         let layers = (0..cfg.num_hidden_layers).map(|i| Block::new(p, src, i, cfg, dev)).collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(p, src, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, dev)?;
-        Ok(Llama { embed_tokens, layers, norm, rope: Rope::new(cfg, dev), checkpointing: false })
+        let l = &cfg.layout;
+        let norm = Norm::new(p, src, "model.norm", cfg.hidden_size, l.norm, l.norm_eps, dev)?;
+        let mut ropes = vec![Rope::new(&l.rope, dev)];
+        ropes.extend(l.rope_local.as_ref().map(|r| Rope::new(r, dev)));
+        let slides = (0..layers.len()).any(|i| cfg.layer_type(i) == crate::model::arch::LayerType::Sliding);
+        let window = l.sliding_window.filter(|_| slides);
+        Ok(Decoder { embed_tokens, layers, norm, ropes, embed_scale: l.embed_scale, window, checkpointing: false })
     }
 
-    /// ids (B, T) int64, positions (B, T), mask (B, 1, T, S) bool. With a cache, slots
+    fn embed(&self, ids: &Tensor) -> Tensor {
+        let x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false); // (B, T, D)
+        match self.embed_scale {
+            // transformers multiplies by sqrt(D) in the embeddings' dtype.
+            Some(s) => x * Tensor::from(s).to_kind(self.embed_tokens.kind()).to_device(ids.device()),
+            None => x,
+        }
+    }
+
+    fn rope_tables(&self, positions: &Tensor) -> Vec<(Tensor, Tensor)> {
+        self.ropes.iter().map(|r| r.cos_sin(positions)).collect()
+    }
+
+    /// The masks of a full-sequence pass over left-padded sequences with padding mask `mask` (B, T).
+    pub fn masks(&self, mask: &Tensor) -> Masks {
+        Masks::for_sequence(mask, self.window)
+    }
+
+    /// ids (B, T) int64, positions (B, T), `masks` for this call. With a cache, slots
     /// [cache.len, cache.len + T) are written and `cache.len` advances.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &AttnMask, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false); // (B, T, D)
-        let rope = self.rope.cos_sin(positions);
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, masks: &Masks, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
+        let mut x = self.embed(ids);
+        let ropes = self.rope_tables(positions);
         let mut all = if all_hidden { Some(vec![]) } else { None };
         let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(a) = all.as_mut() {
                 a.push(x.shallow_clone());
             }
+            let rope = &ropes[layer.rope];
             x = match cache.as_mut() {
-                Some(c) => layer.forward(&x, &rope, mask, Some((&mut c.layers[i], start))),
-                None => self.block(layer, &x, &rope, mask),
+                Some(c) => layer.forward(&x, rope, masks, Some((&mut c.layers[i], start))),
+                None => self.block(layer, &x, rope, masks),
             };
         }
         if let Some(c) = cache {
@@ -342,25 +277,23 @@ impl Llama {
         }
         Hidden { last, all }
     }
-}
 
-impl Llama {
     /// Embeddings and blocks [0, k) of a full-sequence pass: the input of block k, (B, T, D).
-    pub fn forward_prefix(&self, ids: &Tensor, positions: &Tensor, mask: &AttnMask, k: usize) -> Tensor {
-        let rope = self.rope.cos_sin(positions);
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+    pub fn forward_prefix(&self, ids: &Tensor, positions: &Tensor, masks: &Masks, k: usize) -> Tensor {
+        let ropes = self.rope_tables(positions);
+        let mut x = self.embed(ids);
         for layer in &self.layers[..k] {
-            x = self.block(layer, &x, &rope, mask);
+            x = self.block(layer, &x, &ropes[layer.rope], masks);
         }
         x
     }
 
     /// Blocks [k, L) and the final norm from `x`, the input of block k: the final hidden states.
-    pub fn forward_suffix(&self, x: &Tensor, positions: &Tensor, mask: &AttnMask, k: usize) -> Tensor {
-        let rope = self.rope.cos_sin(positions);
+    pub fn forward_suffix(&self, x: &Tensor, positions: &Tensor, masks: &Masks, k: usize) -> Tensor {
+        let ropes = self.rope_tables(positions);
         let mut x = x.shallow_clone();
         for layer in &self.layers[k..] {
-            x = self.block(layer, &x, &rope, mask);
+            x = self.block(layer, &x, &ropes[layer.rope], masks);
         }
         self.norm.forward(&x)
     }
@@ -368,17 +301,21 @@ impl Llama {
     /// One block of a full-sequence pass, checkpointed when `checkpointing` is on, autograd
     /// records, and the block has something to differentiate (trained weights or an input that
     /// needs a gradient).
-    fn block(&self, layer: &Block, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnMask) -> Tensor {
+    fn block(&self, layer: &Block, x: &Tensor, rope: &(Tensor, Tensor), masks: &Masks) -> Tensor {
         if !self.checkpointing || !crate::ffi::grad_enabled() {
-            return layer.forward(x, rope, mask, None);
+            return layer.forward(x, rope, masks, None);
         }
         let trained = layer.trained();
         if trained.is_empty() && !x.requires_grad() {
-            return layer.forward(x, rope, mask, None);
+            return layer.forward(x, rope, masks, None);
         }
-        let (b, rope, mask) = (layer.shallow(), (rope.0.shallow_clone(), rope.1.shallow_clone()), mask.shallow());
-        crate::ffi::checkpoint(x, &trained, Box::new(move |x| b.forward(x, &rope, &mask, None)))
+        let (b, rope, masks) = (layer.shallow(), (rope.0.shallow_clone(), rope.1.shallow_clone()), masks.shallow());
+        crate::ffi::checkpoint(x, &trained, Box::new(move |x| b.forward(x, &rope, &masks, None)))
             .unwrap_or_else(|e| panic!("checkpointed block: {e}"))
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 }
 
@@ -387,59 +324,13 @@ pub fn positions_from_mask(mask: &Tensor) -> Tensor {
     (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
 }
 
-/// Which keys each query attends.
-pub enum AttnMask {
-    /// Plain causal attention over unpadded sequences, queries and keys aligned (SDPA's
-    /// `is_causal`, whose kernels skip the masked half instead of reading a mask).
-    Causal,
-    /// An explicit (B, 1, T, S) bool mask, true = attend.
-    Explicit(Tensor),
-}
-
-impl AttnMask {
-    fn shallow(&self) -> AttnMask {
-        match self {
-            AttnMask::Causal => AttnMask::Causal,
-            AttnMask::Explicit(m) => AttnMask::Explicit(m.shallow_clone()),
-        }
-    }
-}
-
-/// The attention mask for full sequences with padding mask `mask` (B, T): `Causal` when nothing
-/// is padded (one host sync), else `causal_mask(mask)`.
-pub fn attn_mask(mask: &Tensor) -> AttnMask {
-    if mask.numel() == 0 || mask.to_kind(Kind::Bool).all().int64_value(&[]) == 1 {
-        AttnMask::Causal
-    } else {
-        AttnMask::Explicit(causal_mask(mask))
-    }
-}
-
-/// Causal mask over a full (left-padded) sequence, (B, 1, T, T) bool: query i attends key j <= i
-/// when j is not padding; every query also attends itself, so pad rows stay finite (they are
-/// masked out downstream).
-pub fn causal_mask(mask: &Tensor) -> Tensor {
-    let (_, t) = mask.size2().expect("(B, T) mask");
-    let dev = mask.device();
-    let causal = Tensor::ones([t, t], (Kind::Bool, dev)).tril(0);
-    let eye = Tensor::eye(t, (Kind::Bool, dev));
-    let valid = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // (B, 1, 1, T)
-    causal.logical_and(&valid).logical_or(&eye)
-}
-
-impl Llama {
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::causal_lm::CausalLm;
     use crate::model::precision::Precision;
 
-    pub fn tiny_config() -> LlamaConfig {
+    pub fn tiny_config() -> DecoderConfig {
         serde_json::from_value(serde_json::json!({
             "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
