@@ -29,6 +29,7 @@ specs = {
   "qwen2": (T.Qwen2Config, "Qwen2", dict(gqa, use_sliding_window=True, sliding_window=4, max_window_layers=1)),
   "qwen3": (T.Qwen3Config, "Qwen3", dict(gqa, head_dim=16, use_sliding_window=True, sliding_window=4, max_window_layers=1,
             attention_bias=True)),
+  "qwen3_plain": (T.Qwen3Config, "Qwen3", dict(gqa, head_dim=16)),
   "gemma2": (T.Gemma2Config, "Gemma2", dict(gqa, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
              attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
   "gemma3": (T.Gemma3TextConfig, None, dict(gqa, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
@@ -42,11 +43,14 @@ specs = {
   "gpt_neox": (T.GPTNeoXConfig, "GPTNeoX", dict(rotary_pct=0.5, use_parallel_residual=True, tie_word_embeddings=False)),
   "gpt_neox_seq": (T.GPTNeoXConfig, "GPTNeoX", dict(rotary_pct=1.0, use_parallel_residual=False, attention_bias=False)),
 }
+# GGUF keeps no query_pre_attn_scalar: llama.cpp scales by head_dim (tested with these).
+specs["gemma2_gguf"] = (T.Gemma2Config, "Gemma2", dict(specs["gemma2"][2], query_pre_attn_scalar=8))
+specs["gemma3_gguf"] = (T.Gemma3TextConfig, None, dict(specs["gemma3"][2], query_pre_attn_scalar=8))
 cls, prefix, extra = specs[arch]
 cfg = cls(**common, **extra)
 cfg._attn_implementation = "eager"
 torch.manual_seed(0)
-lm_cls = T.Gemma3ForCausalLM if arch == "gemma3" else getattr(T, prefix + "ForCausalLM")
+lm_cls = T.Gemma3ForCausalLM if arch.startswith("gemma3") else getattr(T, prefix + "ForCausalLM")
 m = lm_cls(cfg).eval()
 with torch.no_grad():
     for p in m.parameters():
@@ -62,7 +66,7 @@ with torch.no_grad():
     gen = m.generate(input_ids=prompts, attention_mask=pmask, max_new_tokens=7, do_sample=False, pad_token_id=2)[:, 5:]
 save_file({"ids": ids, "mask": mask, "logits": o.logits.contiguous(), "hidden": o.hidden_states[-1].contiguous(),
            "gen": gen.contiguous()}, out + "/ref.safetensors")
-rm_cls = T.Gemma3TextForSequenceClassification if arch == "gemma3" else getattr(T, prefix + "ForSequenceClassification", None)
+rm_cls = T.Gemma3TextForSequenceClassification if arch.startswith("gemma3") else getattr(T, prefix + "ForSequenceClassification", None)
 if rm_cls is None:  # transformers has no OLMo 2 classifier
     sys.exit(0)
 cfg.num_labels = 1
@@ -276,4 +280,84 @@ fn phi3_matches_transformers() {
 fn gpt_neox_matches_transformers() {
     check_arch("gpt_neox", "gpt_neox", &["qkv_proj", "down_proj"]);
     check_arch("gpt_neox_seq", "gpt_neox", &["o_proj", "up_proj"]);
+}
+
+/// argv: the tiny LM folder, the llama.cpp architecture name, the output file: writes the folder's
+/// weights as llama.cpp's converter names and stores them (f32), with the metadata it writes and a
+/// placeholder byte-level tokenizer.
+const TO_GGUF_PY: &str = r#"
+import sys, json, numpy as np, gguf
+from safetensors.numpy import load_file
+d, arch, out = sys.argv[1], sys.argv[2], sys.argv[3]
+c = json.load(open(d + "/config.json"))
+w = load_file(d + "/model.safetensors")
+gemma = arch.startswith("gemma")
+g = gguf.GGUFWriter(out, arch)
+u = lambda k, v: g.add_uint32(f"{arch}.{k}", int(v))
+u("context_length", c["max_position_embeddings"]); u("embedding_length", c["hidden_size"])
+u("block_count", c["num_hidden_layers"]); u("feed_forward_length", c["intermediate_size"])
+u("attention.head_count", c["num_attention_heads"]); u("attention.head_count_kv", c["num_key_value_heads"])
+g.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c["rms_norm_eps"])
+g.add_float32(f"{arch}.rope.freq_base", c["rope_theta"])
+if "head_dim" in c:
+    u("attention.key_length", c["head_dim"]); u("attention.value_length", c["head_dim"])
+if gemma:
+    u("attention.sliding_window", c["sliding_window"])
+    for k in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if c.get(k) is not None:
+            g.add_float32(f"{arch}.{k}", c[k])
+    if arch == "gemma3":
+        u("attention.sliding_window_pattern", 2)
+    if c.get("rope_scaling"):
+        g.add_string(f"{arch}.rope.scaling.type", c["rope_scaling"]["rope_type"])
+        g.add_float32(f"{arch}.rope.scaling.factor", c["rope_scaling"]["factor"])
+g.add_string("tokenizer.ggml.model", "gpt2"); g.add_string("tokenizer.ggml.pre", "default")
+g.add_array("tokenizer.ggml.tokens", ["a", "b", "ab"] + [f"t{i}" for i in range(3, c["vocab_size"])])
+g.add_array("tokenizer.ggml.merges", ["a b"])
+g.add_uint32("tokenizer.ggml.eos_token_id", c["eos_token_id"])
+names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+         "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+         "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+         "post_attention_layernorm": "post_attention_norm" if gemma or arch == "olmo2" else "ffn_norm",
+         "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+for n, t in w.items():
+    if n == "model.embed_tokens.weight": m = "token_embd.weight"
+    elif n == "model.norm.weight": m = "output_norm.weight"
+    elif n == "lm_head.weight": m = "output.weight"
+    else:
+        i, rest = n[len("model.layers."):].split(".", 1)
+        part, suffix = rest.rsplit(".", 1)
+        m = f"blk.{i}.{names[part]}.{suffix}"
+    if gemma and n.endswith("norm.weight"):
+        t = t + 1  # llama.cpp stores Gemma's norms as 1 + w
+    g.add_tensor(m, t.astype(np.float32))
+g.write_header_to_file(); g.write_kv_data_to_file(); g.write_tensors_to_file(); g.close()
+"#;
+
+/// The tiny models written as GGUF (llama.cpp's names and metadata) load to the same logits as
+/// their HF folders.
+#[test]
+fn gguf_files_of_each_architecture_load_as_their_hf_folders() {
+    let _rng = crate::common::torch_rng_lock();
+    // (llama.cpp's qwen3 metadata has no sliding window: the plain Qwen3 here.)
+    for (arch, gguf_arch) in [("qwen3_plain", "qwen3"), ("gemma2_gguf", "gemma2"), ("gemma3_gguf", "gemma3"), ("olmo2", "olmo2")] {
+        let d = tmpdir();
+        python(MAKE_PY, &[d.path().to_str().unwrap(), arch]);
+        let lm = d.path().join("lm");
+        let file = d.path().join("m.gguf");
+        python(TO_GGUF_PY, &[lm.to_str().unwrap(), gguf_arch, file.to_str().unwrap()]);
+        put_tokenizer(&lm);
+        let r: HashMap<String, Tensor> = safetensors::read_file(&d.path().join("ref.safetensors")).unwrap().into_iter().collect();
+        let g = CausalLm::load_path(file.to_str().unwrap(), Device::Cpu).unwrap().model;
+        let hf = CausalLm::load_path(lm.to_str().unwrap(), Device::Cpu).unwrap().model;
+        // The same layout, up to the f32 that GGUF stores the norm's epsilon in.
+        let mut layout = g.config.layout.clone();
+        assert!((layout.norm_eps - hf.config.layout.norm_eps).abs() < 1e-12);
+        layout.norm_eps = hf.config.layout.norm_eps;
+        assert_eq!(layout, hf.config.layout, "{arch}: the GGUF's layout");
+        let (ids, mask) = (&r["ids"], &r["mask"]);
+        let lg = tch::no_grad(|| g.forward(ids, mask)).unwrap();
+        let d = masked_max_diff(&lg, &r["logits"], mask);
+        assert!(d <= 1e-4, "{arch}: GGUF logits differ from transformers' by {d}");
+    }
 }

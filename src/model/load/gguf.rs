@@ -331,10 +331,41 @@ fn config_from_metadata(
     set("bos_token_id", id("tokenizer.ggml.bos_token_id")?.map(Into::into));
     set("eos_token_id", id("tokenizer.ggml.eos_token_id")?.map(Into::into));
     set("pad_token_id", id("tokenizer.ggml.padding_token_id")?.map(Into::into));
-    match kind {
-        Arch::Llama => set("attention_bias", Some(has_tensor("blk.0.attn_q.bias").into())),
-        Arch::Gemma2 | Arch::Gemma3 => set("sliding_window", int("attention.sliding_window")?.map(Into::into)),
-        _ => {}
+    // Biases are there or not (config classes with an `attention_bias` switch).
+    if matches!(kind, Arch::Llama | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Olmo2) {
+        set("attention_bias", Some(has_tensor("blk.0.attn_q.bias").into()));
+    }
+    if matches!(kind, Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3) {
+        set("sliding_window", int("attention.sliding_window")?.map(Into::into));
+    }
+    if matches!(kind, Arch::Gemma2 | Arch::Gemma3) {
+        // llama.cpp scales scores by head_dim^-1/2, by (hidden / heads)^-1/2 for the 27B models
+        // (46 layers in Gemma 2, 62 in Gemma 3); GGUF keeps no query_pre_attn_scalar.
+        let layers = req("block_count")?;
+        let hd = head_dim.unwrap_or(req("embedding_length")? / n_head);
+        let big = (kind == Arch::Gemma2 && layers == 46) || (kind == Arch::Gemma3 && layers == 62);
+        set("query_pre_attn_scalar", Some(if big { req("embedding_length")? / n_head } else { hd }.into()));
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            match float(k)? {
+                Some(cap) => set(k, Some(cap.into())),
+                // Gemma 3's converter writes none: its classes' default is no capping.
+                None if kind == Arch::Gemma3 => set(k, Some(serde_json::Value::Null)),
+                None => {}
+            }
+        }
+        // Every 6th Gemma 3 layer is global unless the file says otherwise.
+        set("sliding_window_pattern", int("attention.sliding_window_pattern")?.filter(|_| kind == Arch::Gemma3).map(Into::into));
+        if let Some(v) = md.get(&key("rope.scaling.type")) {
+            let ty = meta_str(path, &key("rope.scaling.type"), v)?;
+            let factor = float("rope.scaling.factor")?.unwrap_or(1.0);
+            set("rope_scaling", Some(serde_json::json!({"rope_type": ty, "factor": factor})));
+        }
+    }
+    if kind == Arch::Phi3 {
+        // Partial rotary: llama.cpp writes the rotated dims.
+        if let (Some(rot), Some(hd)) = (int("rope.dimension_count")?, head_dim.or(Some(req("embedding_length")? / n_head))) {
+            set("partial_rotary_factor", Some((rot as f64 / hd as f64).into()));
+        }
     }
     DecoderConfig::from_json(c, path)
 }
