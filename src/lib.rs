@@ -17,6 +17,7 @@ pub mod error;
 pub mod experiment;
 pub mod ffi;
 pub mod gguf_meta;
+pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod paths;

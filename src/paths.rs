@@ -32,9 +32,10 @@ pub fn aliases() -> Vec<(&'static str, PathBuf)> {
     vec![("smollm2-135m-instruct", smollm2_gguf()), ("all-minilm-l6-v2", minilm_dir()), ("gemma3-270m", gemma3_270m_gguf())]
 }
 
-/// A path, an alias from `aliases()`, or a Hugging Face hub id (`org/name` or `org/name@revision`,
-/// see [`resolve_hub_id`]). A missing path is an error naming it (and, for an alias, the bootstrap
-/// that makes it).
+/// A path, an alias from `aliases()`, or a Hugging Face hub id (`org/name` or `org/name@revision`:
+/// from the local cache, [`resolve_hub_id`], else downloaded into it unless `HF_HUB_OFFLINE` is
+/// set, [`crate::hub::download`]). A missing path is an error naming it (and, for an alias, the
+/// bootstrap that makes it).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if let Some((_, p)) = aliases().into_iter().find(|(a, _)| a.eq_ignore_ascii_case(spec)) {
         if !p.exists() {
@@ -44,7 +45,11 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     }
     let p = PathBuf::from(spec);
     if !p.exists() && hub_id(spec).is_some() {
-        return resolve_hub_id(spec, &hub_cache());
+        let cache = hub_cache();
+        return match resolve_hub_id(spec, &cache) {
+            Err(Error::NotFound { .. }) if !crate::hub::offline() => crate::hub::download(spec, &cache, crate::hub::endpoint()),
+            r => r,
+        };
     }
     if !p.exists() {
         let names: Vec<&str> = aliases().iter().map(|(a, _)| *a).collect();
@@ -64,7 +69,7 @@ pub fn hub_cache() -> PathBuf {
 
 /// `org/name[@revision]` split into (id, revision; `main` when none), if `spec` has that shape:
 /// two non-empty names of letters, digits, `-`, `_` and `.`, not starting with a dot.
-fn hub_id(spec: &str) -> Option<(&str, &str)> {
+pub(crate) fn hub_id(spec: &str) -> Option<(&str, &str)> {
     let (id, rev) = spec.split_once('@').unwrap_or((spec, "main"));
     let (org, name) = id.split_once('/')?;
     let ok = |s: &str| !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
