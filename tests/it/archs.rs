@@ -40,6 +40,7 @@ specs = {
            rope_scaling=dict(type="longrope", short_factor=[1.0, 2.0], long_factor=[3.0, 5.0]))),
   "phi3_long": (T.Phi3Config, "Phi3", dict(gqa, original_max_position_embeddings=4,
            rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 2.0, 4.0], long_factor=[3.0, 5.0, 7.0, 9.0]))),
+  "phi3_plain": (T.Phi3Config, "Phi3", dict(gqa, partial_rotary_factor=0.5, sliding_window=4)),
   "gpt_neox": (T.GPTNeoXConfig, "GPTNeoX", dict(rotary_pct=0.5, use_parallel_residual=True, tie_word_embeddings=False)),
   "gpt_neox_seq": (T.GPTNeoXConfig, "GPTNeoX", dict(rotary_pct=1.0, use_parallel_residual=False, attention_bias=False)),
 }
@@ -296,9 +297,19 @@ g = gguf.GGUFWriter(out, arch)
 u = lambda k, v: g.add_uint32(f"{arch}.{k}", int(v))
 u("context_length", c["max_position_embeddings"]); u("embedding_length", c["hidden_size"])
 u("block_count", c["num_hidden_layers"]); u("feed_forward_length", c["intermediate_size"])
-u("attention.head_count", c["num_attention_heads"]); u("attention.head_count_kv", c["num_key_value_heads"])
-g.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c["rms_norm_eps"])
-g.add_float32(f"{arch}.rope.freq_base", c["rope_theta"])
+u("attention.head_count", c["num_attention_heads"]); u("attention.head_count_kv", c.get("num_key_value_heads", c["num_attention_heads"]))
+hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+if arch == "gptneox":
+    g.add_float32(f"{arch}.attention.layer_norm_epsilon", c["layer_norm_eps"])
+    g.add_bool(f"{arch}.use_parallel_residual", c["use_parallel_residual"])
+    u("rope.dimension_count", int(hd * c["rotary_pct"]))
+    g.add_float32(f"{arch}.rope.freq_base", c["rotary_emb_base"])
+else:
+    g.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c["rms_norm_eps"])
+    g.add_float32(f"{arch}.rope.freq_base", c["rope_theta"])
+if arch == "phi3":
+    u("rope.dimension_count", int(hd * c["partial_rotary_factor"]))
+    u("attention.sliding_window", c["sliding_window"])
 if "head_dim" in c:
     u("attention.key_length", c["head_dim"]); u("attention.value_length", c["head_dim"])
 if gemma:
@@ -320,9 +331,21 @@ names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.
          "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
          "post_attention_layernorm": "post_attention_norm" if gemma or arch == "olmo2" else "ffn_norm",
          "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+neox = {"gpt_neox.embed_in": "model.embed_tokens", "gpt_neox.final_layer_norm": "model.norm", "embed_out": "lm_head",
+        "attention.query_key_value": "self_attn.qkv_proj", "attention.dense": "self_attn.o_proj",
+        "mlp.dense_h_to_4h": "mlp.up_proj", "mlp.dense_4h_to_h": "mlp.down_proj", "gpt_neox.layers": "model.layers"}
+names.update({"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"})
+nh = c["num_attention_heads"]
 for n, t in w.items():
-    if n == "model.embed_tokens.weight": m = "token_embd.weight"
-    elif n == "model.norm.weight": m = "output_norm.weight"
+    if arch == "gptneox":
+        if n.endswith("attention.query_key_value.weight") or n.endswith("attention.query_key_value.bias"):
+            # llama.cpp's converter: each head's [q; k; v] rows to [all q; all k; all v]
+            rows = t.reshape((nh, 3, -1) + t.shape[1:])
+            t = np.concatenate([rows[:, i].reshape((-1,) + t.shape[1:]) for i in range(3)], axis=0)
+        for a, b in neox.items():
+            n = n.replace(a, b)
+    if n.startswith("model.norm."): m = "output_norm." + n.rsplit(".", 1)[1]
+    elif n == "model.embed_tokens.weight": m = "token_embd.weight"
     elif n == "lm_head.weight": m = "output.weight"
     else:
         i, rest = n[len("model.layers."):].split(".", 1)
@@ -340,7 +363,15 @@ g.write_header_to_file(); g.write_kv_data_to_file(); g.write_tensors_to_file(); 
 fn gguf_files_of_each_architecture_load_as_their_hf_folders() {
     let _rng = crate::common::torch_rng_lock();
     // (llama.cpp's qwen3 metadata has no sliding window: the plain Qwen3 here.)
-    for (arch, gguf_arch) in [("qwen3_plain", "qwen3"), ("gemma2_gguf", "gemma2"), ("gemma3_gguf", "gemma3"), ("olmo2", "olmo2")] {
+    let cases = [
+        ("qwen3_plain", "qwen3"),
+        ("gemma2_gguf", "gemma2"),
+        ("gemma3_gguf", "gemma3"),
+        ("olmo2", "olmo2"),
+        ("phi3_plain", "phi3"),
+        ("gpt_neox", "gptneox"),
+    ];
+    for (arch, gguf_arch) in cases {
         let d = tmpdir();
         python(MAKE_PY, &[d.path().to_str().unwrap(), arch]);
         let lm = d.path().join("lm");

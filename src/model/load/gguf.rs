@@ -96,6 +96,7 @@ pub fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
+        "output_norm.bias" => Some("model.norm.bias"),
         "output.weight" => Some("lm_head.weight"),
         _ => None,
     };
@@ -114,7 +115,7 @@ pub fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
-        "attn_qkv" if arch == Arch::Phi3 => "self_attn.qkv_proj",
+        "attn_qkv" if matches!(arch, Arch::Phi3 | Arch::GptNeox) => "self_attn.qkv_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
@@ -142,10 +143,21 @@ fn arch_of(name: &str) -> Option<Arch> {
         "gemma3" => Arch::Gemma3,
         "olmo2" => Arch::Olmo2,
         "phi3" => Arch::Phi3,
+        "gptneox" => Arch::GptNeox,
         _ => return None,
     })
 }
-const GGUF_ARCHS: &str = "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3";
+const GGUF_ARCHS: &str = "llama, qwen2, qwen3, gemma2, gemma3, olmo2, phi3, gptneox";
+
+/// llama.cpp's converter stores GPT-NeoX's fused projection as [q; k; v] (all heads of each);
+/// HF keeps each head's q, k, v together. Rows (3, heads, hd) back to (heads, 3, hd).
+fn neox_qkv_to_hf(t: &Tensor, n_head: i64) -> Result<Tensor> {
+    let shape = t.size();
+    let hd = shape[0] / 3 / n_head;
+    let mut v = vec![3, n_head, hd];
+    v.extend(&shape[1..]);
+    Ok(t.f_reshape(&v)?.f_transpose(0, 1)?.f_reshape(&shape)?)
+}
 
 /// Undoes llama.cpp's `permute` of q/k rows (convert_hf_to_gguf.py), as transformers'
 /// `LlamaTensorProcessor._reverse_permute_weights`: rows (n_head, 2, hd/2) were stored as
@@ -257,6 +269,9 @@ pub fn load(path: &Path) -> Result<GgufModel> {
                 t = reverse_permute(&t, n_kv)?;
             }
         }
+        if kind == Arch::GptNeox && name.contains(".attn_qkv.") {
+            t = neox_qkv_to_hf(&t, n_head)?;
+        }
         // llama.cpp stores Gemma's norm weights as 1 + w (its norm scales by w); HF's by 1 + w.
         if matches!(kind, Arch::Gemma2 | Arch::Gemma3) && name.ends_with("norm.weight") {
             t = t - 1.0;
@@ -316,7 +331,6 @@ fn config_from_metadata(
         "num_hidden_layers": req("block_count")?,
         "num_attention_heads": n_head,
         "num_key_value_heads": int("attention.head_count_kv")?.unwrap_or(n_head),
-        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
         "rope_theta": float("rope.freq_base")?.unwrap_or(10_000.0),
         "max_position_embeddings": int("context_length")?.unwrap_or(2048),
         "tie_word_embeddings": !has_tensor("output.weight"),
@@ -328,6 +342,16 @@ fn config_from_metadata(
         }
     };
     set("head_dim", head_dim.map(Into::into));
+    if kind == Arch::GptNeox {
+        set("layer_norm_eps", Some(float("attention.layer_norm_epsilon")?.unwrap_or(1e-5).into()));
+        set("use_parallel_residual", md.get(&key("use_parallel_residual")).map(|v| matches!(v, gguf_file::Value::Bool(true)).into()));
+        if let Some(rot) = int("rope.dimension_count")? {
+            set("rotary_pct", Some((rot as f64 / (req("embedding_length")? / n_head) as f64).into()));
+        }
+        set("attention_bias", Some(has_tensor("blk.0.attn_qkv.bias").into()));
+    } else {
+        set("rms_norm_eps", Some(float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6).into()));
+    }
     set("bos_token_id", id("tokenizer.ggml.bos_token_id")?.map(Into::into));
     set("eos_token_id", id("tokenizer.ggml.eos_token_id")?.map(Into::into));
     set("pad_token_id", id("tokenizer.ggml.padding_token_id")?.map(Into::into));
@@ -498,11 +522,11 @@ mod tests {
         let e = load(&p).err().unwrap().to_string();
         std::fs::remove_file(&p).ok();
         assert!(e.contains("blk.0.attn_q.weight") && e.contains("Q8_1") && e.contains("Q4_K"), "{e}");
-        let p = tmp("neox.gguf");
-        write_tiny(&p, "gptneox", GgmlDType::F32);
+        let p = tmp("mamba.gguf");
+        write_tiny(&p, "mamba", GgmlDType::F32);
         let e = load(&p).err().unwrap().to_string();
         std::fs::remove_file(&p).ok();
-        assert!(e.contains("gptneox") && e.contains(&p.display().to_string()), "{e}");
+        assert!(e.contains("mamba") && e.contains(&p.display().to_string()), "{e}");
     }
 
     #[test]
