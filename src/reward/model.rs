@@ -130,6 +130,17 @@ impl RewardModel {
         self.head.size()[1]
     }
 
+    /// Gives a decoder RM's tokenizer the chat template `template` (saved with the model).
+    pub fn set_chat_template(&mut self, template: String) -> Result<()> {
+        match &mut self.backbone {
+            Backbone::Decoder { tokenizer, .. } => {
+                tokenizer.set_chat_template(template);
+                Ok(())
+            }
+            Backbone::Encoder { .. } => Err(Error::Input("a chat template applies to decoder reward models, not to encoders".into())),
+        }
+    }
+
     /// Tokenizes full texts (prompt + response, already rendered) into a right-padded batch,
     /// truncated to `max_length` tokens keeping the start (TRL). `add_special`: the tokenizer's
     /// BOS/EOS rules (false for chat-template renderings, which carry their own).

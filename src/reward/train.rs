@@ -47,6 +47,10 @@ pub struct RmData {
     pub max_length: usize,
     /// Count and skip malformed records instead of failing on the first.
     pub skip_invalid: bool,
+    /// A Jinja chat template file that formats chat pairs, for a backbone whose tokenizer has
+    /// none (a base model) or to replace its own; the trained RM's tokenizer keeps it, so RL scores
+    /// with the same format (e.g. assets/chat-templates/gemma-turns.jinja).
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,7 +97,7 @@ impl Default for TrainRmConfig {
 
 impl Default for RmData {
     fn default() -> Self {
-        RmData { train: PathBuf::new(), eval: None, eval_fraction: 0.1, max_length: 1024, skip_invalid: false }
+        RmData { train: PathBuf::new(), eval: None, eval_fraction: 0.1, max_length: 1024, skip_invalid: false, chat_template: None }
     }
 }
 
@@ -262,6 +266,10 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
     // Model.
     let mut rm = RewardModel::load(&cfg.model, cfg.seed as i64, device).with_context(|| format!("loading {}", cfg.model))?;
     rm.precision = crate::model::precision::Precision::resolve(&cfg.dtype, device, "dtype")?;
+    if let Some(p) = &cfg.data.chat_template {
+        let text = std::fs::read_to_string(p).with_context(|| format!("data.chat_template: reading {}", p.display()))?;
+        rm.set_chat_template(text).context("data.chat_template")?;
+    }
     let params = rm.set_trainable(cfg.train.trainable_layers)?;
     let train_ids = tokenize_pairs(&rm, &train_ex, cfg.data.max_length)?;
     let eval_ids = tokenize_pairs(&rm, &eval_ex, cfg.data.max_length)?;

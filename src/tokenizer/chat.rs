@@ -212,4 +212,15 @@ mod tests {
         let date = render("{{ strftime_now('%d %b %Y') }}", &msgs, false, []).unwrap();
         assert_eq!(date.len(), 11, "{date}");
     }
+
+    #[test]
+    fn the_bundled_gemma_turn_template_renders_gemma_turns() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/chat-templates/gemma-turns.jinja");
+        let tpl = std::fs::read_to_string(path).unwrap();
+        let msgs = [Message::system("Be brief."), Message::user(" Hi "), Message::assistant("Hello.")];
+        let out = render(&tpl, &msgs, false, [("bos_token", Some("<bos>"))]).unwrap();
+        assert_eq!(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n");
+        let out = render(&tpl, &msgs[1..2], true, [("bos_token", Some("<bos>"))]).unwrap();
+        assert_eq!(out, "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n");
+    }
 }

@@ -285,11 +285,17 @@ impl Tokenizer {
     /// variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `pad_token`,
     /// `unk_token`, and HF's `raise_exception`, `tojson` and `strftime_now`.
     /// Tokenize the result with `encode(&text, false)`: the template already holds its special tokens.
+    /// Replaces (or gives, for a base model's tokenizer) the chat template; `save_hf` writes it.
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
+    }
+
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             Error::Input(format!(
                 "{}: this tokenizer has no chat template (no tokenizer.chat_template in GGUF metadata, \
-                 no chat_template in tokenizer_config.json nor chat_template.jinja)",
+                 no chat_template in tokenizer_config.json nor chat_template.jinja); a base model's reward \
+                 model can be given one with train-rm's data.chat_template",
                 self.source.display()
             ))
         })?;
