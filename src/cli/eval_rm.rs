@@ -86,8 +86,8 @@ fn run_feedback(a: &Args, run: &std::path::Path) -> Result<()> {
         );
         if let Some(x) = r.attention {
             println!(
-                "cross-attention: normalised entropy {:.4} (1 = uniform)  ||H_hat|| / ||H_last|| {:.4}  score std: phi(H_hat) {:.4}, phi(H_last) {:.4}",
-                x.attn_entropy, x.hhat_norm_ratio, x.score_std_hhat, x.score_std_hlast
+                "cross-attention: normalised entropy {:.4} (1 = uniform)  ||H_last|| {:.4}  ||H_hat|| {:.4} (ratio {:.4})  score std: phi(H_hat) {:.4}, phi(H_last) {:.4}",
+                x.attn_entropy, x.hlast_norm, x.hhat_norm, x.hhat_norm_ratio, x.score_std_hhat, x.score_std_hlast
             );
         }
     }

@@ -1,4 +1,4 @@
-use crate::experiment::grid::{report_only, run_grid, ExperimentConfig, GridOutcome};
+use crate::experiment::grid::{prepare_only, report_only, run_grid, ExperimentConfig, GridOutcome};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -15,6 +15,10 @@ pub struct Args {
     /// Only (re)write the report from the run folders already in `out` (and the `archive`'s).
     #[arg(long)]
     pub report_only: bool,
+    /// Only make the shared artefacts (gold-labelled pairs, the proxy RM) and print the RMs'
+    /// held-out accuracy: to check the proxy before running the grid.
+    #[arg(long, conflicts_with = "report_only")]
+    pub prepare_only: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -23,6 +27,21 @@ pub fn run(a: Args) -> Result<()> {
     if a.report_only {
         let r = report_only(&cfg, !a.run.quiet)?;
         print_report(&r);
+        return Ok(());
+    }
+    if a.prepare_only {
+        let s = prepare_only(&cfg, !a.run.quiet)?;
+        let n = match &s.test_pairs {
+            Some(t) => std::fs::read_to_string(t)?.lines().filter(|l| !l.trim().is_empty()).count(),
+            None => 0,
+        };
+        for (rm, acc) in &s.accuracy_before {
+            let (lo, hi) = crate::experiment::stats::wilson95(*acc, n);
+            println!("{rm}: held-out accuracy {acc:.3} on {n} pairs (95% CI {lo:.3}-{hi:.3})");
+        }
+        if s.accuracy_before.is_empty() {
+            println!("proxy: {} (no held-out accuracy: rm_accuracy = false or no held-out pairs)", s.proxy_rm);
+        }
         return Ok(());
     }
     let o = run_grid(&cfg, !a.run.quiet)?;

@@ -127,6 +127,10 @@ pub struct ProxyConfig {
     pub batch: usize,
     pub seed: u64,
     pub max_length: usize,
+    /// A Jinja chat template (a file) that formats the pairs for a backbone without one of its own
+    /// (a base model such as gemma3-270m); the trained proxy keeps it, so RL scores in the same
+    /// format. Absent: the backbone's own template, or plain text for an encoder.
+    pub chat_template: Option<PathBuf>,
     pub train: RmTrain,
 }
 
@@ -179,6 +183,7 @@ impl Default for ProxyConfig {
             batch: 32,
             seed: 0,
             max_length: 256,
+            chat_template: None,
             train: RmTrain {
                 epochs: 4,
                 micro_batch: 8,
@@ -269,6 +274,9 @@ impl ExperimentConfig {
             }
             ensure!(self.proxy.test_prompts >= 1, "proxy.test_prompts must be >= 1");
             ensure!((0.0..=0.5).contains(&self.proxy.flip), "proxy.flip = {} must be in [0, 0.5]", self.proxy.flip);
+            if let Some(t) = &self.proxy.chat_template {
+                ensure!(t.is_file(), "proxy.chat_template = {:?}: no such file", t);
+            }
         }
         if self.runs_method(Method::PretrainedRm) {
             ensure!(

@@ -60,32 +60,9 @@ pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
 /// [`run_grid`], with `exe` the r2m binary that runs each run (`r2m rl`) when `jobs` > 1.
 pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Result<GridOutcome> {
     let t0 = Instant::now();
-    cfg.validate()?;
-    let device = crate::device::parse(&cfg.device)?;
-    ensure!(
-        cfg.jobs == 1 || device == Device::Cpu,
-        "jobs = {}: runs side by side are for the CPU; on {device:?} they would share one device's memory (set jobs = 1)",
-        cfg.jobs
-    );
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
-    if let Some(a) = &cfg.archive {
-        archive::check_paths(a, &cfg.out)?;
-        for f in archive::restore_shared(a, &cfg.out)? {
-            say(progress, format!("restored shared/{f} from the archive {}", a.display()));
-        }
-    }
-    if let Some(from) = &cfg.proxy.pairs_from {
-        for f in archive::restore_shared(from, &cfg.out)? {
-            say(progress, format!("took shared/{f} from {}", from.display()));
-        }
-    }
-    let shared = prepare_shared(cfg, device, progress)?;
+    let (device, shared) = setup(cfg, progress)?;
     let specs = cfg.runs();
     if let Some(a) = &cfg.archive {
-        for m in archive::fingerprint_mismatches(a, &shared.fingerprints)? {
-            eprintln!("experiment: warning: {m}");
-        }
         let restored = archive::restore_runs(a, &cfg.out, |name, dir| match specs.iter().find(|s| s.name() == name) {
             Some(spec) => check_earlier_config(dir, &cfg.run_config(spec, &shared)?).map(|_| ()),
             None => Ok(()), // not in this grid's selection: restored for the report, checked when run
@@ -142,6 +119,49 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
         archive::save(a, &cfg.out, &shared.fingerprints)?;
     }
     Ok(GridOutcome { ran, skipped, report, wall_s: t0.elapsed().as_secs_f64() })
+}
+
+/// `r2m experiment --prepare-only`: the shared artefacts (pairs, proxy RM, the RMs' held-out
+/// accuracy), archived when the grid has an archive, and no run: to check the proxy before a grid
+/// is spent on it.
+pub fn prepare_only(cfg: &ExperimentConfig, progress: bool) -> Result<Shared> {
+    let (_, shared) = setup(cfg, progress)?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &shared.fingerprints)?;
+    }
+    Ok(shared)
+}
+
+/// Validates `cfg`, restores the shared files of the archive and of `proxy.pairs_from`, and makes
+/// (or reuses) the rest.
+fn setup(cfg: &ExperimentConfig, progress: bool) -> Result<(Device, Shared)> {
+    cfg.validate()?;
+    let device = crate::device::parse(&cfg.device)?;
+    ensure!(
+        cfg.jobs == 1 || device == Device::Cpu,
+        "jobs = {}: runs side by side are for the CPU; on {device:?} they would share one device's memory (set jobs = 1)",
+        cfg.jobs
+    );
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
+    if let Some(a) = &cfg.archive {
+        archive::check_paths(a, &cfg.out)?;
+        for f in archive::restore_shared(a, &cfg.out)? {
+            say(progress, format!("restored shared/{f} from the archive {}", a.display()));
+        }
+    }
+    if let Some(from) = &cfg.proxy.pairs_from {
+        for f in archive::restore_shared(from, &cfg.out)? {
+            say(progress, format!("took shared/{f} from {}", from.display()));
+        }
+    }
+    let shared = prepare_shared(cfg, device, progress)?;
+    if let Some(a) = &cfg.archive {
+        for m in archive::fingerprint_mismatches(a, &shared.fingerprints)? {
+            eprintln!("experiment: warning: {m}");
+        }
+    }
+    Ok((device, shared))
 }
 
 /// `r2m experiment --report-only`: the report from the run folders in `out`, after restoring the

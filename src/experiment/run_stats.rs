@@ -128,10 +128,37 @@ pub struct RunStats {
     /// Mean seconds per step of each `time/*` metric (total over the run / steps logged; a phase
     /// absent at a step, like `time/eval`, counts 0 there: the amortized cost).
     pub times: BTreeMap<String, f64>,
+    /// R2M's regime at the start and the end of the run ([`REGIME`]; NaN where not logged).
+    pub regime: BTreeMap<&'static str, f64>,
 }
 
+/// The regime R2M runs in, from metrics.jsonl: (key, metric, whether it is averaged over the
+/// first tenth of the logged steps (the initial policy) or the last tenth (the end)). The
+/// cross-attention's normalised entropy (1 = uniform), the mean norms of H_last and H_hat and
+/// their ratio, the blend weight w(t), and the correlation inside each group of R2M's reward with
+/// the same head on H_last alone (1 = the H_hat term reorders nothing). And for every method the
+/// pairwise accuracy against gold, inside each group of the policy's own rollouts, of the reward
+/// it trains on (`own_acc`) and of the frozen proxy where that differs (`own_acc_frozen`).
+pub const REGIME: [(&str, &str, bool); 15] = [
+    ("attn_entropy_start", "r2m/attn_entropy", true),
+    ("attn_entropy_end", "r2m/attn_entropy", false),
+    ("hlast_norm_start", "r2m/hlast_norm", true),
+    ("hlast_norm_end", "r2m/hlast_norm", false),
+    ("hhat_norm_start", "r2m/hhat_norm", true),
+    ("hhat_norm_end", "r2m/hhat_norm", false),
+    ("hhat_ratio_start", "r2m/hhat_norm_ratio", true),
+    ("hhat_ratio_end", "r2m/hhat_norm_ratio", false),
+    ("w_end", "r2m/w", false),
+    ("group_corr_start", "r2m/group_corr_no_hhat", true),
+    ("group_corr_end", "r2m/group_corr_no_hhat", false),
+    ("own_acc_start", "gold/group_agree", true),
+    ("own_acc_end", "gold/group_agree", false),
+    ("own_acc_frozen_start", "gold/group_agree_frozen_rm", true),
+    ("own_acc_frozen_end", "gold/group_agree_frozen_rm", false),
+];
+
 /// The metrics of [`RunStats::values`] and their table labels, in table order.
-pub const METRICS: [(&str, &str); 22] = [
+pub const METRICS: [(&str, &str); 37] = [
     ("gold_final", "gold (final)"),
     ("gold_at_d", "gold @ matched d"),
     ("peak_gold", "peak gold"),
@@ -154,6 +181,21 @@ pub const METRICS: [(&str, &str); 22] = [
     ("hhat_group_corr", "group corr. with/without H_hat"),
     ("hhat_rise", "rise of the feedback term"),
     ("hhat_gold_corr", "corr. of the feedback term with gold"),
+    ("attn_entropy_start", "attention entropy, start"),
+    ("attn_entropy_end", "attention entropy, end"),
+    ("hlast_norm_start", "|H_last|, start"),
+    ("hlast_norm_end", "|H_last|, end"),
+    ("hhat_norm_start", "|H_hat|, start"),
+    ("hhat_norm_end", "|H_hat|, end"),
+    ("hhat_ratio_start", "|H_hat| / |H_last|, start"),
+    ("hhat_ratio_end", "|H_hat| / |H_last|, end"),
+    ("w_end", "w, end"),
+    ("group_corr_start", "group corr. with/without H_hat, start"),
+    ("group_corr_end", "group corr. with/without H_hat, end"),
+    ("own_acc_start", "reward accuracy on own rollouts, start"),
+    ("own_acc_end", "reward accuracy on own rollouts, end"),
+    ("own_acc_frozen_start", "frozen proxy accuracy on own rollouts, start"),
+    ("own_acc_frozen_end", "frozen proxy accuracy on own rollouts, end"),
 ];
 
 /// The metrics compared between methods, in table order.
@@ -190,7 +232,7 @@ impl RunStats {
             "hhat_rise" => self.hhat_rise,
             "hhat_gold_corr" => self.hhat_gold_corr,
             "time_step" => self.times.get("time/step").copied().unwrap_or(f64::NAN),
-            _ => f64::NAN,
+            k => self.regime.get(k).copied().unwrap_or(f64::NAN),
         }
     }
 }
@@ -274,6 +316,7 @@ pub fn run_stats(run: &Run, matched_d: f64) -> RunStats {
         hhat_rise,
         hhat_gold_corr,
         times,
+        regime: REGIME.iter().map(|&(k, m, start)| (k, tenth_mean(&run.metrics, m, start))).collect(),
     }
 }
 
@@ -328,6 +371,22 @@ pub fn feedback_term(run: &Run) -> Vec<FeedbackPoint> {
     out
 }
 
+/// The mean of the finite values of `key` over the metrics rows of the first tenth of the steps
+/// logged (`start`; at least step 0) or of the last tenth (at least the last step); NaN when none.
+pub fn tenth_mean(metrics: &[Map<String, Value>], key: &str, start: bool) -> f64 {
+    let step = |m: &Map<String, Value>| m.get("step").and_then(Value::as_i64);
+    let Some(last) = metrics.iter().filter_map(step).max() else { return f64::NAN };
+    let span = ((last + 1) / 10).max(1);
+    let inside = |s: i64| if start { s < span } else { s > last - span };
+    let v: Vec<f64> = metrics
+        .iter()
+        .filter(|m| step(m).is_some_and(inside))
+        .filter_map(|m| m.get(key).and_then(Value::as_f64))
+        .filter(|x| x.is_finite())
+        .collect();
+    stats::mean(&v)
+}
+
 /// The mean of the finite values of `key` over the metrics rows whose `step` is in the second half
 /// of the steps logged (step >= (last + 1) / 2); NaN when there are none.
 pub fn second_half_mean(metrics: &[Map<String, Value>], key: &str) -> f64 {
@@ -343,5 +402,36 @@ pub fn second_half_mean(metrics: &[Map<String, Value>], key: &str) -> f64 {
         f64::NAN
     } else {
         v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rows(v: &[(i64, Option<f64>)]) -> Vec<Map<String, Value>> {
+        v.iter()
+            .map(|(s, x)| {
+                let mut m = Map::new();
+                m.insert("step".into(), json!(s));
+                if let Some(x) = x {
+                    m.insert("r2m/attn_entropy".into(), json!(x));
+                }
+                m
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tenth_means_average_the_first_and_last_tenth_of_the_steps() {
+        // 20 steps: the first tenth is steps 0-1, the last tenth 18-19.
+        let m = rows(&(0..20).map(|s| (s, Some(s as f64))).collect::<Vec<_>>());
+        assert_eq!(tenth_mean(&m, "r2m/attn_entropy", true), 0.5);
+        assert_eq!(tenth_mean(&m, "r2m/attn_entropy", false), 18.5);
+        // Fewer than 10 steps: one step each; a missing value is skipped, none at all is NaN.
+        let m = rows(&[(0, Some(0.9)), (1, None), (2, Some(0.7))]);
+        assert_eq!((tenth_mean(&m, "r2m/attn_entropy", true), tenth_mean(&m, "r2m/attn_entropy", false)), (0.9, 0.7));
+        assert!(tenth_mean(&m, "r2m/w", true).is_nan() && tenth_mean(&[], "r2m/w", false).is_nan());
     }
 }

@@ -121,7 +121,7 @@ pub fn prepare_shared(cfg: &ExperimentConfig, device: Device, progress: bool) ->
         out,
         device: cfg.device.clone(),
         dtype: "auto".into(),
-        data: RmData { train, eval, max_length: p.max_length, ..RmData::default() },
+        data: RmData { train, eval, max_length: p.max_length, chat_template: p.chat_template.clone(), ..RmData::default() },
         train: t.clone(),
     };
     // Gold-labelled pairs into `path` unless there; pi_init and the gold load on first need.

@@ -10,6 +10,7 @@
 //! - [`interp_first_crossing`]: y at a given x on a curve whose x need not be monotone (gold at a
 //!   matched sqrt(KL)).
 //! - [`lc_win_rate`]: the AlpacaEval-2-LC-style length-controlled win rate.
+//! - [`wilson95`]: the 95% Wilson score interval of a proportion (an RM's accuracy on n pairs).
 //!
 //! Non-finite inputs are left out by [`summarize`] (a missing metric is NaN upstream); the tests and
 //! the report rely on that.
@@ -412,6 +413,19 @@ pub fn win(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The 95% Wilson score interval (low, high) of a proportion `p` measured on `n` trials: unlike
+/// p +- 1.96 sqrt(p(1-p)/n) it stays inside [0, 1] and is right near 0 and 1. NaNs for n = 0.
+pub fn wilson95(p: f64, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let z = 1.959963984540054;
+    let (n, z2) = (n as f64, z * z);
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    (centre - half, centre + half)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,5 +576,16 @@ mod tests {
         assert_eq!(win(0.0, 0.0), 0.5);
         assert_eq!(win(-1.0, 0.0), 0.0);
         assert!(win(f64::NAN, 0.0).is_nan());
+    }
+
+    #[test]
+    fn wilson_interval_matches_the_closed_form_values() {
+        // statsmodels proportion_confint(70, 100, method="wilson") = (0.6041, 0.7810).
+        let (lo, hi) = wilson95(0.7, 100);
+        assert!((lo - 0.60415).abs() < 1e-4 && (hi - 0.78100).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = wilson95(1.0, 10);
+        assert!(hi == 1.0 || (hi - 1.0).abs() < 1e-12, "{hi}");
+        assert!(lo > 0.69 && lo < 0.73, "{lo}");
+        assert!(wilson95(0.5, 0).0.is_nan());
     }
 }

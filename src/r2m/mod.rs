@@ -422,7 +422,8 @@ impl RewardSource for R2mSource {
 }
 
 /// What the cross-attention does on a batch (after the step's update), logged per step as
-/// `r2m/attn_entropy`, `r2m/hhat_norm_ratio`, `r2m/score_std_hhat` and `r2m/score_std_hlast`:
+/// `r2m/attn_entropy`, `r2m/hhat_norm_ratio`, `r2m/hlast_norm`, `r2m/hhat_norm`,
+/// `r2m/score_std_hhat` and `r2m/score_std_hlast`:
 /// whether it reads particular tokens or just the mean of h, and how much H_hat can move the score
 /// next to H_last.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -431,6 +432,10 @@ pub struct AttentionDiagnostics {
     pub attn_entropy: f64,
     /// mean ||H_hat|| / mean ||H_last|| over the batch.
     pub hhat_norm_ratio: f64,
+    /// mean ||H_last|| and mean ||H_hat|| over the batch: an encoder's L2-normalised embedding has
+    /// norm 1, a decoder's last hidden state tens to hundreds.
+    pub hlast_norm: f64,
+    pub hhat_norm: f64,
     /// Standard deviation over the batch of phi(H_hat) and of phi(H_last): how far each part alone
     /// spreads the scores (before the blend's weights 1 - w and w).
     pub score_std_hhat: f64,
@@ -458,6 +463,8 @@ impl AttentionDiagnostics {
         AttentionDiagnostics {
             attn_entropy: cross_attention::normalized_entropy(att, mask),
             hhat_norm_ratio: norm(h_hat) / norm(h_last).max(1e-30),
+            hlast_norm: norm(h_last),
+            hhat_norm: norm(h_hat),
             score_std_hhat: sd(h_hat),
             score_std_hlast: sd(h_last),
         }
@@ -473,15 +480,17 @@ impl AttentionDiagnostics {
         Some(AttentionDiagnostics {
             attn_entropy: m(|d| d.attn_entropy),
             hhat_norm_ratio: m(|d| d.hhat_norm_ratio),
+            hlast_norm: m(|d| d.hlast_norm),
+            hhat_norm: m(|d| d.hhat_norm),
             score_std_hhat: m(|d| d.score_std_hhat),
             score_std_hlast: m(|d| d.score_std_hlast),
         })
     }
 
-    /// As JSON: the four fields by name.
+    /// As JSON: the fields by name.
     pub fn to_json(&self) -> Value {
         json!({"attn_entropy": self.attn_entropy, "hhat_norm_ratio": self.hhat_norm_ratio,
-               "score_std_hhat": self.score_std_hhat, "score_std_hlast": self.score_std_hlast})
+               "hlast_norm": self.hlast_norm, "hhat_norm": self.hhat_norm, "score_std_hhat": self.score_std_hhat, "score_std_hlast": self.score_std_hlast})
     }
 
     /// The fields of [`Self::to_json`] as `r2m/<field>` metrics.

@@ -153,6 +153,12 @@ pub struct AlgoConfig {
     pub trunk_cache: bool,
     pub eval_every: i64,
     pub eval_prompts: usize,
+    /// Prompts of the two evaluations the results compare, pi_init's (step -1) and the last
+    /// step's, where a tight confidence interval matters (with the testbed's gold, whose sd over
+    /// one sample per prompt is ~2.4, ~1,000 prompts give +-0.15); the evaluations between them,
+    /// which draw the curves, use `eval_prompts` (the first of the same prompts). Absent:
+    /// `eval_prompts` throughout.
+    pub final_eval_prompts: Option<usize>,
     pub eval_temperature: f64,
     pub save_every: i64,
     /// Stop after this many steps as if interrupted (tests of resume).
@@ -254,6 +260,7 @@ impl Default for AlgoConfig {
             trunk_cache: true,
             eval_every: 10,
             eval_prompts: 32,
+            final_eval_prompts: None,
             eval_temperature: 0.7,
             save_every: 10,
             stop_after: None,
@@ -317,6 +324,14 @@ impl RlConfig {
         ensure!(r.temperature > 0.0, "rl.temperature must be > 0 (sampling)");
         ensure!(r.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1");
         ensure!(r.eps > 0.0 && r.eps < 1.0, "rl.eps = {} must be in (0, 1)", r.eps);
+        if let Some(n) = r.final_eval_prompts {
+            ensure!(r.eval_every > 0, "rl.final_eval_prompts = {n}: the run does not evaluate (rl.eval_every = {})", r.eval_every);
+            ensure!(
+                n >= r.eval_prompts,
+                "rl.final_eval_prompts = {n} must be >= rl.eval_prompts = {} (the curve's evaluations use the first of the same prompts)",
+                r.eval_prompts
+            );
+        }
         self.check_algorithm_settings()?;
         ensure!(self.policy.lr > 0.0, "policy.lr must be > 0");
         crate::model::precision::Precision::resolve(&self.policy.dtype, tch::Device::Cpu, "policy.dtype")?;

@@ -13,11 +13,23 @@ use serde_json::{json, Map, Value};
 use tch::{Device, Kind};
 
 impl Run<'_> {
+    /// How many held-out prompts the evaluation at step `t` uses: `rl.final_eval_prompts` at
+    /// pi_init's (t = -1) and the last step's, `rl.eval_prompts` between (the first of the same
+    /// prompts); at most the held-out prompts there are.
+    pub fn eval_size(&self, t: i64) -> usize {
+        let r = &self.cfg.rl;
+        let n = match r.final_eval_prompts {
+            Some(f) if t == -1 || t + 1 == r.steps => f,
+            _ => r.eval_prompts,
+        };
+        n.min(self.eval_prompts.len())
+    }
+
     /// Evaluation on the held-out prompts: one sample each at `rl.eval_temperature` with a fixed
     /// seed; the reward source's score at step t, the metric source's, the KL to the reference and
     /// the length. Returns the metrics and one row per prompt (`eval.jsonl`).
     pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
-        let n = self.cfg.rl.eval_prompts.min(self.eval_prompts.len());
+        let n = self.eval_size(t);
         let mut m = Map::new();
         if n == 0 {
             return Ok((m, vec![]));

@@ -255,6 +255,19 @@ impl Run<'_> {
             let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
             let gs = clock.time(time, || source.scores(&prompts, &r.responses, &r.finished, r.reference_logprobs.as_deref()))?;
             m.insert(format!("{}/reward", source.name()), json!(gs.mean(Kind::Float).double_value(&[])));
+            // The reward's pairwise accuracy against the metric inside each group: how well it
+            // ranks the policy's own samples as the policy moves (and the frozen proxy's, beside it).
+            if k >= 2 {
+                let g = Vec::<f64>::try_from(gs.to_kind(Kind::Double))?;
+                let agree = |x: &Tensor| -> Result<f64> {
+                    let x = Vec::<f64>::try_from(x.to_device(tch::Device::Cpu).to_kind(Kind::Double))?;
+                    Ok(adv::group_agreement(&x, &g, k as usize).concordance)
+                };
+                m.insert(format!("{}/group_agree", source.name()), json!(agree(scores)?));
+                if let Some(f) = &frozen {
+                    m.insert(format!("{}/group_agree_frozen_rm", source.name()), json!(agree(f)?));
+                }
+            }
         }
         m.extend(update);
         let metric_s = metric_time.map(|n| clock.since(from, Some(&n))).unwrap_or(0.0);

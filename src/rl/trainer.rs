@@ -158,7 +158,7 @@ fn memory_budget(
     n_eval: usize,
 ) -> Result<Budget> {
     let r = &cfg.rl;
-    let rows = (r.prompts_per_step * r.group_size).max(r.eval_prompts.min(n_eval));
+    let rows = (r.prompts_per_step * r.group_size).max(r.final_eval_prompts.unwrap_or(0).max(r.eval_prompts).min(n_eval));
     let Some(free) = free else {
         let fixed = |c: Count, all: usize| if let Count::Fixed(n) = c { n } else { all };
         return Ok(Budget { generation_batch: fixed(r.generation_batch, rows), grad_accum: fixed(r.grad_accum, 1) });
@@ -250,7 +250,7 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_sink: &mut MetricsSink) -> Re
     } else {
         vec![]
     };
-    let want = run.cfg.rl.eval_prompts.min(run.eval_prompts.len());
+    let want = run.eval_size(-1);
     if kept.len() == want && want > 0 {
         return Ok(judged(run, &kept));
     }
@@ -291,7 +291,9 @@ fn eval_step(run: &mut Run, t: i64, init: &[f64], m: &mut Map<String, Value>, ev
     let t0 = Instant::now();
     let (em, rows) = contain_panic(&format!("eval at step {t}"), || run.evaluate(t))?;
     m.extend(em);
-    if let Some(w) = win_rate(&judged(run, &rows), init) {
+    // pi_init's rows cover the first prompts of every evaluation (its own may be larger).
+    let now = judged(run, &rows);
+    if let Some(w) = win_rate(&now, &init[..now.len().min(init.len())]) {
         m.insert("eval/win_rate".into(), json!(w));
     }
     for r in &rows {

@@ -410,6 +410,57 @@ fn hhat_group_corr_is_the_second_half_mean_and_reported() {
     assert!(r.contains(&format!("{:.2}", g.mean)), "{r} lacks {:.2}", g.mean);
 }
 
+/// R2M's regime (attention entropy, |H_last|, |H_hat|, the group correlation) and every method's
+/// reward accuracy on its own rollouts, from metrics.jsonl: the first and the last tenth of the
+/// steps, summarised per cell, and two report tables that show "start → end".
+#[test]
+fn the_regime_and_the_accuracy_on_own_samples_are_reported() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    for (run, regime) in [("r2m-grpo-s0", true), ("r2m-grpo-s1", true), ("vanilla-grpo-s0", false)] {
+        let p = d.path().join(format!("{run}/metrics.jsonl"));
+        let mut rows: Vec<Map<String, Value>> =
+            std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let last = rows.iter().map(|r| r["step"].as_i64().unwrap()).max().unwrap();
+        assert!(last < 10, "the fixture's runs are short: its first and last tenth are one step each");
+        for r in rows.iter_mut() {
+            let t = r["step"].as_i64().unwrap();
+            let (first, end) = (t == 0, t == last);
+            let pick = |a: f64, b: f64, mid: f64| {
+                json!(if first {
+                    a
+                } else if end {
+                    b
+                } else {
+                    mid
+                })
+            };
+            if regime {
+                r.insert("r2m/attn_entropy".into(), pick(0.9, 0.6, 0.0));
+                r.insert("r2m/hlast_norm".into(), pick(40.0, 44.0, 0.0));
+                r.insert("r2m/hhat_norm".into(), pick(2.0, 6.0, 0.0));
+            }
+            r.insert("gold/group_agree".into(), pick(0.66, 0.52, 0.0));
+        }
+        let text: String = rows.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+        std::fs::write(&p, text).unwrap();
+    }
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    let c = agg.cell(Method::R2m, Algo::Grpo).unwrap();
+    assert_eq!((c.get("attn_entropy_start").n, c.get("attn_entropy_start").mean), (2, 0.9));
+    assert_eq!((c.get("hhat_norm_end").mean, c.get("hlast_norm_start").mean), (6.0, 40.0));
+    let v = agg.cell(Method::Vanilla, Algo::Grpo).unwrap();
+    assert_eq!((v.get("own_acc_start").mean, v.get("own_acc_end").mean, v.get("attn_entropy_start").n), (0.66, 0.52, 0));
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    let sec = md.split("## The regime R2M runs in").nth(1).unwrap_or_else(|| panic!("no regime section:\n{md}"));
+    let row = sec.lines().find(|l| l.starts_with("| GRPO | r2m |")).unwrap_or_else(|| panic!("no r2m GRPO row:\n{sec}"));
+    assert!(row.contains("0.900 ± 0.000 → 0.600 ± 0.000") && row.contains("40.00 ± 0.00 → 44.00 ± 0.00"), "{row}");
+    assert!(!sec.split("\n## ").next().unwrap().contains("| GRPO | vanilla |"), "vanilla has no regime row");
+    let own = md.split("### On the policy's own samples").nth(1).unwrap();
+    let row = own.lines().find(|l| l.starts_with("| GRPO | vanilla |")).unwrap();
+    assert!(row.contains("0.660 (n=1) → 0.520 (n=1)"), "{row}");
+}
+
 /// The proxy of the tables and the overoptimization test is the frozen proxy RM's score where a run
 /// logged it beside its own reward (R2M's methods train on another reward); otherwise the reward.
 #[test]

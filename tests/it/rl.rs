@@ -124,6 +124,55 @@ fn every_algorithm_raises_a_rule_reward() {
     }
 }
 
+/// A metric source for tests: the number of "yes" words in the response.
+struct YesCount;
+
+impl r2m::rl::reward_source::MetricSource for YesCount {
+    fn name(&self) -> &'static str {
+        "yes_count"
+    }
+    fn scores(
+        &self,
+        _: &[&PromptExample],
+        responses: &[String],
+        _: &[bool],
+        _: Option<&[Option<r2m::rl::reward_source::ResponseLogprobs>]>,
+    ) -> Result<tch::Tensor, r2m::Error> {
+        let v: Vec<f32> = responses.iter().map(|r| r.split_whitespace().filter(|w| *w == "yes").count() as f32).collect();
+        Ok(tch::Tensor::from_slice(&v))
+    }
+}
+
+/// The evaluations the results compare (pi_init's and the last step's) use `final_eval_prompts`,
+/// the curve's between them `eval_prompts` (the first of the same prompts), and each win rate
+/// pairs a step's rows with pi_init's on the same prompts. A final size below the curve's is refused.
+#[test]
+fn final_evaluations_use_more_prompts_than_the_curve() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut c = tiny_cfg(d.path(), Algo::Grpo, "final-eval");
+    c.rl.steps = 3;
+    c.rl.eval_every = 1;
+    c.rl.eval_prompts = 4;
+    c.rl.final_eval_prompts = Some(10);
+    let mut r = build(&c, |_| Ok(yes_rule()), Some(Box::new(YesCount)), Device::Cpu).unwrap();
+    let m = r2m::metrics::read_jsonl(&run(&mut r, false, false).unwrap()).unwrap();
+    let e = r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
+    let count = |t: i64| e.iter().filter(|x| x["step"] == t).count();
+    assert_eq!([count(-1), count(0), count(1), count(2)], [10, 4, 4, 10]);
+    let prompts = |t: i64| e.iter().filter(|x| x["step"] == t).map(|x| x["prompt"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(prompts(0), (0..4).collect::<Vec<_>>());
+    assert_eq!(prompts(2), (0..10).collect::<Vec<_>>());
+    for x in &m {
+        let w = x["eval/win_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&w), "{x:?}");
+    }
+    c.rl.final_eval_prompts = Some(3);
+    let err = format!("{:#}", c.validate().unwrap_err());
+    assert!(err.contains("rl.final_eval_prompts = 3") && err.contains("rl.eval_prompts = 4"), "{err}");
+}
+
 pub fn records_without_times(p: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     r2m::metrics::read_jsonl(p)
         .unwrap()
@@ -221,7 +270,36 @@ fn r2m_across_architectures_and_widths() {
     let _rng = crate::common::torch_rng_lock();
     let d = tmpdir();
     world(d.path(), "mixed");
+    // The decoder RM is first trained (BT, top block + head) on a few pairs written through a chat
+    // template of its own, which the trained RM keeps for RL's scoring.
+    let pairs = d.path().join("pairs.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            let p = format!("w{} w{}", i % 50, (i * 3) % 50);
+            serde_json::json!({"prompt": p, "chosen": "yes yes", "rejected": format!("no w{}", i % 50)}).to_string()
+        })
+        .collect();
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let template = d.path().join("turns.jinja");
+    std::fs::write(&template, "{% for m in messages %}w5{{ 8 if m['role'] == 'user' else 9 }} {{ m['content'] }} w59 {% endfor %}")
+        .unwrap();
+    let mut t = r2m::reward::train::TrainRmConfig::default();
+    t.model = d.path().join("rm").to_str().unwrap().into();
+    t.out = d.path().join("rm-trained");
+    t.device = "cpu".into();
+    t.data.train = pairs;
+    t.data.eval_fraction = 0.25;
+    t.data.chat_template = Some(template);
+    t.train.epochs = 3;
+    t.train.lr = 3e-3;
+    t.train.trainable_layers = Some(1);
+    let s = r2m::reward::train::run(&t, false, false).unwrap();
+    assert!(s.eval_accuracy > 0.8, "the decoder RM learns the pairs: held-out accuracy {}", s.eval_accuracy);
+    let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.model_dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert!(tc["chat_template"].as_str().unwrap().contains("w59"), "the trained RM keeps its template: {tc}");
+
     let mut c = tiny_cfg(d.path(), Algo::Grpo, "mixed");
+    c.reward.model = s.model_dir.to_str().unwrap().into();
     c.rl.steps = 4;
     c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-3, ..Default::default() });
     let mut r = build(&c, source(&c), None, Device::Cpu).unwrap();
@@ -231,9 +309,14 @@ fn r2m_across_architectures_and_widths() {
     for rec in &recs {
         let w = rec["r2m/w"].as_f64().unwrap();
         assert!(rec["reward"].as_f64().unwrap().is_finite() && (0.0..=1.0).contains(&w), "{rec:?}");
+        // The regime R2M runs in: a decoder's last hidden state (not a unit-norm embedding), and
+        // the cross-attention's output beside it.
+        let (hl, hh, ratio) =
+            (rec["r2m/hlast_norm"].as_f64().unwrap(), rec["r2m/hhat_norm"].as_f64().unwrap(), rec["r2m/hhat_norm_ratio"].as_f64().unwrap());
+        assert!(hl > 1.5 && hh > 0.0 && (hh / hl - ratio).abs() < 1e-9 * ratio.max(1.0), "{rec:?}");
     }
     let policy = r2m::model::DecoderConfig::from_file(&d.path().join("policy/config.json")).unwrap();
-    let rm = r2m::model::DecoderConfig::from_file(&d.path().join("rm/config.json")).unwrap();
+    let rm = r2m::model::DecoderConfig::from_file(&s.model_dir.join("config.json")).unwrap();
     assert_eq!((policy.arch.model_type(), policy.hidden_size, rm.arch.model_type(), rm.hidden_size), ("qwen3", 32, "gemma3_text", 48));
 }
 

@@ -3,7 +3,7 @@
 use super::dir_name;
 use super::figures::Figure;
 use super::setup::setup_table;
-use super::tables::{comparison_md_table, feedback_table, main_table, rm_table, time_table};
+use super::tables::{comparison_md_table, feedback_table, main_table, own_accuracy_table, regime_table, rm_table, time_table};
 use crate::experiment::aggregate::{Aggregate, Comparison};
 use crate::experiment::arm::algo_label;
 use crate::experiment::runs::Grid;
@@ -112,6 +112,17 @@ pub(super) fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figure
         }
     }
 
+    let own = own_accuracy_table(agg);
+    if !own.rows.is_empty() {
+        b.push(H(3, "On the policy's own samples".into()));
+        b.push(Table(own));
+        b.push(P("At each RL step, the share of pairs inside each prompt's group of rollouts that the reward ranks as gold does \
+             (ties half; `gold/group_agree` and `gold/group_agree_frozen_rm` in metrics.jsonl), averaged over the first tenth \
+             of the steps (start: the initial policy's samples) and the last tenth (end). A proxy that the policy games loses \
+             accuracy on the samples it is trained on while its held-out accuracy above stays put."
+            .into()));
+    }
+
     let fb = feedback_table(agg);
     if !fb.rows.is_empty() {
         b.push(H(2, "R2M's feedback term".into()));
@@ -119,6 +130,21 @@ pub(super) fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figure
         b.push(P("R2M's reward is phi((1 - w) H_hat + w H_last) with a linear phi, so beside the frozen proxy's score of the same response it carries a feedback term, (r - w r_frozen) / (1 - w) = phi(H_hat) plus what the head's drift gives on H_last; H_hat is read from the policy's own hidden states (noise for r2m-noise).".into()));
         b.push(P("Group corr.: at each RL step, the correlation inside each prompt's group of R2M's reward with what the same head gives on H_last alone (`r2m/group_corr_no_hhat` in metrics.jsonl), averaged over groups and over the second half of the steps. It is the correlation of the GRPO advantages with and without the H_hat term: near 1, the policy's feedback changes no ranking; near 0, the H_hat term decides which samples are reinforced.".into()));
         b.push(P("Rise: the feedback term's mean over the held-out responses (eval.jsonl) at the last eval step minus at the first with w < 1; above 0, the policy has climbed it. Corr. with gold: over the held-out responses of the last eval step; below 0, the responses the feedback term favours are the worse ones by gold.".into()));
+    }
+
+    let regime = regime_table(agg);
+    if !regime.rows.is_empty() {
+        b.push(H(2, "The regime R2M runs in".into()));
+        b.push(Table(regime));
+        b.push(P("From each run's metrics.jsonl, averaged over the first tenth of the RL steps (start: the initial policy's \
+             rollouts) and over the last tenth (end), then over seeds. Attention entropy: R2M's cross-attention over the \
+             policy's tokens, entropy / ln(tokens) (1 = uniform: H_hat is a linear map of the mean hidden state). |H_last|: \
+             the norm of the RM's reward-token embedding (1 for an L2-normalised sentence embedding; a decoder's last hidden \
+             state is far larger); |H_hat|: the cross-attention's output. w(t): the blend weight of H_last at the last step. \
+             Group corr.: the correlation inside each prompt's group of R2M's reward with what the same head gives on H_last \
+             alone (1: the policy's feedback reorders nothing). Methods that do not train R2M's modules log only the group \
+             correlation and w."
+            .into()));
     }
 
     b.push(H(2, "Time per phase".into()));

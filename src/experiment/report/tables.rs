@@ -305,6 +305,72 @@ pub(super) fn feedback_table(agg: &Aggregate) -> Table {
     t
 }
 
+/// Per cell, the pairwise accuracy against gold inside each group of the policy's own rollouts of
+/// the reward trained on and of the frozen proxy, "start → end" (first and last tenth of the
+/// steps). Empty when no run logged it.
+pub(super) fn own_accuracy_table(agg: &Aggregate) -> Table {
+    let mut t = Table::new(vec![
+        "algo",
+        "method",
+        "reward trained on: accuracy vs gold in its groups (start → end)",
+        "frozen proxy: the same (R2M's methods)",
+        "runs",
+    ]);
+    for c in &agg.cells {
+        let s = |k: &str| c.get(k);
+        let (a, b, fa, fb) = (s("own_acc_start"), s("own_acc_end"), s("own_acc_frozen_start"), s("own_acc_frozen_end"));
+        if a.n == 0 && b.n == 0 {
+            continue;
+        }
+        let span =
+            |x: &Summary, y: &Summary| if x.n == 0 && y.n == 0 { "—".to_string() } else { format!("{} → {}", pm(x, 3), pm(y, 3)) };
+        let _ = t.push(vec![algo_label(c.algo).to_string(), c.arm.name(), span(&a, &b), span(&fa, &fb), format!("{} runs", a.n.max(b.n))]);
+    }
+    t
+}
+
+/// R2M's regime per cell: each quantity at the start (first tenth of the steps) and at the end
+/// (last tenth) of the runs, as "start → end" means over seeds (± their 95% CI). Empty when no
+/// run logged any of it.
+pub(super) fn regime_table(agg: &Aggregate) -> Table {
+    let pairs = [("attn_entropy", 3), ("hlast_norm", 2), ("hhat_norm", 2), ("hhat_ratio", 3), ("group_corr", 2)];
+    let mut t = Table::new(vec![
+        "algo",
+        "method",
+        "attention entropy (1 = uniform)",
+        "|H_last|",
+        "|H_hat|",
+        "|H_hat| / |H_last|",
+        "w(t) at the end",
+        "group corr. with/without H_hat (1 = no reordering)",
+        "runs",
+    ]);
+    for c in &agg.cells {
+        // w(t) alone (every R2M method logs it) is not a regime: a cell needs one of the others.
+        let keys: Vec<String> = pairs.iter().flat_map(|(k, _)| [format!("{k}_start"), format!("{k}_end")]).collect();
+        let n = keys.iter().map(|k| c.get(k).n).max().unwrap_or(0);
+        if n == 0 {
+            continue;
+        }
+        let span = |k: &str, d: usize| {
+            let (a, b) = (c.get(&format!("{k}_start")), c.get(&format!("{k}_end")));
+            if a.n == 0 && b.n == 0 {
+                "—".to_string()
+            } else {
+                format!("{} → {}", pm(&a, d), pm(&b, d))
+            }
+        };
+        let mut row = vec![algo_label(c.algo).to_string(), c.arm.name()];
+        row.extend(pairs.iter().take(4).map(|(k, d)| span(k, *d)));
+        let w = c.get("w_end");
+        row.push(if w.n == 0 { "—".into() } else { pm(&w, 3) });
+        row.push(span("group_corr", 2));
+        row.push(format!("{n} runs"));
+        let _ = t.push(row);
+    }
+    t
+}
+
 pub(super) fn time_table(agg: &Aggregate) -> Table {
     let phases = all_phases(agg);
     let mut cols = vec!["algo".to_string(), "method".to_string()];
