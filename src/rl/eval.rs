@@ -10,7 +10,7 @@ use crate::rl::rollout::{decode_responses, prompt_ids, reference_response_logpro
 use crate::rl::trainer::Run;
 use anyhow::Result;
 use serde_json::{json, Map, Value};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 impl Run<'_> {
     /// How many held-out prompts the evaluation at step `t` uses: `rl.final_eval_prompts` at
@@ -51,58 +51,72 @@ impl Run<'_> {
         let (texts, fin) = decode_responses(&self.tokenizer, &g.ids, &g.mask, &eos)?;
         let _guard = tch::no_grad_guard();
         let temp = self.cfg.rl.eval_temperature;
-        let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
-            Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(x, kt, &seq, &seq_mask, temp, p),
-            _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
-        })?;
         let metric = self.metric.as_ref().map(|s| s.name());
-        let reference_logprobs = if self.metric_reads_reference {
-            let lp = || reference_response_logprobs(&self.reference, &ref_last, &seq, &seq_mask, p, &g.ids, &g.mask, &eos);
-            Some(clock.time(format!("time/eval/{}", metric.unwrap_or_default()), lp)?)
-        } else {
-            None
-        };
-        drop(ref_last);
-        let mf = g.mask.to_device(self.device).to_kind(Kind::Float);
-        let kl = ((g.logprobs.to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let input = RewardInput {
-            prompts: prompts.clone(),
-            responses: &texts,
-            finished: &fin,
-            hidden: g.hidden.as_ref().map(|h| (h, &seq_mask)),
-            step: t,
-            total_steps: self.cfg.rl.steps,
-            group_size: 1,
-        };
-        let reward = &mut self.reward;
-        let rw = clock.time("time/eval/reward", || reward.score_aside(&input))?;
-        let frozen = reward.frozen_scores().map(|f| Vec::<f64>::try_from(f.to_kind(Kind::Double))).transpose()?;
+        // The reference, reward and metric passes go in chunks of `rl.eval_prompts` rows, the
+        // memory of an ordinary evaluation: a larger final evaluation is several of them.
+        let chunk = self.cfg.rl.eval_prompts.max(1);
+        let mut cols = EvalColumns { reward: vec![], frozen: None, metric: None, length: vec![], kl: vec![] };
+        let (mut rws, mut kls, mut golds, mut frozen) = (vec![], vec![], vec![], vec![]);
+        for lo in (0..n).step_by(chunk) {
+            let (hi, l) = ((lo + chunk).min(n), lo as i64);
+            let rows = |x: &Tensor| x.narrow(0, l, (hi - lo) as i64);
+            let (seq, seq_mask, ids, mask) = (rows(&seq), rows(&seq_mask), rows(&g.ids), rows(&g.mask));
+            let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
+                Some(x) if kt > 0 => self.reference.token_logprobs_from_trunk(&rows(x), kt, &seq, &seq_mask, temp, p),
+                _ => self.reference.token_logprobs(&seq, &seq_mask, temp, p),
+            })?;
+            let reference_logprobs = if self.metric_reads_reference {
+                let lp = || reference_response_logprobs(&self.reference, &ref_last, &seq, &seq_mask, p, &ids, &mask, &eos);
+                Some(clock.time(format!("time/eval/{}", metric.unwrap_or_default()), lp)?)
+            } else {
+                None
+            };
+            drop(ref_last);
+            let mf = mask.to_device(self.device).to_kind(Kind::Float);
+            let kl = ((rows(&g.logprobs).to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let hidden = g.hidden.as_ref().map(rows);
+            let input = RewardInput {
+                prompts: prompts[lo..hi].to_vec(),
+                responses: &texts[lo..hi],
+                finished: &fin[lo..hi],
+                hidden: hidden.as_ref().map(|h| (h, &seq_mask)),
+                step: t,
+                total_steps: self.cfg.rl.steps,
+                group_size: 1,
+            };
+            let reward = &mut self.reward;
+            let rw = clock.time("time/eval/reward", || reward.score_aside(&input))?;
+            rws.push(rw);
+            if let Some(f) = reward.frozen_scores() {
+                frozen.extend(Vec::<f64>::try_from(f.to_kind(Kind::Double))?);
+            }
+            if let Some(source) = &self.metric {
+                let score = || source.scores(&prompts[lo..hi], &texts[lo..hi], &fin[lo..hi], reference_logprobs.as_deref());
+                golds.push(clock.time(format!("time/eval/{}", source.name()), score)?);
+            }
+            cols.length.extend(Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?);
+            kls.push(kl.to_device(Device::Cpu));
+        }
+        // The means over all rows, as one pass over the whole batch computes them.
+        let (rw, kl) = (Tensor::cat(&rws, 0), Tensor::cat(&kls, 0));
         m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
-        if let Some(f) = &frozen {
-            m.insert("eval/reward_frozen_rm".into(), json!(f.iter().sum::<f64>() / f.len().max(1) as f64));
+        cols.reward = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
+        if !frozen.is_empty() {
+            m.insert("eval/reward_frozen_rm".into(), json!(frozen.iter().sum::<f64>() / frozen.len() as f64));
+            cols.frozen = Some(frozen);
         }
         m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
-        m.insert("eval/mean_length".into(), json!(mf.sum(Kind::Float).double_value(&[]) / n as f64));
-        let gold = match &self.metric {
-            Some(source) => {
-                let name = source.name();
-                let score = || source.scores(&prompts, &texts, &fin, reference_logprobs.as_deref());
-                let gs = clock.time(format!("time/eval/{name}"), score)?;
-                m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
-                Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?))
-            }
-            None => None,
-        };
+        cols.kl = Vec::<f64>::try_from(kl.to_kind(Kind::Double))?;
+        m.insert("eval/mean_length".into(), json!(cols.length.iter().sum::<f64>() / n as f64));
+        if let (Some(name), false) = (metric, golds.is_empty()) {
+            let gs = Tensor::cat(&golds, 0);
+            m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
+            cols.metric = Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?));
+        }
         // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
         // and `time/eval` holds the whole eval).
         clock.add_to(&mut m);
-        let columns = EvalColumns {
-            reward: Vec::<f64>::try_from(rw.to_kind(Kind::Double))?,
-            frozen,
-            metric: gold,
-            length: Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?,
-            kl: Vec::<f64>::try_from(kl.to_device(Device::Cpu).to_kind(Kind::Double))?,
-        };
+        let columns = cols;
         let rows = eval_rows(t, &prompts, &fin, &columns);
         Ok((m, rows))
     }

@@ -158,7 +158,8 @@ fn memory_budget(
     n_eval: usize,
 ) -> Result<Budget> {
     let r = &cfg.rl;
-    let rows = (r.prompts_per_step * r.group_size).max(r.final_eval_prompts.unwrap_or(0).max(r.eval_prompts).min(n_eval));
+    // A larger final evaluation generates and scores in calls of the ordinary evaluation's size.
+    let rows = (r.prompts_per_step * r.group_size).max(r.eval_prompts.min(n_eval));
     let Some(free) = free else {
         let fixed = |c: Count, all: usize| if let Count::Fixed(n) = c { n } else { all };
         return Ok(Budget { generation_batch: fixed(r.generation_batch, rows), grad_accum: fixed(r.grad_accum, 1) });
