@@ -454,7 +454,7 @@ fn the_regime_and_the_accuracy_on_own_samples_are_reported() {
     let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
     let sec = md.split("## The regime R2M runs in").nth(1).unwrap_or_else(|| panic!("no regime section:\n{md}"));
     let row = sec.lines().find(|l| l.starts_with("| GRPO | r2m |")).unwrap_or_else(|| panic!("no r2m GRPO row:\n{sec}"));
-    assert!(row.contains("0.900 ± 0.000 → 0.600 ± 0.000") && row.contains("40.00 ± 0.00 → 44.00 ± 0.00"), "{row}");
+    assert!(row.contains("0.90000 ± 0.00000 → 0.60000 ± 0.00000") && row.contains("40.00 ± 0.00 → 44.00 ± 0.00"), "{row}");
     assert!(!sec.split("\n## ").next().unwrap().contains("| GRPO | vanilla |"), "vanilla has no regime row");
     let own = md.split("### On the policy's own samples").nth(1).unwrap();
     let row = own.lines().find(|l| l.starts_with("| GRPO | vanilla |")).unwrap();

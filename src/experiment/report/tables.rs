@@ -9,6 +9,11 @@ use crate::experiment::stats::Summary;
 use crate::report::{csv_num, Table};
 use std::collections::BTreeSet;
 
+/// "1 run", "3 runs".
+fn runs(n: usize) -> String {
+    format!("{n} run{}", if n == 1 { "" } else { "s" })
+}
+
 /// The overoptimization test's outcome in a word.
 pub(super) fn overopt_cell(c: &Cell) -> String {
     match &c.overopt {
@@ -267,7 +272,7 @@ pub(super) fn rm_table(agg: &Aggregate) -> Table {
             continue;
         }
         let pct = |s: &Summary| pm(&scaled(s, if s.mean <= 1.0 { 100.0 } else { 1.0 }), 1);
-        let src = if c.rm_grid.is_some() { "grid rm_accuracy.json".to_string() } else { format!("{} runs", a.n.max(b.n)) };
+        let src = if c.rm_grid.is_some() { "grid rm_accuracy.json".to_string() } else { runs(a.n.max(b.n)) };
         let mut row = vec![algo_label(c.algo).to_string(), c.arm.name(), pct(&b), pct(&a)];
         if with_attention {
             let e = c.get("attn_entropy_after");
@@ -299,7 +304,7 @@ pub(super) fn feedback_table(agg: &Aggregate) -> Table {
         let mut row = vec![algo_label(c.algo).to_string(), c.arm.name()];
         // The rise is in reward units (the proxy's scores spread ~0.02-0.2 here): 3 digits.
         row.extend(s.iter().zip([2, 3, 2]).map(|(s, d)| if s.n == 0 { "—".to_string() } else { pm(s, d) }));
-        row.push(format!("{} runs", s.iter().map(|s| s.n).max().unwrap_or(0)));
+        row.push(runs(s.iter().map(|s| s.n).max().unwrap_or(0)));
         let _ = t.push(row);
     }
     t
@@ -324,7 +329,7 @@ pub(super) fn own_accuracy_table(agg: &Aggregate) -> Table {
         }
         let span =
             |x: &Summary, y: &Summary| if x.n == 0 && y.n == 0 { "—".to_string() } else { format!("{} → {}", pm(x, 3), pm(y, 3)) };
-        let _ = t.push(vec![algo_label(c.algo).to_string(), c.arm.name(), span(&a, &b), span(&fa, &fb), format!("{} runs", a.n.max(b.n))]);
+        let _ = t.push(vec![algo_label(c.algo).to_string(), c.arm.name(), span(&a, &b), span(&fa, &fb), runs(a.n.max(b.n))]);
     }
     t
 }
@@ -333,7 +338,7 @@ pub(super) fn own_accuracy_table(agg: &Aggregate) -> Table {
 /// (last tenth) of the runs, as "start → end" means over seeds (± their 95% CI). Empty when no
 /// run logged any of it.
 pub(super) fn regime_table(agg: &Aggregate) -> Table {
-    let pairs = [("attn_entropy", 3), ("hlast_norm", 2), ("hhat_norm", 2), ("hhat_ratio", 3), ("group_corr", 2)];
+    let pairs = [("attn_entropy", 5), ("hlast_norm", 2), ("hhat_norm", 2), ("hhat_ratio", 3), ("group_corr", 2)];
     let mut t = Table::new(vec![
         "algo",
         "method",
@@ -365,7 +370,7 @@ pub(super) fn regime_table(agg: &Aggregate) -> Table {
         let w = c.get("w_end");
         row.push(if w.n == 0 { "—".into() } else { pm(&w, 3) });
         row.push(span("group_corr", 2));
-        row.push(format!("{n} runs"));
+        row.push(runs(n));
         let _ = t.push(row);
     }
     t
