@@ -7,12 +7,16 @@
 //!   needs libtorch_cuda would not start there. `r2m::device` dlopens it when CUDA is asked for.
 //! * csrc/fused.cpp, compiled against the same libtorch's headers (as torch-sys compiles its own
 //!   C++): libtorch ops that tch does not bind (the fused AdamW kernel).
+//! * csrc/dist.cpp: c10d's TCPStore, Gloo process group and collectives (src/dist/), against
+//!   the wheel's c10d headers and gloo's headers vendored in third_party/gloo.
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.h");
     // libtorch's root: LIBTORCH (set by .cargo/config.toml), else where torch-sys found it.
     let root = match std::env::var("LIBTORCH") {
         Ok(lt) => {
@@ -39,4 +43,20 @@ fn main() {
         .opt_level(2)
         .file("csrc/fused.cpp")
         .compile("r2m_fused");
+    // Each c10d header's body sits inside #ifdef USE_C10D_GLOO.
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .include("third_party/gloo")
+        .include("csrc")
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-DUSE_C10D_GLOO")
+        .opt_level(2)
+        .file("csrc/dist.cpp")
+        .compile("r2m_dist");
 }

@@ -7,12 +7,15 @@
 //! - [`train`]: AdamW, gradient clipping, LR schedules, choosing what trains.
 //! - [`ffi`]: libtorch ops tch does not bind (csrc/fused.cpp): fused AdamW, MKL-packed linear.
 //! - [`device`]: `cpu|cuda`, loading libtorch's CUDA backend on demand.
+//! - [`dist`]: many processes on c10d (Gloo, TCPStore): the collectives, torchrun's environment
+//!   and `--nproc`.
 pub mod analysis;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod experiment;
 pub mod ffi;

@@ -1,0 +1,45 @@
+//! Many processes on torch.distributed's c10d: r2m drives PyTorch's own collectives (Gloo on
+//! CPUs, TCPStore to meet) through csrc/dist.cpp, and launches the way PyTorch jobs launch.
+//! - [`backend`]: [`Store`] and [`Group`], the collectives with timeouts.
+//! - [`launch`]: the torchrun environment ([`Env`]) and `--nproc N`, which spawns and supervises
+//!   the ranks on one machine.
+pub mod backend;
+pub mod launch;
+
+pub use backend::{Group, ReduceOp, Store};
+pub use launch::Env;
+
+use anyhow::Result;
+use std::time::Duration;
+
+/// This process's place in a job: its rank and the group of all ranks.
+pub struct Dist {
+    pub env: Env,
+    pub group: Group,
+    /// The store the ranks met on (kept alive for the group's lifetime; rank 0 serves it).
+    pub store: Store,
+}
+
+impl Dist {
+    /// Joins the job `env` describes: the TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it),
+    /// then a Gloo group over it. Waits at most `timeout` for the other ranks to arrive, and every
+    /// collective afterwards at most `timeout` too.
+    pub fn join(env: Env, timeout: Duration) -> Result<Dist> {
+        let store = Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world, timeout)?;
+        let hostname = env.gloo_hostname();
+        let group = Group::gloo(&store.prefixed("default_pg")?, env.rank, env.world, timeout, hostname.as_deref())?;
+        Ok(Dist { env, group, store })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.env.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.env.world
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.env.rank == 0
+    }
+}
