@@ -12,7 +12,7 @@ mod score;
 mod testbed;
 mod train_rm;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -83,6 +83,60 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Flags of the commands that run data parallel on many processes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DistArgs {
+    /// Run N data parallel ranks on this machine: r2m starts them, writes a log per rank to
+    /// <out>/logs/, and ends the job at the first rank that fails. Leave it out under torchrun
+    /// or Slurm, which set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT themselves.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Seconds a rank waits for the others: to join at start, and in every collective.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub dist_timeout: u64,
+}
+
+impl DistArgs {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.dist_timeout.max(1))
+    }
+
+    /// With `--nproc N` (N > 1), outside a launcher: starts N copies of this very command line
+    /// (without `--nproc`) as ranks, supervises them, and returns `Some(())` once all finished.
+    /// Returns `None` when this process should do the work itself (one process, or a rank).
+    pub fn launch_if_asked(&self, out: &std::path::Path) -> Result<Option<()>> {
+        let Some(n) = self.nproc else { return Ok(None) };
+        if std::env::var_os("WORLD_SIZE").is_some() {
+            anyhow::bail!("--nproc {n}: WORLD_SIZE is already set (a launcher such as torchrun started this process); leave --nproc out");
+        }
+        if n == 0 {
+            anyhow::bail!("--nproc 0: a job has at least one rank");
+        }
+        if n == 1 {
+            return Ok(None);
+        }
+        let mut args = vec![];
+        let mut it = std::env::args_os().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--nproc" {
+                it.next();
+            } else if !a.to_string_lossy().starts_with("--nproc=") {
+                args.push(a);
+            }
+        }
+        let launch = crate::dist::launch::Launch {
+            program: std::env::current_exe().context("locating the r2m binary to start the ranks")?,
+            args,
+            nproc: n,
+            log_dir: out.join("logs"),
+            grace: std::time::Duration::from_secs(10),
+            echo_rank0: true,
+        };
+        crate::dist::launch::supervise(&launch)?;
+        Ok(Some(()))
+    }
 }
 
 impl RunArgs {

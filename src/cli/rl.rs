@@ -19,6 +19,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // Many copies of one RL run would write the same folder: refuse what is not data parallel.
+    if let Some(env) = crate::dist::Env::from_env()?.filter(|e| e.world > 1) {
+        anyhow::bail!(
+            "r2m rl runs as one process, but WORLD_SIZE={} is set (rank {}): start it without a launcher (data parallel runs: r2m train-rm --nproc N)",
+            env.world,
+            env.rank
+        );
+    }
     let sets = a.run.sets(&[], &[("seed", a.seed)]);
     let cfg: RlConfig = crate::config::load(a.config.as_deref(), &sets)?;
     cfg.validate()?;

@@ -1,4 +1,4 @@
-use crate::reward::train::{run, TrainRmConfig};
+use crate::reward::train::{run_dist, TrainRmConfig};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -9,6 +9,8 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub run: super::RunArgs,
+    #[command(flatten)]
+    pub dist: super::DistArgs,
     /// = --set model=...
     #[arg(long)]
     pub model: Option<String>,
@@ -37,7 +39,14 @@ pub fn run_cli(a: Args) -> Result<()> {
     let sets = flags
         .sets(&[("model", a.model.as_ref()), ("data.train", a.data.as_ref()), ("data.eval", a.eval_data.as_ref())], &[("seed", a.seed)]);
     let cfg: TrainRmConfig = crate::config::load(a.config.as_deref(), &sets)?;
-    let s = run(&cfg, a.resume, !a.run.quiet)?;
+    if a.dist.launch_if_asked(&cfg.out)?.is_some() {
+        return Ok(());
+    }
+    let dist = crate::dist::Dist::from_env(a.dist.timeout())?;
+    let s = run_dist(&cfg, a.resume, !a.run.quiet, dist.as_ref())?;
+    if dist.as_ref().is_some_and(|d| !d.is_main()) {
+        return Ok(());
+    }
     if s.skipped_records > 0 {
         eprintln!("skipped {} malformed records (--skip-invalid)", s.skipped_records);
     }

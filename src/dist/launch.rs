@@ -111,7 +111,7 @@ pub struct Launch {
     pub log_dir: PathBuf,
     /// How long the other ranks get to exit after SIGTERM once one rank has failed.
     pub grace: Duration,
-    /// Also copy rank 0's output to this process's stderr, as it comes.
+    /// Also copy rank 0's output (stdout and stderr) to this process's own, as it comes.
     pub echo_rank0: bool,
 }
 
@@ -149,8 +149,8 @@ pub fn supervise(launch: &Launch) -> Result<()> {
         };
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
         let echo = launch.echo_rank0 && rank == 0;
-        pumps.push(pump(child.stdout.take().expect("piped"), log.clone(), echo));
-        pumps.push(pump(child.stderr.take().expect("piped"), log, echo));
+        pumps.push(pump(child.stdout.take().expect("piped"), log.clone(), echo.then_some(Echo::Stdout)));
+        pumps.push(pump(child.stderr.take().expect("piped"), log, echo.then_some(Echo::Stderr)));
         children.push(Some(child));
     }
     let mut failed: Option<(usize, ExitStatus)> = None;
@@ -227,11 +227,18 @@ fn die_with_parent(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
 
-/// Copies a child's stream into its log (and to stderr for rank 0) line by line.
+/// Where rank 0's output is copied to.
+#[derive(Clone, Copy)]
+enum Echo {
+    Stdout,
+    Stderr,
+}
+
+/// Copies a child's stream into its log (and rank 0's to this process's own) line by line.
 fn pump(
     stream: impl Read + Send + 'static,
     log: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
-    echo: bool,
+    echo: Option<Echo>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(stream);
@@ -241,8 +248,14 @@ fn pump(
                 let _ = f.write_all(&line);
                 let _ = f.flush();
             }
-            if echo {
-                let _ = std::io::stderr().write_all(&line);
+            match echo {
+                Some(Echo::Stdout) => {
+                    let _ = std::io::stdout().write_all(&line);
+                }
+                Some(Echo::Stderr) => {
+                    let _ = std::io::stderr().write_all(&line);
+                }
+                None => {}
             }
             line.clear();
         }

@@ -3,7 +3,9 @@
 //! - [`backend`]: [`Store`] and [`Group`], the collectives with timeouts.
 //! - [`launch`]: the torchrun environment ([`Env`]) and `--nproc N`, which spawns and supervises
 //!   the ranks on one machine.
+//! - [`dp`]: data parallel building blocks (shares of a batch, weights broadcast, gradients summed).
 pub mod backend;
+pub mod dp;
 pub mod launch;
 
 pub use backend::{Group, ReduceOp, Store};
@@ -29,6 +31,15 @@ impl Dist {
         let hostname = env.gloo_hostname();
         let group = Group::gloo(&store.prefixed("default_pg")?, env.rank, env.world, timeout, hostname.as_deref())?;
         Ok(Dist { env, group, store })
+    }
+
+    /// The job torchrun's environment describes, joined; `None` for one process (WORLD_SIZE unset
+    /// or 1).
+    pub fn from_env(timeout: Duration) -> Result<Option<Dist>> {
+        match Env::from_env()? {
+            Some(env) if env.world > 1 => Ok(Some(Dist::join(env, timeout)?)),
+            _ => Ok(None),
+        }
     }
 
     pub fn rank(&self) -> usize {

@@ -4,8 +4,15 @@
 //! The loop reads top to bottom: the data order is a pure function of (seed, epoch), the LR a pure
 //! function of the step; each step: micro-batches (forward, BT loss / grad_accum, backward), clip,
 //! AdamW, log; eval every `eval_every`; checkpoint every `save_every`.
+//!
+//! Data parallel ([`run_dist`]): each rank scores its share of every micro-batch (its pairs' loss
+//! terms over the micro-batch's size, so the sum over ranks is the one-process loss), the
+//! gradients are summed over ranks before the step, the held-out pairs are split the same way, and
+//! rank 0 alone writes. The step's batch is `micro_batch x grad_accum` pairs whatever the number
+//! of ranks, so the result does not depend on it (up to float summation order).
 use crate::checkpoint::{find_checkpoint, write_atomic, write_dir_atomic};
 use crate::data::{self, LoadOptions, PreferenceExample, Text};
+use crate::dist::{dp, Dist};
 use crate::metrics::MetricsSink;
 use crate::model::load::safetensors;
 use crate::reward::loss::{accuracy, bt_loss};
@@ -193,6 +200,19 @@ pub fn score_pairs(rm: &RewardModel, pairs: &[&PairIds]) -> Result<(Tensor, Tens
     Ok((s.narrow(0, 0, n), s.narrow(0, n, n)))
 }
 
+/// [`evaluate`] with the pairs split over the ranks of `dist`: every rank returns the whole set's
+/// accuracy and mean loss.
+pub fn evaluate_dist(rm: &RewardModel, pairs: &[PairIds], batch: usize, dist: Option<&Dist>) -> Result<(f64, f64, usize)> {
+    let Some(d) = dist else { return evaluate(rm, pairs, batch) };
+    let (acc, loss, n) = evaluate(rm, dp::share(pairs, d.rank(), d.world()), batch)?;
+    let nf = n as f64;
+    let s = d.group.sum_f64(&(if n == 0 { [0.0, 0.0, 0.0] } else { [acc * nf, loss * nf, nf] }))?;
+    if s[2] == 0.0 {
+        return Ok((f64::NAN, f64::NAN, 0));
+    }
+    Ok((s[0] / s[2], s[1] / s[2], s[2] as usize))
+}
+
 /// Accuracy and mean BT loss over `pairs`, without gradients.
 pub fn evaluate(rm: &RewardModel, pairs: &[PairIds], batch: usize) -> Result<(f64, f64, usize)> {
     let _g = tch::no_grad_guard();
@@ -232,19 +252,33 @@ pub struct RmRunSummary {
 
 /// Runs (or, with `resume`, continues) reward-model training. Progress to stderr when `progress`.
 pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSummary> {
+    run_dist(cfg, resume, progress, None)
+}
+
+/// [`run`] as one rank of a data parallel job (`dist`), or alone (`None`). Every rank returns
+/// the same summary; only rank 0 writes to the out folder.
+pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<&Dist>) -> Result<RmRunSummary> {
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;
+    let main = dist.is_none_or(Dist::is_main);
+    let progress = progress && main;
     let out = &cfg.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ck_dir = out.join("checkpoint");
     let ck = if resume { find_checkpoint(&ck_dir) } else { None };
-    if resume && ck.is_none() {
+    if resume && ck.is_none() && main {
         eprintln!("--resume: no checkpoint in {}, starting from the beginning", out.display());
     }
     if !resume && ck_dir.exists() {
         bail!("{} already has a checkpoint: pass --resume to continue it, or choose another out folder", out.display());
     }
-    crate::config::save(cfg, &out.join("config.toml"))?;
+    // Every rank has checked the folder before rank 0 writes into it.
+    if let Some(d) = dist {
+        d.group.barrier()?;
+    }
+    if main {
+        crate::config::save(cfg, &out.join("config.toml"))?;
+    }
 
     // Data.
     let opts = LoadOptions { skip_invalid: cfg.data.skip_invalid };
@@ -296,7 +330,10 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
         opt.load_state(&safetensors::read_file(&ck.join("optimizer.safetensors"))?, &ck.join("optimizer.safetensors"))?;
         start = st.step;
     }
-    let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start as i64 - 1))?;
+    if let Some(d) = dist {
+        dp::broadcast_params(&d.group, &opt.params, 0)?;
+    }
+    let mut sink = if main { Some(MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start as i64 - 1))?) } else { None };
     let bar = progress_bar(progress, total as u64, start as u64);
 
     let t0 = std::time::Instant::now();
@@ -313,14 +350,25 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
         let (mut loss_sum, mut correct, mut n_pairs) = (0.0, 0.0, 0usize);
         let n_micro = idx.chunks(t.micro_batch).count() as f64;
         for micro in idx.chunks(t.micro_batch) {
-            let pairs: Vec<&PairIds> = micro.iter().map(|&i| &train_ids[i]).collect();
+            // This rank's pairs of the micro-batch; their loss is a share of the micro-batch's mean.
+            let mine = dist.map_or(micro, |d| dp::share(micro, d.rank(), d.world()));
+            if mine.is_empty() {
+                continue;
+            }
+            let pairs: Vec<&PairIds> = mine.iter().map(|&i| &train_ids[i]).collect();
             tokens_seen += pairs.iter().map(|p| p.chosen.len() + p.rejected.len()).sum::<usize>();
             let (c, r) = score_pairs(&rm, &pairs)?;
             let loss = bt_loss(&c, &r, t.margin, t.center_coef);
+            let loss = if dist.is_some() { loss * (mine.len() as f64 / micro.len() as f64) } else { loss };
             (&loss / n_micro).backward();
             loss_sum += loss.double_value(&[]) / n_micro;
             correct += accuracy(&c.detach(), &r.detach()) * pairs.len() as f64;
             n_pairs += pairs.len();
+        }
+        if let Some(d) = dist {
+            dp::all_reduce_grads(&d.group, &opt.params)?;
+            let s = d.group.sum_f64(&[loss_sum, correct, n_pairs as f64])?;
+            (loss_sum, correct, n_pairs) = (s[0], s[1], s[2] as usize);
         }
         ensure_finite(loss_sum, &format!("BT loss at step {step} (reward-model update)"))?;
         let grad_norm = clip_grad_norm(&opt.params, t.max_grad_norm).double_value(&[]);
@@ -337,25 +385,41 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
         rec.insert("learning_rate".into(), json!(lr));
         let last = step + 1 == total;
         if t.eval_every > 0 && ((step + 1) % t.eval_every == 0 || last) && !eval_ids.is_empty() {
-            let (acc, l, _) = evaluate(&rm, &eval_ids, t.eval_batch)?;
+            let (acc, l, _) = evaluate_dist(&rm, &eval_ids, t.eval_batch, dist)?;
             rec.insert("eval/accuracy".into(), json!(acc));
             rec.insert("eval/loss".into(), json!(l));
         }
-        sink.write(&rec)?;
+        if let Some(sink) = &mut sink {
+            sink.write(&rec)?;
+        }
         if let Some(b) = &bar {
             let tps = tokens_seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             b.set_message(format!("loss {loss_sum:.4} acc {:.3} {tps:.0} tok/s", correct / n_pairs as f64));
             b.inc(1);
         }
         if t.save_every > 0 && (step + 1) % t.save_every == 0 && !last {
-            save_checkpoint(&ck_dir, &opt, step + 1, total, cfg.seed)?;
+            save_checkpoint(&ck_dir, &opt, step + 1, total, cfg.seed, dist)?;
         }
     }
     if let Some(b) = &bar {
         b.finish();
     }
-    let (acc, l, n_eval) = evaluate(&rm, &eval_ids, t.eval_batch)?;
+    let (acc, l, n_eval) = evaluate_dist(&rm, &eval_ids, t.eval_batch, dist)?;
     let model_dir = out.join("model");
+    let summary = RmRunSummary {
+        steps: total,
+        train_pairs: train_ids.len(),
+        eval_pairs: n_eval,
+        eval_accuracy: acc,
+        eval_loss: l,
+        skipped_records: skipped,
+        model_dir: model_dir.clone(),
+    };
+    if !main {
+        // Rank 0 writes the model and the last checkpoint; the others wait for it.
+        save_checkpoint(&ck_dir, &opt, total, total, cfg.seed, dist)?;
+        return Ok(summary);
+    }
     let tmp_model = out.join("model.tmp");
     if tmp_model.exists() {
         std::fs::remove_dir_all(&tmp_model)?;
@@ -365,30 +429,30 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
         std::fs::remove_dir_all(&model_dir)?;
     }
     std::fs::rename(&tmp_model, &model_dir)?;
-    save_checkpoint(&ck_dir, &opt, total, total, cfg.seed)?;
-    crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
-    let summary = RmRunSummary {
-        steps: total,
-        train_pairs: train_ids.len(),
-        eval_pairs: n_eval,
-        eval_accuracy: acc,
-        eval_loss: l,
-        skipped_records: skipped,
-        model_dir,
-    };
+    save_checkpoint(&ck_dir, &opt, total, total, cfg.seed, dist)?;
+    crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(&out.join("metrics.jsonl"))?)?;
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }
 
-fn save_checkpoint(dir: &Path, opt: &AdamW, step: usize, total: usize, seed: u64) -> Result<()> {
-    write_dir_atomic(dir, |tmp| {
-        let w: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-        safetensors::write_file(&tmp.join("trainable.safetensors"), &w)?;
-        safetensors::write_file(&tmp.join("optimizer.safetensors"), &opt.state())?;
-        let st = TrainerState { step, total_steps: total, seed };
-        write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&st).unwrap_or_default().as_bytes())
-    })?;
-    Ok(())
+/// Writes the checkpoint atomically: rank 0 writes, every rank returns once it is whole.
+fn save_checkpoint(dir: &Path, opt: &AdamW, step: usize, total: usize, seed: u64, dist: Option<&Dist>) -> Result<()> {
+    let main = dist.is_none_or(Dist::is_main);
+    let written = if main {
+        write_dir_atomic(dir, |tmp| {
+            let w: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+            safetensors::write_file(&tmp.join("trainable.safetensors"), &w)?;
+            safetensors::write_file(&tmp.join("optimizer.safetensors"), &opt.state())?;
+            let st = TrainerState { step, total_steps: total, seed };
+            write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&st).unwrap_or_default().as_bytes())
+        })
+    } else {
+        Ok(())
+    };
+    // Rank 0 joins the barrier even when its write failed, so the others are not left waiting.
+    let synced = dist.map_or(Ok(()), |d| d.group.barrier());
+    written?;
+    synced
 }
 
 /// Copies checkpointed values into `params` by name (every one must be present, same shape).

@@ -1,0 +1,182 @@
+//! Data parallel building blocks: every rank holds the whole model, works on its share of each
+//! batch, and the ranks sum their gradients before the (identical) optimiser step.
+//! - [`share`]: rank r's contiguous slice of a list, the same on every rank for every size;
+//! - [`broadcast_params`]: rank 0's weights to every rank, in flat buckets;
+//! - [`all_reduce_grads`]: the sum of every rank's gradients, in flat buckets.
+//!
+//! A loss that is a mean over a batch splits as a sum: rank r's part is the sum of its rows'
+//! terms over the whole batch's count, so that the summed gradient equals one process's on the
+//! whole batch whatever the number of ranks.
+use super::{Group, ReduceOp};
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+/// Flat buckets of at most this many bytes (like DDP's 25 MB).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// Rank `rank`'s contiguous share of `items` (the first `len % world` ranks get one more).
+pub fn share<T>(items: &[T], rank: usize, world: usize) -> &[T] {
+    let (n, w) = (items.len(), world.max(1));
+    let (base, extra) = (n / w, n % w);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    &items[start.min(n)..(start + len).min(n)]
+}
+
+/// Groups `ts` into runs of one dtype of at most `bucket_bytes` each (a tensor larger than that
+/// is a bucket of its own).
+fn buckets(ts: &[Tensor], bucket_bytes: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![];
+    let mut bytes = 0usize;
+    for (i, t) in ts.iter().enumerate() {
+        let b = t.numel() * t.kind().elt_size_in_bytes();
+        let same_kind = out.last().and_then(|v| v.first()).is_some_and(|&j| ts[j].kind() == t.kind());
+        if out.is_empty() || !same_kind || bytes + b > bucket_bytes {
+            out.push(vec![]);
+            bytes = 0;
+        }
+        out.last_mut().expect("pushed").push(i);
+        bytes += b;
+    }
+    out
+}
+
+/// Runs `f` on each bucket of `ts` flattened into one tensor, then copies the result back.
+fn bucketed(ts: &[Tensor], bucket_bytes: usize, mut f: impl FnMut(&mut Tensor) -> Result<()>) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    for b in buckets(ts, bucket_bytes) {
+        let flat: Vec<Tensor> = b.iter().map(|&i| ts[i].detach().reshape([-1])).collect();
+        let mut buf = Tensor::cat(&flat, 0);
+        f(&mut buf)?;
+        let mut off = 0i64;
+        for &i in &b {
+            let n = ts[i].numel() as i64;
+            ts[i].shallow_clone().copy_(&buf.narrow(0, off, n).view_as(&ts[i]));
+            off += n;
+        }
+    }
+    Ok(())
+}
+
+/// Copies rank `root`'s values of `params` into every rank's (in place, without autograd).
+pub fn broadcast_params(group: &Group, params: &[(String, Tensor)], root: usize) -> Result<()> {
+    if group.world() == 1 {
+        return Ok(());
+    }
+    let ts: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+    bucketed(&ts, BUCKET_BYTES, |buf| group.broadcast(buf, root))
+}
+
+/// Gives every parameter a gradient (zeros where this rank's backward did not reach it, e.g. a
+/// rank with no rows in a batch), so that every rank joins the same collectives.
+pub fn ensure_grads(params: &[(String, Tensor)]) {
+    let missing: Vec<&Tensor> = params.iter().map(|(_, p)| p).filter(|p| !p.grad().defined()).collect();
+    if let Some(z) = missing.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
+        z.backward();
+    }
+}
+
+/// Replaces every parameter's gradient with the sum over ranks (flat buckets, one all-reduce
+/// each). Every rank then holds bitwise the same gradients.
+pub fn all_reduce_grads(group: &Group, params: &[(String, Tensor)]) -> Result<()> {
+    if group.world() == 1 {
+        return Ok(());
+    }
+    ensure_grads(params);
+    let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
+    bucketed(&grads, BUCKET_BYTES, |buf| group.all_reduce(buf, ReduceOp::Sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::Store;
+    use std::time::Duration;
+
+    #[test]
+    fn shares_cover_the_list_once_in_order() {
+        for n in 0..12 {
+            for w in 1..5 {
+                let v: Vec<usize> = (0..n).collect();
+                let all: Vec<usize> = (0..w).flat_map(|r| share(&v, r, w).to_vec()).collect();
+                assert_eq!(all, v, "n {n} world {w}");
+                let lens: Vec<usize> = (0..w).map(|r| share(&v, r, w).len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_split_by_size_and_dtype() {
+        let f = |n: i64| Tensor::zeros([n], (Kind::Float, tch::Device::Cpu));
+        let d = Tensor::zeros([2], (Kind::Double, tch::Device::Cpu));
+        let ts = vec![f(2), f(2), f(5), d, f(1)];
+        assert_eq!(buckets(&ts, 16), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
+
+    type Values = Vec<Vec<f64>>;
+
+    /// Two ranks each take half of a batch of a tiny regression (a mean loss split as a sum);
+    /// their summed gradients equal one process's on the whole batch, and both ranks end bitwise
+    /// equal after an AdamW step.
+    #[test]
+    fn two_ranks_sum_to_the_whole_batch_gradient() {
+        tch::manual_seed(0);
+        let x = Tensor::randn([7, 3], (Kind::Double, tch::Device::Cpu));
+        let y = Tensor::randn([7], (Kind::Double, tch::Device::Cpu));
+        let make = |seed: i64| {
+            tch::manual_seed(seed);
+            let w = Tensor::randn([3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+            let b = Tensor::zeros([1], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+            vec![("w".to_string(), w), ("b".to_string(), b)]
+        };
+        let loss = |p: &[(String, Tensor)], rows: &[i64], n: i64| -> Tensor {
+            let ix = Tensor::from_slice(rows);
+            let pred = x.index_select(0, &ix).matmul(&p[0].1) + &p[1].1;
+            (pred - y.index_select(0, &ix)).square().sum(Kind::Double) / n as f64
+        };
+        let one = make(1);
+        loss(&one, &(0..7).collect::<Vec<_>>(), 7).backward();
+        let want: Vec<Vec<f64>> = one.iter().map(|(_, p)| Vec::<f64>::try_from(p.grad()).unwrap()).collect();
+
+        let port = crate::dist::launch::free_port().unwrap();
+        let handles: Vec<_> = (0..2usize)
+            .map(|rank| {
+                let (x, y) = (x.copy(), y.copy());
+                std::thread::spawn(move || -> Result<(Values, Values)> {
+                    let t = Duration::from_secs(20);
+                    let store = Store::tcp("127.0.0.1", port, rank == 0, 2, t)?;
+                    let g = Group::gloo(&store, rank, 2, t, Some("127.0.0.1"))?;
+                    // Rank 1 starts from different weights: the broadcast makes them rank 0's.
+                    tch::manual_seed(1 + rank as i64);
+                    let p: Vec<(String, Tensor)> = vec![
+                        ("w".to_string(), Tensor::randn([3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true)),
+                        ("b".to_string(), Tensor::zeros([1], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true)),
+                    ];
+                    broadcast_params(&g, &p, 0)?;
+                    let rows: Vec<i64> = (0..7).collect();
+                    let mine = share(&rows, rank, 2);
+                    let ix = Tensor::from_slice(mine);
+                    let pred = x.index_select(0, &ix).matmul(&p[0].1) + &p[1].1;
+                    ((pred - y.index_select(0, &ix)).square().sum(Kind::Double) / 7.0).backward();
+                    all_reduce_grads(&g, &p)?;
+                    let grads = p.iter().map(|(_, t)| Vec::<f64>::try_from(t.grad()).unwrap()).collect();
+                    let mut opt = crate::train::AdamW::new(p, crate::train::AdamWConfig { lr: 0.1, ..Default::default() });
+                    opt.step(0.1)?;
+                    let w = opt.params.iter().map(|(_, t)| Vec::<f64>::try_from(t.detach()).unwrap()).collect();
+                    Ok((grads, w))
+                })
+            })
+            .collect();
+        let out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+        for (grads, _) in &out {
+            for (g, w) in grads.iter().zip(&want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+                }
+            }
+        }
+        assert_eq!(out[0].0, out[1].0, "both ranks hold bitwise the same gradients");
+        assert_eq!(out[0].1, out[1].1, "and the same weights after the step");
+    }
+}
