@@ -10,6 +10,8 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub run: super::RunArgs,
+    #[command(flatten)]
+    pub dist: super::DistArgs,
     /// = --set seed=...
     #[arg(long)]
     pub seed: Option<u64>,
@@ -19,20 +21,21 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    // Many copies of one RL run would write the same folder: refuse what is not data parallel.
-    if let Some(env) = crate::dist::Env::from_env()?.filter(|e| e.world > 1) {
-        anyhow::bail!(
-            "r2m rl runs as one process, but WORLD_SIZE={} is set (rank {}): start it without a launcher (data parallel runs: r2m train-rm --nproc N)",
-            env.world,
-            env.rank
-        );
-    }
     let sets = a.run.sets(&[], &[("seed", a.seed)]);
     let cfg: RlConfig = crate::config::load(a.config.as_deref(), &sets)?;
     cfg.validate()?;
+    if a.dist.launch_if_asked(&cfg.out)?.is_some() {
+        return Ok(());
+    }
+    let dist = crate::dist::Dist::from_env(a.dist.timeout())?;
     let device = crate::device::parse(&cfg.device)?;
     let mut r = crate::sources::build_run(&cfg, device)?;
+    if let Some(d) = &dist {
+        r.data_parallel(d)?;
+    }
     let path = trainer::run(&mut r, a.resume, !a.run.quiet)?;
-    println!("metrics: {}", path.display());
+    if dist.as_ref().is_none_or(crate::dist::Dist::is_main) {
+        println!("metrics: {}", path.display());
+    }
     Ok(())
 }

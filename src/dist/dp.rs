@@ -87,6 +87,88 @@ pub fn all_reduce_grads(group: &Group, params: &[(String, Tensor)]) -> Result<()
     bucketed(&grads, BUCKET_BYTES, |buf| group.all_reduce(buf, ReduceOp::Sum))
 }
 
+/// Every rank's rows of `t` (dim 0) stacked in rank order, on every rank: rank r holds
+/// `counts[r]` rows; the other dims must agree across ranks (pad them first).
+pub fn all_gather_rows(group: &Group, t: &Tensor, counts: &[usize]) -> Result<Tensor> {
+    let (rank, world) = (group.rank(), group.world());
+    anyhow::ensure!(counts.len() == world, "all_gather_rows: {} counts for {world} ranks", counts.len());
+    let b = t.size()[0];
+    anyhow::ensure!(b as usize == counts[rank], "all_gather_rows: rank {rank} holds {b} rows, counts say {}", counts[rank]);
+    if world == 1 {
+        return Ok(t.shallow_clone());
+    }
+    let most = counts.iter().copied().max().unwrap_or(0) as i64;
+    let mut shape = t.size();
+    let padded = if most > b {
+        shape[0] = most - b;
+        Tensor::cat(&[t.contiguous(), Tensor::zeros(shape.as_slice(), (t.kind(), t.device()))], 0)
+    } else {
+        t.contiguous()
+    };
+    shape[0] = most * world as i64;
+    let mut out = Tensor::zeros(shape.as_slice(), (t.kind(), t.device()));
+    group.all_gather(&mut out, &padded)?;
+    let parts: Vec<Tensor> = counts.iter().enumerate().map(|(r, &c)| out.narrow(0, r as i64 * most, c as i64)).collect();
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// Pads dim 1 of `t` with zeros (on the right) to `width` columns.
+pub fn pad_cols(t: &Tensor, width: i64) -> Tensor {
+    let n = t.size()[1];
+    if n >= width {
+        return t.shallow_clone();
+    }
+    let mut shape = t.size();
+    shape[1] = width - n;
+    Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape.as_slice(), (t.kind(), t.device()))], 1)
+}
+
+/// The ranks' metrics, each the mean of the ranks' values weighted by `weight` (e.g. the rows a
+/// rank's values are means over): every rank gets the same map. Every rank must log the same
+/// numeric keys; other values are kept as this rank has them.
+pub fn mean_over_ranks(
+    group: &Group,
+    m: &serde_json::Map<String, serde_json::Value>,
+    weight: f64,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    if group.world() == 1 {
+        return Ok(m.clone());
+    }
+    let mut keys: Vec<&String> = m.iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k).collect();
+    keys.sort();
+    let mut vals: Vec<f64> = keys.iter().map(|k| m[k.as_str()].as_f64().unwrap_or(f64::NAN) * weight).collect();
+    vals.push(weight);
+    let s = group.sum_f64(&vals)?;
+    let total = s[keys.len()];
+    let mut out = m.clone();
+    for (k, v) in keys.iter().zip(&s) {
+        out.insert((*k).clone(), serde_json::json!(v / total));
+    }
+    Ok(out)
+}
+
+/// Checks that every rank holds bitwise the same `tensors` (a SHA-256 of their bytes, gathered):
+/// an error naming the first rank that differs from rank 0, and `what`.
+pub fn check_in_sync(group: &Group, tensors: &[(String, Tensor)], what: &str) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    if group.world() == 1 {
+        return Ok(());
+    }
+    let mut h = Sha256::new();
+    for (name, t) in tensors {
+        let bytes = Vec::<u8>::try_from(t.detach().to_device(tch::Device::Cpu).contiguous().reshape([-1]).view_dtype(Kind::Uint8))?;
+        h.update(name.as_bytes());
+        h.update(&bytes);
+    }
+    let digest = Tensor::from_slice(h.finalize().as_slice());
+    let all = all_gather_rows(group, &digest, &vec![32; group.world()])?;
+    let all = Vec::<u8>::try_from(all)?;
+    if let Some(r) = (1..group.world()).find(|&r| all[r * 32..(r + 1) * 32] != all[..32]) {
+        anyhow::bail!("{what}: rank {r}'s copy differs from rank 0's (the ranks are out of step)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,9 @@ pub struct Env {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// torchrun's agent already serves the store at MASTER_ADDR:MASTER_PORT
+    /// (TORCHELASTIC_USE_AGENT_STORE=True): every rank joins it as a client.
+    pub agent_store: bool,
 }
 
 impl Env {
@@ -67,7 +70,8 @@ impl Env {
             None if world == 1 => free_port()?,
             None => bail!("WORLD_SIZE={world} is set but MASTER_PORT is not"),
         };
-        Ok(Some(Env { rank, world, local_rank, master_addr, master_port }))
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(Some(Env { rank, world, local_rank, master_addr, master_port, agent_store }))
     }
 
     /// The address Gloo binds this rank to: loopback when the job meets on loopback (all ranks on
@@ -134,7 +138,8 @@ pub fn supervise(launch: &Launch) -> Result<()> {
     let mut children: Vec<Option<Child>> = Vec::with_capacity(launch.nproc);
     let mut pumps = Vec::new();
     for rank in 0..launch.nproc {
-        let env = Env { rank, world: launch.nproc, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
+        let env =
+            Env { rank, world: launch.nproc, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port, agent_store: false };
         let log_path = rank_log(&launch.log_dir, rank);
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(&launch.program);
@@ -305,7 +310,16 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(e, Env { rank: 1, world: 4, local_rank: 1, master_addr: "node0".into(), master_port: 29500 });
+        assert_eq!(e, Env { rank: 1, world: 4, local_rank: 1, master_addr: "node0".into(), master_port: 29500, agent_store: false });
+        let agent = Env::from_vars(vars(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "a"),
+            ("MASTER_PORT", "1"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]));
+        assert!(agent.unwrap().unwrap().agent_store);
         assert_eq!(e.gloo_hostname(), None);
         let err = |kv: &[(&str, &str)]| format!("{:#}", Env::from_vars(vars(kv)).unwrap_err());
         assert!(err(&[("RANK", "0")]).contains("WORLD_SIZE is not"));

@@ -23,11 +23,12 @@ pub struct Dist {
 }
 
 impl Dist {
-    /// Joins the job `env` describes: the TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it),
-    /// then a Gloo group over it. Waits at most `timeout` for the other ranks to arrive, and every
-    /// collective afterwards at most `timeout` too.
+    /// Joins the job `env` describes: the TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it,
+    /// unless torchrun's agent does), then a Gloo group over it. Waits at most `timeout` for the
+    /// other ranks to arrive, and every collective afterwards at most `timeout` too.
     pub fn join(env: Env, timeout: Duration) -> Result<Dist> {
-        let store = Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world, timeout)?;
+        let serve = env.rank == 0 && !env.agent_store;
+        let store = Store::tcp(&env.master_addr, env.master_port, serve, env.world, timeout)?;
         let hostname = env.gloo_hostname();
         let group = Group::gloo(&store.prefixed("default_pg")?, env.rank, env.world, timeout, hostname.as_deref())?;
         Ok(Dist { env, group, store })

@@ -292,6 +292,17 @@ impl R2mSource {
     /// What the H_hat term does to the rewards `r` (B) the advantages were computed from: the same
     /// head on H_last alone (w = 1), compared inside each group of `k` (`r2m/group_corr_no_hhat`,
     /// `r2m/group_agree_no_hhat`; nothing for k < 2).
+    /// The update's metrics over the whole batch in a data parallel run: each rank's values are
+    /// means over its `rows`, so the batch's are the row-weighted means over ranks.
+    fn over_ranks(m: Map<String, Value>, input: &UpdateInput, rows: i64) -> Result<Map<String, Value>> {
+        match input.ranks {
+            Some((group, _)) => {
+                crate::dist::dp::mean_over_ranks(group, &m, rows as f64).map_err(|e| Error::Input(format!("R2M update metrics: {e:#}")))
+            }
+            None => Ok(m),
+        }
+    }
+
     fn log_group_agreement(&self, m: &mut Map<String, Value>, r: &Tensor, h_last: &Tensor, wt: f64, k: i64) -> Result<()> {
         if k < 2 {
             return Ok(());
@@ -350,7 +361,8 @@ impl RewardSource for R2mSource {
                 let r = tch::no_grad(|| self.rewards(h_last, Some(fb), wt));
                 self.log_group_agreement(&mut m, &r, h_last, wt, input.group_size)?;
             }
-            return Ok(m);
+            let rows = self.cache.as_ref().map_or(0, |h| h.size()[0]);
+            return Self::over_ranks(m, input, rows);
         };
         let h_last = self.cache.take().ok_or_else(|| Error::Input("R2M update before any annotation".into()))?;
         let t0 = Instant::now();
@@ -373,7 +385,15 @@ impl RewardSource for R2mSource {
         };
         let (loss, bt, gre) = grebt::grebt(&r, &ranking, input.group_size, alpha);
         ensure_finite(&loss, input.step)?;
-        loss.backward();
+        match input.ranks {
+            // The loss is a mean over groups: this rank's groups' share of the whole batch's mean.
+            Some((group, total_groups)) => {
+                let groups = r.size()[0] / input.group_size;
+                (&loss * (groups as f64 / total_groups as f64)).backward();
+                crate::dist::dp::all_reduce_grads(group, &opt.params).map_err(|e| Error::Input(format!("R2M update: {e:#}")))?;
+            }
+            None => loss.backward(),
+        }
         let gn = clip_grad_norm(&opt.params, self.cfg.max_grad_norm).double_value(&[]);
         opt.step(self.cfg.lr)?;
         // The gradients are spent: drop them now rather than carry them through the next rollout
@@ -389,12 +409,15 @@ impl RewardSource for R2mSource {
         m.insert("r2m/gre".into(), json!(gre.double_value(&[])));
         m.insert("r2m/reward_before".into(), json!(before.mean(Kind::Float).double_value(&[])));
         m.insert("r2m/reward_after".into(), json!(after.mean(Kind::Float).double_value(&[])));
-        if let Some(d) = diag {
+        if let Some(mut d) = diag {
+            if let Some((group, _)) = input.ranks {
+                d = d.pooled(group, before.size()[0] as f64).map_err(|e| Error::Input(format!("R2M update metrics: {e:#}")))?;
+            }
             d.insert_into(&mut m);
         }
         m.insert("r2m/update_time".into(), json!(t0.elapsed().as_secs_f64()));
         m.insert("r2m/peak_rss_delta_mb".into(), json!((peak_rss_kb() - rss0) as f64 / 1024.0));
-        Ok(m)
+        Self::over_ranks(m, input, before.size()[0])
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -440,6 +463,9 @@ pub struct AttentionDiagnostics {
     /// spreads the scores (before the blend's weights 1 - w and w).
     pub score_std_hhat: f64,
     pub score_std_hlast: f64,
+    /// The means the two standard deviations are taken around (to pool them over ranks).
+    pub score_mean_hhat: f64,
+    pub score_mean_hlast: f64,
 }
 
 impl AttentionDiagnostics {
@@ -460,6 +486,7 @@ impl AttentionDiagnostics {
                 s.std(false).double_value(&[])
             }
         };
+        let mean = |t: &Tensor| t.linear::<Tensor>(head, None).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
         AttentionDiagnostics {
             attn_entropy: cross_attention::normalized_entropy(att, mask),
             hhat_norm_ratio: norm(h_hat) / norm(h_last).max(1e-30),
@@ -467,7 +494,39 @@ impl AttentionDiagnostics {
             hhat_norm: norm(h_hat),
             score_std_hhat: sd(h_hat),
             score_std_hlast: sd(h_last),
+            score_mean_hhat: mean(h_hat),
+            score_mean_hlast: mean(h_last),
         }
+    }
+
+    /// The diagnostics of the whole batch from each rank's over its `rows`: means pooled, the
+    /// norm ratio of the pooled norms, standard deviations pooled around the batch's mean.
+    pub fn pooled(&self, group: &crate::dist::Group, rows: f64) -> anyhow::Result<Self> {
+        let sq = |sd: f64, m: f64| sd * sd + m * m;
+        let v = [
+            rows,
+            rows * self.attn_entropy,
+            rows * self.hlast_norm,
+            rows * self.hhat_norm,
+            rows * self.score_mean_hhat,
+            rows * sq(self.score_std_hhat, self.score_mean_hhat),
+            rows * self.score_mean_hlast,
+            rows * sq(self.score_std_hlast, self.score_mean_hlast),
+        ];
+        let s = group.sum_f64(&v)?;
+        let n = s[0].max(1e-30);
+        let (mh, ml) = (s[4] / n, s[6] / n);
+        let (hlast, hhat) = (s[2] / n, s[3] / n);
+        Ok(AttentionDiagnostics {
+            attn_entropy: s[1] / n,
+            hhat_norm_ratio: hhat / hlast.max(1e-30),
+            hlast_norm: hlast,
+            hhat_norm: hhat,
+            score_std_hhat: (s[5] / n - mh * mh).max(0.0).sqrt(),
+            score_std_hlast: (s[7] / n - ml * ml).max(0.0).sqrt(),
+            score_mean_hhat: mh,
+            score_mean_hlast: ml,
+        })
     }
 
     /// The weighted mean of each field; `None` for no items.
@@ -484,6 +543,8 @@ impl AttentionDiagnostics {
             hhat_norm: m(|d| d.hhat_norm),
             score_std_hhat: m(|d| d.score_std_hhat),
             score_std_hlast: m(|d| d.score_std_hlast),
+            score_mean_hhat: m(|d| d.score_mean_hhat),
+            score_mean_hlast: m(|d| d.score_mean_hlast),
         })
     }
 

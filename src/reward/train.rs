@@ -260,6 +260,10 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
 pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<&Dist>) -> Result<RmRunSummary> {
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;
+    ensure!(
+        dist.is_none() || device == Device::Cpu,
+        "device {device:?}: data parallel runs use Gloo on CPUs; r2m does not drive NCCL for GPUs yet (run one process per GPU job)"
+    );
     let main = dist.is_none_or(Dist::is_main);
     let progress = progress && main;
     let out = &cfg.out;
@@ -437,6 +441,10 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
 
 /// Writes the checkpoint atomically: rank 0 writes, every rank returns once it is whole.
 fn save_checkpoint(dir: &Path, opt: &AdamW, step: usize, total: usize, seed: u64, dist: Option<&Dist>) -> Result<()> {
+    if let Some(d) = dist {
+        // What rank 0 writes is what every rank holds.
+        dp::check_in_sync(&d.group, &opt.params, &format!("the reward model at step {step}"))?;
+    }
     let main = dist.is_none_or(Dist::is_main);
     let written = if main {
         write_dir_atomic(dir, |tmp| {

@@ -41,6 +41,10 @@ pub struct UpdateInput<'a> {
     pub step: i64,
     pub total_steps: i64,
     pub group_size: i64,
+    /// In a data parallel run: the ranks, and the groups of the whole batch (this rank's rows are
+    /// its share). A source that trains sums its gradients over the ranks and logs metrics over
+    /// the whole batch.
+    pub ranks: Option<(&'a crate::dist::Group, i64)>,
 }
 
 pub trait RewardSource {

@@ -167,10 +167,35 @@ impl Run<'_> {
             .collect()
     }
 
-    /// Phases 1-2: generation, old log-probs + h, reference log-probs.
+    /// The rows of a step's batch (B = n K, group-major) that each rank collects and trains on.
+    /// The batch is sampled in calls of `rl.generation_batch` rows, each with its own seed; a data
+    /// parallel run deals the calls to the ranks in order, whole, so that every rank samples
+    /// exactly the rows one process would. One process: all rows.
+    pub fn rank_rows(&self) -> Vec<std::ops::Range<usize>> {
+        let b = self.cfg.rl.prompts_per_step * self.cfg.rl.group_size;
+        let Some(d) = self.dist else { return [0..b].to_vec() };
+        let g = self.budget.generation_batch.clamp(1, b.max(1));
+        let calls: Vec<usize> = (0..b.div_ceil(g)).collect();
+        (0..d.world())
+            .map(|r| match crate::dist::dp::share(&calls, r, d.world()) {
+                [] => b..b,
+                c => c[0] * g..((c[c.len() - 1] + 1) * g).min(b),
+            })
+            .collect()
+    }
+
+    /// This rank's rows of a step's batch ([`Run::rank_rows`]).
+    pub fn own_range(&self) -> std::ops::Range<usize> {
+        self.rank_rows()[self.dist.map_or(0, |d| d.rank())].clone()
+    }
+
+    /// Phases 1-2: generation, old log-probs + h, reference log-probs (of this rank's rows).
     pub fn collect(&mut self, t: i64, clock: &mut Clock) -> Result<Rollout> {
         let k = self.cfg.rl.group_size;
-        let idx = self.step_prompts(t);
+        let mine = self.own_range();
+        let idx = self.step_prompts(t)[mine.start / k..mine.end / k].to_vec();
+        // The first sampling call's index in the whole batch (its seed's offset).
+        let first_call = (mine.start / self.budget.generation_batch.max(1)) as u64;
         let prompts: Vec<&PromptExample> = idx.iter().map(|&i| &self.train_prompts[i]).collect();
         let ids =
             clock.time("time/prompts", || prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens))?;
@@ -179,8 +204,8 @@ impl Run<'_> {
         let want_h = self.reward.wants_hidden();
         let from_gen = self.logprobs_from_generator();
         let kt = self.trunk_layers;
-        let mut gcfg =
-            self.gen_config(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64), self.cfg.rl.temperature, want_h && from_gen);
+        let seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(t as u64).wrapping_add(first_call);
+        let mut gcfg = self.gen_config(seed, self.cfg.rl.temperature, want_h && from_gen);
         gcfg.return_trunk = if from_gen && kt > 0 { Some(kt) } else { None };
         let g = clock.time("time/generate", || generate_in_calls(&self.policy, &rep, &gcfg, self.budget.generation_batch))?;
         let (seq, seq_mask) = g.sequences();

@@ -8,7 +8,13 @@
 //!     last epoch;
 //!  5. [`Run::reward_update`]: the reward source's own update with h' (R2M's; a no-op for a frozen RM);
 //!  6. [`Run::step_metrics`]: the step's metrics (TRL's names where the quantity is the same).
+//!
+//! Data parallel: each rank collects, scores and trains on its share of the groups; between
+//! phases 2 and 3 the ranks exchange their rows' scores, log-probs and masks ([`Batch`]), so the
+//! advantages and the metrics are those of the whole batch, and each minibatch's gradients are
+//! summed over the ranks before its AdamW step.
 use crate::data::PromptExample;
+use crate::dist::dp;
 use crate::rl::advantages as adv;
 use crate::rl::clock::Clock;
 use crate::rl::config::Algo;
@@ -20,7 +26,7 @@ use crate::train::{clip_grad_norm, ensure_finite, lr_at};
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The loss an algorithm's advantages enter.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,6 +38,25 @@ pub enum PolicyLoss {
     Token { kl_beta: Option<f64>, aggregation: Aggregation },
 }
 
+/// The whole batch's per-row values that the advantages and the metrics read: the rollout's own
+/// tensors in one process; in a data parallel run, every rank's rows gathered in rank order
+/// (token tensors padded to the widest rank's responses).
+pub struct Batch {
+    pub mask: Tensor,
+    pub old_lp: Tensor,
+    pub ref_lp: Tensor,
+    /// The rewards trained on (B), f32 on the run's device.
+    pub scores: Tensor,
+    /// The frozen proxy's scores (R2M's methods).
+    pub frozen: Option<Tensor>,
+    /// ReMax's baseline (B).
+    pub baseline: Option<Tensor>,
+    /// The metric source's scores (the testbed's gold).
+    pub metric: Option<Tensor>,
+    pub finished: Vec<bool>,
+    pub entropy: f64,
+}
+
 /// What the policy update (phase 4) adds up for the metrics.
 #[derive(Default)]
 pub struct PolicyStats {
@@ -41,8 +66,8 @@ pub struct PolicyStats {
     pub clip_low: f64,
     pub clip_high: f64,
     pub kl_term: f64,
-    /// Micro-batches the sums above run over.
-    pub micro_batches: f64,
+    /// Minibatches the share-weighted sums above (clip fractions, KL term) run over.
+    pub minibatches: f64,
 }
 
 impl Run<'_> {
@@ -56,10 +81,17 @@ impl Run<'_> {
         let frozen = self.reward.frozen_scores();
         let scores = scores.to_device(self.device).to_kind(Kind::Float);
         ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
-        let (advantages, loss) = self.advantages(&r, &scores, t, &mut clock)?;
-        let (stats, h_prime) = clock.time("time/policy", || self.policy_update(&r, &advantages, loss, t))?;
+        let baseline = match self.cfg.rl.algo {
+            Algo::Remax => Some(self.remax_baseline(&r, t, &mut clock)?.to_kind(Kind::Float)),
+            _ => None,
+        };
+        let metric = self.metric_scores(&r, &mut clock)?;
+        let batch = self.batch(&r, &scores, frozen, baseline, metric)?;
+        let (advantages, loss) = self.advantages(&batch, &mut clock)?;
+        let advantages = self.own_rows(&r, &advantages);
+        let (stats, h_prime) = clock.time("time/policy", || self.policy_update(&r, &batch, &advantages, loss, t))?;
         let update = clock.time("time/r2m", || self.reward_update(&r, &scores, h_prime.as_ref(), t))?;
-        let mut m = self.step_metrics(t, &r, &scores, frozen, &stats, update, &mut clock)?;
+        let mut m = self.step_metrics(t, &batch, &stats, update, &mut clock)?;
         self.release_host_memory();
         m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
         Ok(m)
@@ -80,13 +112,89 @@ impl Run<'_> {
         Ok(clock.time("time/reward", || reward.score(&input))?)
     }
 
-    /// Phase 3: the advantages, (B) sequence-level or (B, N) token-level, and the loss they enter.
-    /// ReMax's greedy baseline generation and its reward are timed as generation and reward.
-    pub fn advantages(&mut self, r: &Rollout, scores: &Tensor, t: i64, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
+    /// The metric source's scores of the rollout's responses (the testbed's gold), if any.
+    pub fn metric_scores(&self, r: &Rollout, clock: &mut Clock) -> Result<Option<Tensor>> {
+        let Some(source) = &self.metric else { return Ok(None) };
+        let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
+        let time = format!("time/{}", source.name());
+        let gs = clock.time(&time, || source.scores(&prompts, &r.responses, &r.finished, r.reference_logprobs.as_deref()))?;
+        Ok(Some(gs))
+    }
+
+    /// The whole batch's rows ([`Batch`]): this rollout's own in one process, every rank's
+    /// gathered in a data parallel run.
+    pub fn batch(
+        &self,
+        r: &Rollout,
+        scores: &Tensor,
+        frozen: Option<Tensor>,
+        baseline: Option<Tensor>,
+        metric: Option<Tensor>,
+    ) -> Result<Batch> {
+        let Some(d) = self.dist else {
+            return Ok(Batch {
+                mask: r.mask.shallow_clone(),
+                old_lp: r.old_lp.shallow_clone(),
+                ref_lp: r.ref_lp.shallow_clone(),
+                scores: scores.shallow_clone(),
+                frozen,
+                baseline,
+                metric,
+                finished: r.finished.clone(),
+                entropy: r.entropy,
+            });
+        };
+        let g = &d.group;
+        let counts = self.rank_rows();
+        let counts: Vec<usize> = counts.iter().map(|x| x.len()).collect();
+        let width = {
+            let mut w = Tensor::from_slice(&[r.mask.size()[1]]);
+            g.all_reduce(&mut w, crate::dist::ReduceOp::Max)?;
+            w.int64_value(&[0])
+        };
+        let dev = self.device;
+        let rows = |x: &Tensor| -> Result<Tensor> { Ok(dp::all_gather_rows(g, &x.to_device(Device::Cpu), &counts)?.to_device(dev)) };
+        let cols = |x: &Tensor| -> Result<Tensor> { rows(&dp::pad_cols(&x.to_device(Device::Cpu), width)) };
+        let fin = Tensor::from_slice(&r.finished.iter().map(|&f| u8::from(f)).collect::<Vec<_>>());
+        let finished = Vec::<u8>::try_from(dp::all_gather_rows(g, &fin, &counts)?)?.into_iter().map(|f| f != 0).collect();
+        let tokens = r.mask.to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
+        let e = g.sum_f64(&[r.entropy * tokens, tokens])?;
+        let opt = |x: Option<Tensor>| x.map(|x| rows(&x.to_kind(Kind::Float))).transpose();
+        Ok(Batch {
+            mask: cols(&r.mask)?,
+            old_lp: cols(&r.old_lp)?,
+            ref_lp: cols(&r.ref_lp)?,
+            scores: rows(scores)?,
+            frozen: opt(frozen)?,
+            baseline: opt(baseline)?,
+            metric: opt(metric)?,
+            finished,
+            entropy: if e[1] > 0.0 { e[0] / e[1] } else { f64::NAN },
+        })
+    }
+
+    /// This rank's rows of a whole-batch tensor (B) or (B, N), narrowed to this rollout's width.
+    fn own_rows(&self, r: &Rollout, x: &Tensor) -> Tensor {
+        if self.dist.is_none() {
+            return x.shallow_clone();
+        }
+        let mine = self.own_range();
+        let x = x.narrow(0, mine.start as i64, mine.len() as i64);
+        if x.dim() == 2 {
+            x.narrow(1, 0, r.mask.size()[1])
+        } else {
+            x
+        }
+    }
+
+    /// Phase 3: the advantages of the whole batch, (B) sequence-level or (B, N) token-level, and
+    /// the loss they enter.
+    pub fn advantages(&mut self, b: &Batch, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
         let c = &self.cfg.rl;
         let (k, beta) = (c.group_size as i64, c.beta());
         let (t_adv, from) = (Instant::now(), clock.0.len());
         let token_mean = PolicyLoss::Token { kl_beta: None, aggregation: Aggregation::TokenMean };
+        let (scores, r) = (&b.scores, b);
         let out = match c.algo {
             Algo::Rloo => {
                 let shaped = adv::kl_shaped_reward(scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
@@ -102,9 +210,9 @@ impl Run<'_> {
                 (adv::reinforce_pp(&rw, &r.mask, c.gamma), token_mean)
             }
             Algo::Remax => {
-                let base = self.remax_baseline(r, t, clock)?;
+                let base = b.baseline.as_ref().expect("the step computes ReMax's baseline before the advantages");
                 let rw = adv::token_rewards(scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
-                (adv::remax(&rw, &r.mask, &base.to_kind(Kind::Float)), token_mean)
+                (adv::remax(&rw, &r.mask, base), token_mean)
             }
         };
         let inner = clock.since(from, None);
@@ -116,28 +224,62 @@ impl Run<'_> {
     /// epoch: deterministic and resumable), each split into micro-batches whose gradients add up
     /// before one AdamW step. Returns the sums for the metrics and, where the reward source reads
     /// hidden states, h' (B, P + N, D) from the last epoch's training forward.
-    pub fn policy_update(&mut self, r: &Rollout, advantages: &Tensor, loss: PolicyLoss, t: i64) -> Result<(PolicyStats, Option<Tensor>)> {
+    ///
+    /// A micro-batch's loss enters as its share of the minibatch's: its rows' share, or for the
+    /// token-mean loss its tokens' share, so that the sum over micro-batches (and over ranks, in a
+    /// data parallel run, where each rank takes its rows of every minibatch) is the loss of the
+    /// whole minibatch. `advantages` are this rank's rows; `batch` is the whole batch.
+    pub fn policy_update(
+        &mut self,
+        r: &Rollout,
+        batch: &Batch,
+        advantages: &Tensor,
+        loss: PolicyLoss,
+        t: i64,
+    ) -> Result<(PolicyStats, Option<Tensor>)> {
         let c = &self.cfg.rl;
         let b = r.seq.size()[0];
         let d = self.policy.config.hidden_size;
         let h_prime = self.reward.wants_hidden().then(|| Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device)));
         let mut st = PolicyStats::default();
         let micro = c.minibatch / self.budget.grad_accum;
+        let whole = batch.mask.size()[0] as usize;
+        let mine = self.own_range();
+        let lens = Vec::<f64>::try_from(
+            batch
+                .mask
+                .to_kind(Kind::Float)
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .to_kind(Kind::Double),
+        )?;
+        let token_mean = matches!(loss, PolicyLoss::Token { aggregation: Aggregation::TokenMean, .. });
         for epoch in 0..c.epochs {
-            let order = crate::data::batch::epoch_order(b as usize, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
+            let order = crate::data::batch::epoch_order(whole, self.cfg.seed ^ (t as u64).wrapping_mul(0x9E37), epoch as u64);
             for mb in order.chunks(c.minibatch) {
                 let step_opt = self.opt.step;
                 self.opt.zero_grad();
                 let mut mb_loss = 0.0;
-                for chunk in mb.chunks(micro) {
+                let mb_tokens: f64 = mb.iter().map(|&i| lens[i]).sum();
+                // This rank's rows of the minibatch, as indices into its rollout.
+                let own: Vec<usize> = mb.iter().filter(|i| mine.contains(i)).map(|i| i - mine.start).collect();
+                for chunk in own.chunks(micro) {
                     let h_out = h_prime.as_ref().filter(|_| epoch + 1 == c.epochs);
-                    let (lv, ls) = self.micro_batch(r, advantages, loss, chunk, mb.len(), h_out)?;
-                    let w = chunk.len() as f64 / mb.len() as f64;
+                    let rows_share = chunk.len() as f64 / mb.len() as f64;
+                    let tokens_share = chunk.iter().map(|&i| lens[i + mine.start]).sum::<f64>() / mb_tokens.max(1.0);
+                    let w = if token_mean { tokens_share } else { rows_share };
+                    let (lv, ls) = self.micro_batch(r, advantages, loss, chunk, w, h_out)?;
                     ensure_finite(lv, &format!("policy loss at step {t} (policy update)"))?;
                     mb_loss += lv * w;
-                    st.clip_low += ls.clip_low.double_value(&[]);
-                    st.clip_high += ls.clip_high.double_value(&[]);
-                    st.kl_term += ls.kl.double_value(&[]);
+                    // The minibatch's clip fractions and KL: over its tokens (its rows for the
+                    // sequence loss), whatever the micro-batches and ranks.
+                    let ws = if loss == PolicyLoss::Sequence { rows_share } else { tokens_share };
+                    st.clip_low += ls.clip_low.double_value(&[]) * ws;
+                    st.clip_high += ls.clip_high.double_value(&[]) * ws;
+                    st.kl_term += ls.kl.double_value(&[]) * ws;
+                }
+                if let Some(d) = self.dist {
+                    dp::all_reduce_grads(&d.group, &self.opt.params)?;
                 }
                 let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
                 ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
@@ -148,21 +290,25 @@ impl Run<'_> {
                 st.optimizer_steps += 1;
             }
         }
-        st.micro_batches = (st.optimizer_steps as f64) * (c.minibatch as f64 / micro as f64);
+        st.minibatches = st.optimizer_steps as f64;
+        if let Some(d) = self.dist {
+            // Each minibatch's sums are split over the ranks.
+            let s = d.group.sum_f64(&[st.loss_sum, st.clip_low, st.clip_high, st.kl_term])?;
+            (st.loss_sum, st.clip_low, st.clip_high, st.kl_term) = (s[0], s[1], s[2], s[3]);
+        }
         Ok((st, h_prime))
     }
 
-    /// One micro-batch (the rows `chunk` of a minibatch of `mb_len` rows): the policy's forward,
-    /// the loss, scaled by the chunk's share of the minibatch, and its backward. Writes the
-    /// detached hidden states into `h_out` at those rows when given. Returns the unscaled loss.
-    #[allow(clippy::too_many_arguments)]
+    /// One micro-batch (the rows `chunk` of the rollout): the policy's forward, the loss, scaled
+    /// by `share` (the chunk's share of its minibatch), and its backward. Writes the detached
+    /// hidden states into `h_out` at those rows when given. Returns the unscaled loss.
     fn micro_batch(
         &mut self,
         r: &Rollout,
         advantages: &Tensor,
         loss: PolicyLoss,
         chunk: &[usize],
-        mb_len: usize,
+        share: f64,
         h_out: Option<&Tensor>,
     ) -> Result<(f64, LossStats)> {
         let c = &self.cfg.rl;
@@ -188,7 +334,7 @@ impl Run<'_> {
                 losses::token_clipped_loss(&l, &lo, &m, &a, c.eps, c.eps_high.unwrap_or(c.eps), kl, aggregation, c.max_new_tokens)
             }
         };
-        (&value * (chunk.len() as f64 / mb_len as f64)).backward();
+        (&value * share).backward();
         Ok((value.double_value(&[]), st))
     }
 
@@ -201,22 +347,22 @@ impl Run<'_> {
             step: t,
             total_steps: self.cfg.rl.steps,
             group_size: self.cfg.rl.group_size as i64,
+            ranks: self.dist.map(|d| (&d.group, self.cfg.rl.prompts_per_step as i64)),
         };
         Ok(self.reward.update(&u)?)
     }
 
-    /// Phase 6: the step's metrics; the metric source (the testbed's gold) scores the rollout here.
+    /// Phase 6: the step's metrics, over the whole batch `r`.
     pub fn step_metrics(
         &mut self,
         t: i64,
-        r: &Rollout,
-        scores: &Tensor,
-        frozen: Option<Tensor>,
+        r: &Batch,
         st: &PolicyStats,
         update: Map<String, Value>,
         clock: &mut Clock,
     ) -> Result<Map<String, Value>> {
-        let (t_metrics, from) = (Instant::now(), clock.0.len());
+        let (scores, frozen) = (&r.scores, r.frozen.as_ref());
+        let t_metrics = Instant::now();
         let c = &self.cfg.rl;
         let k = c.group_size as i64;
         let mask_f = r.mask.to_kind(Kind::Float);
@@ -226,7 +372,7 @@ impl Run<'_> {
         m.insert("step".into(), json!(t));
         m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
         m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
-        if let Some(f) = &frozen {
+        if let Some(f) = frozen {
             frozen_rm_metrics(&mut m, scores, &f.to_device(self.device).to_kind(Kind::Float), k)?;
         }
         let zero_std = scores.view([-1, k]).std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float);
@@ -235,14 +381,14 @@ impl Run<'_> {
         if !r.entropy.is_nan() {
             m.insert("entropy".into(), json!(r.entropy));
         }
-        let (n_opt, n_micro) = (st.optimizer_steps.max(1) as f64, st.micro_batches);
+        let (n_opt, n_mb) = (st.optimizer_steps.max(1) as f64, st.minibatches);
         m.insert("loss".into(), json!(st.loss_sum / n_opt));
         m.insert("grad_norm".into(), json!(st.grad_norm_sum / n_opt));
-        m.insert("clip_ratio/low_mean".into(), json!(st.clip_low / n_micro));
-        m.insert("clip_ratio/high_mean".into(), json!(st.clip_high / n_micro));
-        m.insert("clip_ratio/region_mean".into(), json!((st.clip_low + st.clip_high) / n_micro));
+        m.insert("clip_ratio/low_mean".into(), json!(st.clip_low / n_mb));
+        m.insert("clip_ratio/high_mean".into(), json!(st.clip_high / n_mb));
+        m.insert("clip_ratio/region_mean".into(), json!((st.clip_low + st.clip_high) / n_mb));
         if c.algo == Algo::Grpo {
-            m.insert("kl_term".into(), json!(st.kl_term / n_micro));
+            m.insert("kl_term".into(), json!(st.kl_term / n_mb));
         }
         m.insert("completions/mean_length".into(), json!(lens.mean(Kind::Float).double_value(&[])));
         let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
@@ -250,10 +396,7 @@ impl Run<'_> {
         m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
         let p = &self.cfg.policy;
         m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0)));
-        let metric_time = self.metric.as_ref().map(|s| format!("time/{}", s.name()));
-        if let (Some(source), Some(time)) = (&self.metric, &metric_time) {
-            let prompts: Vec<&PromptExample> = r.prompt_idx.iter().map(|&i| &self.train_prompts[i]).collect();
-            let gs = clock.time(time, || source.scores(&prompts, &r.responses, &r.finished, r.reference_logprobs.as_deref()))?;
+        if let (Some(source), Some(gs)) = (&self.metric, &r.metric) {
             m.insert(format!("{}/reward", source.name()), json!(gs.mean(Kind::Float).double_value(&[])));
             // The reward's pairwise accuracy against the metric inside each group: how well it
             // ranks the policy's own samples as the policy moves (and the frozen proxy's, beside it).
@@ -264,14 +407,13 @@ impl Run<'_> {
                     Ok(adv::group_agreement(&x, &g, k as usize).concordance)
                 };
                 m.insert(format!("{}/group_agree", source.name()), json!(agree(scores)?));
-                if let Some(f) = &frozen {
+                if let Some(f) = frozen {
                     m.insert(format!("{}/group_agree_frozen_rm", source.name()), json!(agree(f)?));
                 }
             }
         }
         m.extend(update);
-        let metric_s = metric_time.map(|n| clock.since(from, Some(&n))).unwrap_or(0.0);
-        clock.0.push(("time/metrics".into(), t_metrics.elapsed().as_secs_f64() - metric_s));
+        clock.0.push(("time/metrics".into(), t_metrics.elapsed().as_secs_f64()));
         clock.add_to(&mut m);
         Ok(m)
     }

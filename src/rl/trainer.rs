@@ -45,10 +45,63 @@ pub struct Run<'a> {
     /// Rows per `generate` call and micro-batches per optimiser step (`rl.generation_batch`,
     /// `rl.grad_accum`, resolved against free memory when "auto").
     pub budget: Budget,
+    /// This process's rank in a data parallel run (`None`: one process). Set it with
+    /// [`Run::data_parallel`].
+    pub dist: Option<&'a crate::dist::Dist>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Makes this run one rank of the data parallel job `dist`. Each rank samples whole calls of
+    /// `rl.generation_batch` rows, so that setting must be a fixed number of whole groups (with
+    /// "auto" the calls, and so the samples, would depend on each machine's memory), with at
+    /// least one call per rank.
+    pub fn data_parallel(&mut self, dist: &'a crate::dist::Dist) -> Result<()> {
+        ensure!(
+            self.device == Device::Cpu,
+            "device {:?}: data parallel runs use Gloo on CPUs; r2m does not drive NCCL for GPUs yet (run one process per GPU job)",
+            self.device
+        );
+        let r = &self.cfg.rl;
+        let (b, k) = (r.prompts_per_step * r.group_size, r.group_size);
+        let crate::rl::budget::Count::Fixed(g) = r.generation_batch else {
+            bail!(
+                "rl.generation_batch = \"auto\": a data parallel run deals the batch's sampling calls to the ranks, so set it to a \
+                 number of rows, a multiple of rl.group_size = {k} (e.g. {k})"
+            )
+        };
+        ensure!(g % k == 0, "rl.generation_batch = {g} is not a multiple of rl.group_size = {k}: a rank must hold whole groups");
+        ensure!(
+            b.div_ceil(g) >= dist.world(),
+            "rl.generation_batch = {g} makes {} sampling call(s) of the {b} rows of a step, fewer than the {} ranks: set it to at most {}",
+            b.div_ceil(g),
+            dist.world(),
+            (b / dist.world() / k).max(1) * k
+        );
+        self.budget.generation_batch = g;
+        self.dist = Some(dist);
+        Ok(())
+    }
+
+    fn is_main(&self) -> bool {
+        self.dist.is_none_or(crate::dist::Dist::is_main)
+    }
+
+    /// Writes the checkpoint atomically; in a data parallel run rank 0 writes and every rank
+    /// returns once it is whole.
     fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
+        if let Some(d) = self.dist {
+            // What rank 0 writes is what every rank holds.
+            crate::dist::dp::check_in_sync(&d.group, &self.opt.params, &format!("the policy at step {step}"))?;
+            crate::dist::dp::check_in_sync(&d.group, &self.reward.state(), &format!("the reward source at step {step}"))?;
+        }
+        let written = if self.is_main() { self.write_checkpoint(dir, step) } else { Ok(()) };
+        // Rank 0 joins the barrier even when its write failed, so the others are not left waiting.
+        let synced = self.dist.map_or(Ok(()), |d| d.group.barrier());
+        written?;
+        synced
+    }
+
+    fn write_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
         write_dir_atomic(dir, |tmp| {
             let w: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
             safetensors::write_file(&tmp.join("policy.safetensors"), &w)?;
@@ -143,6 +196,7 @@ pub fn build<'a>(
         reference_shares_trunk,
         metric_reads_reference,
         budget,
+        dist: None,
     })
 }
 
@@ -191,20 +245,42 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     if !resume && ck_dir.exists() {
         bail!("{} already has a checkpoint: pass --resume to continue it, or choose another out folder", out.display());
     }
-    crate::config::save(cfg, &out.join("config.toml"))?;
+    let main = run.is_main();
+    // Every rank has checked the folder before rank 0 writes into it.
+    if let Some(d) = run.dist {
+        d.group.barrier()?;
+    }
+    if main {
+        crate::config::save(cfg, &out.join("config.toml"))?;
+    }
     let start = match &ck {
         Some(d) => run.load_checkpoint(d)?,
         None => 0,
     };
-    let mut sink = MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?;
-    let mut eval_sink = MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?;
+    if let Some(d) = run.dist {
+        // Rank 0's weights everywhere (the policy's trained set, the reward source's state).
+        crate::dist::dp::broadcast_params(&d.group, &run.opt.params, 0)?;
+        let rs: Vec<(String, Tensor)> = run.reward.state();
+        crate::dist::dp::broadcast_params(&d.group, &rs, 0)?;
+    }
+    // Rank 0 alone writes the logs; the others only read pi_init's evaluation back on resume.
+    let mut sink = if main { Some(MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?) } else { None };
+    let mut eval_sink = if main { Some(MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?) } else { None };
+    if let Some(d) = run.dist {
+        // On resume the others read pi_init's rows back once rank 0 has opened (and cut) the logs.
+        d.group.barrier()?;
+    }
     let eval_on = cfg.rl.eval_every > 0;
-    let init = if eval_on { initial_eval(run, ck.is_some(), &mut eval_sink)? } else { vec![] };
-    eprintln!(
-        "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step",
-        run.budget.generation_batch, run.budget.grad_accum
-    );
-    let bar = crate::reward::train::progress_bar(progress, cfg.rl.steps as u64, start as u64);
+    let init = if eval_on { initial_eval(run, ck.is_some(), &out.join("eval.jsonl"), eval_sink.as_mut())? } else { vec![] };
+    if main {
+        eprintln!(
+            "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step{}",
+            run.budget.generation_batch,
+            run.budget.grad_accum,
+            run.dist.map(|d| format!("; {} data parallel ranks", d.world())).unwrap_or_default()
+        );
+    }
+    let bar = crate::reward::train::progress_bar(progress && main, cfg.rl.steps as u64, start as u64);
     for t in start..cfg.rl.steps {
         if cfg.rl.stop_after == Some(t) {
             bail!("stopped after {t} steps (rl.stop_after); resume with --resume");
@@ -212,7 +288,7 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         let mut m = contain_panic(&format!("step {t}"), || run.step(t))?;
         let last = t + 1 == cfg.rl.steps;
         if eval_on && (t % cfg.rl.eval_every == 0 || last) {
-            eval_step(run, t, &init, &mut m, &mut eval_sink)?;
+            eval_step(run, t, &init, &mut m, eval_sink.as_mut())?;
         }
         let msg = format!(
             "reward {:.3} kl {:.3} {:.1}s/step",
@@ -220,7 +296,9 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
             m["kl"].as_f64().unwrap_or(f64::NAN),
             m["time/step"].as_f64().unwrap_or(f64::NAN)
         );
-        sink.write(&m)?;
+        if let Some(sink) = &mut sink {
+            sink.write(&m)?;
+        }
         if let Some(b) = &bar {
             b.set_message(msg);
             b.inc(1);
@@ -232,8 +310,11 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     if let Some(b) = &bar {
         b.finish();
     }
-    crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(sink.path())?)?;
-    Ok(sink.path().to_path_buf())
+    let path = out.join("metrics.jsonl");
+    if main {
+        crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(&path)?)?;
+    }
+    Ok(path)
 }
 
 /// The eval rows' scores by the metric source's column (the testbed's gold): the win rate's judge.
@@ -245,9 +326,9 @@ fn judged(run: &Run, rows: &[Map<String, Value>]) -> Vec<f64> {
 /// pi_init's eval rows (step -1), the baseline of the win rates: written once; on resume read
 /// back from eval.jsonl (recomputed, deterministically, where they are missing). Returns their
 /// judged scores.
-fn initial_eval(run: &mut Run, resumed: bool, eval_sink: &mut MetricsSink) -> Result<Vec<f64>> {
-    let kept: Vec<Map<String, Value>> = if resumed {
-        crate::metrics::read_jsonl(eval_sink.path())?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect()
+fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Option<&mut MetricsSink>) -> Result<Vec<f64>> {
+    let kept: Vec<Map<String, Value>> = if resumed && eval_path.exists() {
+        crate::metrics::read_jsonl(eval_path)?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect()
     } else {
         vec![]
     };
@@ -256,9 +337,9 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_sink: &mut MetricsSink) -> Re
         return Ok(judged(run, &kept));
     }
     let (_, rows) = run.evaluate(-1)?;
-    if kept.is_empty() {
+    if let (true, Some(sink)) = (kept.is_empty(), eval_sink) {
         for r in &rows {
-            eval_sink.write(r)?;
+            sink.write(r)?;
         }
     }
     Ok(judged(run, &rows))
@@ -288,7 +369,7 @@ fn win_rate(now: &[f64], init: &[f64]) -> Option<f64> {
 
 /// One evaluation inside the loop, at step `t`: its metrics (and the win rate against `init`)
 /// into `m`, its rows into `eval.jsonl`.
-fn eval_step(run: &mut Run, t: i64, init: &[f64], m: &mut Map<String, Value>, eval_sink: &mut MetricsSink) -> Result<()> {
+fn eval_step(run: &mut Run, t: i64, init: &[f64], m: &mut Map<String, Value>, eval_sink: Option<&mut MetricsSink>) -> Result<()> {
     let t0 = Instant::now();
     let (em, rows) = contain_panic(&format!("eval at step {t}"), || run.evaluate(t))?;
     m.extend(em);
@@ -297,8 +378,10 @@ fn eval_step(run: &mut Run, t: i64, init: &[f64], m: &mut Map<String, Value>, ev
     if let Some(w) = win_rate(&now, &init[..now.len().min(init.len())]) {
         m.insert("eval/win_rate".into(), json!(w));
     }
-    for r in &rows {
-        eval_sink.write(r)?;
+    if let Some(sink) = eval_sink {
+        for r in &rows {
+            sink.write(r)?;
+        }
     }
     m.insert("time/eval".into(), json!(t0.elapsed().as_secs_f64()));
     Ok(())

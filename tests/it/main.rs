@@ -6,6 +6,7 @@ mod bert;
 mod common;
 mod configs;
 mod data;
+mod dist;
 mod experiment;
 mod gemma3;
 mod gguf;

@@ -278,7 +278,7 @@ fn train_rm_on_two_ranks_matches_one_process_and_resumes_on_either() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -686,6 +686,7 @@ fn r2m_invariants() {
         step: 1,
         total_steps: 2,
         group_size: 4,
+        ranks: None,
     };
     let m = src.update(&u).unwrap();
     assert!(m["r2m/loss"].as_f64().unwrap().is_finite());
