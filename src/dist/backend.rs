@@ -68,6 +68,10 @@ fn cstring(what: &str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| anyhow::anyhow!("{what} '{s}' contains a NUL byte"))
 }
 
+fn size(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
+}
+
 fn millis(timeout: Duration) -> i64 {
     i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1)
 }
@@ -169,6 +173,9 @@ pub struct Group {
     rank: usize,
     world: usize,
     name: String,
+    /// Bytes handed to collectives and nanoseconds spent in them, since the group was made.
+    bytes: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: c10d backends are driven from any thread in PyTorch; r2m calls one collective at a time.
@@ -191,7 +198,7 @@ impl Group {
         call(&format!("creating the {name}"), |e, l| unsafe {
             r2m_group_gloo(store.raw, rank as i64, world as i64, millis(timeout), hp, &mut raw, e, l)
         })?;
-        Ok(Group { raw, rank, world, name })
+        Ok(Group { raw, rank, world, name, bytes: 0.into(), nanos: 0.into() })
     }
 
     pub fn rank(&self) -> usize {
@@ -200,6 +207,21 @@ impl Group {
 
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// The bytes this rank has handed to collectives (each call's tensor once: a ring all-reduce
+    /// moves about 2 (N - 1) / N times that over the wire) and the seconds spent in them, since
+    /// the group was made.
+    pub fn traffic(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.bytes.load(Relaxed), self.nanos.load(Relaxed) as f64 * 1e-9)
+    }
+
+    /// Counts one collective of `bytes` that started at `t0`.
+    fn count(&self, bytes: usize, t0: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        self.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     fn check(&self, what: &str, t: &Tensor) -> Result<()> {
@@ -216,15 +238,23 @@ impl Group {
         if root >= self.world {
             bail!("{what}: no such rank");
         }
+        let (t0, bytes) = (std::time::Instant::now(), size(t));
         // SAFETY: `t` is a live, contiguous at::Tensor for the call.
-        call(&what, |e, l| unsafe { r2m_broadcast(self.raw, t.as_mut_ptr(), root as i64, e, l) })
+        let r = call(&what, |e, l| unsafe { r2m_broadcast(self.raw, t.as_mut_ptr(), root as i64, e, l) });
+        self.count(bytes, t0);
+        r
     }
 
     /// Replaces every rank's `t` with the reduction over ranks, elementwise.
     pub fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
         self.check("all_reduce", t)?;
+        let (t0, bytes) = (std::time::Instant::now(), size(t));
         // SAFETY: as in `broadcast`.
-        call(&format!("{} all_reduce ({op:?})", self.name), |e, l| unsafe { r2m_all_reduce(self.raw, t.as_mut_ptr(), op.code(), e, l) })
+        let r = call(&format!("{} all_reduce ({op:?})", self.name), |e, l| unsafe {
+            r2m_all_reduce(self.raw, t.as_mut_ptr(), op.code(), e, l)
+        });
+        self.count(bytes, t0);
+        r
     }
 
     /// Fills `out` (world x input's numel elements) with every rank's `input`, rank 0 first.
@@ -241,10 +271,13 @@ impl Group {
                 self.world
             );
         }
+        let t0 = std::time::Instant::now();
         // SAFETY: both tensors are live and contiguous; c10d only reads `input`.
-        call(&format!("{} all_gather", self.name), |e, l| unsafe {
+        let r = call(&format!("{} all_gather", self.name), |e, l| unsafe {
             r2m_all_gather(self.raw, out.as_mut_ptr(), input.as_ptr() as *mut C_tensor, e, l)
-        })
+        });
+        self.count(size(input), t0);
+        r
     }
 
     /// Reduces `input` (world x out's numel elements) over ranks; rank r keeps slice r in `out`.
@@ -261,10 +294,13 @@ impl Group {
                 self.world
             );
         }
+        let t0 = std::time::Instant::now();
         // SAFETY: as in `all_gather`.
-        call(&format!("{} reduce_scatter ({op:?})", self.name), |e, l| unsafe {
+        let r = call(&format!("{} reduce_scatter ({op:?})", self.name), |e, l| unsafe {
             r2m_reduce_scatter(self.raw, out.as_mut_ptr(), input.as_ptr() as *mut C_tensor, op.code(), e, l)
-        })
+        });
+        self.count(size(input), t0);
+        r
     }
 
     /// Returns once every rank has called it (or fails after the timeout).

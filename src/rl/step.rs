@@ -75,6 +75,7 @@ impl Run<'_> {
     pub fn step(&mut self, t: i64) -> Result<Map<String, Value>> {
         let mut clock = Clock::default();
         let t_step = Instant::now();
+        let traffic = self.dist.map(|d| d.group.traffic());
         let r = self.collect(t, &mut clock)?;
         self.release_host_memory();
         let scores = self.score(&r, t, &mut clock)?;
@@ -94,6 +95,12 @@ impl Run<'_> {
         let mut m = self.step_metrics(t, &batch, &stats, update, &mut clock)?;
         self.release_host_memory();
         m.insert("time/step".into(), json!(t_step.elapsed().as_secs_f64()));
+        if let (Some(d), Some((bytes, secs))) = (self.dist, traffic) {
+            // What this step's collectives moved and cost (rank 0's, as it writes the metrics).
+            let (b, s) = d.group.traffic();
+            m.insert("dist/bytes".into(), json!(b - bytes));
+            m.insert("time/dist".into(), json!(s - secs));
+        }
         Ok(m)
     }
 
