@@ -203,12 +203,12 @@ mod tests {
     /// equal after an AdamW step.
     #[test]
     fn two_ranks_sum_to_the_whole_batch_gradient() {
-        tch::manual_seed(0);
-        let x = Tensor::randn([7, 3], (Kind::Double, tch::Device::Cpu));
-        let y = Tensor::randn([7], (Kind::Double, tch::Device::Cpu));
+        // Fixed values (torch's global RNG is shared with the tests running beside this one).
+        let x = (Tensor::arange(21, (Kind::Double, tch::Device::Cpu)) * 0.37).sin().view([7, 3]);
+        let y = (Tensor::arange(7, (Kind::Double, tch::Device::Cpu)) * 1.3).cos();
+        let start_w = |seed: i64| Tensor::from_slice(&[0.5 * seed as f64, -0.25, 0.125 * seed as f64]);
         let make = |seed: i64| {
-            tch::manual_seed(seed);
-            let w = Tensor::randn([3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+            let w = start_w(seed).set_requires_grad(true);
             let b = Tensor::zeros([1], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
             vec![("w".to_string(), w), ("b".to_string(), b)]
         };
@@ -230,9 +230,8 @@ mod tests {
                     let store = Store::tcp("127.0.0.1", port, rank == 0, 2, t)?;
                     let g = Group::gloo(&store, rank, 2, t, Some("127.0.0.1"))?;
                     // Rank 1 starts from different weights: the broadcast makes them rank 0's.
-                    tch::manual_seed(1 + rank as i64);
                     let p: Vec<(String, Tensor)> = vec![
-                        ("w".to_string(), Tensor::randn([3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true)),
+                        ("w".to_string(), start_w(1 + rank as i64).set_requires_grad(true)),
                         ("b".to_string(), Tensor::zeros([1], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true)),
                     ];
                     broadcast_params(&g, &p, 0)?;
