@@ -231,6 +231,27 @@ impl Group {
         Ok(())
     }
 
+    /// Checks a collective between a `whole` tensor of world x `part`'s elements and `part`,
+    /// both contiguous and of one dtype.
+    fn check_split(&self, what: &str, whole: (&str, &Tensor), part: (&str, &Tensor)) -> Result<()> {
+        self.check(&format!("{what} {}", whole.0), whole.1)?;
+        self.check(&format!("{what} {}", part.0), part.1)?;
+        let (nw, np) = (whole.1.numel(), part.1.numel());
+        if nw != np * self.world || whole.1.kind() != part.1.kind() {
+            bail!(
+                "{} {what}: {} has {nw} {:?} elements, {} {np} {:?} (want {} x {})",
+                self.name,
+                whole.0,
+                whole.1.kind(),
+                part.0,
+                part.1.kind(),
+                self.world,
+                part.0
+            );
+        }
+        Ok(())
+    }
+
     /// Copies `root`'s `t` into every rank's `t` (same shape and dtype on every rank).
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         self.check("broadcast", t)?;
@@ -259,18 +280,7 @@ impl Group {
 
     /// Fills `out` (world x input's numel elements) with every rank's `input`, rank 0 first.
     pub fn all_gather(&self, out: &mut Tensor, input: &Tensor) -> Result<()> {
-        self.check("all_gather output", out)?;
-        self.check("all_gather input", input)?;
-        let (n_in, n_out) = (input.numel(), out.numel());
-        if n_out != n_in * self.world || out.kind() != input.kind() {
-            bail!(
-                "{} all_gather: output has {n_out} {:?} elements, input {n_in} {:?} (want {} x input)",
-                self.name,
-                out.kind(),
-                input.kind(),
-                self.world
-            );
-        }
+        self.check_split("all_gather", ("output", out), ("input", input))?;
         let t0 = std::time::Instant::now();
         // SAFETY: both tensors are live and contiguous; c10d only reads `input`.
         let r = call(&format!("{} all_gather", self.name), |e, l| unsafe {
@@ -282,18 +292,7 @@ impl Group {
 
     /// Reduces `input` (world x out's numel elements) over ranks; rank r keeps slice r in `out`.
     pub fn reduce_scatter(&self, out: &mut Tensor, input: &Tensor, op: ReduceOp) -> Result<()> {
-        self.check("reduce_scatter output", out)?;
-        self.check("reduce_scatter input", input)?;
-        let (n_in, n_out) = (input.numel(), out.numel());
-        if n_in != n_out * self.world || out.kind() != input.kind() {
-            bail!(
-                "{} reduce_scatter: input has {n_in} {:?} elements, output {n_out} {:?} (want {} x output)",
-                self.name,
-                input.kind(),
-                out.kind(),
-                self.world
-            );
-        }
+        self.check_split("reduce_scatter", ("input", input), ("output", out))?;
         let t0 = std::time::Instant::now();
         // SAFETY: as in `all_gather`.
         let r = call(&format!("{} reduce_scatter ({op:?})", self.name), |e, l| unsafe {

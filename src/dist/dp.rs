@@ -169,6 +169,21 @@ pub fn check_in_sync(group: &Group, tensors: &[(String, Tensor)], what: &str) ->
     Ok(())
 }
 
+/// Writes a checkpoint in a job: once every rank holds bitwise the same `held` tensors (each
+/// named set checked with [`check_in_sync`]), rank 0 runs `write` and every rank returns once it
+/// has (rank 0 joins the barrier even when its write failed, so the others are not left waiting).
+/// Without a group, just `write`.
+pub fn write_on_rank0(dist: Option<&super::Dist>, held: &[(&str, &[(String, Tensor)])], write: impl FnOnce() -> Result<()>) -> Result<()> {
+    let Some(d) = dist else { return write() };
+    for (what, tensors) in held {
+        check_in_sync(&d.group, tensors, what)?;
+    }
+    let written = if d.is_main() { write() } else { Ok(()) };
+    let synced = d.group.barrier();
+    written?;
+    synced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

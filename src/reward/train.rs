@@ -441,26 +441,17 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
 
 /// Writes the checkpoint atomically: rank 0 writes, every rank returns once it is whole.
 fn save_checkpoint(dir: &Path, opt: &AdamW, step: usize, total: usize, seed: u64, dist: Option<&Dist>) -> Result<()> {
-    if let Some(d) = dist {
-        // What rank 0 writes is what every rank holds.
-        dp::check_in_sync(&d.group, &opt.params, &format!("the reward model at step {step}"))?;
-    }
-    let main = dist.is_none_or(Dist::is_main);
-    let written = if main {
+    let what = format!("the reward model at step {step}");
+    dp::write_on_rank0(dist, &[(what.as_str(), &opt.params[..])], || {
         write_dir_atomic(dir, |tmp| {
             let w: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
             safetensors::write_file(&tmp.join("trainable.safetensors"), &w)?;
             safetensors::write_file(&tmp.join("optimizer.safetensors"), &opt.state())?;
             let st = TrainerState { step, total_steps: total, seed };
             write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&st).unwrap_or_default().as_bytes())
-        })
-    } else {
+        })?;
         Ok(())
-    };
-    // Rank 0 joins the barrier even when its write failed, so the others are not left waiting.
-    let synced = dist.map_or(Ok(()), |d| d.group.barrier());
-    written?;
-    synced
+    })
 }
 
 /// Copies checkpointed values into `params` by name (every one must be present, same shape).

@@ -196,12 +196,12 @@ impl Run<'_> {
 
     /// Phase 3: the advantages of the whole batch, (B) sequence-level or (B, N) token-level, and
     /// the loss they enter.
-    pub fn advantages(&mut self, b: &Batch, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
+    pub fn advantages(&mut self, r: &Batch, clock: &mut Clock) -> Result<(Tensor, PolicyLoss)> {
         let c = &self.cfg.rl;
         let (k, beta) = (c.group_size as i64, c.beta());
         let (t_adv, from) = (Instant::now(), clock.0.len());
         let token_mean = PolicyLoss::Token { kl_beta: None, aggregation: Aggregation::TokenMean };
-        let (scores, r) = (&b.scores, b);
+        let scores = &r.scores;
         let out = match c.algo {
             Algo::Rloo => {
                 let shaped = adv::kl_shaped_reward(scores, &r.old_lp, &r.ref_lp, &r.mask, beta);
@@ -217,7 +217,7 @@ impl Run<'_> {
                 (adv::reinforce_pp(&rw, &r.mask, c.gamma), token_mean)
             }
             Algo::Remax => {
-                let base = b.baseline.as_ref().expect("the step computes ReMax's baseline before the advantages");
+                let base = r.baseline.as_ref().expect("the step computes ReMax's baseline before the advantages");
                 let rw = adv::token_rewards(scores, &r.old_lp, &r.ref_lp, &r.mask, beta, c.reward_clip);
                 (adv::remax(&rw, &r.mask, base), token_mean)
             }
@@ -257,7 +257,7 @@ impl Run<'_> {
                 .mask
                 .to_kind(Kind::Float)
                 .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                .to_device(tch::Device::Cpu)
+                .to_device(Device::Cpu)
                 .to_kind(Kind::Double),
         )?;
         let token_mean = matches!(loss, PolicyLoss::Token { aggregation: Aggregation::TokenMean, .. });

@@ -89,16 +89,9 @@ impl<'a> Run<'a> {
     /// Writes the checkpoint atomically; in a data parallel run rank 0 writes and every rank
     /// returns once it is whole.
     fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
-        if let Some(d) = self.dist {
-            // What rank 0 writes is what every rank holds.
-            crate::dist::dp::check_in_sync(&d.group, &self.opt.params, &format!("the policy at step {step}"))?;
-            crate::dist::dp::check_in_sync(&d.group, &self.reward.state(), &format!("the reward source at step {step}"))?;
-        }
-        let written = if self.is_main() { self.write_checkpoint(dir, step) } else { Ok(()) };
-        // Rank 0 joins the barrier even when its write failed, so the others are not left waiting.
-        let synced = self.dist.map_or(Ok(()), |d| d.group.barrier());
-        written?;
-        synced
+        let (policy, reward) = (format!("the policy at step {step}"), format!("the reward source at step {step}"));
+        let held = [(policy.as_str(), &self.opt.params[..]), (reward.as_str(), &self.reward.state()[..])];
+        crate::dist::dp::write_on_rank0(self.dist, &held, || self.write_checkpoint(dir, step))
     }
 
     fn write_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
