@@ -17,6 +17,27 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+impl AdamWConfig {
+    /// libtorch's fused AdamW on parameters `p` (in place, with their gradients `g` and moments
+    /// `m`, `v`) at step `step` (a 0-dim f32 on their device) and learning rate `lr`, with weight
+    /// decay `wd`: every list of one device and dtype.
+    pub fn fused_step(
+        &self,
+        p: &[Tensor],
+        g: &[Tensor],
+        m: &[Tensor],
+        v: &[Tensor],
+        step: &Tensor,
+        lr: f64,
+        wd: f64,
+    ) -> std::result::Result<(), String> {
+        let (p, g, m, v): (Vec<&Tensor>, Vec<&Tensor>, Vec<&Tensor>, Vec<&Tensor>) =
+            (p.iter().collect(), g.iter().collect(), m.iter().collect(), v.iter().collect());
+        let s: Vec<&Tensor> = vec![step; p.len()];
+        crate::ffi::fused_adamw(&p, &g, &m, &v, &s, lr, self.beta1, self.beta2, wd, self.eps)
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         AdamWConfig { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
@@ -53,6 +74,11 @@ impl AdamW {
     /// weight-decay setting (what the fused kernel requires on CUDA).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        if self.exp_avg.len() != self.params.len() {
+            return Err(Error::Input(
+                "AdamW: the moments are sharded over the ranks (ZeRO-1); the update goes through dist::zero::Zero1".into(),
+            ));
+        }
         self.step += 1;
         let c = self.cfg.clone();
         let mut groups: Vec<((tch::Device, Kind, bool), Vec<usize>)> = Vec::new();
@@ -73,26 +99,31 @@ impl AdamW {
             let step = Tensor::from(self.step as f32).to_device(dev);
             let p: Vec<Tensor> = ix.iter().map(|&i| self.params[i].1.shallow_clone()).collect();
             let g: Vec<Tensor> = ix.iter().map(|&i| self.params[i].1.grad()).collect();
-            let m: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg[i]).collect();
-            let v: Vec<&Tensor> = ix.iter().map(|&i| &self.exp_avg_sq[i]).collect();
-            let s: Vec<&Tensor> = vec![&step; ix.len()];
-            crate::ffi::fused_adamw(
-                &p.iter().collect::<Vec<_>>(),
-                &g.iter().collect::<Vec<_>>(),
-                &m,
-                &v,
-                &s,
-                lr,
-                c.beta1,
-                c.beta2,
-                wd,
-                c.eps,
-            )
-            .map_err(|e| {
+            let m: Vec<Tensor> = ix.iter().map(|&i| self.exp_avg[i].shallow_clone()).collect();
+            let v: Vec<Tensor> = ix.iter().map(|&i| self.exp_avg_sq[i].shallow_clone()).collect();
+            c.fused_step(&p, &g, &m, &v, &step, lr, wd).map_err(|e| {
                 Error::Input(format!("AdamW step {} (fused kernel, {} parameters from {}): {e}", self.step, ix.len(), self.params[ix[0]].0))
             })?;
         }
         Ok(())
+    }
+
+    /// Whether parameter `i` has no weight decay.
+    pub fn no_decay(&self, i: usize) -> bool {
+        self.no_decay[i]
+    }
+
+    /// Gives up the whole moments (their shards then live in a
+    /// [`Zero1`](crate::dist::zero::Zero1)); [`AdamW::step`], [`AdamW::state`] and
+    /// [`AdamW::load_state`] refuse afterwards.
+    pub fn release_moments(&mut self) {
+        self.exp_avg = vec![];
+        self.exp_avg_sq = vec![];
+    }
+
+    /// Whether the moments were handed to a sharded optimiser.
+    pub fn moments_released(&self) -> bool {
+        self.exp_avg.len() != self.params.len()
     }
 
     /// Drops the gradients (PyTorch's `zero_grad(set_to_none=True)`, its default): the next
@@ -104,6 +135,7 @@ impl AdamW {
 
     /// The optimiser state as named tensors (for checkpoints): `{name}.exp_avg`, `{name}.exp_avg_sq`, `step`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
+        assert!(!self.moments_released(), "AdamW::state: the moments are sharded (ZeRO-1); Zero1::full_state gathers them");
         let mut out = vec![("step".to_string(), Tensor::from(self.step))];
         for (i, (n, _)) in self.params.iter().enumerate() {
             out.push((format!("{n}.exp_avg"), self.exp_avg[i].shallow_clone()));
@@ -114,6 +146,12 @@ impl AdamW {
 
     pub fn load_state(&mut self, state: &[(String, Tensor)], source: &std::path::Path) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        if self.moments_released() {
+            return Err(Error::Input(format!(
+                "{}: AdamW's moments are sharded (ZeRO-1); Zero1::load_full_state loads them",
+                source.display()
+            )));
+        }
         let find = |k: &str| {
             state
                 .iter()
@@ -139,7 +177,9 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Tensor {
     if grads.is_empty() {
         return Tensor::from(0.0f32);
     }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+    // Norms in f32 (torch's for f32 and bf16 gradients), in f64 for f64 gradients.
+    let kind = if grads.iter().all(|g| g.kind() == Kind::Double) { Kind::Double } else { Kind::Float };
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(kind).norm()).collect();
     let total = Tensor::stack(&norms, 0).norm();
     let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
     for g in &grads {

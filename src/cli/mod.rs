@@ -96,11 +96,30 @@ pub struct DistArgs {
     /// Seconds a rank waits for the others: to join at start, and in every collective.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub dist_timeout: u64,
+    /// ZeRO stage 1: shard AdamW's moments over the ranks, so that each holds 1/N of them (the
+    /// same updates; checkpoints hold the whole moments and resume with or without it).
+    #[arg(long)]
+    pub zero1: bool,
 }
 
 impl DistArgs {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.dist_timeout.max(1))
+    }
+
+    /// Joins the job the torchrun environment describes (`None`: one process), with `--zero1`.
+    pub fn join(&self) -> Result<Option<crate::dist::Dist>> {
+        let dist = crate::dist::Dist::from_env(self.timeout())?;
+        match dist {
+            Some(mut d) => {
+                d.zero1 = self.zero1;
+                Ok(Some(d))
+            }
+            None if self.zero1 => {
+                anyhow::bail!("--zero1 shards the optimiser over the ranks of a data parallel job: start several (--nproc N, torchrun)")
+            }
+            None => Ok(None),
+        }
     }
 
     /// With `--nproc N` (N > 1), outside a launcher: starts N copies of this very command line

@@ -27,7 +27,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.dist.launch_if_asked(&cfg.out)?.is_some() {
         return Ok(());
     }
-    let dist = crate::dist::Dist::from_env(a.dist.timeout())?;
+    let dist = a.dist.join()?;
     let device = crate::device::parse(&cfg.device)?;
     let mut r = crate::sources::build_run(&cfg, device)?;
     if let Some(d) = &dist {

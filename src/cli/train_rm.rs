@@ -42,7 +42,7 @@ pub fn run_cli(a: Args) -> Result<()> {
     if a.dist.launch_if_asked(&cfg.out)?.is_some() {
         return Ok(());
     }
-    let dist = crate::dist::Dist::from_env(a.dist.timeout())?;
+    let dist = a.dist.join()?;
     let s = run_dist(&cfg, a.resume, !a.run.quiet, dist.as_ref())?;
     if dist.as_ref().is_some_and(|d| !d.is_main()) {
         return Ok(());

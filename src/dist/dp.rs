@@ -25,7 +25,7 @@ pub fn share<T>(items: &[T], rank: usize, world: usize) -> &[T] {
 
 /// Groups `ts` into runs of one dtype of at most `bucket_bytes` each (a tensor larger than that
 /// is a bucket of its own).
-fn buckets(ts: &[Tensor], bucket_bytes: usize) -> Vec<Vec<usize>> {
+pub(crate) fn buckets(ts: &[Tensor], bucket_bytes: usize) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = vec![];
     let mut bytes = 0usize;
     for (i, t) in ts.iter().enumerate() {

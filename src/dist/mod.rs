@@ -4,9 +4,11 @@
 //! - [`launch`]: the torchrun environment ([`Env`]) and `--nproc N`, which spawns and supervises
 //!   the ranks on one machine.
 //! - [`dp`]: data parallel building blocks (shares of a batch, weights broadcast, gradients summed).
+//! - [`zero`]: ZeRO stage 1, AdamW's moments sharded over the ranks.
 pub mod backend;
 pub mod dp;
 pub mod launch;
+pub mod zero;
 
 pub use backend::{Group, ReduceOp, Store};
 pub use launch::Env;
@@ -20,6 +22,9 @@ pub struct Dist {
     pub group: Group,
     /// The store the ranks met on (kept alive for the group's lifetime; rank 0 serves it).
     pub store: Store,
+    /// ZeRO stage 1: the trainers shard AdamW's moments over the ranks ([`zero::Zero1`]) instead
+    /// of keeping them whole on each (`--zero1`).
+    pub zero1: bool,
 }
 
 impl Dist {
@@ -31,7 +36,7 @@ impl Dist {
         let store = Store::tcp(&env.master_addr, env.master_port, serve, env.world, timeout)?;
         let hostname = env.gloo_hostname();
         let group = Group::gloo(&store.prefixed("default_pg")?, env.rank, env.world, timeout, hostname.as_deref())?;
-        Ok(Dist { env, group, store })
+        Ok(Dist { env, group, store, zero1: false })
     }
 
     /// The job torchrun's environment describes, joined; `None` for one process (WORLD_SIZE unset
@@ -53,5 +58,21 @@ impl Dist {
 
     pub fn is_main(&self) -> bool {
         self.env.rank == 0
+    }
+
+    /// Prints (to this rank's log) what the rank held at its peak: its resident memory and the
+    /// bytes of optimiser state, with the collectives' traffic: what `--zero1` saves, measured.
+    pub fn report_memory(&self, optimizer_bytes: usize) {
+        let (bytes, secs) = self.group.traffic();
+        eprintln!(
+            "rank {} of {}: peak resident memory {:.0} MB; AdamW moments {:.1} MB ({}); collectives {:.1} MB in {:.2} s",
+            self.rank(),
+            self.world(),
+            crate::r2m::peak_rss_kb() as f64 / 1024.0,
+            optimizer_bytes as f64 / 1e6,
+            if self.zero1 { "sharded, ZeRO-1" } else { "whole on every rank" },
+            bytes as f64 / 1e6,
+            secs
+        );
     }
 }

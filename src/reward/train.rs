@@ -12,12 +12,13 @@
 //! of ranks, so the result does not depend on it (up to float summation order).
 use crate::checkpoint::{find_checkpoint, write_atomic, write_dir_atomic};
 use crate::data::{self, LoadOptions, PreferenceExample, Text};
+use crate::dist::zero::{held_bytes, load_optimizer_state, optimizer_state, update, Zero1};
 use crate::dist::{dp, Dist};
 use crate::metrics::MetricsSink;
 use crate::model::load::safetensors;
 use crate::reward::loss::{accuracy, bt_loss};
 use crate::reward::model::{right_pad, Backbone, RewardModel};
-use crate::train::{clip_grad_norm, ensure_finite, lr_at, AdamW, AdamWConfig, Schedule};
+use crate::train::{ensure_finite, lr_at, AdamW, AdamWConfig, Schedule};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -322,6 +323,10 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
     let warmup = (t.warmup_ratio * total as f64).ceil() as i64;
     let adam = AdamWConfig { lr: t.lr, weight_decay: t.weight_decay, ..Default::default() };
     let mut opt = AdamW::new(params, adam);
+    let mut zero = match dist {
+        Some(d) if d.zero1 => Some(Zero1::new(&mut opt, d.rank(), d.world())?),
+        _ => None,
+    };
 
     let mut start = 0usize;
     if let Some(ck) = &ck {
@@ -331,7 +336,8 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
         ensure!(st.seed == cfg.seed, "{}: checkpoint was made with seed {}, config says {}", ck.display(), st.seed, cfg.seed);
         let w = safetensors::read_file(&ck.join("trainable.safetensors"))?;
         load_named(&opt.params, &w, &ck.join("trainable.safetensors"))?;
-        opt.load_state(&safetensors::read_file(&ck.join("optimizer.safetensors"))?, &ck.join("optimizer.safetensors"))?;
+        let o = ck.join("optimizer.safetensors");
+        load_optimizer_state(&mut opt, zero.as_mut(), &safetensors::read_file(&o)?, &o)?;
         start = st.step;
     }
     if let Some(d) = dist {
@@ -370,15 +376,13 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
             n_pairs += pairs.len();
         }
         if let Some(d) = dist {
-            dp::all_reduce_grads(&d.group, &opt.params)?;
             let s = d.group.sum_f64(&[loss_sum, correct, n_pairs as f64])?;
             (loss_sum, correct, n_pairs) = (s[0], s[1], s[2] as usize);
         }
         ensure_finite(loss_sum, &format!("BT loss at step {step} (reward-model update)"))?;
-        let grad_norm = clip_grad_norm(&opt.params, t.max_grad_norm).double_value(&[]);
-        ensure_finite(grad_norm, &format!("gradient norm at step {step} (reward-model update)"))?;
         let lr = lr_at(step as i64, t.lr, warmup, total as i64, t.schedule, 0.0);
-        opt.step(lr)?;
+        let group = dist.map(|d| &d.group);
+        let grad_norm = update(&mut opt, zero.as_mut(), group, t.max_grad_norm, lr, &format!("reward-model update at step {step}"))?;
 
         let mut rec = serde_json::Map::new();
         rec.insert("step".into(), json!(step));
@@ -402,7 +406,7 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
             b.inc(1);
         }
         if t.save_every > 0 && (step + 1) % t.save_every == 0 && !last {
-            save_checkpoint(&ck_dir, &opt, step + 1, total, cfg.seed, dist)?;
+            save_checkpoint(&ck_dir, &opt, zero.as_ref(), step + 1, total, cfg.seed, dist)?;
         }
     }
     if let Some(b) = &bar {
@@ -419,9 +423,12 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
         skipped_records: skipped,
         model_dir: model_dir.clone(),
     };
+    if let Some(d) = dist {
+        d.report_memory(held_bytes(&opt, zero.as_ref()));
+    }
     if !main {
         // Rank 0 writes the model and the last checkpoint; the others wait for it.
-        save_checkpoint(&ck_dir, &opt, total, total, cfg.seed, dist)?;
+        save_checkpoint(&ck_dir, &opt, zero.as_ref(), total, total, cfg.seed, dist)?;
         return Ok(summary);
     }
     let tmp_model = out.join("model.tmp");
@@ -433,20 +440,22 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
         std::fs::remove_dir_all(&model_dir)?;
     }
     std::fs::rename(&tmp_model, &model_dir)?;
-    save_checkpoint(&ck_dir, &opt, total, total, cfg.seed, dist)?;
+    save_checkpoint(&ck_dir, &opt, zero.as_ref(), total, total, cfg.seed, dist)?;
     crate::metrics::write_csv(&out.join("metrics.csv"), &crate::metrics::read_jsonl(&out.join("metrics.jsonl"))?)?;
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }
 
 /// Writes the checkpoint atomically: rank 0 writes, every rank returns once it is whole.
-fn save_checkpoint(dir: &Path, opt: &AdamW, step: usize, total: usize, seed: u64, dist: Option<&Dist>) -> Result<()> {
+fn save_checkpoint(dir: &Path, opt: &AdamW, zero: Option<&Zero1>, step: usize, total: usize, seed: u64, dist: Option<&Dist>) -> Result<()> {
     let what = format!("the reward model at step {step}");
+    // Gathered from the shards on every rank (a collective) before rank 0 writes.
+    let state = optimizer_state(opt, zero, dist.map(|d| &d.group))?;
     dp::write_on_rank0(dist, &[(what.as_str(), &opt.params[..])], || {
         write_dir_atomic(dir, |tmp| {
             let w: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
             safetensors::write_file(&tmp.join("trainable.safetensors"), &w)?;
-            safetensors::write_file(&tmp.join("optimizer.safetensors"), &opt.state())?;
+            safetensors::write_file(&tmp.join("optimizer.safetensors"), &state)?;
             let st = TrainerState { step, total_steps: total, seed };
             write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&st).unwrap_or_default().as_bytes())
         })?;

@@ -22,7 +22,7 @@ use crate::rl::losses::{self, Aggregation, LossStats};
 use crate::rl::reward_source::{RewardInput, UpdateInput};
 use crate::rl::rollout::Rollout;
 use crate::rl::trainer::Run;
-use crate::train::{clip_grad_norm, ensure_finite, lr_at};
+use crate::train::{ensure_finite, lr_at};
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
@@ -285,13 +285,11 @@ impl Run<'_> {
                     st.clip_high += ls.clip_high.double_value(&[]) * ws;
                     st.kl_term += ls.kl.double_value(&[]) * ws;
                 }
-                if let Some(d) = self.dist {
-                    dp::all_reduce_grads(&d.group, &self.opt.params)?;
-                }
-                let gn = clip_grad_norm(&self.opt.params, self.cfg.policy.max_grad_norm).double_value(&[]);
-                ensure_finite(gn, &format!("gradient norm at step {t} (policy update)"))?;
                 let p = &self.cfg.policy;
-                self.opt.step(lr_at(step_opt, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0))?;
+                let lr = lr_at(step_opt, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0);
+                let group = self.dist.map(|d| &d.group);
+                let what = format!("policy update at step {t}");
+                let gn = crate::dist::zero::update(&mut self.opt, self.zero.as_mut(), group, p.max_grad_norm, lr, &what)?;
                 st.loss_sum += mb_loss;
                 st.grad_norm_sum += gn;
                 st.optimizer_steps += 1;

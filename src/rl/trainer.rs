@@ -48,6 +48,9 @@ pub struct Run<'a> {
     /// This process's rank in a data parallel run (`None`: one process). Set it with
     /// [`Run::data_parallel`].
     pub dist: Option<&'a crate::dist::Dist>,
+    /// The shards of the policy optimiser's moments under ZeRO-1 (`--zero1`; `opt` then holds
+    /// the parameters and the step counter only).
+    pub zero: Option<crate::dist::zero::Zero1>,
 }
 
 impl<'a> Run<'a> {
@@ -79,6 +82,9 @@ impl<'a> Run<'a> {
         );
         self.budget.generation_batch = g;
         self.dist = Some(dist);
+        if dist.zero1 {
+            self.zero = Some(crate::dist::zero::Zero1::new(&mut self.opt, dist.rank(), dist.world())?);
+        }
         Ok(())
     }
 
@@ -91,14 +97,16 @@ impl<'a> Run<'a> {
     fn save_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
         let (policy, reward) = (format!("the policy at step {step}"), format!("the reward source at step {step}"));
         let held = [(policy.as_str(), &self.opt.params[..]), (reward.as_str(), &self.reward.state()[..])];
-        crate::dist::dp::write_on_rank0(self.dist, &held, || self.write_checkpoint(dir, step))
+        // Gathered from the shards on every rank (a collective) before rank 0 writes.
+        let opt_state = crate::dist::zero::optimizer_state(&self.opt, self.zero.as_ref(), self.dist.map(|d| &d.group))?;
+        crate::dist::dp::write_on_rank0(self.dist, &held, || self.write_checkpoint(dir, step, &opt_state))
     }
 
-    fn write_checkpoint(&self, dir: &Path, step: i64) -> Result<()> {
+    fn write_checkpoint(&self, dir: &Path, step: i64, opt_state: &[(String, Tensor)]) -> Result<()> {
         write_dir_atomic(dir, |tmp| {
             let w: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
             safetensors::write_file(&tmp.join("policy.safetensors"), &w)?;
-            safetensors::write_file(&tmp.join("optimizer.safetensors"), &self.opt.state())?;
+            safetensors::write_file(&tmp.join("optimizer.safetensors"), opt_state)?;
             let rs = self.reward.state();
             if !rs.is_empty() {
                 safetensors::write_file(&tmp.join("reward_source.safetensors"), &rs)?;
@@ -126,7 +134,7 @@ impl<'a> Run<'a> {
             p.shallow_clone().copy_(s);
         }
         let o = dir.join("optimizer.safetensors");
-        self.opt.load_state(&safetensors::read_file(&o)?, &o)?;
+        crate::dist::zero::load_optimizer_state(&mut self.opt, self.zero.as_mut(), &safetensors::read_file(&o)?, &o)?;
         let rs = dir.join("reward_source.safetensors");
         if rs.exists() {
             self.reward.load_state(&safetensors::read_file(&rs)?, &rs)?;
@@ -190,6 +198,7 @@ pub fn build<'a>(
         metric_reads_reference,
         budget,
         dist: None,
+        zero: None,
     })
 }
 
@@ -302,6 +311,9 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     }
     if let Some(b) = &bar {
         b.finish();
+    }
+    if let Some(d) = run.dist {
+        d.report_memory(crate::dist::zero::held_bytes(&run.opt, run.zero.as_ref()));
     }
     let path = out.join("metrics.jsonl");
     if main {

@@ -162,6 +162,46 @@ fn rl_checkpointed_on_two_ranks_resumes_on_two_and_on_one() {
     close_rows("resumed on 1", &want, &without_traffic(records_without_times(&one.out.join("metrics.jsonl"))), 2e-4);
 }
 
+/// ZeRO-1 (`--zero1`) on 2 ranks against the replicated optimiser on 2 ranks, GRPO with R2M: the
+/// same metrics, eval rows, weights and (gathered) moments up to the summation order of the
+/// gradient norm; a run stopped under ZeRO-1 resumes on one process, without it, to the same end.
+#[test]
+fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
+    let d = tmpdir();
+    tiny_world(d.path());
+    let two = cfg(d.path(), Algo::Grpo, true, "two");
+    rl_cli(&two, &["--nproc", "2"]);
+    let zero = cfg(d.path(), Algo::Grpo, true, "zero");
+    rl_cli(&zero, &["--nproc", "2", "--zero1"]);
+    let rows = |c: &RlConfig| -> Vec<serde_json::Map<String, Value>> {
+        records_without_times(&c.out.join("metrics.jsonl"))
+            .into_iter()
+            .map(|mut r| {
+                r.remove("dist/bytes");
+                r
+            })
+            .collect()
+    };
+    close_rows("ZeRO-1 metrics", &rows(&two), &rows(&zero), 1e-5);
+    let e = |c: &RlConfig| r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
+    close_rows("ZeRO-1 eval rows", &e(&two), &e(&zero), 1e-5);
+    for file in ["policy.safetensors", "optimizer.safetensors"] {
+        let (a, b) = (weights(&two.out.join("checkpoint").join(file)), weights(&zero.out.join("checkpoint").join(file)));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{file}");
+        for (n, t) in &a {
+            let diff = (t.to_kind(tch::Kind::Double) - b[n].to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+            assert!(diff <= 1e-5, "{file}: {n}: replicated and ZeRO-1 differ by {diff}");
+        }
+    }
+    let mut stop = cfg(d.path(), Algo::Grpo, true, "stopped");
+    stop.rl.stop_after = Some(2);
+    let (ok, err) = rl_cli_status(&stop, &["--nproc", "2", "--zero1"]);
+    assert!(!ok && err.contains("rl.stop_after"), "{err}");
+    stop.rl.stop_after = None;
+    rl_cli(&stop, &["--resume"]);
+    close_rows("stopped under ZeRO-1, resumed on one process", &rows(&two), &rows(&stop), 2e-4);
+}
+
 /// A rank killed in the middle of a run (SIGKILL, after the first step's metrics are written) ends
 /// the job: the launcher names that rank, and nothing hangs.
 #[test]

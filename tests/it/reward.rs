@@ -278,6 +278,63 @@ fn train_rm_on_two_ranks_matches_one_process_and_resumes_on_either() {
     }
 }
 
+/// ZeRO-1 (`--zero1`: AdamW's moments sharded over the 2 ranks) against the replicated optimiser
+/// on 2 ranks: the same metrics, weights and (gathered) moments up to the summation order of the
+/// gradient norm; its checkpoint holds the whole moments, so a run stopped under ZeRO-1 resumes
+/// on one process without it. `--zero1` on one process is refused.
+#[test]
+fn train_rm_with_zero1_matches_replicated_adamw_and_resumes_without_it() {
+    let (d, backbone, data) = tiny_backbone_and_pairs();
+    let cfg = |name: &str| {
+        let mut c = cfg_for(&backbone, &data, &d.path().join(name));
+        c.train.max_steps = Some(6);
+        c.train.save_every = 3;
+        c.train.eval_every = 3;
+        c.train.micro_batch = 7;
+        c
+    };
+    let (ok, err) = train_rm_cli(&cfg("two"), &["--nproc", "2"]);
+    assert!(ok, "{err}");
+    let (ok, err) = train_rm_cli(&cfg("zero"), &["--nproc", "2", "--zero1"]);
+    assert!(ok, "{err}");
+    let (two, zero) = (d.path().join("two"), d.path().join("zero"));
+    let (m2, mz) = (metrics(&two), metrics(&zero));
+    assert_eq!(m2.len(), mz.len());
+    for (a, b) in m2.iter().zip(&mz) {
+        for key in ["loss", "accuracy", "grad_norm", "eval/accuracy", "eval/loss"] {
+            if let (Some(x), Some(y)) = (a[key].as_f64(), b[key].as_f64()) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "step {}: {key} replicated {x}, ZeRO-1 {y}", a["step"]);
+            } else {
+                assert_eq!(a[key], b[key], "{key}");
+            }
+        }
+    }
+    let close = |what: &str, a: &std::collections::BTreeMap<String, Tensor>, b: &std::collections::BTreeMap<String, Tensor>| {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: the same tensors");
+        for (n, t) in a {
+            let diff = (t.to_kind(tch::Kind::Double) - b[n].to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+            assert!(diff <= 1e-5, "{what}: {n} differs by {diff}");
+        }
+    };
+    close("weights", &weights(&two), &weights(&zero));
+    let opt = |out: &Path| -> std::collections::BTreeMap<String, Tensor> {
+        safetensors::read_file(&out.join("checkpoint/optimizer.safetensors")).unwrap().into_iter().collect()
+    };
+    close("AdamW's moments", &opt(&two), &opt(&zero));
+
+    let mut stop = cfg("stopped");
+    stop.train.stop_after = Some(4);
+    let (ok, err) = train_rm_cli(&stop, &["--nproc", "2", "--zero1"]);
+    assert!(!ok && err.contains("train.stop_after"), "{err}");
+    stop.train.stop_after = None;
+    let (ok, err) = train_rm_cli(&stop, &["--resume"]);
+    assert!(ok, "{err}");
+    close("resumed on one process", &weights(&two), &weights(&d.path().join("stopped")));
+
+    let (ok, err) = train_rm_cli(&cfg("alone"), &["--zero1"]);
+    assert!(!ok && err.contains("--zero1") && err.contains("--nproc"), "{err}");
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
