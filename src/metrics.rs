@@ -34,6 +34,10 @@ impl MetricsSink {
 
     pub fn write(&mut self, record: &Map<String, Value>) -> Result<()> {
         let line = serde_json::to_string(record).map_err(|e| Error::parse(&self.path, e))?;
+        if let Some(e) = crate::checkpoint::injected_failure(&self.path) {
+            let _ = self.file.write_all(&line.as_bytes()[..line.len() / 2]);
+            return Err(Error::io(&self.path, e));
+        }
         writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))
     }

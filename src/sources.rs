@@ -3,9 +3,11 @@
 //! prompts (files, or the testbed's generator). The RL engine (`crate::rl`) sees these only through
 //! its interfaces; this is the one place that knows them all.
 use crate::data::{PromptExample, Text};
+use crate::dist::rte::RmLink;
 use crate::model::precision::Precision;
 use crate::r2m::{Method, R2mSource};
 use crate::reward::ensemble::Ensemble;
+use crate::reward::frozen::FrozenRm;
 use crate::reward::source::{EnsembleSource, RmSource};
 use crate::reward::RewardModel;
 use crate::rl::config::{RewardKind, RlConfig};
@@ -17,12 +19,39 @@ use crate::tokenizer::Message;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
+use std::sync::Arc;
 use tch::Device;
 
 /// The reward source `cfg` names (`reward.kind`, and `r2m.method` for an RM): a frozen RM, an
 /// ensemble, the testbed's gold, or R2M and its baselines; `d_policy` is the policy's hidden size.
 pub fn reward_source(cfg: &RlConfig, d_policy: i64, device: Device) -> Result<Box<dyn RewardSource>> {
+    reward_source_on(cfg, d_policy, device, None)
+}
+
+/// The reward model a run scores with (`reward.model`, or R2M's `pretrained_rm` for that method),
+/// loaded at `reward.dtype` on `device`, frozen.
+pub fn frozen_rm(cfg: &RlConfig, device: Device) -> Result<RewardModel> {
     let r = &cfg.reward;
+    let method = cfg.r2m.as_ref().map(|c| c.method).unwrap_or(Method::Vanilla);
+    let model = match (&cfg.r2m, method) {
+        (Some(c), Method::PretrainedRm) => c.pretrained_rm.clone().unwrap_or_default(),
+        _ => r.model.clone(),
+    };
+    let mut rm = RewardModel::load(&model, cfg.seed as i64, device).with_context(|| format!("loading reward model {model}"))?;
+    rm.precision = Precision::resolve(&r.dtype, device, "reward.dtype")?;
+    for (_, t) in rm.all_params() {
+        let _ = t.set_requires_grad(false);
+    }
+    Ok(rm)
+}
+
+/// [`reward_source`], with the reward model on the job's reward-model rank when `link` is given
+/// (`--rm-ranks 1`: this process never loads it; `reward.kind` must then be "rm").
+pub fn reward_source_on(cfg: &RlConfig, d_policy: i64, device: Device, link: Option<Arc<RmLink>>) -> Result<Box<dyn RewardSource>> {
+    let r = &cfg.reward;
+    if link.is_some() && r.kind != RewardKind::Rm {
+        anyhow::bail!("--rm-ranks: reward.kind = {:?}; a reward-model rank serves one reward model (reward.kind = \"rm\")", r.kind);
+    }
     let seed = cfg.seed as i64;
     let precision = Precision::resolve(&r.dtype, device, "reward.dtype")?;
     Ok(match r.kind {
@@ -46,22 +75,15 @@ pub fn reward_source(cfg: &RlConfig, d_policy: i64, device: Device) -> Result<Bo
         }
         RewardKind::Rm => {
             let method = cfg.r2m.as_ref().map(|c| c.method).unwrap_or(Method::Vanilla);
-            let model = match (&cfg.r2m, method) {
-                (Some(c), Method::PretrainedRm) => c.pretrained_rm.clone().unwrap_or_default(),
-                _ => r.model.clone(),
+            let rm = match link {
+                Some(l) => FrozenRm::remote(l)?,
+                None => FrozenRm::Local(frozen_rm(cfg, device)?),
             };
-            let mut rm = RewardModel::load(&model, seed, device).with_context(|| format!("loading reward model {model}"))?;
-            rm.precision = precision;
             match (&cfg.r2m, method) {
                 (Some(c), m) if m != Method::Vanilla && m != Method::PretrainedRm => {
                     Box::new(R2mSource::new(c.clone(), rm, d_policy, cfg.seed, r.max_length, r.batch_size)?)
                 }
-                _ => {
-                    for (_, t) in rm.all_params() {
-                        let _ = t.set_requires_grad(false);
-                    }
-                    Box::new(RmSource { rm, max_length: r.max_length, batch_size: r.batch_size })
-                }
+                _ => Box::new(RmSource { rm, max_length: r.max_length, batch_size: r.batch_size }),
             }
         }
     })
@@ -79,8 +101,42 @@ pub fn metric_source(cfg: &RlConfig, device: Device) -> Result<Option<Box<dyn Me
 
 /// A run built from its config alone: the metric source, the reward source, the prompts.
 pub fn build_run(cfg: &RlConfig, device: Device) -> Result<Run<'_>> {
+    build_run_on(cfg, device, None)
+}
+
+/// [`build_run`], with the reward model on the job's reward-model rank when `link` is given.
+pub fn build_run_on(cfg: &RlConfig, device: Device, link: Option<Arc<RmLink>>) -> Result<Run<'_>> {
     let metric = metric_source(cfg, device)?;
-    build(cfg, |d_policy| reward_source(cfg, d_policy, device), metric, prompts(cfg)?, device)
+    build(cfg, |d_policy| reward_source_on(cfg, d_policy, device, link), metric, prompts(cfg)?, device)
+}
+
+/// The work of a job's reward-model rank (`--rm-ranks 1`): loads the run's reward model and
+/// serves the policy's ranks ([`crate::dist::rte::serve`]) until their run ends.
+pub fn serve_reward_model(cfg: &RlConfig, dist: &crate::dist::Dist) -> Result<()> {
+    let link = dist.rm_link.as_ref().context("serve_reward_model: this job has no reward-model rank")?;
+    if cfg.reward.kind != RewardKind::Rm {
+        anyhow::bail!(
+            "--rm-ranks: reward.kind = {:?}; a reward-model rank serves one reward model (reward.kind = \"rm\")",
+            cfg.reward.kind
+        );
+    }
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let device = crate::device::parse(&cfg.device)?;
+    let rm = frozen_rm(cfg, device)?;
+    let t0 = std::time::Instant::now();
+    let s = crate::dist::rte::serve(link, &rm, cfg.reward.max_length, cfg.reward.batch_size)?;
+    eprintln!(
+        "reward-model rank: {} requests, {} rows embedded; received {:.2} MB of texts, sent {:.2} MB of H_last and scores, in {:.1} s; peak resident memory {:.0} MB",
+        s.requests,
+        s.rows,
+        s.bytes_in as f64 / 1e6,
+        s.bytes_out as f64 / 1e6,
+        t0.elapsed().as_secs_f64(),
+        crate::r2m::peak_rss_kb() as f64 / 1024.0
+    );
+    Ok(())
 }
 
 /// Train and eval prompts from the config (the testbed generator or files).

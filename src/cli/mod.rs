@@ -100,6 +100,10 @@ pub struct DistArgs {
     /// same updates; checkpoints hold the whole moments and resume with or without it).
     #[arg(long)]
     pub zero1: bool,
+    /// Give the reward model a rank of its own (the job's last): the policy's ranks send it the
+    /// texts to score and get back each response's H_last and score (`rl` only; 0 or 1).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub rm_ranks: usize,
 }
 
 impl DistArgs {
@@ -109,17 +113,18 @@ impl DistArgs {
 
     /// Joins the job the torchrun environment describes (`None`: one process), with `--zero1`.
     pub fn join(&self) -> Result<Option<crate::dist::Dist>> {
-        let dist = crate::dist::Dist::from_env(self.timeout())?;
-        match dist {
-            Some(mut d) => {
-                d.zero1 = self.zero1;
-                Ok(Some(d))
-            }
-            None if self.zero1 => {
-                anyhow::bail!("--zero1 shards the optimiser over the ranks of a data parallel job: start several (--nproc N, torchrun)")
-            }
-            None => Ok(None),
+        let dist = crate::dist::Dist::from_env(self.timeout(), self.rm_ranks)?;
+        let several = dist.as_ref().is_some_and(|d| d.world() > 1);
+        if self.zero1 && !several {
+            anyhow::bail!("--zero1 shards the optimiser over the ranks of a data parallel job: start several (--nproc N, torchrun)");
         }
+        if self.rm_ranks > 0 && dist.is_none() {
+            anyhow::bail!("--rm-ranks {}: the reward model's rank is one of the job's: start several (--nproc N, torchrun)", self.rm_ranks);
+        }
+        Ok(dist.map(|mut d| {
+            d.zero1 = self.zero1;
+            d
+        }))
     }
 
     /// With `--nproc N` (N > 1), outside a launcher: starts N copies of this very command line
@@ -145,6 +150,8 @@ impl DistArgs {
                 args.push(a);
             }
         }
+        // The launcher holds the run folder for its ranks (they inherit lock::HELD_BY).
+        let _lock = crate::lock::FolderLock::acquire(out, "run folder")?;
         let launch = crate::dist::launch::Launch {
             program: std::env::current_exe().context("locating the r2m binary to start the ranks")?,
             args,

@@ -29,8 +29,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dist = a.dist.join()?;
     let device = crate::device::parse(&cfg.device)?;
-    let mut r = crate::sources::build_run(&cfg, device)?;
-    if let Some(d) = &dist {
+    if let Some(d) = dist.as_ref().filter(|d| d.is_rm_rank()) {
+        return crate::sources::serve_reward_model(&cfg, d);
+    }
+    let link = dist.as_ref().and_then(|d| d.rm_link.clone());
+    let mut r = crate::sources::build_run_on(&cfg, device, link.clone())?;
+    r.rm_link = link;
+    if let Some(d) = dist.as_ref().filter(|d| d.world() > 1) {
         r.data_parallel(d)?;
     }
     let path = trainer::run(&mut r, a.resume, !a.run.quiet)?;

@@ -42,6 +42,9 @@ pub fn run_cli(a: Args) -> Result<()> {
     if a.dist.launch_if_asked(&cfg.out)?.is_some() {
         return Ok(());
     }
+    if a.dist.rm_ranks > 0 {
+        anyhow::bail!("--rm-ranks {}: train-rm trains the reward model on every rank (--rm-ranks is for rl)", a.dist.rm_ranks);
+    }
     let dist = a.dist.join()?;
     let s = run_dist(&cfg, a.resume, !a.run.quiet, dist.as_ref())?;
     if dist.as_ref().is_some_and(|d| !d.is_main()) {

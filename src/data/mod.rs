@@ -227,7 +227,7 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn parse_text(field: &str, v: Value) -> std::result::Result<Text, String> {
+pub(crate) fn parse_text(field: &str, v: Value) -> std::result::Result<Text, String> {
     match v {
         Value::String(s) if s.is_empty() => Err(format!("{field}: empty string")),
         Value::String(s) if s.trim().is_empty() => Err(format!("{field}: whitespace-only string")),

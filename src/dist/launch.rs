@@ -143,7 +143,12 @@ pub fn supervise(launch: &Launch) -> Result<()> {
         let log_path = rank_log(&launch.log_dir, rank);
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(&launch.program);
-        cmd.args(&launch.args).envs(env.vars(launch.nproc)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(&launch.args)
+            .envs(env.vars(launch.nproc))
+            .env(crate::lock::HELD_BY, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,

@@ -60,6 +60,7 @@ pub fn run_grid(cfg: &ExperimentConfig, progress: bool) -> Result<GridOutcome> {
 /// [`run_grid`], with `exe` the r2m binary that runs each run (`r2m rl`) when `jobs` > 1.
 pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Result<GridOutcome> {
     let t0 = Instant::now();
+    let _lock = crate::lock::FolderLock::acquire(&cfg.out, "experiment folder")?;
     let (device, shared) = setup(cfg, progress)?;
     let specs = cfg.runs();
     if let Some(a) = &cfg.archive {
@@ -125,6 +126,7 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
 /// accuracy), archived when the grid has an archive, and no run: to check the proxy before a grid
 /// is spent on it.
 pub fn prepare_only(cfg: &ExperimentConfig, progress: bool) -> Result<Shared> {
+    let _lock = crate::lock::FolderLock::acquire(&cfg.out, "experiment folder")?;
     let (_, shared) = setup(cfg, progress)?;
     if let Some(a) = &cfg.archive {
         archive::save(a, &cfg.out, &shared.fingerprints)?;

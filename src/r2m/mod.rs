@@ -13,8 +13,8 @@ pub mod grebt;
 
 use crate::error::{Error, Result};
 use crate::model::params::Params;
+use crate::reward::frozen::FrozenRm;
 use crate::reward::model::RewardModel;
-use crate::reward::source::rm_text;
 use crate::rl::reward_source::{RewardInput, RewardSource, UpdateInput};
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
 use cross_attention::CrossAttention;
@@ -169,7 +169,8 @@ pub fn w(t: i64, total: i64, omega: f64) -> f64 {
 /// The R2M reward source (and its baselines that need online state).
 pub struct R2mSource {
     pub cfg: R2mConfig,
-    pub rm: RewardModel,
+    /// The frozen RM that gives H_last (here, or on the job's reward-model rank).
+    pub rm: FrozenRm,
     pub max_length: usize,
     pub batch_size: usize,
     /// phi: the RM's head, copied (trainable here; the RM itself stays frozen).
@@ -189,13 +190,14 @@ pub struct R2mSource {
 
 impl R2mSource {
     /// Wraps `rm` (frozen) with R2M for a policy of hidden size `d_policy`.
-    pub fn new(cfg: R2mConfig, rm: RewardModel, d_policy: i64, seed: u64, max_length: usize, batch_size: usize) -> Result<Self> {
-        let dev = rm.device;
-        for (_, t) in rm.all_params() {
+    pub fn new(cfg: R2mConfig, rm: impl Into<FrozenRm>, d_policy: i64, seed: u64, max_length: usize, batch_size: usize) -> Result<Self> {
+        let rm: FrozenRm = rm.into();
+        let dev = rm.device();
+        for (_, t) in rm.local().map(RewardModel::all_params).unwrap_or_default() {
             let _ = t.set_requires_grad(false);
         }
         let mut params = Params::default();
-        let head = params.add("score.weight", rm.head.detach().copy());
+        let head = params.add("score.weight", rm.head().detach().copy());
         let xattn = if cfg.method.uses_feedback() {
             tch::manual_seed(seed as i64 ^ 0x52324d);
             Some(CrossAttention::new(
@@ -233,23 +235,13 @@ impl R2mSource {
 
     /// H_last (B, D_rm) for (prompt, response) pairs, from the frozen backbone, no grad.
     pub fn h_last_of(&self, prompts: &[&crate::data::PromptExample], responses: &[String]) -> Result<Tensor> {
-        let _g = tch::no_grad_guard();
-        let mut out = vec![];
-        let texts: Vec<(String, bool)> =
-            prompts.iter().zip(responses).map(|(p, r)| rm_text(&self.rm, &p.prompt, r)).collect::<Result<_>>()?;
-        let special = texts.first().map(|t| t.1).unwrap_or(true);
-        let texts: Vec<String> = texts.into_iter().map(|t| t.0).collect();
-        for chunk in texts.chunks(self.batch_size.max(1)) {
-            let b = self.rm.tokenize(chunk, special, self.max_length)?;
-            out.push(self.rm.embed(&b)?);
-        }
-        Ok(Tensor::cat(&out, 0).to_kind(Kind::Float))
+        self.rm.h_last(prompts, responses, self.max_length, self.batch_size)
     }
 
     /// The feedback the cross-attention reads: h itself, or (r2m-noise) Gaussian noise with h's
     /// per-dimension mean and variance over valid tokens, seeded per update.
     fn feedback(&self, h: &Tensor, mask: &Tensor) -> Tensor {
-        let h = h.to_device(self.rm.device).to_kind(Kind::Float).detach();
+        let h = h.to_device(self.rm.device()).to_kind(Kind::Float).detach();
         if self.cfg.method != Method::R2mNoise {
             return h;
         }
@@ -427,6 +419,10 @@ impl RewardSource for R2mSource {
         }
         v.push(("updates".into(), Tensor::from(self.updates)));
         v
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.rm.finish()
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)], source: &std::path::Path) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Frozen reward models as the RL engine's reward source: one RM ([`RmSource`]) or an ensemble
 //! ([`EnsembleSource`]), each reading the text [`rm_text`] renders for (prompt, response).
+use super::frozen::FrozenRm;
 use crate::data::Text;
 use crate::error::Result;
 use crate::reward::ensemble::Ensemble;
@@ -27,25 +28,11 @@ pub fn rm_text(rm: &RewardModel, prompt: &Text, response: &str) -> Result<(Strin
     }
 }
 
-/// A frozen reward model.
+/// A frozen reward model (in this process, or on the job's reward-model rank).
 pub struct RmSource {
-    pub rm: RewardModel,
+    pub rm: FrozenRm,
     pub max_length: usize,
     pub batch_size: usize,
-}
-
-impl RmSource {
-    /// Rendered texts, grouped by whether special tokens are added (all the same in practice).
-    pub fn texts(&self, input: &RewardInput) -> Result<(Vec<String>, bool)> {
-        let mut out = vec![];
-        let mut special = true;
-        for (p, r) in input.prompts.iter().zip(input.responses) {
-            let (t, s) = rm_text(&self.rm, &p.prompt, r)?;
-            special = s;
-            out.push(t);
-        }
-        Ok((out, special))
-    }
 }
 
 impl RewardSource for RmSource {
@@ -53,8 +40,10 @@ impl RewardSource for RmSource {
         "rm".into()
     }
     fn score(&mut self, input: &RewardInput) -> Result<Tensor> {
-        let (texts, special) = self.texts(input)?;
-        self.rm.score_texts(&texts, special, self.max_length, self.batch_size)
+        self.rm.scores(&input.prompts, input.responses, self.max_length, self.batch_size)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.rm.finish()
     }
 }
 

@@ -268,6 +268,8 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
     let main = dist.is_none_or(Dist::is_main);
     let progress = progress && main;
     let out = &cfg.out;
+    // One process per run folder (rank 0 holds it for a data parallel job).
+    let _lock = if main { Some(crate::lock::FolderLock::acquire(out, "run folder")?) } else { None };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ck_dir = out.join("checkpoint");
     let ck = if resume { find_checkpoint(&ck_dir) } else { None };

@@ -79,6 +79,10 @@ pub trait RewardSource {
     fn load_state(&mut self, _state: &[(String, Tensor)], _source: &std::path::Path) -> Result<()> {
         Ok(())
     }
+    /// Called once when the run ends (a source on another rank is told it may stop).
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The reference's log-probs of one response at temperature 1, from the reference pass the KL

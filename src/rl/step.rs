@@ -76,6 +76,7 @@ impl Run<'_> {
         let mut clock = Clock::default();
         let t_step = Instant::now();
         let traffic = self.dist.map(|d| d.group.traffic());
+        let link_traffic = self.rm_link.as_ref().map(|l| l.traffic());
         let r = self.collect(t, &mut clock)?;
         self.release_host_memory();
         let scores = self.score(&r, t, &mut clock)?;
@@ -100,6 +101,12 @@ impl Run<'_> {
             let (b, s) = d.group.traffic();
             m.insert("dist/bytes".into(), json!(b - bytes));
             m.insert("time/dist".into(), json!(s - secs));
+        }
+        if let (Some(l), Some((sent, received))) = (&self.rm_link, link_traffic) {
+            // What crossed between this rank and the reward-model rank: texts out, H_last and scores back.
+            let (s, r) = l.traffic();
+            m.insert("dist/bytes_to_rm".into(), json!(s - sent));
+            m.insert("dist/bytes_from_rm".into(), json!(r - received));
         }
         Ok(m)
     }

@@ -51,6 +51,8 @@ pub struct Run<'a> {
     /// The shards of the policy optimiser's moments under ZeRO-1 (`--zero1`; `opt` then holds
     /// the parameters and the step counter only).
     pub zero: Option<crate::dist::zero::Zero1>,
+    /// The link to the job's reward-model rank, where the reward model runs (`--rm-ranks 1`).
+    pub rm_link: Option<std::sync::Arc<crate::dist::rte::RmLink>>,
 }
 
 impl<'a> Run<'a> {
@@ -199,6 +201,7 @@ pub fn build<'a>(
         budget,
         dist: None,
         zero: None,
+        rm_link: None,
     })
 }
 
@@ -241,6 +244,8 @@ fn memory_budget(
 pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::PathBuf> {
     let cfg = run.cfg;
     let out = &cfg.out;
+    // One process per run folder (rank 0 holds it for a data parallel job).
+    let _lock = if run.is_main() { Some(crate::lock::FolderLock::acquire(out, "run folder")?) } else { None };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ck_dir = out.join("checkpoint");
     let ck = if resume { find_checkpoint(&ck_dir) } else { None };
@@ -267,13 +272,15 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     }
     // Rank 0 alone writes the logs; the others only read pi_init's evaluation back on resume.
     let mut sink = if main { Some(MetricsSink::open(&out.join("metrics.jsonl"), ck.as_ref().map(|_| start - 1))?) } else { None };
-    let mut eval_sink = if main { Some(MetricsSink::open(&out.join("eval.jsonl"), ck.as_ref().map(|_| start - 1))?) } else { None };
+    // Resumed before the first checkpoint: pi_init's evaluation, if it was done, is kept.
+    let eval_keep = if ck.is_some() { Some(start - 1) } else { resume.then_some(-1) };
+    let mut eval_sink = if main { Some(MetricsSink::open(&out.join("eval.jsonl"), eval_keep)?) } else { None };
     if let Some(d) = run.dist {
         // On resume the others read pi_init's rows back once rank 0 has opened (and cut) the logs.
         d.group.barrier()?;
     }
     let eval_on = cfg.rl.eval_every > 0;
-    let init = if eval_on { initial_eval(run, ck.is_some(), &out.join("eval.jsonl"), eval_sink.as_mut())? } else { vec![] };
+    let init = if eval_on { initial_eval(run, eval_keep.is_some(), &out.join("eval.jsonl"), eval_sink.as_mut())? } else { vec![] };
     if main {
         eprintln!(
             "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step{}",
@@ -312,6 +319,8 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     if let Some(b) = &bar {
         b.finish();
     }
+    // A reward model on another rank may stop.
+    run.reward.finish()?;
     if let Some(d) = run.dist {
         d.report_memory(crate::dist::zero::held_bytes(&run.opt, run.zero.as_ref()));
     }
@@ -329,8 +338,9 @@ fn judged(run: &Run, rows: &[Map<String, Value>]) -> Vec<f64> {
 }
 
 /// pi_init's eval rows (step -1), the baseline of the win rates: written once; on resume read
-/// back from eval.jsonl (recomputed, deterministically, where they are missing). Returns their
-/// judged scores.
+/// back from eval.jsonl, so that a run stopped before its first checkpoint does not evaluate
+/// pi_init again (recomputed, deterministically, where rows are missing; rewritten where a stop
+/// cut them short before any checkpoint). Returns their judged scores.
 fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Option<&mut MetricsSink>) -> Result<Vec<f64>> {
     let kept: Vec<Map<String, Value>> = if resumed && eval_path.exists() {
         crate::metrics::read_jsonl(eval_path)?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect()
@@ -342,7 +352,12 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Optio
         return Ok(judged(run, &kept));
     }
     let (_, rows) = run.evaluate(-1)?;
-    if let (true, Some(sink)) = (kept.is_empty(), eval_sink) {
+    // Only pi_init's rows can be in the file without a checkpoint: a partial set is replaced.
+    let only_init = kept.len() == crate::metrics::read_jsonl(eval_path).map(|v| v.len()).unwrap_or(0);
+    if let (true, Some(sink)) = (kept.is_empty() || only_init, eval_sink) {
+        if !kept.is_empty() {
+            *sink = MetricsSink::open(eval_path, None)?;
+        }
         for r in &rows {
             sink.write(r)?;
         }

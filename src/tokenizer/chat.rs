@@ -4,9 +4,18 @@ use super::Message;
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JError, ErrorKind};
 
+/// The most work a chat template may do (minijinja's fuel: about one unit per instruction; a real
+/// template spends a few hundred per message) and the most text it may write. A template from a
+/// model folder is code: past either bound it ends in an error instead of running unbounded.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+pub const TEMPLATE_MAX_BYTES: usize = 64 << 20;
+/// How deep templates may nest calls and includes (minijinja's default is 500).
+pub const TEMPLATE_RECURSION: usize = 100;
+
 /// HF's `_compile_jinja_template`: trim_blocks, lstrip_blocks, loop controls, Python string
 /// methods (minijinja-contrib pycompat), `raise_exception`, `strftime_now`, and a `tojson` that
-/// prints like Python's `json.dumps(x, ensure_ascii=False)`.
+/// prints like Python's `json.dumps(x, ensure_ascii=False)`; bounded by [`TEMPLATE_FUEL`],
+/// [`TEMPLATE_MAX_BYTES`] and [`TEMPLATE_RECURSION`].
 pub(super) fn render<'a>(
     tpl: &str,
     messages: &[Message],
@@ -14,6 +23,8 @@ pub(super) fn render<'a>(
     specials: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Result<String, JError> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
@@ -34,7 +45,36 @@ pub(super) fn render<'a>(
             ctx.insert(k, Value::from(v));
         }
     }
-    t.render(ctx)
+    let mut out = Bounded { buf: Vec::new(), max: TEMPLATE_MAX_BYTES, overflowed: false };
+    if let Err(e) = t.render_captured_to(ctx, &mut out) {
+        return Err(if out.overflowed {
+            JError::new(ErrorKind::InvalidOperation, format!("the chat template's output passed {} MB", TEMPLATE_MAX_BYTES >> 20))
+        } else {
+            e
+        });
+    }
+    String::from_utf8(out.buf).map_err(|e| JError::new(ErrorKind::BadSerialization, e.to_string()))
+}
+
+/// A writer that refuses to grow past `max` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.max {
+            self.overflowed = true;
+            return Err(std::io::Error::other(format!("the chat template's output passed {} MB", self.max >> 20)));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
@@ -187,6 +227,24 @@ fn strftime_now(fmt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A template from a model folder is code: nested loops that would run 10^10 iterations, an
+    /// output of gigabytes and unbounded recursion each end in an error within seconds.
+    #[test]
+    fn hostile_templates_end_in_errors_not_hangs() {
+        let msgs = [Message { role: "user".into(), content: "hi".into() }];
+        let t0 = std::time::Instant::now();
+        let loops = "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(100) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let err = render(loops, &msgs, false, []).unwrap_err().to_string();
+        assert!(err.contains("fuel"), "{err}");
+        let big = "{% set s = range(10000)|join %}{% for i in range(10000) %}{{ s }}{% endfor %}";
+        let err = render(big, &msgs, false, []).unwrap_err().to_string();
+        assert!(err.contains("output passed 64 MB"), "{err}");
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let err = render(deep, &msgs, false, []).unwrap_err().to_string();
+        assert!(err.contains("recursion"), "{err}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
+    }
 
     #[test]
     fn tojson_prints_like_python_json_dumps() {

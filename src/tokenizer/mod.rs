@@ -97,7 +97,15 @@ impl Tokenizer {
         if !tj.is_file() {
             return Err(Error::NotFound { path: tj, hint: " (r2m needs the fast-tokenizer file tokenizer.json of an HF folder)".into() });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| tk_err(&tj, e))?;
+        // The tokenizers crate panics on some malformed files (found by fuzzing): a panic while
+        // reading is a malformed file.
+        let mut inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tj))
+            .map_err(|p| {
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                Error::parse(&tj, format!("malformed tokenizer.json: {msg}"))
+            })?
+            .map_err(|e| tk_err(&tj, e))?;
         // transformers re-sets padding/truncation on every call (none by default).
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| tk_err(&tj, e))?;

@@ -202,6 +202,63 @@ fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
     close_rows("stopped under ZeRO-1, resumed on one process", &rows(&two), &rows(&stop), 2e-4);
 }
 
+/// The reward model on a rank of its own (`--rm-ranks 1`, the paper's deployment): one policy
+/// process and the reward-model rank give exactly the run of one process (GRPO with R2M: H_last
+/// and the frozen scores come back from the reward-model rank, R2M runs beside the policy); 2
+/// policy ranks and the reward-model rank match it within float summation order (RLOO, the frozen
+/// RM as reward). Each step logs the bytes that crossed: texts out, D_rm + 1 floats per row back.
+#[test]
+fn rl_with_the_reward_model_on_its_own_rank_equals_one_process() {
+    let d = tmpdir();
+    tiny_world(d.path());
+    let strip = |c: &RlConfig| -> (Vec<serde_json::Map<String, Value>>, Vec<(f64, f64)>) {
+        let mut bytes = vec![];
+        let rows = records_without_times(&c.out.join("metrics.jsonl"))
+            .into_iter()
+            .map(|mut r| {
+                r.remove("dist/bytes");
+                let to = r.remove("dist/bytes_to_rm").and_then(|v| v.as_f64());
+                let from = r.remove("dist/bytes_from_rm").and_then(|v| v.as_f64());
+                if let (Some(a), Some(b)) = (to, from) {
+                    bytes.push((a, b));
+                }
+                r
+            })
+            .collect();
+        (rows, bytes)
+    };
+    let one = cfg(d.path(), Algo::Grpo, true, "one");
+    rl_cli(&one, &[]);
+    let linked = cfg(d.path(), Algo::Grpo, true, "linked");
+    rl_cli(&linked, &["--nproc", "2", "--rm-ranks", "1"]);
+    let (want, none) = strip(&one);
+    assert!(none.is_empty());
+    let (got, bytes) = strip(&linked);
+    assert_eq!(got, want, "one policy process with the reward model on its own rank: the metrics of one process");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&linked.out.join("eval.jsonl")), read(&one.out.join("eval.jsonl")), "and its eval rows");
+    let d_rm = 32.0;
+    assert_eq!(bytes.len(), 3, "every step logs the bytes that crossed");
+    for (to, from) in &bytes {
+        assert!(*to > 0.0, "texts sent: {to}");
+        // 12 rows of H_last and score at annotation, more in the steps that evaluate.
+        assert!(*from >= 12.0 * (d_rm + 1.0) * 4.0 && from % ((d_rm + 1.0) * 4.0) == 0.0, "received {from}");
+    }
+    let log = read(&linked.out.join("logs/rank1.log"));
+    assert!(log.contains("reward-model rank:") && log.contains("requests"), "{log}");
+
+    let mut one = cfg(d.path(), Algo::Rloo, false, "rloo-one");
+    one.rl.normalize_advantages = true;
+    rl_cli(&one, &[]);
+    let mut three = cfg(d.path(), Algo::Rloo, false, "rloo-three");
+    three.rl.normalize_advantages = true;
+    rl_cli(&three, &["--nproc", "3", "--rm-ranks", "1"]);
+    close_rows("2 policy ranks and the reward-model rank", &strip(&one).0, &strip(&three).0, 2e-4);
+
+    let (ok, err) = rl_cli_status(&cfg(d.path(), Algo::Grpo, false, "alone"), &["--rm-ranks", "1"]);
+    assert!(!ok && err.contains("--rm-ranks"), "{err}");
+}
+
 /// A rank killed in the middle of a run (SIGKILL, after the first step's metrics are written) ends
 /// the job: the launcher names that rank, and nothing hangs.
 #[test]

@@ -693,12 +693,12 @@ fn r2m_invariants() {
     for (n, t) in &before {
         assert!(!src.params.get_named(n).unwrap().equal(t), "{n} did not change in the R2M update");
     }
-    for ((n, t), (_, now)) in backbone_before.iter().zip(src.rm.all_params()) {
+    for ((n, t), (_, now)) in backbone_before.iter().zip(src.rm.local().unwrap().all_params()) {
         if n != "score.weight" {
             assert!(now.equal(t), "RM backbone parameter {n} changed");
         }
     }
-    assert!(src.rm.head.equal(&backbone_before.iter().find(|(n, _)| n == "score.weight").unwrap().1), "the RM's own head changed");
+    assert!(src.rm.head().equal(&backbone_before.iter().find(|(n, _)| n == "score.weight").unwrap().1), "the RM's own head changed");
 
     // Same number of policy forward passes per step with and without R2M.
     let ref_before: Vec<tch::Tensor> = rr.reference.params.named().iter().map(|(_, t)| t.detach().copy()).collect();

@@ -195,6 +195,7 @@ pub(crate) fn candle_err(path: &Path, e: candle_core::Error) -> Error {
 
 /// Reads only the GGUF header of `path` and builds its tokenizer ([`Tokenizer::from_gguf`]).
 pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    super::gguf_check::check(path)?;
     let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
     let content = gguf_file::Content::read(&mut f).map_err(|e| candle_err(path, e))?;
     Tokenizer::from_gguf(path, &content.metadata)
@@ -202,6 +203,8 @@ pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
 
 /// Loads a GGUF file: config, HF-named f32 tensors, tokenizer. Architectures: `GGUF_ARCHS`.
 pub fn load(path: &Path) -> Result<GgufModel> {
+    super::gguf_check::check(path)?;
+    let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader).map_err(|e| candle_err(path, e))?;
@@ -228,6 +231,23 @@ pub fn load(path: &Path) -> Result<GgufModel> {
                 value: ggml_name(info.ggml_dtype).into(),
                 supported: SUPPORTED_NAMES.into(),
             });
+        }
+        // Its data must lie inside the file (the header's dims and offset are the file's word).
+        let elems = info.shape.elem_count() as u64;
+        let (block, size) = (info.ggml_dtype.block_size() as u64, info.ggml_dtype.type_size() as u64);
+        let end = (elems / block.max(1))
+            .checked_mul(size)
+            .and_then(|b| b.checked_add(info.offset))
+            .and_then(|b| b.checked_add(content.tensor_data_offset));
+        if elems % block.max(1) != 0 || end.is_none_or(|e| e > file_len) {
+            return Err(Error::parse(
+                path,
+                format!(
+                    "tensor '{name}': {:?} ({elems} elements) at offset {} reaches past the end of the file ({file_len} bytes)",
+                    info.shape.dims(),
+                    info.offset
+                ),
+            ));
         }
         // llama.cpp stores precomputed Llama 3.1 RoPE frequencies; transformers ignores them too.
         if name.as_str() == "rope_freqs.weight" {

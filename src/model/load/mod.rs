@@ -1,6 +1,7 @@
 //! Reading weights into HF-named tensors, with every missing, unexpected or mis-shaped tensor
 //! reported by name. Formats: `safetensors` (single file or sharded with an index), `gguf`.
 pub mod gguf;
+pub mod gguf_check;
 pub mod safetensors;
 
 use crate::error::{Error, Result};

@@ -50,5 +50,12 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&cpu, &tmp).map_err(|e| Error::parse(&tmp, format!("writing safetensors: {e}")))?;
+    if let Some(e) = crate::checkpoint::injected_failure(path) {
+        // As a full disk would leave it: half written.
+        let len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::OpenOptions::new().write(true).open(&tmp).and_then(|f| f.set_len(len / 2));
+        return Err(Error::io(&tmp, e));
+    }
+    crate::checkpoint::sync_path(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
