@@ -108,16 +108,27 @@ fn kill_9_at_random_moments_and_resume_ends_as_an_uninterrupted_run() {
     assert!(ok, "{err}");
     let full = t0.elapsed();
     let c = cfg(d.path(), "killed");
-    // A fixed sequence of delays between 0.2 and 1.5 times the uninterrupted run's length / 3.
+    // A fixed sequence of delays between 0.2 and 1.5 times a third of the uninterrupted run's
+    // length, stretched by half each time an attempt saved nothing new (a loaded machine starts
+    // slower than the uninterrupted run did).
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut kills = 0;
+    let mut stretch = 1.0;
+    let saved = || -> i64 {
+        std::fs::read_to_string(c.out.join("checkpoint/state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["step"].as_i64())
+            .unwrap_or(-1)
+    };
     for attempt in 0..60 {
+        let before = saved();
         let mut child = command(&c, &["--resume"]).stderr(Stdio::null()).spawn().unwrap();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let frac = 0.2 + 1.3 * (x % 1000) as f64 / 1000.0;
-        let deadline = Instant::now() + full.mul_f64(frac / 3.0);
+        let deadline = Instant::now() + full.mul_f64(stretch * frac / 3.0);
         let mut done = None;
         while Instant::now() < deadline {
             if let Some(s) = child.try_wait().unwrap() {
@@ -137,6 +148,7 @@ fn kill_9_at_random_moments_and_resume_ends_as_an_uninterrupted_run() {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 kills += 1;
+                stretch = if saved() > before { 1.0 } else { stretch * 1.5 };
             }
         }
     }
