@@ -24,6 +24,8 @@ sets=(--set "reward.model=\"$rm_model\"" --set "rl.steps=$steps" --set rl.eval_e
     --set reward.gold_metrics=false)
 # An archived run of the grid: its config is a whole rl config.
 cp archive/llm-rm/runs/vanilla-grpo-s0/config.toml "$out/rl.toml"
+# No evaluation: the steps alone are measured.
+sed -i '/^final_eval_prompts/d' "$out/rl.toml"
 run() {
     local name=$1 threads=$2
     shift 2
