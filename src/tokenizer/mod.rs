@@ -318,7 +318,7 @@ impl Tokenizer {
                 ("unk_token", self.unk_token.as_deref()),
             ],
         )
-        .map_err(|e| Error::Input(format!("{}: chat template: {e:#}", self.source.display())))
+        .map_err(|e| Error::Input(format!("{}: chat template: {e}", self.source.display())))
     }
 
     /// Writes an HF tokenizer folder: tokenizer.json, tokenizer_config.json (this tokenizer's

@@ -114,6 +114,11 @@ fn preference_jsonl_and_rl_configs_never_panic_or_hang() {
     campaign(Target::Toml, seeds, &work);
 }
 
+/// A minimal valid tokenizer.json (word level), the companion of a chat template.
+const WORD_LEVEL: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+"pre_tokenizer":{"type":"WhitespaceSplit"},"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"<unk>":0,"a":1},"unk_token":"<unk>"}}"#;
+
 /// Inputs that once made a reader panic (found by these campaigns), kept in
 /// tests/fuzz-regressions/<target>/: each must now end in an error.
 #[test]
@@ -131,6 +136,9 @@ fn inputs_that_once_crashed_a_reader_end_in_errors() {
         for f in files {
             let path = f.unwrap().path();
             let work = tmpdir();
+            if target == Target::ChatTemplate {
+                std::fs::write(work.path().join("tokenizer.json"), WORD_LEVEL).unwrap();
+            }
             let input = std::fs::read(&path).unwrap();
             let r = std::panic::catch_unwind(|| target.run(&input, work.path()));
             assert!(matches!(r, Ok(Err(_))), "{}: {:?}", path.display(), r.map(|x| x.map_err(|e| e.to_string())));

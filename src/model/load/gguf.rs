@@ -239,7 +239,8 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             .checked_mul(size)
             .and_then(|b| b.checked_add(info.offset))
             .and_then(|b| b.checked_add(content.tensor_data_offset));
-        if elems % block.max(1) != 0 || end.is_none_or(|e| e > file_len) {
+        // (An empty tensor is refused too: no model has one, and candle's reader mishandles it.)
+        if elems == 0 || elems % block.max(1) != 0 || end.is_none_or(|e| e > file_len) {
             return Err(Error::parse(
                 path,
                 format!(
