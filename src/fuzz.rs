@@ -194,9 +194,7 @@ fn one(target: Target, input: &[u8], dir: &Path) -> std::result::Result<bool, Fa
     let (data, d): (Vec<u8>, PathBuf) = (input.to_vec(), dir.to_path_buf());
     std::thread::spawn(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target.run(&data, &d).is_ok()));
-        let _ = tx.send(r.map_err(|p| {
-            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-        }));
+        let _ = tx.send(r.map_err(|p| crate::error::panic_message(&*p, "").to_string()));
     });
     match rx.recv_timeout(HANG) {
         Ok(Ok(ok)) => Ok(ok),

@@ -13,7 +13,7 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
     // The parquet crate asserts on some corrupt metadata (found by fuzzing): a panic in it is a
     // corrupt file, reported as such.
     std::panic::catch_unwind(|| read_records_unguarded(path)).unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let msg = crate::error::panic_message(&*p, "");
         Err(Error::parse(path, format!("not a readable Parquet file (the parquet reader failed: {msg})")))
     })
 }

@@ -101,8 +101,7 @@ impl Tokenizer {
         // reading is a malformed file.
         let mut inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tj))
             .map_err(|p| {
-                let msg =
-                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = crate::error::panic_message(&*p, "").to_string();
                 Error::parse(&tj, format!("malformed tokenizer.json: {msg}"))
             })?
             .map_err(|e| tk_err(&tj, e))?;
