@@ -35,6 +35,7 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
+use common::roofline::{self, Roofline};
 use common::{
     device_description, export_f32, git_commit, interleave, median, peer_python, peer_script, sync, timed, JsonChild, Rep, Side, QUESTIONS,
 };
@@ -76,6 +77,10 @@ struct Opts {
     variants: bool,
     /// f32, or bf16 autocast on both sides (r2m: `model::precision`; the peer: torch.autocast).
     dtype: Precision,
+    /// Measure the machine's limit first (CPU; `--no-roofline` skips it).
+    roofline: bool,
+    /// Profile r2m's decode step at each generation batch (`--profile`).
+    profile: bool,
 }
 
 fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
@@ -111,6 +116,8 @@ fn parse_opts() -> Result<Opts> {
         train_reps: 0,
         variants: false,
         dtype: Precision::F32,
+        roofline: true,
+        profile: false,
     };
     let mut dtype_name = env("R2M_BENCH_DTYPE").unwrap_or_else(|| "f32".into());
     let mut it = args.into_iter();
@@ -140,6 +147,8 @@ fn parse_opts() -> Result<Opts> {
             "--gen-reps" => o.gen_reps = parse_list(&val()?, "--gen-reps")?,
             "--train-reps" => o.train_reps = val()?.parse()?,
             "--variants" => o.variants = true,
+            "--profile" => o.profile = true,
+            "--no-roofline" => o.roofline = false,
             "--dtype" => dtype_name = val()?,
             "-h" | "--help" => {
                 println!("see the header of benches/foundation.rs and docs/benchmarks.md");
@@ -297,6 +306,11 @@ struct Row {
     /// Cores busy with other processes during each timed repetition (max over the repetitions).
     other_load: f64,
     goal: Option<f64>,
+    /// Arithmetic of one repetition (FLOP), for the share of the GEMM roofline.
+    flops: f64,
+    /// Where the workload is bound by memory traffic (batch 1): the seconds that reading every
+    /// weight once per decode step takes at `bytes` / bandwidth; the bytes read per repetition.
+    bytes: Option<f64>,
 }
 
 impl Row {
@@ -341,6 +355,7 @@ fn gen_cfg(n: i64, pad_id: i64, seed: u64) -> GenerateConfig {
         return_trunk: None,
         stop_check_every: 4,
         pack_weights: None,
+        cpu_kernels: true,
     }
 }
 
@@ -362,6 +377,8 @@ fn bench_gen(o: &Opts, model: &CausalLm, p: &Prepared, peer: &mut Option<Peer>, 
             },
             |pp, i| pp.secs(json!({"cmd": "gen", "b": b, "n": n, "seed": i + 1})),
         )?;
+        let padded = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
+        let work = roofline::gen_work(model, b, padded, n);
         rows.push(Row {
             key: format!("gen_b{b}"),
             workload: format!("generate, batch {b}, {n} new tokens"),
@@ -370,6 +387,8 @@ fn bench_gen(o: &Opts, model: &CausalLm, p: &Prepared, peer: &mut Option<Peer>, 
             peer: tp,
             other_load: load,
             goal: if b >= 32 { Some(2.0) } else { None },
+            flops: work.flops,
+            bytes: (b == 1).then(|| work.weight_bytes_per_step * (n - 1) as f64),
         });
     }
     Ok(())
@@ -429,6 +448,8 @@ fn bench_train(o: &Opts, model: &mut CausalLm, peer: &mut Option<Peer>, rows: &m
         peer: tp,
         other_load: load,
         goal: Some(1.0),
+        flops: roofline::train_flops(model, b, t),
+        bytes: None,
     });
     Ok(())
 }
@@ -472,7 +493,19 @@ fn main() -> Result<()> {
         ensure!(d < tol, "r2m and the peer disagree on the logits (max |delta| {d}): not the same model?");
     }
 
+    let limit = if o.roofline && o.device == Device::Cpu {
+        eprintln!("r2m: measuring this machine's limit (GEMM throughput, memory bandwidth)");
+        let r = roofline::measure()?;
+        eprintln!("r2m: {}", r.describe());
+        Some(r)
+    } else {
+        None
+    };
+
     let mut rows = vec![];
+    if o.profile {
+        profile::run(&o, &model, &p, limit.as_ref())?;
+    }
     if o.gen {
         bench_gen(&o, &model, &p, &mut peer, &mut rows)?;
     }
@@ -499,16 +532,34 @@ fn main() -> Result<()> {
     if let Some(d) = parity_diff {
         println!("parity: max |r2m - transformers| last-token logits = {d:.2e}");
     }
+    if let Some(l) = &limit {
+        println!("machine: {}", l.describe());
+    }
     println!();
-    println!("| workload | r2m tokens/s | peer tokens/s | r2m / peer | goal | reps | other load |");
-    println!("|---|---:|---:|---:|---|---:|---:|");
+    println!(
+        "| workload | r2m tokens/s | peer tokens/s | r2m / peer | goal | r2m: of the limit | peer: of the limit | reps | other load |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|");
     let mut json_rows = vec![];
     for r in &rows {
         let (rt, pt) = (r.tps(&r.r2m), r.tps(&r.peer));
         let ratio = rt.zip(pt).map(|(a, b)| a / b);
         let f = |x: Option<f64>| x.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+        let share = |times: &[f64]| -> Option<f64> {
+            let (l, s) = (limit.as_ref()?, (!times.is_empty()).then(|| median(times))?);
+            Some(match r.bytes {
+                Some(bytes) => bytes / (l.read_gbs * 1e9) / s,
+                None => r.flops / s / (l.f32_gflops * 1e9),
+            })
+        };
+        let (sr, sp) = (share(&r.r2m), share(&r.peer));
+        let pct = |x: Option<f64>| match (x, r.bytes) {
+            (Some(x), Some(_)) => format!("{:.0} % (bandwidth)", 100.0 * x),
+            (Some(x), None) => format!("{:.0} % (f32 GEMM)", 100.0 * x),
+            (None, _) => "-".into(),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} cores |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} cores |",
             r.workload,
             f(rt),
             f(pt),
@@ -516,17 +567,22 @@ fn main() -> Result<()> {
             r.goal
                 .map(|g| format!(">= {g:.1}x{}", ratio.map(|x| if x >= g { ": met" } else { ": MISSED" }).unwrap_or("")))
                 .unwrap_or_else(|| "-".into()),
+            pct(sr),
+            pct(sp),
             r.r2m.len(),
             r.other_load
         );
         json_rows.push(json!({
             "key": r.key, "workload": r.workload, "tokens": r.tokens, "r2m_tokens_per_s": rt,
             "peer_tokens_per_s": pt, "ratio": ratio, "goal": r.goal, "r2m_times_s": r.r2m,
-            "peer_times_s": r.peer, "max_other_load_cores": r.other_load,
+            "peer_times_s": r.peer, "max_other_load_cores": r.other_load, "flops": r.flops,
+            "weight_bytes_read": r.bytes, "r2m_share_of_limit": sr, "peer_share_of_limit": sp,
         }));
     }
     println!("\nmedians of the timed repetitions (after warmup); other load: the most cores that other processes");
-    println!("kept busy during any one timed repetition. Total wall time {:.0} s.", t_all.elapsed().as_secs_f64());
+    println!("kept busy during any one timed repetition. Of the limit: batch 1, the time to read every weight once");
+    println!("per decode step at the measured bandwidth over the time taken; otherwise the FLOP/s achieved over the");
+    println!("measured f32 GEMM peak. Total wall time {:.0} s.", t_all.elapsed().as_secs_f64());
     if let Some(path) = &o.json_out {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
@@ -538,6 +594,10 @@ fn main() -> Result<()> {
         let j = json!({
             "device": dev_desc, "threads": threads, "commit": git_commit(), "quick": o.quick,
             "model": p.source, "parity_max_abs_logit_diff": parity_diff, "peer": h, "rows": json_rows,
+            "machine": limit.as_ref().map(|l| json!({
+                "cpu": l.cpu, "aten_cpu_capability": l.aten_level, "features": l.features,
+                "f32_gemm_gflops": l.f32_gflops, "bf16_gemm_gflops": l.bf16_gflops, "read_gb_per_s": l.read_gbs,
+            })),
         });
         std::fs::write(path, serde_json::to_string_pretty(&j)?)?;
         eprintln!("r2m: wrote {}", path.display());
@@ -748,27 +808,35 @@ mod variants {
         Ok(())
     }
 
-    /// Whole `generate` calls with MKL-packed weights forced on and off (`GenerateConfig::pack_weights`;
-    /// the default packs from batch `packed::MIN_BATCH` up), packing time included.
-    fn packing(m: &CausalLm, prompts: &[Vec<i64>], n: i64, pad_id: i64, reps: usize) -> Result<()> {
+    /// Median seconds of whole `generate` calls under two configs (a switch on and off),
+    /// alternating, after one call each: (on, off).
+    fn on_off(m: &CausalLm, prompts: &[Vec<i64>], reps: usize, cfg: impl Fn(bool, u64) -> GenerateConfig) -> Result<(f64, f64)> {
         let (mut on, mut off) = (vec![], vec![]);
         for i in 0..=reps {
-            for (pack, times) in [(true, &mut on), (false, &mut off)] {
-                let cfg = GenerateConfig { pack_weights: Some(pack), ..gen_cfg(n, pad_id, i as u64 + 1) };
+            for (switch, times) in [(true, &mut on), (false, &mut off)] {
                 let t = Instant::now();
-                generate(m, prompts, &cfg)?;
+                generate(m, prompts, &cfg(switch, i as u64 + 1))?;
                 sync(m.device);
                 if i > 0 {
                     times.push(t.elapsed().as_secs_f64());
                 }
             }
         }
+        Ok((median(&on), median(&off)))
+    }
+
+    /// Whole `generate` calls with MKL-packed weights forced on and off (`GenerateConfig::pack_weights`;
+    /// the default packs from batch `packed::MIN_BATCH` up), packing time included; then with r2m's
+    /// CPU sampling kernel on and off (`GenerateConfig::cpu_kernels`; off = ATen's ops).
+    fn packing_and_kernels(m: &CausalLm, prompts: &[Vec<i64>], n: i64, pad_id: i64, reps: usize) -> Result<()> {
+        let (on, off) = on_off(m, prompts, reps, |pack, seed| GenerateConfig { pack_weights: Some(pack), ..gen_cfg(n, pad_id, seed) })?;
+        let b = prompts.len();
+        println!("variants: generate, batch {b}, {n} new tokens: packed weights {on:.2} s, plain {off:.2} s ({:.2}x)", off / on);
+        let (on, off) = on_off(m, prompts, reps, |k, seed| GenerateConfig { cpu_kernels: k, ..gen_cfg(n, pad_id, seed) })?;
         println!(
-            "variants: generate, batch {}, {n} new tokens: packed weights {:.2} s, plain {:.2} s ({:.2}x)",
-            prompts.len(),
-            median(&on),
-            median(&off),
-            median(&off) / median(&on)
+            "variants: generate, batch {b}, {n} new tokens: r2m's sampling kernel ({}) {on:.2} s, ATen's ops {off:.2} s ({:.2}x)",
+            r2m::ffi::decode_kernels(),
+            off / on
         );
         Ok(())
     }
@@ -868,10 +936,104 @@ mod variants {
         let steps = o.new_tokens.min(32);
         for &b in &o.gen_batches {
             decode_steps(model, &fused, &batch_of(&p.prompts, b), steps, 2, p.pad_id)?;
-            packing(model, &batch_of(&p.prompts, b), o.new_tokens, p.pad_id, 2)?;
+            packing_and_kernels(model, &batch_of(&p.prompts, b), o.new_tokens, p.pad_id, 2)?;
         }
         drop(fused);
         adamw(model, o, 3)?;
+        Ok(())
+    }
+}
+
+/// `--profile`: where the milliseconds of r2m's decode step go (`r2m::profile` spans in the model
+/// and `generate`). A call with N new tokens minus a call with 1 (prefill and first pick only),
+/// divided by the N - 1 decode steps between them.
+mod profile {
+    use super::*;
+    use r2m::profile::{record, Profile};
+    use std::collections::BTreeMap;
+
+    /// Own time by span name, in seconds.
+    fn own(p: &Profile) -> BTreeMap<&'static str, f64> {
+        p.spans.iter().map(|(k, t)| (*k, t.own.as_secs_f64())).collect()
+    }
+
+    pub fn run(o: &Opts, m: &CausalLm, p: &Prepared, limit: Option<&Roofline>) -> Result<()> {
+        ensure!(o.device == Device::Cpu, "--profile measures CPU runs (a GPU span would time the launch only)");
+        let c = &m.config;
+        let layers = &m.model.layers;
+        let weights = |kinds: &[&str]| -> f64 {
+            layers.iter().flat_map(|l| l.linears()).filter(|l| kinds.contains(&l.kind())).map(|l| l.weight.numel() as f64).sum()
+        };
+        for &b in &o.gen_batches {
+            let prompts = batch_of(&p.prompts, b);
+            let n = o.new_tokens.max(2);
+            let steps = (n - 1) as f64;
+            // Per decode step by part, for r2m's sampling kernel on (the default) and off (ATen's
+            // ops), measured alternately: on, off, on, off; the faster of the two of each.
+            let mut best: [Option<(f64, f64, BTreeMap<&'static str, f64>)>; 2] = [None, None];
+            for round in 0..4 {
+                let kernels = round % 2 == 0;
+                let cfg = |n| GenerateConfig { cpu_kernels: kernels, ..gen_cfg(n, p.pad_id, 1) };
+                if round < 2 {
+                    generate(m, &prompts, &cfg(n))?; // warmup (and weight packing)
+                }
+                let (_, long) = record(|| generate(m, &prompts, &cfg(n)));
+                let (_, short) = record(|| generate(m, &prompts, &cfg(1)));
+                let step_s = (long.wall.as_secs_f64() - short.wall.as_secs_f64()) / steps;
+                let short_own = own(&short);
+                let mut parts: BTreeMap<&'static str, f64> =
+                    own(&long).iter().map(|(k, v)| (*k, (v - short_own.get(k).copied().unwrap_or(0.0)) / steps)).collect();
+                let marked: f64 = parts.values().sum();
+                parts.insert("(outside every span)", step_s - marked);
+                let slot = &mut best[usize::from(!kernels)];
+                if slot.as_ref().is_none_or(|(s, _, _)| step_s < *s) {
+                    *slot = Some((step_s, short.wall.as_secs_f64(), parts));
+                }
+            }
+            let [Some((step_s, prefill_s, parts)), Some((aten_s, aten_prefill_s, aten_parts))] = best else { unreachable!() };
+            let mut order: Vec<(&str, f64)> = parts.iter().map(|(k, v)| (*k, *v)).collect();
+            order.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+            // Arithmetic per decode step by part (b rows, every layer).
+            let padded = prompts.iter().map(Vec::len).max().unwrap_or(0) as f64;
+            let ctx = padded + (n as f64 + 1.0) / 2.0; // mean keys per decode step
+            let bf = b as f64;
+            let flops: BTreeMap<&str, f64> = [
+                ("attn: q, k, v projections", 2.0 * bf * weights(&["q_proj", "k_proj", "v_proj", "qkv_proj"])),
+                ("attn: o projection", 2.0 * bf * weights(&["o_proj"])),
+                ("mlp: gate and up projections", 2.0 * bf * weights(&["gate_proj", "up_proj", "gate_up_proj", "fc1"])),
+                ("mlp: down projection", 2.0 * bf * weights(&["down_proj", "fc2"])),
+                ("LM head", 2.0 * bf * (c.vocab_size * c.hidden_size) as f64),
+                ("attn: softmax(q k^T) v", 4.0 * bf * ((c.num_attention_heads * c.head_dim() * c.num_hidden_layers) as f64) * ctx),
+            ]
+            .into_iter()
+            .collect();
+            let total_flops: f64 = flops.values().sum();
+            let of_peak = |s: f64| {
+                limit.map(|l| format!(" = {:.0} % of the f32 GEMM peak", 100.0 * total_flops / s / 1e9 / l.f32_gflops)).unwrap_or_default()
+            };
+            println!();
+            println!(
+                "decode step, batch {b}, {n} new tokens ({padded} prompt slots), r2m's sampling kernel ({}): {:.1} ms per step, \
+                 {:.0} GFLOP/s{}; ATen's ops: {:.1} ms, {:.0} GFLOP/s{}. Prefill (and the first pick): {:.2} s / {:.2} s",
+                r2m::ffi::decode_kernels(),
+                step_s * 1e3,
+                total_flops / step_s / 1e9,
+                of_peak(step_s),
+                aten_s * 1e3,
+                total_flops / aten_s / 1e9,
+                of_peak(aten_s),
+                prefill_s,
+                aten_prefill_s
+            );
+            println!();
+            println!("| part | ms per step | share | GFLOP/s | ATen's ops: ms per step |");
+            println!("|---|---:|---:|---:|---:|");
+            for (k, s) in &order {
+                let g = flops.get(k).map(|f| format!("{:.0}", f / s / 1e9)).unwrap_or_else(|| "-".into());
+                let a = aten_parts.get(k).map(|a| format!("{:.2}", a * 1e3)).unwrap_or_else(|| "-".into());
+                println!("| {k} | {:.2} | {:.1} % | {g} | {a} |", s * 1e3, 100.0 * s / step_s);
+            }
+        }
         Ok(())
     }
 }

@@ -6,6 +6,10 @@
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/Version.h>
+#include <ATen/cpu/Utils.h>
+#include <algorithm>
+#include <string>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -276,3 +280,22 @@ extern "C" int r2m_checkpoint(at::Tensor* x, at::Tensor** params, int64_t n, voi
 
 // Whether autograd records operations on this thread (torch.is_grad_enabled()).
 extern "C" int r2m_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
+
+// What libtorch's CPU kernels see of this CPU: ATen's dispatch level (at::get_cpu_capability:
+// "DEFAULT", "AVX2", "AVX512", ...), then ';' and the instruction-set features cpuinfo reports
+// present (at::cpu::get_cpu_capabilities: avx2, avx512_bf16, amx_tile, ...), comma-separated and
+// sorted, written NUL-terminated into `out` (cut at out_len - 1 bytes).
+extern "C" int r2m_cpu_isa(char* out, size_t out_len, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        std::string s = at::get_cpu_capability() + ";";
+        std::vector<std::string> names;
+        for (const auto& kv : at::cpu::get_cpu_capabilities()) {
+          if (kv.second.isBool() && kv.second.toBool()) names.push_back(kv.first);
+        }
+        std::sort(names.begin(), names.end());
+        for (size_t i = 0; i < names.size(); ++i) s += (i ? "," : "") + names[i];
+        copy_error(s.c_str(), out, out_len);
+      },
+      "cpu_isa", err, err_len);
+}

@@ -1,8 +1,9 @@
 //! libtorch ops that tch does not bind, compiled from csrc/fused.cpp by build.rs: ops over tensor
 //! lists (tch's generator skips them: the fused AdamW kernel), `.grad = None`, and ops registered
 //! only through the dispatcher (MKL weight packing), and activation checkpointing (a custom
-//! autograd function that calls back into Rust). Safe wrappers; every C++ exception comes back
-//! as `Err(message)`.
+//! autograd function that calls back into Rust), what libtorch sees of the CPU; and r2m's own
+//! sampling kernel from csrc/decode.cpp. Safe wrappers; every C++ exception comes back as
+//! `Err(message)`.
 use std::os::raw::{c_char, c_void};
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -50,6 +51,19 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn r2m_grad_enabled() -> i32;
+    fn r2m_cpu_isa(out: *mut c_char, out_len: usize, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_decode_kernels() -> *const c_char;
+    fn r2m_sample_logits(
+        logits: *mut C_tensor,
+        temperature: f64,
+        u: *mut C_tensor,
+        want: i32,
+        tok: *mut *mut C_tensor,
+        lp: *mut *mut C_tensor,
+        ent: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
 }
 
 type BlockCall = extern "C" fn(ctx: *mut c_void, x: *mut C_tensor, err: *mut c_char, err_len: usize) -> *mut C_tensor;
@@ -139,6 +153,49 @@ pub fn version(t: &Tensor) -> Result<i64, String> {
     Ok(v)
 }
 
+/// What libtorch's CPU kernels see of this CPU: ATen's dispatch level (`"AVX512"`, `"AVX2"`,
+/// `"DEFAULT"`, ...; `torch.backends.cpu.get_cpu_capability()`) and the instruction-set features
+/// present (`avx2`, `avx512_bf16`, `amx_tile`, ...), sorted.
+pub fn cpu_isa() -> Result<(String, Vec<String>), String> {
+    let mut buf = vec![0 as c_char; 4096];
+    // SAFETY: the C side writes a NUL-terminated string of at most buf.len() bytes.
+    call(|e, l| unsafe { r2m_cpu_isa(buf.as_mut_ptr(), buf.len(), e, l) })?;
+    // SAFETY: NUL-terminated by the C side (copy_error).
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    let (level, features) = s.split_once(';').unwrap_or((&s, ""));
+    Ok((level.to_string(), features.split(',').filter(|f| !f.is_empty()).map(str::to_string).collect()))
+}
+
+/// Which build of the sampling kernel (csrc/decode.cpp) this CPU runs: `"avx512"`, `"avx2"` or
+/// `"baseline"` (`R2M_CPU_KERNELS=avx2|baseline` forces a lower one).
+pub fn decode_kernels() -> &'static str {
+    // SAFETY: the C side returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(r2m_decode_kernels()) }.to_str().unwrap_or("baseline")
+}
+
+/// A build of the sampling kernel, for tests that compare them: `Baseline` < `Avx2` < `Avx512`;
+/// asking for more than the CPU has gives the CPU's best.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelBuild {
+    Best = -1,
+    Baseline = 0,
+    Avx2 = 1,
+    Avx512 = 2,
+}
+
+/// One token per row of `logits` (B, V) f32 drawn from softmax(logits / temperature) at the
+/// uniforms `u` (B) f64 (inverse-CDF: the same token as `generate::draw` at the same uniform, up
+/// to rounding at the boundaries), with its log-prob under that
+/// softmax and the softmax's entropy: (tokens (B) int64, log-probs (B), entropies (B)). One pass
+/// per row with no (B, V) temporaries. CPU only.
+pub fn sample_logits(logits: &Tensor, temperature: f64, u: &Tensor, build: KernelBuild) -> Result<(Tensor, Tensor, Tensor), String> {
+    let (mut t, mut l, mut e) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: the inputs are live for the call; on success the C side hands over three new tensors.
+    call(|er, n| unsafe { r2m_sample_logits(ptr(logits), temperature, ptr(u), build as i32, &mut t, &mut l, &mut e, er, n) })?;
+    // SAFETY: heap `at::Tensor`s we now own.
+    Ok(unsafe { (Tensor::from_ptr(t), Tensor::from_ptr(l), Tensor::from_ptr(e)) })
+}
+
 /// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows
 /// (`torch.ops.mkl._mkl_reorder_linear_weight`). CPU, f32; an error where libtorch has no MKL.
 pub fn mkl_pack(w: &Tensor, m: i64) -> Result<Tensor, String> {
@@ -217,4 +274,75 @@ pub fn checkpoint(x: &Tensor, params: &[&Tensor], f: Block) -> Result<Tensor, St
 pub fn grad_enabled() -> bool {
     // SAFETY: reads a thread-local flag.
     unsafe { r2m_grad_enabled() != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelBuild;
+    use tch::{Device, Kind, Tensor};
+
+    const BUILDS: [KernelBuild; 3] = [KernelBuild::Baseline, KernelBuild::Avx2, KernelBuild::Avx512];
+
+    /// The kernel's draw equals the tensor path's (softmax at the temperature, f64 cumulative sum,
+    /// search: `generate::draw`) at the same uniforms; its log-prob and entropy match
+    /// log_softmax's; zero-weight (-inf) tokens are never drawn; a NaN row gives the last token and
+    /// NaN, as the tensor path would.
+    #[test]
+    fn sample_logits_equals_the_cumulative_search() {
+        let _g = tch::no_grad_guard();
+        let dead = Tensor::from_slice(&[0i64, 1, 255, 256, 999]);
+        tch::manual_seed(11);
+        for build in BUILDS {
+            for round in 0..5 {
+                // 48 rows over 1000 tokens (not a multiple of the block or vector width), peaked
+                // and flat rows, some tokens at -inf.
+                let scale = Tensor::linspace(0.1, 12.0, 48, (Kind::Float, Device::Cpu)).unsqueeze(1);
+                let logits = (Tensor::randn([48, 1000], (Kind::Float, Device::Cpu)) * scale).index_fill(1, &dead, f64::NEG_INFINITY);
+                let temp = [0.7, 1.0, 1.3, 0.7, 0.25][round];
+                let u = Tensor::rand([48], (Kind::Double, Device::Cpu));
+                let u = if round == 0 { u.full_like(1.0 - 1e-16) } else { u };
+                let (tok, lp, ent) = super::sample_logits(&logits, temp, &u, build).unwrap();
+                let logp = (&logits / temp).log_softmax(-1, Kind::Float);
+                let probs = logp.exp();
+                let cdf = probs.cumsum(-1, Kind::Double);
+                let cdf = &cdf / cdf.narrow(1, 999, 1);
+                let want = u.unsqueeze(1).searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1).clamp_max(999);
+                if round == 0 {
+                    // u at the top of [0, 1): within rounding of the total either search may stop
+                    // at any of the last tokens with weight; each must have weight.
+                    assert_eq!(probs.gather(1, &tok.unsqueeze(1), false).le(0.0).any().int64_value(&[]), 0, "{build:?}");
+                } else {
+                    assert!(tok.equal(&want), "{build:?}, T {temp}: tokens {tok} vs {want}");
+                }
+                assert_eq!(tok.unsqueeze(1).eq_tensor(&dead.unsqueeze(0)).any().int64_value(&[]), 0, "a -inf token drawn");
+                let dl = (&lp - logp.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1)).abs().max().double_value(&[]);
+                assert!(dl < 1e-5, "{build:?}: log-prob off by {dl}");
+                let h = -(&probs * logp.nan_to_num(0.0, None, None)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+                let dh = (&ent - h).abs().max().double_value(&[]);
+                assert!(dh < 1e-5, "{build:?}: entropy off by {dh}");
+            }
+            let mut nan = Tensor::randn([2, 37], (Kind::Float, Device::Cpu));
+            let _ = nan.get(1).get(20).fill_(f64::NAN);
+            let (tok, lp, ent) = super::sample_logits(&nan, 1.0, &Tensor::from_slice(&[0.5f64, 0.5]), build).unwrap();
+            assert_eq!(tok.int64_value(&[1]), 36);
+            assert!(lp.double_value(&[1]).is_nan() && ent.double_value(&[1]).is_nan());
+            assert!(lp.double_value(&[0]).is_finite() && ent.double_value(&[0]).is_finite());
+        }
+    }
+
+    /// The features libtorch reports agree with what Rust's own CPU detection sees.
+    #[test]
+    fn cpu_isa_agrees_with_the_cpu() {
+        let (level, features) = super::cpu_isa().unwrap();
+        assert!(["DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "NEON"].iter().any(|l| level.starts_with(l)), "{level}");
+        assert!(features.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats: {features:?}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(features.iter().any(|f| f == "avx2"), std::is_x86_feature_detected!("avx2"), "{features:?}");
+            assert_eq!(features.iter().any(|f| f == "avx512_f"), std::is_x86_feature_detected!("avx512f"), "{features:?}");
+            if !std::is_x86_feature_detected!("avx2") {
+                assert_eq!(level, "DEFAULT");
+            }
+        }
+    }
 }

@@ -26,6 +26,7 @@ pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod profile;
 pub mod r2m;
 pub mod report;
 pub mod reward;

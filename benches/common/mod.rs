@@ -3,6 +3,8 @@
 //! interleaved with other-load detection, medians, and the machine's description.
 #![allow(dead_code)] // each bench uses a subset
 
+pub mod roofline;
+
 use anyhow::{bail, ensure, Context, Result};
 use r2m::model::causal_lm::CausalLm;
 use r2m::model::export::{export_hf, write_json};

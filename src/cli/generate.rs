@@ -53,6 +53,7 @@ pub fn run(a: Args) -> Result<()> {
         return_trunk: None,
         stop_check_every: 1,
         pack_weights: None,
+        cpu_kernels: true,
     };
     let mut out_ids: Vec<u32> = vec![];
     let mut printed = 0usize;

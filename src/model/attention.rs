@@ -9,6 +9,7 @@ use crate::model::config::DecoderConfig;
 use crate::model::kv_cache::LayerCache;
 use crate::model::layers::{apply_rope, Linear, Norm};
 use crate::model::params::{Params, Source};
+use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
 /// How q, k and v come out of the input.
@@ -145,7 +146,11 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), masks: &Masks, cache: Option<(&mut LayerCache, i64)>) -> Tensor {
         let (b, t, _) = x.size3().expect("(B, T, D) checked at the model entry");
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let (mut q, mut k, v) = self.project(x, b, t);
+        let (mut q, mut k, v) = {
+            let _s = span("attn: q, k, v projections");
+            self.project(x, b, t)
+        };
+        let rope_span = span("attn: heads, q/k norms, RoPE");
         if self.qk_norm == QkNorm::Whole {
             q = self.q_norm.as_ref().expect("q_norm").forward(&q);
             k = self.k_norm.as_ref().expect("k_norm").forward(&k);
@@ -158,11 +163,17 @@ impl Attention {
         }
         let q = apply_rope(&q, &rope.0, &rope.1);
         let k = apply_rope(&k, &rope.0, &rope.1);
+        drop(rope_span);
         let (k, v) = match cache {
-            Some((c, start)) => c.append(start, &k, &v), // (B, nkv, S, hd)
+            Some((c, start)) => {
+                let _s = span("attn: KV cache write");
+                c.append(start, &k, &v) // (B, nkv, S, hd)
+            }
             None => (k, v),
         };
         let mask = masks.get(self.layer_type);
+        let attn_span = span("attn: softmax(q k^T) v");
+
         let y = match self.softcap {
             None => {
                 let gqa = nkv != nh;
@@ -173,6 +184,8 @@ impl Attention {
             }
             Some(cap) => self.capped_attention(&q, &k, &v, mask, cap),
         };
+        drop(attn_span);
+        let _s = span("attn: o projection");
         let y = y.transpose(1, 2).reshape([b, t, nh * hd]); // (B, T, nh*hd)
         self.o_proj.forward(&y)
     }

@@ -14,6 +14,7 @@ use crate::model::config::DecoderConfig;
 use crate::model::kv_cache::{KvCache, LayerCache};
 use crate::model::layers::{activation, Linear, Norm, Rope, INIT_STD};
 use crate::model::params::{Init, Params, Source};
+use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
 pub use crate::model::attention::{causal_mask, AttnMask};
@@ -59,16 +60,32 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
+        let up = |l: &Linear| {
+            let _s = span("mlp: gate and up projections");
+            l.forward(x)
+        };
+        let act = |y: &Tensor| {
+            let _s = span("mlp: activation and product");
+            activation(self.act, y)
+        };
         let h = match (self.kind, &self.gate, &self.up_proj) {
-            (MlpKind::Gated, Some(g), Some(u)) => activation(self.act, &g.forward(x)) * u.forward(x),
-            (MlpKind::GatedFused, Some(gu), _) => {
-                let y = gu.forward(x);
-                let f = y.size()[y.dim() - 1] / 2;
-                y.narrow(-1, f, f) * activation(self.act, &y.narrow(-1, 0, f))
+            (MlpKind::Gated, Some(g), Some(u)) => {
+                let (g, u) = (up(g), up(u));
+                let a = act(&g);
+                let _s = span("mlp: activation and product");
+                a * u
             }
-            (_, _, Some(u)) => activation(self.act, &u.forward(x)),
+            (MlpKind::GatedFused, Some(gu), _) => {
+                let y = up(gu);
+                let f = y.size()[y.dim() - 1] / 2;
+                let a = act(&y.narrow(-1, 0, f));
+                let _s = span("mlp: activation and product");
+                y.narrow(-1, f, f) * a
+            }
+            (_, _, Some(u)) => act(&up(u)),
             _ => unreachable!("an MLP is built with the projections of its kind"),
         };
+        let _s = span("mlp: down projection");
         self.down_proj.forward(&h)
     }
 }
@@ -169,7 +186,11 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), masks: &Masks, cache: Option<(&mut LayerCache, i64)>) -> Tensor {
-        let norm = |n: &Option<Norm>, x: &Tensor| n.as_ref().expect("the block kind's norms exist").forward(x);
+        let _s = span("block: residual adds");
+        let norm = |n: &Option<Norm>, x: &Tensor| {
+            let _s = span("norms");
+            n.as_ref().expect("the block kind's norms exist").forward(x)
+        };
         let attn = |x: &Tensor, cache| self.self_attn.forward(x, rope, masks, cache);
         match self.kind {
             BlockKind::PreNorm => {
@@ -254,8 +275,10 @@ impl Decoder {
     /// ids (B, T) int64, positions (B, T), `masks` for this call. With a cache, slots
     /// [cache.len, cache.len + T) are written and `cache.len` advances.
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, masks: &Masks, mut cache: Option<&mut KvCache>, all_hidden: bool) -> Hidden {
+        let prep = span("embedding and RoPE tables");
         let mut x = self.embed(ids);
         let ropes = self.rope_tables(positions);
+        drop(prep);
         let mut all = if all_hidden { Some(vec![]) } else { None };
         let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -271,7 +294,10 @@ impl Decoder {
         if let Some(c) = cache {
             c.len = start + ids.size()[1];
         }
-        let last = self.norm.forward(&x);
+        let last = {
+            let _s = span("norms");
+            self.norm.forward(&x)
+        };
         if let Some(a) = all.as_mut() {
             a.push(last.shallow_clone());
         }

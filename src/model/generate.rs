@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
 use crate::model::{attention::Masks, causal_lm::CausalLm, decoder::positions_from_mask};
+use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
 /// How the next token is picked.
@@ -70,6 +71,11 @@ pub struct GenerateConfig {
     /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
     /// Same results either way. (bf16 models decode with bf16 weight copies instead.)
     pub pack_weights: Option<bool>,
+    /// Sample with r2m's CPU kernel (csrc/decode.cpp: one pass over each row of the logits, no
+    /// (B, V) temporaries) where it applies (CPU, plain temperature sampling without top-k or
+    /// top-p); false: ATen's ops. The same tokens either way up to rounding at the sampling
+    /// boundaries; log-probs and entropies agree to ~1e-6 (tested).
+    pub cpu_kernels: bool,
 }
 
 impl Default for GenerateConfig {
@@ -84,6 +90,7 @@ impl Default for GenerateConfig {
             return_trunk: None,
             stop_check_every: 4,
             pack_weights: None,
+            cpu_kernels: true,
         }
     }
 }
@@ -136,8 +143,18 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, dev: Device) -> (Tensor, Tens
 
 /// Picks the next tokens from `logits` (B, V): returns (tokens (B), log-probs at temperature (B),
 /// entropy of the temperature-scaled distribution (B)).
-fn pick(logits: &Tensor, s: &Sampling) -> (Tensor, Tensor, Tensor) {
+fn pick(logits: &Tensor, s: &Sampling, kernel: bool) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
+    if let (Sampling::Sample { temperature, top_k: None, top_p }, Device::Cpu, true) = (s, logits.device(), kernel) {
+        if top_p.is_none_or(|p| p >= 1.0) {
+            // The same inverse-CDF draw as `draw`, from the same uniform, with the log-prob and
+            // the entropy, in one pass over each row of the logits (a CPU kernel).
+            let u = Tensor::rand([logits.size()[0]], (Kind::Double, Device::Cpu));
+            if let Ok(picked) = crate::ffi::sample_logits(&logits, *temperature, &u, crate::ffi::KernelBuild::Best) {
+                return picked;
+            }
+        }
+    }
     let logp = (&logits / s.temperature()).log_softmax(-1, Kind::Float); // (B, V)
     let probs = logp.exp();
     let entropy = -(&probs * &logp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
@@ -325,7 +342,10 @@ pub fn generate_stream(
     // `all` holds the input of every block (then the final states): entry k is the trunk's output.
     let trunk_of = |h: &crate::model::decoder::Hidden| capture.and_then(|k| h.all.as_ref().map(|a| a[k].shallow_clone()));
     let mut trunk: Vec<Tensor> = trunk_of(&h).into_iter().collect();
-    let mut logits = model.logits(&h.last.narrow(1, p - 1, 1)).squeeze_dim(1); // (B, V)
+    let mut logits = {
+        let _s = span("LM head");
+        model.logits(&h.last.narrow(1, p - 1, 1)).squeeze_dim(1) // (B, V)
+    };
     let mut pos = prompt_mask.sum_dim_intlist([1i64].as_slice(), true, Kind::Int64) - 1; // (B, 1): last position
     let eos = Tensor::from_slice(&cfg.eos_ids).to_device(dev);
     let mut finished = Tensor::zeros([b], (Kind::Bool, dev));
@@ -340,7 +360,8 @@ pub fn generate_stream(
         _ => None,
     };
     for step in 0..n {
-        let (tok, lp, ent) = pick(&logits, &cfg.sampling);
+        let sampling = span("sampling and bookkeeping");
+        let (tok, lp, ent) = pick(&logits, &cfg.sampling, cfg.cpu_kernels);
         let alive = finished.logical_not();
         let tok = tok.where_self(&alive, &Tensor::from(cfg.pad_id).to_device(dev));
         on_step(step, &tok);
@@ -354,6 +375,7 @@ pub fn generate_stream(
         let last = step + 1 == n;
         let check = (step + 1) % cfg.stop_check_every.max(1) == 0;
         let done = (last || check) && finished.all().int64_value(&[]) == 1;
+        drop(sampling);
         if (last || done) && !keep_going {
             break;
         }
@@ -379,7 +401,11 @@ pub fn generate_stream(
                 all: full.all.map(|a| a.iter().map(|t| t.narrow(1, s, 1)).collect()),
             }
         } else {
-            let masks = Masks::for_step(&slot_valid.narrow(1, 0, s + 1), model.model.window); // (B, 1, 1, S)
+            let masks = {
+                let _s = span("step masks");
+                Masks::for_step(&slot_valid.narrow(1, 0, s + 1), model.model.window)
+                // (B, 1, 1, S)
+            };
             model.model.forward(&tok.unsqueeze(-1), &pos, &masks, Some(&mut cache), capture.is_some())
         };
         if cfg.return_hidden {
@@ -389,6 +415,7 @@ pub fn generate_stream(
         if last || done {
             break;
         }
+        let _s = span("LM head");
         logits = model.logits(&h.last).squeeze_dim(1);
     }
     Ok(Generation {
@@ -414,15 +441,15 @@ mod tests {
         tch::manual_seed(0);
         for _ in 0..50 {
             let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.6) };
-            let (t, _, _) = pick(&logits, &s);
+            let (t, _, _) = pick(&logits, &s, true);
             assert!(t.int64_value(&[0]) < 2);
             let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.5) };
-            assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
+            assert_eq!(pick(&logits, &s, true).0.int64_value(&[0]), 0);
             let s = Sampling::Sample { temperature: 1.0, top_k: Some(1), top_p: None };
-            assert_eq!(pick(&logits, &s).0.int64_value(&[0]), 0);
+            assert_eq!(pick(&logits, &s, true).0.int64_value(&[0]), 0);
         }
         // The reported log-prob is the untruncated one.
-        let (_, lp, _) = pick(&logits, &Sampling::Greedy);
+        let (_, lp, _) = pick(&logits, &Sampling::Greedy, true);
         assert!((lp.double_value(&[0]) - 0.5f64.ln()).abs() < 1e-6);
     }
 

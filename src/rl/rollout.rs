@@ -134,6 +134,7 @@ impl Run<'_> {
             return_trunk: None,
             stop_check_every: 4,
             pack_weights: None,
+            cpu_kernels: true,
         }
     }
 

@@ -112,6 +112,7 @@ pub fn make_pairs(
                 return_trunk: None,
                 stop_check_every: 4,
                 pack_weights: None,
+                cpu_kernels: true,
             },
         )?;
         let (mut texts, mut fin) = (vec![], vec![]);

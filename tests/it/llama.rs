@@ -124,6 +124,7 @@ fn generator_logprobs_equal_trainer_logprobs() {
             return_trunk: Some(1),
             stop_check_every: 1,
             pack_weights: None,
+            cpu_kernels: true,
         };
         let g = generate(&m, &prompts, &cfg).unwrap();
         let (seq, mask) = g.sequences();
@@ -183,6 +184,39 @@ fn bf16_generator_logprobs_are_near_trainer_logprobs() {
     let d32 = masked_max_diff(&lp.unsqueeze(-1), &lp32.unsqueeze(-1), &g.mask);
     assert!(d32 > 0.0 && d32 <= 0.1, "bf16 vs f32 trainer log-probs differ by {d32}");
     eprintln!("bf16: generator vs trainer {d}, bf16 vs f32 {d32}");
+}
+
+/// Decoding with r2m's CPU sampling kernel (`GenerateConfig::cpu_kernels`) gives the tokens of
+/// ATen's ops, with log-probs and entropies equal up to f32 rounding: left padding, an EOS stop,
+/// two temperatures.
+#[test]
+fn cpu_kernels_decode_as_aten_ops() {
+    let _rng = crate::common::torch_rng_lock();
+    let m = tiny_random();
+    let prompts: Vec<Vec<i64>> = (0..12).map(|i| (1..3 + i % 5).map(|t| (t * 7 + i) % 90 + 1).collect()).collect();
+    for temp in [0.7, 1.3] {
+        let run = |kernels| {
+            let cfg = GenerateConfig {
+                max_new_tokens: 16,
+                seed: 9,
+                sampling: Sampling::Sample { temperature: temp, top_k: None, top_p: None },
+                eos_ids: vec![4],
+                return_hidden: true,
+                cpu_kernels: kernels,
+                ..Default::default()
+            };
+            generate(&m, &prompts, &cfg).unwrap()
+        };
+        let (fast, aten) = (run(true), run(false));
+        assert!(fast.ids.equal(&aten.ids), "T {temp}: tokens differ");
+        assert!(fast.mask.equal(&aten.mask), "T {temp}: masks differ");
+        let d = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(d(&fast.logprobs, &aten.logprobs) < 1e-4, "log-probs differ by {}", d(&fast.logprobs, &aten.logprobs));
+        assert!(d(&fast.entropy, &aten.entropy) < 1e-4, "entropies differ by {}", d(&fast.entropy, &aten.entropy));
+        let (hf, ha) = (fast.hidden.unwrap(), aten.hidden.unwrap());
+        assert!(d(&hf, &ha) < 1e-4, "hidden states differ by {}", d(&hf, &ha));
+        assert!(d(&fast.logprobs, &aten.logprobs) > 0.0, "the kernel did not run");
+    }
 }
 
 /// Decoding with MKL-packed weights (`model::packed`) gives exactly the tokens, log-probs and

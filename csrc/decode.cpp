@@ -1,0 +1,268 @@
+// The CPU kernel of `generate`'s sampling (bound in Rust by src/ffi.rs): r2m_sample_logits draws
+// a token from softmax(logits / temperature) with its log-prob and the entropy, row by row from
+// the logits, with no (B, V) temporary (top-k and top-p sampling keep the tensor ops).
+//
+// The kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
+// other CPUs), from the same source: GCC's generic vectors, which each build lowers to its own
+// width. The widest level the CPU has is picked at load time (R2M_CPU_KERNELS=avx2 or =baseline
+// forces a lower one). Rows are spread over ATen's intra-op threads; each row is computed
+// sequentially, so results do not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <string>
+#include <vector>
+
+static void put(const char* what, char* buf, size_t len) {
+  if (len == 0) return;
+  std::strncpy(buf, what, len - 1);
+  buf[len - 1] = '\0';
+}
+
+template <typename F>
+static int guarded(F f, char* err, size_t err_len) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    put(e.what(), err, err_len);
+  } catch (...) {
+    put("unknown C++ exception", err, err_len);
+  }
+  return 1;
+}
+
+#define R2M_INLINE inline __attribute__((always_inline))
+
+// 16 floats, 16 int32: GCC's generic vectors, which each build lowers to its own
+// width (one AVX-512 register, two AVX2 registers, four SSE registers).
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+constexpr int64_t kW = 16;
+
+static R2M_INLINE vf load(const float* p) {
+  vf x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+static R2M_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+static R2M_INLINE vf splat(float x) { return vf{} + x; }
+static R2M_INLINE float hsum(vf x) {
+  // A butterfly of lane swaps: every lane ends up with the total.
+  x += __builtin_shuffle(x, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  x += __builtin_shuffle(x, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  x += __builtin_shuffle(x, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  x += __builtin_shuffle(x, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  return x[0];
+}
+static R2M_INLINE float hmax(vf x) {
+  float m = x[0];
+  for (int i = 1; i < kW; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// e^x for x <= 0 (logits minus their max; -inf gives 0), lane by lane: Cody-Waite reduction to
+// r in [-ln2/2, ln2/2] and Cephes' expf polynomial (relative error ~1e-7); below -87 it is 0.
+static R2M_INLINE vf exp_nonpos(vf x) {
+  const auto under = x < -87.0f;
+  x = under ? splat(-87.0f) : x;
+  const vf t = x * 1.44269504088896341f;
+  const vi ni = __builtin_convertvector(t - 0.5f, vi);  // round to nearest (t <= 0)
+  const vf n = __builtin_convertvector(ni, vf);
+  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi bits = (ni + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return under ? splat(0.0f) : p * scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling.
+
+// Elements per block of the two-level inverse-CDF search.
+constexpr int64_t kBlock = 256;
+
+// One row of logits x (V) at temperature t, the uniform u in [0, 1), `scratch` (V rounded up to
+// the vector width): the draw from softmax(x / t), its log-prob and the distribution's entropy,
+// without a (B, V) temporary. Pass 1: y = x / t and its max m; pass 2: e = exp(y - m) into
+// scratch, each block's sum of e and of e (y - m); then log-prob = (y_tok - m) - log s and entropy
+// = log s - sum e (y - m) / s with s = sum e. The draw is a two-level inverse-CDF search over e:
+// the blocks' masses (summed in a fixed order) find the block where the cumulative mass first
+// exceeds u x s, then a sequential f64 sum from the block's start finds the token (if rounding
+// leaves that sum short of the target, the block's last token with weight is taken); zero-weight
+// tokens are never drawn. NaN or +inf anywhere: token V - 1, NaN log-prob and entropy.
+static R2M_INLINE void sample_row(const float* x, int64_t v, float t, double u, float* scratch, double* blocks, int64_t* tok,
+                                  float* lp, float* ent) {
+  const int64_t v_pad = (v + kW - 1) / kW * kW;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  vf mv = splat(neg_inf);
+  vi nan = vi{};
+  int64_t i = 0;
+  for (; i + kW <= v; i += kW) {
+    const vf y = load(x + i) / t;
+    store(scratch + i, y);
+    mv = y > mv ? y : mv;
+    nan |= y != y;
+  }
+  for (; i < v_pad; ++i) scratch[i] = i < v ? x[i] / t : neg_inf;
+  float m = hmax(mv);
+  bool bad = false;
+  for (int l = 0; l < kW; ++l) bad |= nan[l] != 0;
+  for (i = v / kW * kW; i < v; ++i) {
+    bad |= scratch[i] != scratch[i];
+    m = scratch[i] > m ? scratch[i] : m;
+  }
+  bad |= !(m < std::numeric_limits<float>::infinity());
+  const int64_t nb = (v + kBlock - 1) / kBlock;
+  double s = 0.0, es = 0.0;
+  if (!bad) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t lo = b * kBlock, hi = lo + kBlock < v_pad ? lo + kBlock : v_pad;
+      vf acc = vf{}, eacc = vf{};
+      for (int64_t j = lo; j < hi; j += kW) {
+        const vf d = load(scratch + j) - m;
+        const vf e = exp_nonpos(d);
+        store(scratch + j, e);
+        acc += e;
+        eacc += e > 0.0f ? e * d : vf{};
+      }
+      blocks[b] = hsum(acc);
+      s += blocks[b];
+      es += hsum(eacc);
+    }
+  }
+  if (bad || !(s > 0.0)) {
+    *tok = v - 1;
+    *lp = std::numeric_limits<float>::quiet_NaN();
+    *ent = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  const double log_s = std::log(s);
+  const double target = u * s;
+  double cum = 0.0;
+  int64_t b = 0;
+  for (; b < nb - 1; ++b) {
+    if (cum + blocks[b] > target) break;
+    cum += blocks[b];
+  }
+  const int64_t lo = b * kBlock, hi = lo + kBlock < v ? lo + kBlock : v;
+  int64_t pick = -1, last = lo;
+  for (int64_t j = lo; j < hi; ++j) {
+    const double e = scratch[j];
+    if (e > 0.0) last = j;
+    cum += e;
+    if (e > 0.0 && cum > target) {
+      pick = j;
+      break;
+    }
+  }
+  if (pick < 0) pick = last;
+  *tok = pick;
+  *lp = static_cast<float>(static_cast<double>(x[pick] / t - m) - log_s);
+  *ent = static_cast<float>(log_s - es / s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three builds of each kernel and the pick between them.
+
+#define R2M_KERNELS(SUFFIX, TARGET)                                                                                     \
+  TARGET static void sample_rows_##SUFFIX(const float* x, float t, const double* u, int64_t b0, int64_t b1, int64_t v,      \
+                                          float* scratch, double* blocks, int64_t* tok, float* lp, float* ent) {         \
+    for (int64_t b = b0; b < b1; ++b) sample_row(x + b * v, v, t, u[b], scratch, blocks, tok + b, lp + b, ent + b);    \
+  }
+#if defined(__x86_64__)
+R2M_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512"))))
+R2M_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+#endif
+R2M_KERNELS(baseline, )
+
+enum Level { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+static Level detect() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  Level best = kBaseline;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    best = kAvx512;
+  const char* forced = std::getenv("R2M_CPU_KERNELS");
+  if (forced != nullptr) {
+    const std::string f(forced);
+    if (f == "baseline") return kBaseline;
+    if (f == "avx2" && best >= kAvx2) return kAvx2;
+  }
+  return best;
+#else
+  return kBaseline;
+#endif
+}
+
+static Level level() {
+  static const Level l = detect();
+  return l;
+}
+
+// `want`: -1 for the CPU's best, else a level (0 baseline, 1 AVX2, 2 AVX-512) capped at the best.
+static Level pick_level(int want) {
+  const Level best = level();
+  return want < 0 || want > static_cast<int>(best) ? best : static_cast<Level>(want);
+}
+
+extern "C" const char* r2m_decode_kernels() {
+  switch (level()) {
+    case kAvx512: return "avx512";
+    case kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+// logits: (B, V) f32, sampled at `temperature` with the uniforms u (B) f64; `want`: the build
+// (pick_level). Writes tokens (B) int64, their log-probs and the entropies (B) f32.
+extern "C" int r2m_sample_logits(at::Tensor* logits, double temperature, at::Tensor* u, int want, at::Tensor** tok,
+                                 at::Tensor** lp, at::Tensor** ent, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        TORCH_CHECK(logits->dim() == 2 && logits->scalar_type() == at::kFloat && logits->device().is_cpu(),
+                    "sample_logits: logits must be (B, V) f32 on the CPU");
+        TORCH_CHECK(u->scalar_type() == at::kDouble && temperature > 0.0, "sample_logits: f64 u, temperature > 0");
+        const at::Tensor x = logits->contiguous(), uu = u->contiguous();
+        const int64_t b = x.size(0), v = x.size(1);
+        TORCH_CHECK(uu.numel() == b && v > 0, "sample_logits: one draw per row");
+        at::Tensor t = at::empty({b}, x.options().dtype(at::kLong));
+        at::Tensor lps = at::empty({b}, x.options());
+        at::Tensor ents = at::empty({b}, x.options());
+        const float* xp = x.data_ptr<float>();
+        const double* up = uu.data_ptr<double>();
+        int64_t* tp = t.data_ptr<int64_t>();
+        float *lo = lps.data_ptr<float>(), *eo = ents.data_ptr<float>();
+        const float temp = static_cast<float>(temperature);
+        const Level lev = pick_level(want);
+        at::parallel_for(0, b, 1, [&](int64_t b0, int64_t b1) {
+          std::vector<float> scratch((v + kW - 1) / kW * kW);
+          std::vector<double> blocks((v + kBlock - 1) / kBlock);
+#if defined(__x86_64__)
+          if (lev == kAvx512) return sample_rows_avx512(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
+          if (lev == kAvx2) return sample_rows_avx2(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
+#endif
+          sample_rows_baseline(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
+        });
+        *tok = new at::Tensor(t);
+        *lp = new at::Tensor(lps);
+        *ent = new at::Tensor(ents);
+      },
+      err, err_len);
+}
