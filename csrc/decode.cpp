@@ -53,12 +53,17 @@ static R2M_INLINE vf load(const float* p) {
 }
 static R2M_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
 static R2M_INLINE vf splat(float x) { return vf{} + x; }
+#if defined(__clang__)
+#define R2M_SWAP(x, ...) __builtin_shufflevector(x, x, __VA_ARGS__)
+#else
+#define R2M_SWAP(x, ...) __builtin_shuffle(x, vi{__VA_ARGS__})
+#endif
 static R2M_INLINE float hsum(vf x) {
   // A butterfly of lane swaps: every lane ends up with the total.
-  x += __builtin_shuffle(x, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  x += __builtin_shuffle(x, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  x += __builtin_shuffle(x, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  x += __builtin_shuffle(x, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  x += R2M_SWAP(x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  x += R2M_SWAP(x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  x += R2M_SWAP(x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  x += R2M_SWAP(x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
   return x[0];
 }
 static R2M_INLINE float hmax(vf x) {
