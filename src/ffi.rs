@@ -321,7 +321,7 @@ mod tests {
                 let dh = (&ent - h).abs().max().double_value(&[]);
                 assert!(dh < 1e-5, "{build:?}: entropy off by {dh}");
             }
-            let mut nan = Tensor::randn([2, 37], (Kind::Float, Device::Cpu));
+            let nan = Tensor::randn([2, 37], (Kind::Float, Device::Cpu));
             let _ = nan.get(1).get(20).fill_(f64::NAN);
             let (tok, lp, ent) = super::sample_logits(&nan, 1.0, &Tensor::from_slice(&[0.5f64, 0.5]), build).unwrap();
             assert_eq!(tok.int64_value(&[1]), 36);
