@@ -134,7 +134,10 @@ impl Run<'_> {
             return_trunk: None,
             stop_check_every: 4,
             pack_weights: None,
-            cpu_kernels: true,
+            // Rollouts sample with ATen's ops: the sampling kernel draws the same tokens but its
+            // log-probs differ from ATen's in the last bits, which moves RL trajectories; the
+            // runs archived so far were made this way.
+            cpu_kernels: false,
         }
     }
 
