@@ -18,6 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/fused.cpp");
     println!("cargo:rerun-if-changed=csrc/decode.cpp");
+    println!("cargo:rerun-if-changed=csrc/guard.h");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.h");
     // libtorch's root: LIBTORCH (set by .cargo/config.toml), else where torch-sys found it.
@@ -42,6 +43,7 @@ fn main() {
             .pic(true)
             .warnings(false)
             .include(root.join("include"))
+            .include("csrc")
             .flag("-std=c++17")
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .flag("-DGLOG_USE_GLOG_EXPORT")
@@ -60,7 +62,6 @@ fn main() {
     shim()
         .include(root.join("include/torch/csrc/api/include"))
         .include("third_party/gloo")
-        .include("csrc")
         .flag("-DUSE_C10D_GLOO")
         .file("csrc/dist.cpp")
         .compile("r2m_dist");

@@ -14,29 +14,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
+#include "guard.h"
 #include <limits>
 #include <string>
 #include <vector>
 
-static void put(const char* what, char* buf, size_t len) {
-  if (len == 0) return;
-  std::strncpy(buf, what, len - 1);
-  buf[len - 1] = '\0';
-}
-
-template <typename F>
-static int guarded(F f, char* err, size_t err_len) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    put(e.what(), err, err_len);
-  } catch (...) {
-    put("unknown C++ exception", err, err_len);
-  }
-  return 1;
-}
+using r2m::guarded;
 
 #define R2M_INLINE inline __attribute__((always_inline))
 
@@ -269,5 +252,5 @@ extern "C" int r2m_sample_logits(at::Tensor* logits, double temperature, at::Ten
         *lp = new at::Tensor(lps);
         *ent = new at::Tensor(ents);
       },
-      err, err_len);
+      "sample_logits", err, err_len);
 }

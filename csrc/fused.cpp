@@ -10,29 +10,11 @@
 #include <ATen/cpu/Utils.h>
 #include <algorithm>
 #include <string>
-#include <cstring>
-#include <exception>
+#include "guard.h"
 #include <vector>
 
-static void copy_error(const char* what, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, what, err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
-// Runs `f`, turning any C++ exception into 1 and a message in `err` (0 on success).
-template <typename F>
-static int guarded(F f, const char* what, char* err, size_t err_len) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error(what, err, err_len);
-  }
-  return 1;
-}
+using r2m::copy_error;
+using r2m::guarded;
 
 static std::vector<at::Tensor> gather(at::Tensor** ts, int64_t n) {
   std::vector<at::Tensor> out;

@@ -108,13 +108,18 @@ pub struct GenWork {
     pub weight_bytes_per_step: f64,
 }
 
+/// Weights the blocks' projections hold, and the LM head's (vocab x hidden, tied or not).
+fn weight_counts(m: &CausalLm) -> (i64, i64) {
+    let block: i64 = m.model.layers.iter().flat_map(|l| l.linears()).map(|l| l.weight.numel() as i64).sum();
+    (block, m.config.vocab_size * m.config.hidden_size)
+}
+
 /// `b` prompts of `p` tokens (padded length), `n` new tokens, no early stop: the prefill
 /// (projections for all b x p tokens, the LM head for the last position only) and n - 1 decode
 /// steps (the last token is sampled without a further forward).
 pub fn gen_work(m: &CausalLm, b: i64, p: i64, n: i64) -> GenWork {
     let c = &m.config;
-    let block_weights: i64 = m.model.layers.iter().flat_map(|l| l.linears()).map(|l| l.weight.numel() as i64).sum();
-    let head = c.vocab_size * c.hidden_size;
+    let (block_weights, head) = weight_counts(m);
     let attn_width = c.num_attention_heads * c.head_dim();
     let layers = c.num_hidden_layers;
     // Attention: q.k and p.v, per query per layer 2 x 2 x heads x hd x (keys it sees); summed
@@ -132,8 +137,7 @@ pub fn gen_work(m: &CausalLm, b: i64, p: i64, n: i64) -> GenWork {
 /// backward of twice its arithmetic.
 pub fn train_flops(m: &CausalLm, b: i64, t: i64) -> f64 {
     let c = &m.config;
-    let block_weights: i64 = m.model.layers.iter().flat_map(|l| l.linears()).map(|l| l.weight.numel() as i64).sum();
-    let head = c.vocab_size * c.hidden_size;
+    let (block_weights, head) = weight_counts(m);
     let attn = 4.0 * (c.num_attention_heads * c.head_dim() * c.num_hidden_layers) as f64 * (b * t * (t + 1) / 2) as f64;
     3.0 * (2.0 * (b * t) as f64 * (block_weights + head) as f64 + attn)
 }

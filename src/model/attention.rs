@@ -173,7 +173,6 @@ impl Attention {
         };
         let mask = masks.get(self.layer_type);
         let attn_span = span("attn: softmax(q k^T) v");
-
         let y = match self.softcap {
             None => {
                 let gqa = nkv != nh;

@@ -64,25 +64,23 @@ impl Mlp {
             let _s = span("mlp: gate and up projections");
             l.forward(x)
         };
-        let act = |y: &Tensor| {
-            let _s = span("mlp: activation and product");
-            activation(self.act, y)
-        };
         let h = match (self.kind, &self.gate, &self.up_proj) {
             (MlpKind::Gated, Some(g), Some(u)) => {
                 let (g, u) = (up(g), up(u));
-                let a = act(&g);
                 let _s = span("mlp: activation and product");
-                a * u
+                activation(self.act, &g) * u
             }
             (MlpKind::GatedFused, Some(gu), _) => {
                 let y = up(gu);
                 let f = y.size()[y.dim() - 1] / 2;
-                let a = act(&y.narrow(-1, 0, f));
                 let _s = span("mlp: activation and product");
-                y.narrow(-1, f, f) * a
+                y.narrow(-1, f, f) * activation(self.act, &y.narrow(-1, 0, f))
             }
-            (_, _, Some(u)) => act(&up(u)),
+            (_, _, Some(u)) => {
+                let y = up(u);
+                let _s = span("mlp: activation and product");
+                activation(self.act, &y)
+            }
             _ => unreachable!("an MLP is built with the projections of its kind"),
         };
         let _s = span("mlp: down projection");

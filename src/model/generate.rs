@@ -401,11 +401,9 @@ pub fn generate_stream(
                 all: full.all.map(|a| a.iter().map(|t| t.narrow(1, s, 1)).collect()),
             }
         } else {
-            let masks = {
-                let _s = span("step masks");
-                Masks::for_step(&slot_valid.narrow(1, 0, s + 1), model.model.window)
-                // (B, 1, 1, S)
-            };
+            let step_masks = span("step masks");
+            let masks = Masks::for_step(&slot_valid.narrow(1, 0, s + 1), model.model.window); // (B, 1, 1, S)
+            drop(step_masks);
             model.model.forward(&tok.unsqueeze(-1), &pos, &masks, Some(&mut cache), capture.is_some())
         };
         if cfg.return_hidden {
