@@ -55,11 +55,16 @@ c10d::ReduceOp reduce_op(int32_t op) {
   }
 }
 
-// Waits for `work` with the group's timeout; a collective that does not finish in time throws.
+// Waits for `work`. Each collective carries the group's timeout in its options, and Gloo ends it
+// with an error when a peer does not answer in time, so the wait lets the collective end there:
+// one still running after its caller gave up would go on using its tensors and the group's
+// connections while the caller tears the group down. The wait's own limit, the timeout and a
+// grace, only guards against a backend that ignores the per-collective timeout.
 void finish(const R2mGroup* g, const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
-  if (!work->wait(g->timeout)) {
+  auto limit = g->timeout + g->timeout / 2 + std::chrono::milliseconds(5000);
+  if (!work->wait(limit)) {
     throw std::runtime_error(std::string(what) + " did not finish within " +
-                             std::to_string(g->timeout.count()) + " ms");
+                             std::to_string(limit.count()) + " ms");
   }
 }
 

@@ -331,6 +331,7 @@ impl Drop for Group {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -394,6 +395,8 @@ mod tests {
     #[test]
     fn a_mismatched_collective_is_an_error_naming_it() {
         let out = on_ranks(2, Duration::from_secs(20), |g| {
+            // Both ranks are connected before either fails (and leaves) on its own.
+            g.barrier()?;
             let input = Tensor::from_slice(&[1.0f64, 2.0]);
             let mut wrong = Tensor::zeros([3], (Kind::Double, tch::Device::Cpu));
             Ok(g.all_gather(&mut wrong, &input).unwrap_err().to_string())
@@ -417,17 +420,25 @@ mod tests {
 
     #[test]
     fn a_peer_that_stops_calling_collectives_times_out_the_other() {
+        // Set once rank 1 has closed its group: rank 0, which serves the store, leaves after it.
+        static PEER_GONE: AtomicBool = AtomicBool::new(false);
         let out = on_ranks(2, Duration::from_secs(3), |g| {
             g.barrier()?;
             if g.rank() == 1 {
                 // Holds the group open without joining the next collective, then leaves.
                 std::thread::sleep(Duration::from_secs(6));
+                drop(g);
+                PEER_GONE.store(true, Ordering::SeqCst);
                 return Ok(None);
             }
             let t0 = std::time::Instant::now();
             let mut t = Tensor::from_slice(&[1.0f64]);
             let err = g.all_reduce(&mut t, ReduceOp::Sum).err().map(|e| format!("{e:#}"));
-            Ok(Some((err, t0.elapsed())))
+            let took = t0.elapsed();
+            while !PEER_GONE.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Some((err, took)))
         });
         let (err, took) = out.into_iter().next().unwrap().unwrap().unwrap();
         let msg = err.expect("rank 0's all_reduce must fail");
