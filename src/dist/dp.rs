@@ -23,6 +23,21 @@ pub fn share<T>(items: &[T], rank: usize, world: usize) -> &[T] {
     &items[start.min(n)..(start + len).min(n)]
 }
 
+/// How a data parallel run deals `rows` rows, sampled in calls of `call` rows (each call with its
+/// own seed), to `world` ranks: whole calls, in order ([`share`]), so that every row is sampled as
+/// one process samples it. Each rank's rows and the index of its first call (its seed's offset);
+/// a rank without a call gets an empty range.
+pub fn deal_calls(rows: usize, call: usize, world: usize) -> Vec<(std::ops::Range<usize>, u64)> {
+    let g = call.clamp(1, rows.max(1));
+    let calls: Vec<usize> = (0..rows.div_ceil(g)).collect();
+    (0..world.max(1))
+        .map(|r| match share(&calls, r, world) {
+            [] => (rows..rows, 0),
+            c => (c[0] * g..((c[c.len() - 1] + 1) * g).min(rows), c[0] as u64),
+        })
+        .collect()
+}
+
 /// Groups `ts` into runs of one dtype of at most `bucket_bytes` each (a tensor larger than that
 /// is a bucket of its own).
 pub(crate) fn buckets(ts: &[Tensor], bucket_bytes: usize) -> Vec<Vec<usize>> {
@@ -200,6 +215,22 @@ mod tests {
                 let lens: Vec<usize> = (0..w).map(|r| share(&v, r, w).len()).collect();
                 assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
             }
+        }
+    }
+
+    #[test]
+    fn calls_are_dealt_whole_and_in_order() {
+        let ranges = |rows, call, world| deal_calls(rows, call, world);
+        assert_eq!(ranges(12, 4, 2), vec![(0..8, 0), (8..12, 2)]);
+        assert_eq!(ranges(10, 4, 2), vec![(0..8, 0), (8..10, 2)]);
+        assert_eq!(ranges(6, 4, 2), vec![(0..4, 0), (4..6, 1)]);
+        assert_eq!(ranges(12, 4, 3), vec![(0..4, 0), (4..8, 1), (8..12, 2)]);
+        // Fewer calls than ranks: the last rank samples nothing; a call larger than the rows is one call.
+        assert_eq!(ranges(3, 4, 2), vec![(0..3, 0), (3..3, 0)]);
+        // Every row once, in order, for any sizes.
+        for (rows, call, world) in [(1, 1, 1), (7, 2, 3), (40, 3, 4), (5, 8, 3), (9, 1, 9)] {
+            let got: Vec<usize> = ranges(rows, call, world).into_iter().flat_map(|(r, _)| r).collect();
+            assert_eq!(got, (0..rows).collect::<Vec<_>>(), "{rows} rows in calls of {call} on {world} ranks");
         }
     }
 

@@ -25,25 +25,78 @@ impl Run<'_> {
         n.min(self.eval_prompts.len())
     }
 
+    /// Which rows of an evaluation of `n` prompts each rank samples and scores, and the index of
+    /// its first sampling call (its seed's offset). The evaluation is sampled in calls of
+    /// `rl.generation_batch` rows, each with its own seed, as in one process; a data parallel run
+    /// deals the calls to the ranks in order, whole, so that each row is sampled as in one process.
+    /// One process, or a run whose reward model is on a rank of its own (every policy rank then
+    /// asks it for the same evaluation chunks, in step): every row on every rank.
+    pub fn eval_split(&self, n: usize) -> Vec<(std::ops::Range<usize>, u64)> {
+        match self.dist.filter(|_| self.rm_link.is_none()) {
+            Some(d) => crate::dist::dp::deal_calls(n, self.budget.generation_batch, d.world()),
+            None => vec![(0..n, 0)],
+        }
+    }
+
     /// Evaluation on the held-out prompts: one sample each at `rl.eval_temperature` with a fixed
     /// seed; the reward source's score at step t, the metric source's, the KL to the reference and
-    /// the length. Returns the metrics and one row per prompt (`eval.jsonl`).
+    /// the length. Returns the metrics and one row per prompt (`eval.jsonl`). In a data parallel
+    /// run each rank samples and scores its share ([`Run::eval_split`]) and every rank ends with
+    /// every row.
     pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
         let n = self.eval_size(t);
         let mut m = Map::new();
         if n == 0 {
             return Ok((m, vec![]));
         }
-        let prompts: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
+        let split = self.eval_split(n);
+        let (mine, first_call) = split[self.dist.filter(|_| split.len() > 1).map_or(0, |d| d.rank())].clone();
+        let mut clock = Clock::default();
+        let part = if mine.is_empty() { EvalPart::empty() } else { self.eval_part(t, mine, first_call, &mut clock)? };
+        let part = match self.dist.filter(|_| split.len() > 1) {
+            Some(d) => part.gathered(&d.group, &split.iter().map(|(r, _)| r.len()).collect::<Vec<_>>(), self.metric.is_some())?,
+            None => part,
+        };
+        let EvalPart { reward: rw, kl, metric: golds, frozen, length, finished: fin } = part;
+        let metric = self.metric.as_ref().map(|s| s.name());
+        let mut cols = EvalColumns { reward: vec![], frozen: None, metric: None, length, kl: vec![] };
+        // The means over all rows, as one pass over the whole batch computes them.
+        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
+        cols.reward = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
+        if !frozen.is_empty() {
+            m.insert("eval/reward_frozen_rm".into(), json!(frozen.iter().sum::<f64>() / frozen.len() as f64));
+            cols.frozen = Some(frozen);
+        }
+        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
+        cols.kl = Vec::<f64>::try_from(kl.to_kind(Kind::Double))?;
+        m.insert("eval/mean_length".into(), json!(cols.length.iter().sum::<f64>() / n as f64));
+        if let (Some(name), Some(gs)) = (metric, golds) {
+            m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
+            cols.metric = Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?));
+        }
+        // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
+        // and `time/eval` holds the whole eval).
+        clock.add_to(&mut m);
+        let columns = cols;
+        let all: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
+        let rows = eval_rows(t, &all, &fin, &columns);
+        Ok((m, rows))
+    }
+
+    /// Samples and scores the evaluation prompts `range`, whose first sampling call is call
+    /// `first_call` of the whole evaluation.
+    fn eval_part(&mut self, t: i64, range: std::ops::Range<usize>, first_call: u64, clock: &mut Clock) -> Result<EvalPart> {
+        let prompts: Vec<&PromptExample> = self.eval_prompts[range].iter().collect();
+        let n = prompts.len();
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
         let want_h = self.reward.wants_hidden();
-        let mut gcfg = self.gen_config(self.cfg.seed ^ 0xE7A1, self.cfg.rl.eval_temperature, want_h);
+        let seed = (self.cfg.seed ^ 0xE7A1).wrapping_add(first_call);
+        let mut gcfg = self.gen_config(seed, self.cfg.rl.eval_temperature, want_h);
         // As in the rollouts: where the reference shares the policy's frozen trunk, the generator
         // hands it out and the reference runs only the blocks above it (same tokens; the KL moves
         // by float rounding only).
         let kt = if self.reference_shares_trunk { self.trunk_layers } else { 0 };
         gcfg.return_trunk = (kt > 0).then_some(kt);
-        let mut clock = Clock::default();
         let g = clock.time("time/eval/generate", || generate_in_calls(&self.policy, &ids, &gcfg, self.budget.generation_batch))?;
         let (seq, seq_mask) = g.sequences();
         let p = g.prompt_ids.size()[1];
@@ -55,8 +108,7 @@ impl Run<'_> {
         // The reference, reward and metric passes go in chunks of `rl.eval_prompts` rows, the
         // memory of an ordinary evaluation: a larger final evaluation is several of them.
         let chunk = self.cfg.rl.eval_prompts.max(1);
-        let mut cols = EvalColumns { reward: vec![], frozen: None, metric: None, length: vec![], kl: vec![] };
-        let (mut rws, mut kls, mut golds, mut frozen) = (vec![], vec![], vec![], vec![]);
+        let (mut rws, mut kls, mut golds, mut frozen, mut length) = (vec![], vec![], vec![], vec![], vec![]);
         for lo in (0..n).step_by(chunk) {
             let (hi, l) = ((lo + chunk).min(n), lo as i64);
             let rows = |x: &Tensor| x.narrow(0, l, (hi - lo) as i64);
@@ -94,31 +146,63 @@ impl Run<'_> {
                 let score = || source.scores(&prompts[lo..hi], &texts[lo..hi], &fin[lo..hi], reference_logprobs.as_deref());
                 golds.push(clock.time(format!("time/eval/{}", source.name()), score)?);
             }
-            cols.length.extend(Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?);
+            length.extend(Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?);
             kls.push(kl.to_device(Device::Cpu));
         }
-        // The means over all rows, as one pass over the whole batch computes them.
-        let (rw, kl) = (Tensor::cat(&rws, 0), Tensor::cat(&kls, 0));
-        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
-        cols.reward = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
-        if !frozen.is_empty() {
-            m.insert("eval/reward_frozen_rm".into(), json!(frozen.iter().sum::<f64>() / frozen.len() as f64));
-            cols.frozen = Some(frozen);
-        }
-        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
-        cols.kl = Vec::<f64>::try_from(kl.to_kind(Kind::Double))?;
-        m.insert("eval/mean_length".into(), json!(cols.length.iter().sum::<f64>() / n as f64));
-        if let (Some(name), false) = (metric, golds.is_empty()) {
-            let gs = Tensor::cat(&golds, 0);
-            m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
-            cols.metric = Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?));
-        }
-        // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
-        // and `time/eval` holds the whole eval).
-        clock.add_to(&mut m);
-        let columns = cols;
-        let rows = eval_rows(t, &prompts, &fin, &columns);
-        Ok((m, rows))
+        Ok(EvalPart {
+            reward: Tensor::cat(&rws, 0),
+            kl: Tensor::cat(&kls, 0),
+            metric: (!golds.is_empty()).then(|| Tensor::cat(&golds, 0)),
+            frozen,
+            length,
+            finished: fin,
+        })
+    }
+}
+
+/// The per-row values of the evaluation rows a rank sampled and scored.
+struct EvalPart {
+    reward: Tensor,
+    kl: Tensor,
+    /// The metric source's scores, if there is one.
+    metric: Option<Tensor>,
+    /// The frozen RM's own scores, where the reward source reports them.
+    frozen: Vec<f64>,
+    length: Vec<f64>,
+    finished: Vec<bool>,
+}
+
+impl EvalPart {
+    /// A rank's part when it holds no rows of the evaluation.
+    fn empty() -> EvalPart {
+        let none = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
+        EvalPart { reward: none(), kl: none(), metric: None, frozen: vec![], length: vec![], finished: vec![] }
+    }
+
+    /// Every rank's rows in rank order, on every rank (rank r holds `counts[r]` rows). Scores
+    /// travel as f64 and come back as f32, the kind the means of one process are taken in.
+    fn gathered(self, group: &crate::dist::Group, counts: &[usize], has_metric: bool) -> Result<EvalPart> {
+        let gather = |t: &Tensor, counts: &[usize]| -> Result<Tensor> {
+            crate::dist::dp::all_gather_rows(group, &t.to_device(Device::Cpu).to_kind(Kind::Double), counts)
+        };
+        let column = |v: &[f64]| Tensor::from_slice(v);
+        // A reward source that reports frozen scores does so for every row of every rank.
+        let with_frozen = group.sum_f64(&[self.frozen.len() as f64])?[0] > 0.0;
+        let frozen = if with_frozen { Vec::<f64>::try_from(gather(&column(&self.frozen), counts)?)? } else { vec![] };
+        let metric = match (has_metric, &self.metric) {
+            (false, _) => None,
+            (true, Some(g)) => Some(gather(g, counts)?.to_kind(Kind::Float)),
+            (true, None) => Some(gather(&Tensor::zeros([0], (Kind::Double, Device::Cpu)), counts)?.to_kind(Kind::Float)),
+        };
+        let finished: Vec<f64> = self.finished.iter().map(|&f| f64::from(u8::from(f))).collect();
+        Ok(EvalPart {
+            reward: gather(&self.reward, counts)?.to_kind(Kind::Float),
+            kl: gather(&self.kl, counts)?.to_kind(Kind::Float),
+            metric,
+            frozen,
+            length: Vec::<f64>::try_from(gather(&column(&self.length), counts)?)?,
+            finished: Vec::<f64>::try_from(gather(&column(&finished), counts)?)?.into_iter().map(|f| f > 0.5).collect(),
+        })
     }
 }
 

@@ -178,14 +178,7 @@ impl Run<'_> {
     pub fn rank_rows(&self) -> Vec<std::ops::Range<usize>> {
         let b = self.cfg.rl.prompts_per_step * self.cfg.rl.group_size;
         let Some(d) = self.dist else { return [0..b].to_vec() };
-        let g = self.budget.generation_batch.clamp(1, b.max(1));
-        let calls: Vec<usize> = (0..b.div_ceil(g)).collect();
-        (0..d.world())
-            .map(|r| match crate::dist::dp::share(&calls, r, d.world()) {
-                [] => b..b,
-                c => c[0] * g..((c[c.len() - 1] + 1) * g).min(b),
-            })
-            .collect()
+        crate::dist::dp::deal_calls(b, self.budget.generation_batch, d.world()).into_iter().map(|(rows, _)| rows).collect()
     }
 
     /// This rank's rows of a step's batch ([`Run::rank_rows`]).

@@ -14,6 +14,8 @@ use tch::Tensor;
 
 /// 3 groups of 4 (an odd number of groups: the ranks hold 2 and 1), sampled in calls of one
 /// group, 3 steps, evaluations at steps 0 and 2, minibatches of 6 rows in micro-batches of 3.
+/// Evaluations of 6 prompts (calls of 4 and 2: the ranks sample one each), pi_init's and the
+/// last of 10 (calls of 4, 4 and 2: the ranks sample 8 and 2).
 fn cfg(dir: &Path, algo: Algo, r2m: bool, out: &str) -> RlConfig {
     let mut c = tiny_cfg(dir, algo, out);
     c.rl.steps = 3;
@@ -22,6 +24,8 @@ fn cfg(dir: &Path, algo: Algo, r2m: bool, out: &str) -> RlConfig {
     c.rl.grad_accum = Count::Fixed(2);
     c.rl.generation_batch = Count::Fixed(4);
     c.rl.eval_every = 2;
+    c.rl.eval_prompts = 6;
+    c.rl.final_eval_prompts = Some(10);
     c.rl.save_every = 2;
     c.threads = 1;
     if r2m {
@@ -268,6 +272,7 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it() {
     let mut c = cfg(d.path(), Algo::Grpo, false, "killed");
     c.rl.steps = 200;
     c.rl.eval_every = 0;
+    c.rl.final_eval_prompts = None;
     let path = c.out.with_extension("toml");
     r2m::config::save(&c, &path).unwrap();
     let t0 = std::time::Instant::now();
