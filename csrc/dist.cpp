@@ -1,10 +1,10 @@
 // torch.distributed's c10d from Rust: a TCPStore to meet, a Gloo process group (CPU), and the
-// collectives r2m uses. Bound in Rust by src/dist/backend.rs. The NCCL group lives in
-// csrc/dist_nccl.cpp, a separate shared object loaded at run time, so that this file (and the CPU
-// build) needs nothing of CUDA; both hand back the same `R2mGroup`.
+// collectives r2m uses. Bound in Rust by src/dist/backend.rs. This file needs nothing of CUDA:
+// data parallel runs are on CPUs (a run on a CUDA device is refused before any group exists).
 //
 // Every entry point catches C++ exceptions and returns 1 with the message in `err`: c10::Error's
-// message without its C++ backtrace. Every collective waits with the group's timeout.
+// message without its C++ backtrace. Every collective carries the group's timeout, after which
+// Gloo ends it with an error.
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -13,6 +13,7 @@
 #include "dist.h"
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -61,11 +62,17 @@ c10d::ReduceOp reduce_op(int32_t op) {
 // connections while the caller tears the group down. The wait's own limit, the timeout and a
 // grace, only guards against a backend that ignores the per-collective timeout.
 void finish(const R2mGroup* g, const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
-  auto limit = g->timeout + g->timeout / 2 + std::chrono::milliseconds(5000);
-  if (!work->wait(limit)) {
-    throw std::runtime_error(std::string(what) + " did not finish within " +
-                             std::to_string(limit.count()) + " ms");
+  const int64_t t = g->timeout.count();
+  const int64_t grace = t / 2 + 5000;
+  const std::chrono::milliseconds limit(t > INT64_MAX - grace ? INT64_MAX : t + grace);
+  try {
+    if (work->wait(limit)) return;
+  } catch (...) {
+    // The collective's own error (Gloo's timeout, a closed connection): passed on as it is.
+    if (work->isCompleted()) throw;
   }
+  throw std::runtime_error(std::string(what) + " did not finish within " +
+                           std::to_string(limit.count()) + " ms");
 }
 
 }  // namespace

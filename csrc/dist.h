@@ -1,4 +1,4 @@
-// The handles csrc/dist.cpp (Gloo) and csrc/dist_nccl.cpp (NCCL) share. Rust sees them as opaque
+// The handles of csrc/dist.cpp (a store and a process group). Rust sees them as opaque
 // pointers and frees them with r2m_store_free / r2m_group_free.
 #pragma once
 

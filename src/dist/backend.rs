@@ -1,6 +1,7 @@
 //! c10d's TCPStore and process groups (csrc/dist.cpp) behind safe handles: [`Store`] to meet and
-//! exchange small values, [`Group`] for the collectives. Every collective waits at most the
-//! group's timeout; a C++ error comes back as an error naming the collective, its rank and group.
+//! exchange small values, [`Group`] for the collectives. Every collective carries the group's
+//! timeout (Gloo ends it with an error then); a C++ error comes back as an error naming the
+//! collective, its rank and group.
 use anyhow::{bail, Result};
 use std::ffi::CString;
 use std::os::raw::c_char;

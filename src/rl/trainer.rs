@@ -348,7 +348,13 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Optio
         vec![]
     };
     let want = run.eval_size(-1);
-    if kept.len() == want && want > 0 {
+    let mut have = kept.len() == want && want > 0;
+    if let Some(d) = run.dist {
+        // The ranks evaluate together (each its share, or each asking the reward-model rank in
+        // step): they skip it only if every rank read the rows back.
+        have = d.group.sum_f64(&[f64::from(u8::from(have))])?[0] == d.group.world() as f64;
+    }
+    if have {
         return Ok(judged(run, &kept));
     }
     let (_, rows) = run.evaluate(-1)?;
