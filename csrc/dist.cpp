@@ -11,6 +11,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "dist.h"
+#include "guard.h"
 
 #include <chrono>
 #include <cstdint>
@@ -22,12 +23,9 @@
 
 namespace {
 
-void copy_error(const char* what, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, what, err_len - 1);
-  err[err_len - 1] = '\0';
-}
+using r2m::copy_error;
 
+// As r2m::guarded (guard.h), with c10::Error's message cut before its C++ backtrace.
 template <typename F>
 int guarded(F f, const char* what, char* err, size_t err_len) {
   try {
