@@ -44,6 +44,61 @@ pub struct Overopt {
     /// With one seed: the number of held-out prompts `drop` and `proxy_rise` run over (each
     /// prompt's gold at the peak step against its gold at the last step, paired). None: over seeds.
     pub over_prompts: Option<usize>,
+    /// Each seed's own test over its held-out prompts, in seed order.
+    pub per_seed: Vec<SeedOveropt>,
+}
+
+impl Overopt {
+    /// (seeds whose own test says overoptimized, seeds tested).
+    pub fn seeds_shown(&self) -> (usize, usize) {
+        (self.per_seed.iter().filter(|s| s.overoptimized == Some(true)).count(), self.per_seed.len())
+    }
+    /// Every seed overoptimizes by its own test, and there are at least 2.
+    pub fn in_every_seed(&self) -> bool {
+        let (k, n) = self.seeds_shown();
+        n >= 2 && k == n
+    }
+}
+
+/// One seed's own overoptimization test, over its held-out prompts: its peak is its highest mean
+/// gold among the eval steps before the last (pi_init included); per prompt, drop = gold at the
+/// peak - gold at the last step and rise = the proxy's change between them, paired. Overoptimized
+/// when the mean rise is > 0 and the drop's interval lies above 0. The peak is picked among
+/// `candidates` steps on the same data, which favours a positive drop, so the interval is widened
+/// for that choice (Bonferroni: t at 1 - 0.05 / (2 candidates)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedOveropt {
+    pub seed: u64,
+    pub peak_step: i64,
+    pub candidates: usize,
+    /// Over the prompts scored at both steps (`drop.ci95`: the plain 95% CI).
+    pub drop: Summary,
+    /// The half-width of the drop's interval widened for the choice of the peak.
+    pub drop_ci: f64,
+    pub proxy_rise: Summary,
+    /// None with fewer than 2 prompts scored at both steps.
+    pub overoptimized: Option<bool>,
+}
+
+/// [`SeedOveropt`] of one run; None without an eval step before its last.
+fn seed_overopt(run: &Run) -> Option<SeedOveropt> {
+    let curve: Vec<EvalPoint> = eval_curve(run).into_iter().filter(|p| p.gold.is_finite()).collect();
+    let last = curve.iter().filter(|p| p.step >= 0).map(|p| p.step).max()?;
+    let before: Vec<&EvalPoint> = curve.iter().filter(|p| p.step < last).collect();
+    let peak = before.iter().fold(None::<&EvalPoint>, |b, p| match b {
+        Some(b) if b.gold >= p.gold => Some(b),
+        _ => Some(p),
+    })?;
+    let (drop, rise) = prompt_changes(run, peak.step, last).unwrap_or_default();
+    let (drop, rise) = (summarize(&drop), summarize(&rise));
+    let candidates = before.len();
+    let drop_ci = if drop.n < 2 {
+        f64::NAN
+    } else {
+        stats::t_quantile(1.0 - 0.05 / (2.0 * candidates as f64), (drop.n - 1) as f64) * drop.std / (drop.n as f64).sqrt()
+    };
+    let overoptimized = (drop.n >= 2).then(|| drop.mean - drop_ci > 0.0 && rise.mean > 0.0);
+    Some(SeedOveropt { seed: run.seed, peak_step: peak.step, candidates, drop, drop_ci, proxy_rise: rise, overoptimized })
 }
 
 /// Aggregates of one arm x algo over its seeds.
@@ -209,6 +264,7 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
         proxy_rise: rise,
         overoptimized,
         over_prompts,
+        per_seed: idx.iter().filter_map(|&i| seed_overopt(&grid.runs[i])).collect(),
     })
 }
 

@@ -42,7 +42,38 @@ impl Overopt {
             }
             None => "overoptimization: undetermined (fewer than 2 seeds)",
         };
-        format!("{head}. {verdict}")
+        match self.per_seed_words() {
+            Some(each) if !one_seed => format!("{head}. {verdict}. {each}"),
+            _ => format!("{head}. {verdict}"),
+        }
+    }
+
+    /// Each seed's own test in a sentence; None without seeds.
+    pub fn per_seed_words(&self) -> Option<String> {
+        if self.per_seed.is_empty() {
+            return None;
+        }
+        let (k, n) = self.seeds_shown();
+        let each: Vec<String> = self
+            .per_seed
+            .iter()
+            .map(|s| {
+                let v = match s.overoptimized {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "untested",
+                };
+                format!(
+                    "seed {} peaks at step {}, gold falls {:.3} ± {:.3} over {} prompts, proxy {:+.3}: {v}",
+                    s.seed, s.peak_step, s.drop.mean, s.drop_ci, s.drop.n, s.proxy_rise.mean
+                )
+            })
+            .collect();
+        Some(format!(
+            "Each seed on its own (its own peak, its held-out prompts paired, the interval widened for picking the peak): \
+             overoptimized in {k} of {n} ({})",
+            each.join("; ")
+        ))
     }
 }
 
@@ -131,6 +162,11 @@ pub fn verdicts(agg: &Aggregate) -> Vec<String> {
                         shown.push(format!("{} (in one seed, over its held-out prompts)", algo_label(algo)))
                     }
                     Some(true) => shown.push(algo_label(algo).to_string()),
+                    Some(false) if o.in_every_seed() => shown.push(format!(
+                        "{} (in each of its {} seeds, each over its held-out prompts; the test over seeds does not show it)",
+                        algo_label(algo),
+                        o.per_seed.len()
+                    )),
                     Some(false) => not_shown.push(algo_label(algo)),
                     None => undetermined.push(algo_label(algo)),
                 }

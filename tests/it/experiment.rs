@@ -272,6 +272,49 @@ fn one_seed_is_tested_over_its_prompts() {
     assert_eq!((g.over_prompts, g.overoptimized), (None, Some(true)), "{}", g.describe());
 }
 
+/// Each seed is also tested on its own, over its held-out prompts: a seed whose gold collapses
+/// widens the test over seeds past 0, but every seed still overoptimizes by its own test, and the
+/// verdict and the table say so.
+#[test]
+fn each_seed_is_tested_on_its_own() {
+    let d = fixture_copy();
+    let opts = AggregateOptions::default();
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    for c in &agg.cells {
+        let o = c.overopt.as_ref().unwrap();
+        let want = if c.arm.is(Method::Vanilla) { 3 } else { 0 };
+        assert_eq!(o.seeds_shown(), (want, 3), "{} {:?}: {}", c.arm, c.algo, o.describe());
+        for s in &o.per_seed {
+            assert_eq!(s.drop.n, PROMPTS);
+            // Widened for picking the peak among the eval steps before the last (pi_init, 0, 3, 6).
+            assert_eq!(s.candidates, 4);
+            assert!(s.drop_ci > s.drop.ci95, "{s:?}");
+        }
+    }
+    // Seed 1 of vanilla RLOO collapses: 5 gold points lower on every prompt at the last step.
+    let f = d.path().join("vanilla-rloo-s1/eval.jsonl");
+    let text: String = std::fs::read_to_string(&f)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: Map<String, Value> = serde_json::from_str(l).unwrap();
+            if r["step"] == json!(STEPS - 1) {
+                let g = r["gold"].as_f64().unwrap() - 5.0;
+                r.insert("gold".into(), json!(g));
+            }
+            serde_json::to_string(&r).unwrap() + "\n"
+        })
+        .collect();
+    std::fs::write(&f, text).unwrap();
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    let o = agg.cell(Method::Vanilla, Algo::Rloo).unwrap().overopt.clone().unwrap();
+    assert_eq!((o.overoptimized, o.seeds_shown()), (Some(false), (3, 3)), "{}", o.describe());
+    assert!(o.describe().contains("overoptimized in 3 of 3"), "{}", o.describe());
+    let md = std::fs::read_to_string(write_report(d.path()).unwrap().report_md).unwrap();
+    assert!(md.contains("each seed (3/3)"), "{md}");
+    assert!(md.contains("The testbed shows overoptimization under vanilla RLOO (in each of its 3 seeds"), "{md}");
+}
+
 #[test]
 fn aggregates_the_fixture_grid() {
     let d = fixture_copy();

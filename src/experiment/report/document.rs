@@ -60,7 +60,9 @@ pub(super) fn document(grid: &Grid, agg: &Aggregate, verdicts: &[String], figure
          (different scales: compare it within a column, not as a level). std. gap: the proxy's rise from pi_init minus \
          gold's rise, each in pi_init standard deviations over the prompts (0 at pi_init; > 0: the proxy credits more \
          than gold confirms). overopt.: the test under Verdict (gold's seed-mean peak is above the final gold by more \
-         than the 95% CI of the per-seed drop, while the proxy rose after the peak)."
+         than the 95% CI of the per-seed drop, while the proxy rose after the peak); where it does not, \
+         \"each seed (k/n)\" or \"no (k/n seeds)\" counts the seeds that overoptimize by their own test over their \
+         held-out prompts (each seed's own peak, the interval widened for picking it among the eval steps)."
         .into()));
     let over: Vec<String> = agg
         .cells

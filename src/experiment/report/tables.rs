@@ -21,6 +21,14 @@ pub(super) fn overopt_cell(c: &Cell) -> String {
         Some(o) => match o.overoptimized {
             Some(true) if o.over_prompts.is_some() => "yes (1 seed)".into(),
             Some(true) => "yes".into(),
+            Some(false) if o.per_seed.len() >= 2 => {
+                let (k, n) = o.seeds_shown();
+                if k == n {
+                    format!("each seed ({k}/{n})")
+                } else {
+                    format!("no ({k}/{n} seeds)")
+                }
+            }
             Some(false) => "no".into(),
             None => "undetermined".into(),
         },
@@ -96,7 +104,8 @@ pub(super) fn results_table(agg: &Aggregate) -> Table {
         cols.push(format!("{k}_ci95"));
     }
     cols.extend(
-        ["overopt_peak_step", "overopt_drop_mean", "overopt_drop_ci95", "overopt_proxy_rise_mean", "overoptimized"].map(String::from),
+        ["overopt_peak_step", "overopt_drop_mean", "overopt_drop_ci95", "overopt_proxy_rise_mean", "overoptimized", "overopt_seeds"]
+            .map(String::from),
     );
     for p in &phases {
         cols.push(format!("{p}_mean"));
@@ -123,8 +132,9 @@ pub(super) fn results_table(agg: &Aggregate) -> Table {
                 csv_num(o.drop.ci95),
                 csv_num(o.proxy_rise.mean),
                 overopt_cell(c),
+                format!("{}/{}", o.seeds_shown().0, o.seeds_shown().1),
             ]),
-            None => row.extend(["", "", "", "", "n/a"].map(String::from)),
+            None => row.extend(["", "", "", "", "n/a", ""].map(String::from)),
         }
         for p in &phases {
             let s = c.times.iter().find(|(q, _)| q == p).map(|(_, s)| *s).unwrap_or(Summary::EMPTY);
