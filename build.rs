@@ -11,7 +11,11 @@
 //!   for AVX-512, AVX2 and baseline x86-64 and picked by the CPU at run time.
 //! * csrc/dist.cpp: c10d's TCPStore, Gloo process group and collectives (src/dist/), against
 //!   the wheel's c10d headers and gloo's headers vendored in third_party/gloo.
-use std::path::PathBuf;
+//! * csrc/dist_nccl.cpp: NCCL's process group, as a shared object of its own
+//!   (libr2m_dist_nccl.so, next to the binary) that r2m loads only for GPU ranks. Built where the
+//!   wheel's CUDA and NCCL headers are (`nvidia/` beside `torch/`, scripts/bootstrap.sh adds the
+//!   two header packages the wheel lacks); without them r2m builds and runs, CPU ranks only.
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -21,6 +25,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/guard.h");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.h");
+    println!("cargo:rerun-if-changed=csrc/dist_nccl.cpp");
     // libtorch's root: LIBTORCH (set by .cargo/config.toml), else where torch-sys found it.
     let root = match std::env::var("LIBTORCH") {
         Ok(lt) => {
@@ -65,4 +70,61 @@ fn main() {
         .flag("-DUSE_C10D_GLOO")
         .file("csrc/dist.cpp")
         .compile("r2m_dist");
+    nccl_shim(&root, shim());
+}
+
+/// Builds libr2m_dist_nccl.so where the headers are, and tells the crate its path
+/// (`R2M_DIST_NCCL_SO`, empty when not built).
+fn nccl_shim(root: &Path, mut b: cc::Build) {
+    let nvidia = root.parent().map(|p| p.join("nvidia")).unwrap_or_default();
+    let (cuda, nccl) = (nvidia.join("cu13/include"), nvidia.join("nccl/include"));
+    let needed = [
+        cuda.join("cuda_runtime_api.h"),
+        cuda.join("crt/host_config.h"),
+        cuda.join("nv/target"),
+        nccl.join("nccl.h"),
+        root.join("lib/libtorch_cuda.so"),
+        root.join("include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp"),
+    ];
+    for p in &needed {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    if let Some(missing) = needed.iter().find(|p| !p.exists()) {
+        println!(
+            "cargo:warning=r2m: {} is missing, so the NCCL process group is not built: data parallel runs use CPU ranks only \
+             (scripts/bootstrap.sh installs the CUDA header packages)",
+            missing.display()
+        );
+        println!("cargo:rustc-env=R2M_DIST_NCCL_SO=");
+        return;
+    }
+    let objects = b
+        .include(root.join("include/torch/csrc/api/include"))
+        .include(&cuda)
+        .include(&nccl)
+        .flag("-DUSE_C10D_NCCL")
+        .flag("-Wno-interference-size")
+        .file("csrc/dist_nccl.cpp")
+        .compile_intermediates();
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("libr2m_dist_nccl.so");
+    let lib = root.join("lib");
+    let status = b
+        .get_compiler()
+        .to_command()
+        .arg("-shared")
+        .arg("-o")
+        .arg(&out)
+        .args(&objects)
+        .arg(format!("-L{}", lib.display()))
+        .args(["-ltorch_cuda", "-lc10_cuda", "-ltorch_cpu", "-lc10"])
+        .arg(format!("-Wl,--no-undefined,--enable-new-dtags,-rpath,{}", lib.display()))
+        .status()
+        .expect("running the C++ compiler to link libr2m_dist_nccl.so");
+    assert!(status.success(), "linking {} failed", out.display());
+    // Also beside the binaries (target/<profile>/), where r2m looks first.
+    let profile_dir = out.ancestors().nth(4).map(Path::to_path_buf);
+    if let Some(d) = profile_dir.filter(|d| d.is_dir()) {
+        let _ = std::fs::copy(&out, d.join("libr2m_dist_nccl.so"));
+    }
+    println!("cargo:rustc-env=R2M_DIST_NCCL_SO={}", out.display());
 }

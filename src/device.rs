@@ -4,16 +4,21 @@
 use crate::error::{Error, Result};
 use tch::Device;
 
-/// Loads libtorch_cuda.so once (found through the rpath or LD_LIBRARY_PATH). Returns whether CUDA
-/// is then usable.
-pub fn load_cuda() -> bool {
+/// Loads libtorch_cuda.so once (found through the rpath or LD_LIBRARY_PATH): whether it loaded,
+/// GPU or not.
+pub fn load_cuda_library() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOADED.get_or_init(|| {
         let c = std::ffi::CString::new("libtorch_cuda.so").expect("no NUL in a literal");
         // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
         let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        !h.is_null() && tch::Cuda::is_available()
+        !h.is_null()
     })
+}
+
+/// Loads libtorch_cuda.so once ([`load_cuda_library`]). Returns whether CUDA is then usable.
+pub fn load_cuda() -> bool {
+    load_cuda_library() && tch::Cuda::is_available()
 }
 
 /// Hands the host heap's free pages back to the OS (glibc's `malloc_trim`). CPU tensors between
@@ -77,25 +82,52 @@ pub fn describe_host(device: Device) -> String {
 }
 
 pub fn parse(name: &str) -> Result<Device> {
+    parse_for(name, job_local_rank())
+}
+
+/// LOCAL_RANK when this process is one rank of a job of several (WORLD_SIZE > 1, as torchrun and
+/// `--nproc` set them): the GPU that `cuda` and `auto` mean for it.
+fn job_local_rank() -> Option<usize> {
+    let world: usize = std::env::var("WORLD_SIZE").ok()?.parse().ok()?;
+    (world > 1).then(|| std::env::var("LOCAL_RANK").ok()?.parse().ok()).flatten()
+}
+
+/// [`parse`] for a process that is the local rank `local` of a job (None: alone). `cuda` and
+/// `auto` then mean GPU `local`, one GPU per rank as torchrun jobs pick theirs; `cuda:N` is taken
+/// as written.
+fn parse_for(name: &str, local: Option<usize>) -> Result<Device> {
+    let gpu = |idx: usize, asked: &str| -> Result<Device> {
+        if !load_cuda() {
+            return Err(Error::Input(format!(
+                "--device {asked}: no usable CUDA device (libtorch_cuda.so not loadable or no GPU); \
+                 on a GPU machine put its torch's lib folder on LD_LIBRARY_PATH"
+            )));
+        }
+        let n = tch::Cuda::device_count() as usize;
+        if idx >= n {
+            return Err(Error::Input(match local {
+                Some(l) if !asked.contains(':') => format!(
+                    "--device {asked}: this rank is LOCAL_RANK {l}, and its GPU would be cuda:{l}, but this machine has only {n} \
+                     CUDA device(s): start at most one rank per GPU"
+                ),
+                _ => format!("--device {asked}: only {n} CUDA device(s)"),
+            }));
+        }
+        Ok(Device::Cuda(idx))
+    };
     match name {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if load_cuda() { Device::Cuda(0) } else { Device::Cpu }),
-        _ if name == "cuda" || name.starts_with("cuda:") => {
-            let idx: usize = match name.strip_prefix("cuda:") {
-                Some(i) => i.parse().map_err(|_| Error::Input(format!("--device {name}: bad GPU index")))?,
-                None => 0,
-            };
-            if !load_cuda() {
-                return Err(Error::Input(format!(
-                    "--device {name}: no usable CUDA device (libtorch_cuda.so not loadable or no GPU); \
-                     on a GPU machine put its torch's lib folder on LD_LIBRARY_PATH"
-                )));
+        "auto" => {
+            if load_cuda() {
+                gpu(local.unwrap_or(0), name)
+            } else {
+                Ok(Device::Cpu)
             }
-            let n = tch::Cuda::device_count() as usize;
-            if idx >= n {
-                return Err(Error::Input(format!("--device {name}: only {n} CUDA device(s)")));
-            }
-            Ok(Device::Cuda(idx))
+        }
+        "cuda" => gpu(local.unwrap_or(0), name),
+        _ if name.starts_with("cuda:") => {
+            let idx: usize = name["cuda:".len()..].parse().map_err(|_| Error::Input(format!("--device {name}: bad GPU index")))?;
+            gpu(idx, name)
         }
         _ => Err(Error::Input(format!("--device {name}: expected cpu, cuda, cuda:N or auto"))),
     }
@@ -107,5 +139,25 @@ mod tests {
     fn parses_names() {
         assert_eq!(super::parse("cpu").unwrap(), tch::Device::Cpu);
         assert!(super::parse("tpu").unwrap_err().to_string().contains("expected cpu"));
+        assert!(super::parse("cuda:x").unwrap_err().to_string().contains("bad GPU index"));
+    }
+
+    /// One rank of a job: `cuda` means its LOCAL_RANK's GPU, and more ranks than GPUs is an
+    /// error that says so (on a machine with no GPU every CUDA name is refused, `auto` is CPU).
+    #[test]
+    fn a_rank_takes_the_gpu_of_its_local_rank() {
+        let n = if super::load_cuda() { tch::Cuda::device_count() as usize } else { 0 };
+        for l in 0..n {
+            assert_eq!(super::parse_for("cuda", Some(l)).unwrap(), tch::Device::Cuda(l));
+            assert_eq!(super::parse_for("auto", Some(l)).unwrap(), tch::Device::Cuda(l));
+        }
+        if n == 0 {
+            assert_eq!(super::parse_for("auto", Some(3)).unwrap(), tch::Device::Cpu);
+            assert!(super::parse_for("cuda", Some(0)).unwrap_err().to_string().contains("no usable CUDA device"));
+        } else {
+            let e = super::parse_for("cuda", Some(n)).unwrap_err().to_string();
+            assert!(e.contains(&format!("LOCAL_RANK {n}")) && e.contains("one rank per GPU"), "{e}");
+        }
+        assert_eq!(super::parse_for("cpu", Some(1)).unwrap(), tch::Device::Cpu);
     }
 }

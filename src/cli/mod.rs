@@ -111,9 +111,10 @@ impl DistArgs {
         std::time::Duration::from_secs(self.dist_timeout.max(1))
     }
 
-    /// Joins the job the torchrun environment describes (`None`: one process), with `--zero1`.
-    pub fn join(&self) -> Result<Option<crate::dist::Dist>> {
-        let dist = crate::dist::Dist::from_env(self.timeout(), self.rm_ranks)?;
+    /// Joins the job the torchrun environment describes (`None`: one process), with `--zero1`:
+    /// over NCCL when this rank's `device` is a GPU, else Gloo.
+    pub fn join(&self, device: tch::Device) -> Result<Option<crate::dist::Dist>> {
+        let dist = crate::dist::Dist::from_env(self.timeout(), self.rm_ranks, device)?;
         let several = dist.as_ref().is_some_and(|d| d.world() > 1);
         if self.zero1 && !several {
             anyhow::bail!("--zero1 shards the optimiser over the ranks of a data parallel job: start several (--nproc N, torchrun)");

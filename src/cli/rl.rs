@@ -27,8 +27,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.dist.launch_if_asked(&cfg.out)?.is_some() {
         return Ok(());
     }
-    let dist = a.dist.join()?;
     let device = crate::device::parse(&cfg.device)?;
+    let dist = a.dist.join(device)?;
     if let Some(d) = dist.as_ref().filter(|d| d.is_rm_rank()) {
         return crate::sources::serve_reward_model(&cfg, d);
     }

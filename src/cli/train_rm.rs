@@ -45,7 +45,7 @@ pub fn run_cli(a: Args) -> Result<()> {
     if a.dist.rm_ranks > 0 {
         anyhow::bail!("--rm-ranks {}: train-rm trains the reward model on every rank (--rm-ranks is for rl)", a.dist.rm_ranks);
     }
-    let dist = a.dist.join()?;
+    let dist = a.dist.join(crate::device::parse(&cfg.device)?)?;
     let s = run_dist(&cfg, a.resume, !a.run.quiet, dist.as_ref())?;
     if dist.as_ref().is_some_and(|d| !d.is_main()) {
         return Ok(());

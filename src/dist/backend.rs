@@ -1,12 +1,14 @@
 //! c10d's TCPStore and process groups (csrc/dist.cpp) behind safe handles: [`Store`] to meet and
-//! exchange small values, [`Group`] for the collectives. Every collective carries the group's
-//! timeout (Gloo ends it with an error then); a C++ error comes back as an error naming the
-//! collective, its rank and group.
+//! exchange small values, [`Group`] for the collectives. Gloo's group is built in; NCCL's, for
+//! GPU ranks, comes from libr2m_dist_nccl.so (csrc/dist_nccl.cpp), loaded on first use. Every
+//! collective carries the group's timeout (the backend ends it with an error then); a C++ error
+//! comes back as an error naming the collective, its rank and group.
 use anyhow::{bail, Result};
 use std::ffi::CString;
 use std::os::raw::c_char;
+use std::path::PathBuf;
 use std::time::Duration;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 #[repr(C)]
@@ -52,6 +54,78 @@ extern "C" {
     fn r2m_all_gather(g: *const RawGroup, out: *mut C_tensor, input: *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_reduce_scatter(g: *const RawGroup, out: *mut C_tensor, input: *mut C_tensor, op: i32, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_barrier(g: *const RawGroup, err: *mut c_char, err_len: usize) -> i32;
+}
+
+/// `r2m_group_nccl` of csrc/dist_nccl.cpp.
+type GroupNccl = unsafe extern "C" fn(*const RawStore, i64, i64, i64, i64, *mut *mut RawGroup, *mut c_char, usize) -> i32;
+
+/// The shared object's name, and the path build.rs built it at (empty when it could not).
+const NCCL_SO: &str = "libr2m_dist_nccl.so";
+const NCCL_SO_BUILT: &str = env!("R2M_DIST_NCCL_SO");
+
+/// Where libr2m_dist_nccl.so may be, in the order tried: `R2M_DIST_NCCL_SO`, beside the running
+/// binary (or one folder up, for test binaries in target/<profile>/deps), where build.rs built it.
+pub fn nccl_shim_candidates() -> Vec<PathBuf> {
+    let mut c = vec![];
+    if let Some(p) = std::env::var_os("R2M_DIST_NCCL_SO").filter(|p| !p.is_empty()) {
+        c.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+        c.push(dir.join(NCCL_SO));
+        if let Some(up) = dir.parent() {
+            c.push(up.join(NCCL_SO));
+        }
+    }
+    if !NCCL_SO_BUILT.is_empty() {
+        c.push(PathBuf::from(NCCL_SO_BUILT));
+    }
+    c
+}
+
+/// Whether NCCL's process group can be made by this r2m: libr2m_dist_nccl.so loads (a GPU is
+/// needed only to make a group), or why not.
+pub fn nccl_loadable() -> Result<()> {
+    nccl_shim().map(|_| ())
+}
+
+/// Loads libr2m_dist_nccl.so (once; it needs libtorch_cuda, which [`crate::device::load_cuda_library`]
+/// brings in) and returns its entry point, or why it cannot.
+fn nccl_shim() -> Result<GroupNccl> {
+    static ENTRY: std::sync::OnceLock<std::result::Result<usize, String>> = std::sync::OnceLock::new();
+    let entry = ENTRY.get_or_init(|| {
+        if !crate::device::load_cuda_library() {
+            return Err("libtorch_cuda.so cannot be loaded (a CPU-only torch?): NCCL needs the CUDA build of libtorch".into());
+        }
+        let candidates = nccl_shim_candidates();
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Err(format!(
+                "this r2m was built without NCCL's process group ({NCCL_SO} is in none of {}): build.rs found no CUDA/NCCL \
+                 headers beside the torch wheel; run scripts/bootstrap.sh and rebuild, or set R2M_DIST_NCCL_SO",
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+        // SAFETY: dlopen with a valid C string; the handle stays open for the process lifetime.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if h.is_null() {
+            // SAFETY: dlerror returns a thread-local C string (or null) describing the last failure.
+            let e = unsafe { libc::dlerror() };
+            let why =
+                if e.is_null() { "unknown error".into() } else { unsafe { std::ffi::CStr::from_ptr(e) }.to_string_lossy().into_owned() };
+            return Err(format!("loading {}: {why}", path.display()));
+        }
+        // SAFETY: `h` is a live handle; the name is a valid C string.
+        let f = unsafe { libc::dlsym(h, c"r2m_group_nccl".as_ptr()) };
+        if f.is_null() {
+            return Err(format!("{} has no r2m_group_nccl (built from another r2m?)", path.display()));
+        }
+        Ok(f as usize)
+    });
+    match entry {
+        // SAFETY: the address of csrc/dist_nccl.cpp's r2m_group_nccl, whose C signature GroupNccl is.
+        Ok(f) => Ok(unsafe { std::mem::transmute::<usize, GroupNccl>(*f) }),
+        Err(e) => bail!("NCCL process group: {e}"),
+    }
 }
 
 /// Calls `f(err, err_len)` and turns a non-zero status into the message the C++ side wrote.
@@ -174,6 +248,9 @@ pub struct Group {
     rank: usize,
     world: usize,
     name: String,
+    /// Where the backend's collectives run: CPU for Gloo, the rank's GPU for NCCL. Tensors
+    /// elsewhere are copied there and back.
+    device: Device,
     /// Bytes handed to collectives and nanoseconds spent in them, since the group was made.
     bytes: std::sync::atomic::AtomicU64,
     nanos: std::sync::atomic::AtomicU64,
@@ -199,7 +276,55 @@ impl Group {
         call(&format!("creating the {name}"), |e, l| unsafe {
             r2m_group_gloo(store.raw, rank as i64, world as i64, millis(timeout), hp, &mut raw, e, l)
         })?;
-        Ok(Group { raw, rank, world, name, bytes: 0.into(), nanos: 0.into() })
+        Ok(Group { raw, rank, world, name, device: Device::Cpu, bytes: 0.into(), nanos: 0.into() })
+    }
+
+    /// An NCCL group (tensors on CUDA device `gpu`, this rank's) over `store`. Every collective
+    /// waits at most `timeout`, the host blocked until it ends.
+    pub fn nccl(store: &Store, rank: usize, world: usize, timeout: Duration, gpu: usize) -> Result<Group> {
+        if rank >= world {
+            bail!("rank {rank} is out of range for a world of {world}");
+        }
+        let entry = nccl_shim()?;
+        let name = format!("nccl group (rank {rank} of {world}, cuda:{gpu})");
+        if !crate::device::load_cuda() {
+            bail!("creating the {name}: no usable CUDA device on this machine (NCCL runs on GPUs; CPU ranks use Gloo)");
+        }
+        let n = tch::Cuda::device_count() as usize;
+        if gpu >= n {
+            bail!("creating the {name}: this machine has only {n} CUDA device(s)");
+        }
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `store.raw` lives for the call; the group keeps its own store reference.
+        call(&format!("creating the {name}"), |e, l| unsafe {
+            entry(store.raw, rank as i64, world as i64, millis(timeout), gpu as i64, &mut raw, e, l)
+        })?;
+        Ok(Group { raw, rank, world, name, device: Device::Cuda(gpu), bytes: 0.into(), nanos: 0.into() })
+    }
+
+    /// Where this group's collectives run (CPU for Gloo, the rank's GPU for NCCL).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// `t` where the backend needs it: itself when it is on the group's device, else a copy there.
+    fn here(&self, t: &Tensor) -> Tensor {
+        if t.device() == self.device {
+            t.shallow_clone()
+        } else {
+            t.to_device(self.device)
+        }
+    }
+
+    /// Runs `f` on `t` on the group's device: in place there, else on a copy written back to `t`.
+    fn in_place(&self, t: &mut Tensor, f: impl FnOnce(&mut Tensor) -> Result<()>) -> Result<()> {
+        if t.device() == self.device {
+            return f(t);
+        }
+        let mut d = t.to_device(self.device);
+        f(&mut d)?;
+        t.copy_(&d);
+        Ok(())
     }
 
     pub fn rank(&self) -> usize {
@@ -262,7 +387,7 @@ impl Group {
         }
         let (t0, bytes) = (std::time::Instant::now(), size(t));
         // SAFETY: `t` is a live, contiguous at::Tensor for the call.
-        let r = call(&what, |e, l| unsafe { r2m_broadcast(self.raw, t.as_mut_ptr(), root as i64, e, l) });
+        let r = self.in_place(t, |t| call(&what, |e, l| unsafe { r2m_broadcast(self.raw, t.as_mut_ptr(), root as i64, e, l) }));
         self.count(bytes, t0);
         r
     }
@@ -271,10 +396,9 @@ impl Group {
     pub fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
         self.check("all_reduce", t)?;
         let (t0, bytes) = (std::time::Instant::now(), size(t));
+        let what = format!("{} all_reduce ({op:?})", self.name);
         // SAFETY: as in `broadcast`.
-        let r = call(&format!("{} all_reduce ({op:?})", self.name), |e, l| unsafe {
-            r2m_all_reduce(self.raw, t.as_mut_ptr(), op.code(), e, l)
-        });
+        let r = self.in_place(t, |t| call(&what, |e, l| unsafe { r2m_all_reduce(self.raw, t.as_mut_ptr(), op.code(), e, l) }));
         self.count(bytes, t0);
         r
     }
@@ -283,9 +407,10 @@ impl Group {
     pub fn all_gather(&self, out: &mut Tensor, input: &Tensor) -> Result<()> {
         self.check_split("all_gather", ("output", out), ("input", input))?;
         let t0 = std::time::Instant::now();
-        // SAFETY: both tensors are live and contiguous; c10d only reads `input`.
-        let r = call(&format!("{} all_gather", self.name), |e, l| unsafe {
-            r2m_all_gather(self.raw, out.as_mut_ptr(), input.as_ptr() as *mut C_tensor, e, l)
+        let (what, x) = (format!("{} all_gather", self.name), self.here(input));
+        // SAFETY: both tensors are live and contiguous; c10d only reads `x`.
+        let r = self.in_place(out, |out| {
+            call(&what, |e, l| unsafe { r2m_all_gather(self.raw, out.as_mut_ptr(), x.as_ptr() as *mut C_tensor, e, l) })
         });
         self.count(size(input), t0);
         r
@@ -295,9 +420,10 @@ impl Group {
     pub fn reduce_scatter(&self, out: &mut Tensor, input: &Tensor, op: ReduceOp) -> Result<()> {
         self.check_split("reduce_scatter", ("input", input), ("output", out))?;
         let t0 = std::time::Instant::now();
+        let (what, x) = (format!("{} reduce_scatter ({op:?})", self.name), self.here(input));
         // SAFETY: as in `all_gather`.
-        let r = call(&format!("{} reduce_scatter ({op:?})", self.name), |e, l| unsafe {
-            r2m_reduce_scatter(self.raw, out.as_mut_ptr(), input.as_ptr() as *mut C_tensor, op.code(), e, l)
+        let r = self.in_place(out, |out| {
+            call(&what, |e, l| unsafe { r2m_reduce_scatter(self.raw, out.as_mut_ptr(), x.as_ptr() as *mut C_tensor, op.code(), e, l) })
         });
         self.count(size(input), t0);
         r
@@ -323,7 +449,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // SAFETY: created by r2m_group_gloo and freed once.
+        // SAFETY: created by r2m_group_gloo or r2m_group_nccl and freed once.
         unsafe { r2m_group_free(self.raw) }
     }
 }
@@ -446,5 +572,42 @@ mod tests {
         assert!(msg.contains("all_reduce") && msg.contains("rank 0 of 2"), "{msg}");
         assert!(!msg.contains("Exception raised from"), "no C++ backtrace: {msg}");
         assert!(took < Duration::from_secs(6), "took {took:?}");
+    }
+
+    /// NCCL's group where a GPU is: one rank, every collective, on CUDA tensors and on CPU tensors
+    /// (copied to the GPU and back). Without a GPU: the shim built here still loads, and asking for
+    /// the group is an error that says there is no CUDA device.
+    #[test]
+    fn an_nccl_group_runs_every_collective_or_says_why_not() {
+        if !NCCL_SO_BUILT.is_empty() {
+            nccl_loadable().unwrap();
+        }
+        let timeout = Duration::from_secs(60);
+        let store = Store::tcp("127.0.0.1", free_port(), true, 1, timeout).unwrap();
+        let g = match Group::nccl(&store.prefixed("default_pg").unwrap(), 0, 1, timeout, 0) {
+            Err(e) => {
+                assert!(!crate::device::load_cuda(), "{e:#}");
+                assert!(format!("{e:#}").contains("no usable CUDA device"), "{e:#}");
+                return;
+            }
+            Ok(g) => g,
+        };
+        assert_eq!(g.device(), tch::Device::Cuda(0));
+        for dev in [tch::Device::Cuda(0), tch::Device::Cpu] {
+            let mut t = Tensor::from_slice(&[1.0f64, -2.0, 3.5]).to_device(dev);
+            g.all_reduce(&mut t, ReduceOp::Sum).unwrap();
+            g.broadcast(&mut t, 0).unwrap();
+            assert_eq!(t.device(), dev);
+            assert_eq!(Vec::<f64>::try_from(&t.to_device(tch::Device::Cpu)).unwrap(), vec![1.0, -2.0, 3.5]);
+            let input = Tensor::from_slice(&[4i64, 5]).to_device(dev);
+            let mut out = Tensor::zeros([2], (Kind::Int64, dev));
+            g.all_gather(&mut out, &input).unwrap();
+            assert_eq!(Vec::<i64>::try_from(&out.to_device(tch::Device::Cpu)).unwrap(), vec![4, 5]);
+            let mut shard = Tensor::zeros([2], (Kind::Float, dev));
+            g.reduce_scatter(&mut shard, &Tensor::from_slice(&[0.5f32, 1.5]).to_device(dev), ReduceOp::Max).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&shard.to_device(tch::Device::Cpu)).unwrap(), vec![0.5, 1.5]);
+            g.barrier().unwrap();
+        }
+        assert_eq!(g.sum_f64(&[2.5]).unwrap(), vec![2.5]);
     }
 }

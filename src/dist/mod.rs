@@ -1,5 +1,6 @@
 //! Many processes on torch.distributed's c10d: r2m drives PyTorch's own collectives (Gloo on
-//! CPUs, TCPStore to meet) through csrc/dist.cpp, and launches the way PyTorch jobs launch.
+//! CPUs, NCCL on GPUs, TCPStore to meet) through csrc/dist.cpp and csrc/dist_nccl.cpp, and
+//! launches the way PyTorch jobs launch.
 //! - [`backend`]: [`Store`] and [`Group`], the collectives with timeouts.
 //! - [`launch`]: the torchrun environment ([`Env`]) and `--nproc N`, which spawns and supervises
 //!   the ranks on one machine.
@@ -37,12 +38,14 @@ pub struct Dist {
 
 impl Dist {
     /// Joins the job `env` describes: the TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it,
-    /// unless torchrun's agent does), then a Gloo group over it. Waits at most `timeout` for the
-    /// other ranks to arrive, and every collective afterwards at most `timeout` too.
+    /// unless torchrun's agent does), then a process group over it: NCCL when this rank runs on
+    /// a GPU (`device`), Gloo on CPUs. Waits at most `timeout` for the other ranks to arrive, and
+    /// every collective afterwards at most `timeout` too.
     ///
     /// With `rm_ranks` = 1 the last rank is the reward model's: the others train together in a
-    /// group of their own, and a second group of every rank links them to it ([`rte`]).
-    pub fn join(env: Env, timeout: Duration, rm_ranks: usize) -> Result<Dist> {
+    /// group of their own, and a second group of every rank links them to it ([`rte`]; always
+    /// Gloo: what crosses it is small and goes through host memory).
+    pub fn join(env: Env, timeout: Duration, rm_ranks: usize, device: tch::Device) -> Result<Dist> {
         anyhow::ensure!(rm_ranks <= 1, "--rm-ranks {rm_ranks}: one reward-model rank serves the job (--rm-ranks 1)");
         anyhow::ensure!(
             env.world > rm_ranks,
@@ -52,13 +55,21 @@ impl Dist {
         let serve = env.rank == 0 && !env.agent_store;
         let store = Store::tcp(&env.master_addr, env.master_port, serve, env.world, timeout)?;
         let hostname = env.gloo_hostname();
+        // The group of ranks that train together: on this rank's GPU, or on CPUs.
+        let train = |prefix: &str, rank: usize, world: usize| -> Result<Group> {
+            let s = store.prefixed(prefix)?;
+            match device {
+                tch::Device::Cuda(gpu) => Group::nccl(&s, rank, world, timeout, gpu),
+                _ => Group::gloo(&s, rank, world, timeout, hostname.as_deref()),
+            }
+        };
         let (group, rm_link) = if rm_ranks == 0 {
-            (Group::gloo(&store.prefixed("default_pg")?, env.rank, env.world, timeout, hostname.as_deref())?, None)
+            (train("default_pg", env.rank, env.world)?, None)
         } else {
             let policy = env.world - rm_ranks;
             let link = Group::gloo(&store.prefixed("rm_link")?, env.rank, env.world, timeout, hostname.as_deref())?;
             let group = if env.rank < policy {
-                Group::gloo(&store.prefixed("policy")?, env.rank, policy, timeout, hostname.as_deref())?
+                train("policy", env.rank, policy)?
             } else {
                 Group::gloo(&store.prefixed("reward_model")?, env.rank - policy, rm_ranks, timeout, hostname.as_deref())?
             };
@@ -74,9 +85,9 @@ impl Dist {
 
     /// The job torchrun's environment describes, joined; `None` for one process (WORLD_SIZE unset
     /// or 1).
-    pub fn from_env(timeout: Duration, rm_ranks: usize) -> Result<Option<Dist>> {
+    pub fn from_env(timeout: Duration, rm_ranks: usize, device: tch::Device) -> Result<Option<Dist>> {
         match Env::from_env()? {
-            Some(env) if env.world > 1 => Ok(Some(Dist::join(env, timeout, rm_ranks)?)),
+            Some(env) if env.world > 1 => Ok(Some(Dist::join(env, timeout, rm_ranks, device)?)),
             _ => Ok(None),
         }
     }

@@ -261,10 +261,13 @@ pub fn run(cfg: &TrainRmConfig, resume: bool, progress: bool) -> Result<RmRunSum
 pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<&Dist>) -> Result<RmRunSummary> {
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;
-    ensure!(
-        dist.is_none() || device == Device::Cpu,
-        "device {device:?}: data parallel runs use Gloo on CPUs; r2m does not drive NCCL for GPUs yet (run one process per GPU job)"
-    );
+    if let Some(d) = dist {
+        ensure!(
+            d.group.device() == device,
+            "device {device:?}: this rank's process group runs on {:?}; a rank's model and its group share one device",
+            d.group.device()
+        );
+    }
     let main = dist.is_none_or(Dist::is_main);
     let progress = progress && main;
     let out = &cfg.out;

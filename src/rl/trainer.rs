@@ -62,9 +62,10 @@ impl<'a> Run<'a> {
     /// least one call per rank.
     pub fn data_parallel(&mut self, dist: &'a crate::dist::Dist) -> Result<()> {
         ensure!(
-            self.device == Device::Cpu,
-            "device {:?}: data parallel runs use Gloo on CPUs; r2m does not drive NCCL for GPUs yet (run one process per GPU job)",
-            self.device
+            dist.group.device() == self.device,
+            "device {:?}: this rank's process group runs on {:?}; a rank's model and its group share one device",
+            self.device,
+            dist.group.device()
         );
         let r = &self.cfg.rl;
         let (b, k) = (r.prompts_per_step * r.group_size, r.group_size);
