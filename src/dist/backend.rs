@@ -65,7 +65,7 @@ const NCCL_SO_BUILT: &str = env!("R2M_DIST_NCCL_SO");
 
 /// Where libr2m_dist_nccl.so may be, in the order tried: `R2M_DIST_NCCL_SO`, beside the running
 /// binary (or one folder up, for test binaries in target/<profile>/deps), where build.rs built it.
-pub fn nccl_shim_candidates() -> Vec<PathBuf> {
+fn nccl_shim_candidates() -> Vec<PathBuf> {
     let mut c = vec![];
     if let Some(p) = std::env::var_os("R2M_DIST_NCCL_SO").filter(|p| !p.is_empty()) {
         c.push(PathBuf::from(p));
