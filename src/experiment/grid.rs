@@ -105,7 +105,11 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             say(progress, format!("[{}/{n}] {name}{}", p.i + 1, if p.resume { ": resuming" } else { "" }));
             let tr = Instant::now();
             {
-                let mut r = crate::sources::build_run(&p.rc, device)?;
+                let mut rc = p.rc.clone();
+                if !p.resume {
+                    rc.rl.pi_init_eval_from = init_eval_source(&cfg.out, &p.spec);
+                }
+                let mut r = crate::sources::build_run(&rc, device)?;
                 trainer::run(&mut r, p.resume, progress).with_context(|| format!("run {name}"))?;
             }
             finish_run(cfg, p, &shared, tr.elapsed().as_secs_f64(), device)?;
@@ -188,6 +192,27 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
     Ok(report)
 }
 
+/// A finished run of the grid in `out` (done.json written) with `spec`'s seed whose evaluation of
+/// pi_init `spec`'s run may share (`rl.pi_init_eval_from`, which checks it): one of the same arm
+/// under another algorithm first, else any other arm's. pi_init's evaluation depends on the seed,
+/// the policy, the prompts and the reward, not on the algorithm.
+fn init_eval_source(out: &Path, spec: &super::config::RunSpec) -> Option<PathBuf> {
+    let mut found: Vec<(bool, PathBuf)> = vec![];
+    for e in std::fs::read_dir(out).ok()?.flatten() {
+        let dir = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == spec.name() || !dir.join("done.json").exists() || !dir.join("eval.jsonl").exists() {
+            continue;
+        }
+        let Some((arm, _, seed)) = super::arm::parse_run_name(&name) else { continue };
+        if seed == spec.seed {
+            found.push((arm != spec.arm.name(), dir.join("eval.jsonl")));
+        }
+    }
+    found.sort();
+    found.into_iter().next().map(|(_, p)| p)
+}
+
 /// The config of the run folder `dir` made earlier, if any, checked against `rc`: a folder made
 /// with another config is an error naming it. `rl.stop_after` only simulates an interruption; the
 /// thread count and the device are how the run was executed (a grid archived on one machine goes
@@ -203,7 +228,7 @@ fn check_earlier_config(dir: &Path, rc: &RlConfig) -> Result<Option<RlConfig>> {
     let same = |c: &RlConfig| RlConfig {
         threads: 0,
         device: String::new(),
-        rl: crate::rl::config::AlgoConfig { stop_after: None, ..c.rl.clone() },
+        rl: crate::rl::config::AlgoConfig { stop_after: None, pi_init_eval_from: None, ..c.rl.clone() },
         ..c.clone()
     };
     if same(&old) != same(rc) {

@@ -159,6 +159,14 @@ pub struct AlgoConfig {
     /// which draw the curves, use `eval_prompts` (the first of the same prompts). Absent:
     /// `eval_prompts` throughout.
     pub final_eval_prompts: Option<usize>,
+    /// The `eval.jsonl` of another run whose evaluation of pi_init (step -1) this run shares: the
+    /// same seed, policy, held-out prompts, evaluation sampling and reward at pi_init, as a grid's
+    /// runs of one seed are under other algorithms. This run samples and scores the first call of
+    /// that evaluation (`rl.generation_batch` rows) itself; where those rows agree with the
+    /// other run's (the same prompts, tokens, lengths and scores to 1e-5), it takes the other
+    /// run's rows instead of evaluating the rest, else it evaluates pi_init in full and says why.
+    /// One process only.
+    pub pi_init_eval_from: Option<std::path::PathBuf>,
     pub eval_temperature: f64,
     pub save_every: i64,
     /// Stop after this many steps as if interrupted (tests of resume).
@@ -261,6 +269,7 @@ impl Default for AlgoConfig {
             eval_every: 10,
             eval_prompts: 32,
             final_eval_prompts: None,
+            pi_init_eval_from: None,
             eval_temperature: 0.7,
             save_every: 10,
             stop_after: None,

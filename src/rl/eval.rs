@@ -45,9 +45,8 @@ impl Run<'_> {
     /// every row.
     pub fn evaluate(&mut self, t: i64) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
         let n = self.eval_size(t);
-        let mut m = Map::new();
         if n == 0 {
-            return Ok((m, vec![]));
+            return Ok((Map::new(), vec![]));
         }
         let split = self.eval_split(n);
         let (mine, first_call) = split[self.dist.filter(|_| split.len() > 1).map_or(0, |d| d.rank())].clone();
@@ -57,6 +56,23 @@ impl Run<'_> {
             Some(d) => part.gathered(&d.group, &split.iter().map(|(r, _)| r.len()).collect::<Vec<_>>(), self.metric.is_some())?,
             None => part,
         };
+        self.summarize_part(t, n, part, clock)
+    }
+
+    /// The rows of pi_init's evaluation (t = -1) from its first sampling call alone
+    /// (`rl.generation_batch` rows, one process): to check another run's rows against
+    /// (`rl.pi_init_eval_from`).
+    pub fn first_call_rows(&mut self) -> Result<Vec<Map<String, Value>>> {
+        let n = self.eval_size(-1).min(self.budget.generation_batch);
+        let mut clock = Clock::default();
+        let part = self.eval_part(-1, 0..n, 0, &mut clock)?;
+        Ok(self.summarize_part(-1, n, part, clock)?.1)
+    }
+
+    /// The metrics and rows of the first `n` held-out prompts' evaluation at step `t`, from
+    /// their sampled and scored `part`.
+    fn summarize_part(&self, t: i64, n: usize, part: EvalPart, clock: Clock) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
+        let mut m = Map::new();
         let EvalPart { reward: rw, kl, metric: golds, frozen, length, finished: fin } = part;
         let metric = self.metric.as_ref().map(|s| s.name());
         let mut cols = EvalColumns { reward: vec![], frozen: None, metric: None, length, kl: vec![] };

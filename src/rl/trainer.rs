@@ -358,7 +358,14 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Optio
     if have {
         return Ok(judged(run, &kept));
     }
-    let (_, rows) = run.evaluate(-1)?;
+    let shared = match run.cfg.rl.pi_init_eval_from.clone() {
+        Some(from) if kept.is_empty() => shared_init_eval(run, &from, want)?,
+        _ => None,
+    };
+    let rows = match shared {
+        Some(rows) => rows,
+        None => run.evaluate(-1)?.1,
+    };
     // Only pi_init's rows can be in the file without a checkpoint: a partial set is replaced.
     let only_init = kept.len() == crate::metrics::read_jsonl(eval_path).map(|v| v.len()).unwrap_or(0);
     if let (true, Some(sink)) = (kept.is_empty() || only_init, eval_sink) {
@@ -370,6 +377,58 @@ fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Optio
         }
     }
     Ok(judged(run, &rows))
+}
+
+/// pi_init's evaluation rows from another run's `eval.jsonl` (`rl.pi_init_eval_from`), after
+/// this run's own first sampling call of that evaluation agrees with them: the same prompts,
+/// finished flags and lengths, every score within 1e-5 (relative to 1). None, with the reason on
+/// stderr, where it does not or the file has not the whole evaluation: pi_init is then evaluated
+/// in full.
+fn shared_init_eval(run: &mut Run, from: &Path, want: usize) -> Result<Option<Vec<Map<String, Value>>>> {
+    ensure!(
+        run.dist.is_none(),
+        "rl.pi_init_eval_from = {}: one process only (a data parallel run evaluates pi_init itself)",
+        from.display()
+    );
+    let theirs: Vec<Map<String, Value>> = crate::metrics::read_jsonl(from)
+        .with_context(|| format!("rl.pi_init_eval_from = {}", from.display()))?
+        .into_iter()
+        .filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1))
+        .collect();
+    let not_shared = |why: String| {
+        eprintln!("rl: pi_init's evaluation is not shared with {}: {why}; evaluating it in full", from.display());
+        Ok(None)
+    };
+    if theirs.len() != want {
+        return not_shared(format!("it has {} rows of pi_init, this run evaluates {want}", theirs.len()));
+    }
+    let mine = run.first_call_rows()?;
+    for (a, b) in mine.iter().zip(&theirs) {
+        if let Some(why) = row_difference(a, b) {
+            return not_shared(format!("prompt {}: {why}", a.get("prompt").cloned().unwrap_or(Value::Null)));
+        }
+    }
+    eprintln!("rl: pi_init's evaluation is shared with {} ({} of its {want} rows checked here)", from.display(), mine.len());
+    Ok(Some(theirs))
+}
+
+/// Why two eval rows of one prompt differ (None: the same keys, equal non-numbers, numbers within
+/// 1e-5 relative to max(1, |x|)).
+fn row_difference(a: &Map<String, Value>, b: &Map<String, Value>) -> Option<String> {
+    if a.keys().ne(b.keys()) {
+        return Some(format!("columns {:?} vs {:?}", a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>()));
+    }
+    for (k, x) in a {
+        let y = &b[k];
+        let same = match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) if x.is_f64() || y.is_f64() => (p - q).abs() <= 1e-5 * p.abs().max(1.0),
+            _ => x == y,
+        };
+        if !same {
+            return Some(format!("{k} {x} vs {y}"));
+        }
+    }
+    None
 }
 
 /// The share of prompts on which `now` beats `init` (ties count half): the win rate against

@@ -10,6 +10,7 @@ use r2m::rl::reward_source::{RewardSource, RuleSource};
 use r2m::rl::trainer::{run, Run};
 use r2m::testbed::TestbedPrompt;
 use r2m::train::Trainable;
+use serde_json::Value;
 use std::path::Path;
 use tch::Device;
 
@@ -141,6 +142,60 @@ impl r2m::rl::reward_source::MetricSource for YesCount {
         let v: Vec<f32> = responses.iter().map(|r| r.split_whitespace().filter(|w| *w == "yes").count() as f32).collect();
         Ok(tch::Tensor::from_slice(&v))
     }
+}
+
+/// A run shares another run's evaluation of pi_init (`rl.pi_init_eval_from`) only after its own
+/// first sampling call of it agrees: under another algorithm with the same seed it takes the
+/// other run's rows (a mark planted past that call shows up in its file) and they equal its own
+/// evaluation; with another seed the first call disagrees and it evaluates pi_init itself.
+#[test]
+fn pi_init_evaluation_is_shared_only_where_it_agrees() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let cfg = |algo: Algo, out: &str, seed: u64, from: Option<&Path>| {
+        let mut c = tiny_cfg(d.path(), algo, out);
+        c.seed = seed;
+        c.rl.steps = 1;
+        c.rl.eval_every = 1;
+        c.rl.final_eval_prompts = Some(10);
+        c.rl.generation_batch = Count::Fixed(4);
+        c.rl.pi_init_eval_from = from.map(Path::to_path_buf);
+        c
+    };
+    let init_rows = |c: &RlConfig| -> Vec<Value> {
+        let e = r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
+        e.into_iter().filter(|x| x["step"] == -1).map(Value::Object).collect()
+    };
+    let go = |c: &RlConfig| {
+        let mut r = build(c, |_| Ok(yes_rule()), Some(Box::new(YesCount)), Device::Cpu).unwrap();
+        run(&mut r, false, false).unwrap();
+    };
+    let a = cfg(Algo::Grpo, "a", 1, None);
+    go(&a);
+    // A mark on a row the sharing run does not sample itself (the first call is rows 0-3).
+    let path = a.out.join("eval.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap().replacen("\"prompt\":9,", "\"prompt\":9,\"mark\":1,", 1);
+    std::fs::write(&path, text).unwrap();
+    let marked = init_rows(&a);
+    assert_eq!(marked[9]["mark"], 1);
+
+    let b = cfg(Algo::Rloo, "b", 1, Some(&path));
+    go(&b);
+    assert_eq!(init_rows(&b), marked, "the rows are the other run's");
+    let own = cfg(Algo::Rloo, "own", 1, None);
+    go(&own);
+    let mut unmarked = marked.clone();
+    unmarked[9].as_object_mut().unwrap().remove("mark");
+    assert_eq!(init_rows(&own), unmarked, "and equal this run's own evaluation");
+
+    let other_seed = cfg(Algo::Rloo, "c", 2, Some(&path));
+    go(&other_seed);
+    let c_rows = init_rows(&other_seed);
+    assert_ne!(c_rows[..4], unmarked[..4]);
+    let own2 = cfg(Algo::Rloo, "own2", 2, None);
+    go(&own2);
+    assert_eq!(c_rows, init_rows(&own2), "another seed evaluates pi_init itself");
 }
 
 /// The evaluations the results compare (pi_init's and the last step's) use `final_eval_prompts`,
