@@ -78,6 +78,16 @@ impl Dist {
         Ok(Dist { env, group, rm_link, store, zero1: false })
     }
 
+    /// Checks that this rank's model runs where its group's collectives do (`device`).
+    pub fn check_device(&self, device: tch::Device) -> Result<()> {
+        anyhow::ensure!(
+            self.group.device() == device,
+            "device {device:?}: this rank's process group runs on {:?}; a rank's model and its group share one device",
+            self.group.device()
+        );
+        Ok(())
+    }
+
     /// Whether this is the reward-model rank of a job with one ([`rte::serve`] is its work).
     pub fn is_rm_rank(&self) -> bool {
         self.rm_link.as_ref().is_some_and(|l| l.is_rm_rank())

@@ -80,11 +80,11 @@ pub struct SeedOveropt {
     pub overoptimized: Option<bool>,
 }
 
-/// [`SeedOveropt`] of one run; None without an eval step before its last.
-fn seed_overopt(run: &Run) -> Option<SeedOveropt> {
-    let curve: Vec<EvalPoint> = eval_curve(run).into_iter().filter(|p| p.gold.is_finite()).collect();
+/// [`SeedOveropt`] of one run, from its eval curve; None without an eval step before its last.
+fn seed_overopt(run: &Run, curve: &[EvalPoint]) -> Option<SeedOveropt> {
+    let curve: Vec<&EvalPoint> = curve.iter().filter(|p| p.gold.is_finite()).collect();
     let last = curve.iter().filter(|p| p.step >= 0).map(|p| p.step).max()?;
-    let before: Vec<&EvalPoint> = curve.iter().filter(|p| p.step < last).collect();
+    let before: Vec<&EvalPoint> = curve.iter().copied().filter(|p| p.step < last).collect();
     let peak = before.iter().fold(None::<&EvalPoint>, |b, p| match b {
         Some(b) if b.gold >= p.gold => Some(b),
         _ => Some(p),
@@ -264,7 +264,7 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
         proxy_rise: rise,
         overoptimized,
         over_prompts,
-        per_seed: idx.iter().filter_map(|&i| seed_overopt(&grid.runs[i])).collect(),
+        per_seed: idx.iter().zip(&curves).filter_map(|(&i, c)| seed_overopt(&grid.runs[i], c)).collect(),
     })
 }
 

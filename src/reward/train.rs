@@ -262,11 +262,7 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
     cfg.validate()?;
     let device = crate::device::parse(&cfg.device)?;
     if let Some(d) = dist {
-        ensure!(
-            d.group.device() == device,
-            "device {device:?}: this rank's process group runs on {:?}; a rank's model and its group share one device",
-            d.group.device()
-        );
+        d.check_device(device)?;
     }
     let main = dist.is_none_or(Dist::is_main);
     let progress = progress && main;

@@ -61,12 +61,7 @@ impl<'a> Run<'a> {
     /// "auto" the calls, and so the samples, would depend on each machine's memory), with at
     /// least one call per rank.
     pub fn data_parallel(&mut self, dist: &'a crate::dist::Dist) -> Result<()> {
-        ensure!(
-            dist.group.device() == self.device,
-            "device {:?}: this rank's process group runs on {:?}; a rank's model and its group share one device",
-            self.device,
-            dist.group.device()
-        );
+        dist.check_device(self.device)?;
         let r = &self.cfg.rl;
         let (b, k) = (r.prompts_per_step * r.group_size, r.group_size);
         let crate::rl::budget::Count::Fixed(g) = r.generation_batch else {

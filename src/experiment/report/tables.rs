@@ -132,7 +132,10 @@ pub(super) fn results_table(agg: &Aggregate) -> Table {
                 csv_num(o.drop.ci95),
                 csv_num(o.proxy_rise.mean),
                 overopt_cell(c),
-                format!("{}/{}", o.seeds_shown().0, o.seeds_shown().1),
+                {
+                    let (k, n) = o.seeds_shown();
+                    format!("{k}/{n}")
+                },
             ]),
             None => row.extend(["", "", "", "", "n/a", ""].map(String::from)),
         }
