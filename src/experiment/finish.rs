@@ -17,10 +17,20 @@ pub(super) struct Pending {
     pub spec: RunSpec,
     pub rc: RlConfig,
     pub resume: bool,
+    /// A finished run whose config now evaluates more prompts: it only extends its evaluations
+    /// and keeps its `done.json` and RM accuracy.
+    pub extend_only: bool,
 }
 
-/// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`.
+/// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`
+/// (a run that only extended its evaluations keeps both).
 pub(super) fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
+    if p.extend_only {
+        if let Some(a) = &cfg.archive {
+            archive::save(a, &cfg.out, &shared.fingerprints)?;
+        }
+        return Ok(());
+    }
     let (spec, dir) = (&p.spec, &p.rc.out);
     let mut summary = json!({"run": spec.name(), "wall_s": wall_s, "machine": crate::device::describe_host(device)});
     if p.rc.threads > 0 {

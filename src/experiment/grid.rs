@@ -87,6 +87,20 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             }
         }
         if dir.join("done.json").exists() {
+            if crate::rl::eval_rows::evaluation_grew(&dir, &rc)? {
+                // Finished, but its config now evaluates more prompts: the run extends its
+                // evaluations from its final checkpoint, and keeps its done.json.
+                ensure!(
+                    resume,
+                    "{}: the grid now evaluates pi_init and the last step on {} held-out prompts, more than this finished run did, \
+                     and the run keeps no checkpoint to extend its evaluations from (an archive keeps none): \
+                     delete the folder to rerun it, or evaluate on as many prompts as before",
+                    dir.display(),
+                    rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts)
+                );
+                pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: true });
+                continue;
+            }
             say(progress, format!("[{}/{}] {name}: done, skipped", i + 1, specs.len()));
             skipped.push(name);
             continue;
@@ -95,20 +109,25 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             // Started but never checkpointed: nothing to keep.
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
-        pending.push(Pending { i, spec: spec.clone(), rc, resume });
+        pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: false });
     }
     let n = specs.len();
     let ran = if cfg.jobs == 1 {
         let mut ran = vec![];
         for p in &pending {
             let name = p.spec.name();
-            say(progress, format!("[{}/{n}] {name}{}", p.i + 1, if p.resume { ": resuming" } else { "" }));
+            let what = if p.extend_only {
+                ": extending its evaluations"
+            } else if p.resume {
+                ": resuming"
+            } else {
+                ""
+            };
+            say(progress, format!("[{}/{n}] {name}{what}", p.i + 1));
             let tr = Instant::now();
             {
                 let mut rc = p.rc.clone();
-                if !p.resume {
-                    rc.rl.pi_init_eval_from = init_eval_source(&cfg.out, &p.spec);
-                }
+                rc.rl.pi_init_eval_from = init_eval_source(&cfg.out, &p.spec, p.rc.rl.final_eval_prompts);
                 let mut r = crate::sources::build_run(&rc, device)?;
                 trainer::run(&mut r, p.resume, progress).with_context(|| format!("run {name}"))?;
             }
@@ -193,11 +212,12 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
 }
 
 /// A finished run of the grid in `out` (done.json written) with `spec`'s seed whose evaluation of
-/// pi_init `spec`'s run may share (`rl.pi_init_eval_from`, which checks it): one of the same arm
-/// under another algorithm first, else any other arm's. pi_init's evaluation depends on the seed,
-/// the policy, the prompts and the reward, not on the algorithm.
-fn init_eval_source(out: &Path, spec: &super::config::RunSpec) -> Option<PathBuf> {
-    let mut found: Vec<(bool, PathBuf)> = vec![];
+/// pi_init `spec`'s run may share (`rl.pi_init_eval_from`, which checks it): one that evaluated
+/// pi_init on `rows` prompts (`rl.final_eval_prompts`, where set) first, then one of the same arm
+/// under another algorithm, else any other arm's. pi_init's evaluation depends on the seed, the
+/// policy, the prompts and the reward, not on the algorithm.
+fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: Option<usize>) -> Option<PathBuf> {
+    let mut found: Vec<(bool, bool, PathBuf)> = vec![];
     for e in std::fs::read_dir(out).ok()?.flatten() {
         let dir = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
@@ -206,11 +226,13 @@ fn init_eval_source(out: &Path, spec: &super::config::RunSpec) -> Option<PathBuf
         }
         let Some((arm, _, seed)) = super::arm::parse_run_name(&name) else { continue };
         if seed == spec.seed {
-            found.push((arm != spec.arm.name(), dir.join("eval.jsonl")));
+            let path = dir.join("eval.jsonl");
+            let whole = rows.is_none_or(|n| crate::rl::eval_rows::init_rows(&path) == n);
+            found.push((!whole, arm != spec.arm.name(), path));
         }
     }
     found.sort();
-    found.into_iter().next().map(|(_, p)| p)
+    found.into_iter().next().map(|(_, _, p)| p)
 }
 
 /// The config of the run folder `dir` made earlier, if any, checked against `rc`: a folder made
@@ -225,10 +247,20 @@ fn check_earlier_config(dir: &Path, rc: &RlConfig) -> Result<Option<RlConfig>> {
     }
     let old: RlConfig =
         crate::config::load(Some(&path), &[]).with_context(|| format!("{}: unreadable config of an earlier run", dir.display()))?;
+    // An evaluation on more held-out prompts than the run made (`rl.final_eval_prompts`, and
+    // `data.testbed_test` for the prompts) is the same run: it extends its evaluations.
+    let grew = rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts) >= old.rl.final_eval_prompts.unwrap_or(old.rl.eval_prompts)
+        && rc.data.testbed_test >= old.data.testbed_test;
     let same = |c: &RlConfig| RlConfig {
         threads: 0,
         device: String::new(),
-        rl: crate::rl::config::AlgoConfig { stop_after: None, pi_init_eval_from: None, ..c.rl.clone() },
+        rl: crate::rl::config::AlgoConfig {
+            stop_after: None,
+            pi_init_eval_from: None,
+            final_eval_prompts: if grew { None } else { c.rl.final_eval_prompts },
+            ..c.rl.clone()
+        },
+        data: crate::rl::config::DataConfig { testbed_test: if grew { 0 } else { c.data.testbed_test }, ..c.data.clone() },
         ..c.clone()
     };
     if same(&old) != same(rc) {

@@ -56,7 +56,29 @@ impl Run<'_> {
             Some(d) => part.gathered(&d.group, &split.iter().map(|(r, _)| r.len()).collect::<Vec<_>>(), self.metric.is_some())?,
             None => part,
         };
-        self.summarize_part(t, n, part, clock)
+        self.summarize_part(t, 0..n, part, clock)
+    }
+
+    /// Rows `range` of the evaluation at step `t` (one process), sampled as the whole evaluation
+    /// samples them: `range` starts at a sampling call's first row (a multiple of
+    /// `rl.generation_batch`), whose seed it takes. To check rows made earlier against (pi_init's
+    /// first call, `rl.pi_init_eval_from`) and to extend an evaluation that grew
+    /// (`rl.final_eval_prompts`).
+    pub fn evaluate_rows(&mut self, t: i64, range: std::ops::Range<usize>) -> Result<Vec<Map<String, Value>>> {
+        let gb = self.budget.generation_batch.max(1);
+        anyhow::ensure!(range.start % gb == 0, "evaluation rows from {}: not the first row of a sampling call of {gb}", range.start);
+        anyhow::ensure!(
+            range.end <= self.eval_prompts.len(),
+            "evaluation rows up to {}: there are {} held-out prompts",
+            range.end,
+            self.eval_prompts.len()
+        );
+        if range.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut clock = Clock::default();
+        let part = self.eval_part(t, range.clone(), (range.start / gb) as u64, &mut clock)?;
+        Ok(self.summarize_part(t, range, part, clock)?.1)
     }
 
     /// The rows of pi_init's evaluation (t = -1) from its first sampling call alone
@@ -64,44 +86,43 @@ impl Run<'_> {
     /// (`rl.pi_init_eval_from`).
     pub fn first_call_rows(&mut self) -> Result<Vec<Map<String, Value>>> {
         let n = self.eval_size(-1).min(self.budget.generation_batch);
-        let mut clock = Clock::default();
-        let part = self.eval_part(-1, 0..n, 0, &mut clock)?;
-        Ok(self.summarize_part(-1, n, part, clock)?.1)
+        self.evaluate_rows(-1, 0..n)
     }
 
-    /// The metrics and rows of the first `n` held-out prompts' evaluation at step `t`, from
-    /// their sampled and scored `part`.
-    fn summarize_part(&self, t: i64, n: usize, part: EvalPart, clock: Clock) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
-        let mut m = Map::new();
-        let EvalPart { reward: rw, kl, metric: golds, frozen, length, finished: fin } = part;
+    /// The metrics and rows of the held-out prompts `range` evaluated at step `t`, from their
+    /// sampled and scored `part`.
+    fn summarize_part(
+        &self,
+        t: i64,
+        range: std::ops::Range<usize>,
+        part: EvalPart,
+        clock: Clock,
+    ) -> Result<(Map<String, Value>, Vec<Map<String, Value>>)> {
+        let EvalPart { reward, kl, metric: golds, frozen, length, finished } = part;
         let metric = self.metric.as_ref().map(|s| s.name());
-        let mut cols = EvalColumns { reward: vec![], frozen: None, metric: None, length, kl: vec![] };
-        // The means over all rows, as one pass over the whole batch computes them.
-        m.insert("eval/reward".into(), json!(rw.mean(Kind::Float).double_value(&[])));
-        cols.reward = Vec::<f64>::try_from(rw.to_kind(Kind::Double))?;
-        if !frozen.is_empty() {
-            m.insert("eval/reward_frozen_rm".into(), json!(frozen.iter().sum::<f64>() / frozen.len() as f64));
-            cols.frozen = Some(frozen);
-        }
-        m.insert("eval/kl".into(), json!(kl.mean(Kind::Float).double_value(&[])));
-        cols.kl = Vec::<f64>::try_from(kl.to_kind(Kind::Double))?;
-        m.insert("eval/mean_length".into(), json!(cols.length.iter().sum::<f64>() / n as f64));
-        if let (Some(name), Some(gs)) = (metric, golds) {
-            m.insert(format!("eval/{name}"), json!(gs.mean(Kind::Float).double_value(&[])));
-            cols.metric = Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?));
-        }
+        let columns = EvalColumns {
+            reward: Vec::<f64>::try_from(reward.to_kind(Kind::Double))?,
+            frozen: (!frozen.is_empty()).then_some(frozen),
+            metric: match (metric, golds) {
+                (Some(name), Some(gs)) => Some((name, Vec::<f64>::try_from(gs.to_kind(Kind::Double))?)),
+                _ => None,
+            },
+            length,
+            kl: Vec::<f64>::try_from(kl.to_kind(Kind::Double))?,
+        };
+        let prompts: Vec<&PromptExample> = self.eval_prompts[range.clone()].iter().collect();
+        let rows = eval_rows(t, range.start, &prompts, &finished, &columns);
+        let mut m = eval_means(&rows, columns.metric.as_ref().map(|(name, _)| *name));
         // Where an eval's time goes (nested under `time/eval/`: the report stacks only `time/<phase>`,
         // and `time/eval` holds the whole eval).
         clock.add_to(&mut m);
-        let columns = cols;
-        let all: Vec<&PromptExample> = self.eval_prompts.iter().take(n).collect();
-        let rows = eval_rows(t, &all, &fin, &columns);
         Ok((m, rows))
     }
 
     /// Samples and scores the evaluation prompts `range`, whose first sampling call is call
     /// `first_call` of the whole evaluation.
     fn eval_part(&mut self, t: i64, range: std::ops::Range<usize>, first_call: u64, clock: &mut Clock) -> Result<EvalPart> {
+        let range_start = range.start;
         let prompts: Vec<&PromptExample> = self.eval_prompts[range].iter().collect();
         let n = prompts.len();
         let ids = prompt_ids(&self.tokenizer, &prompts, self.cfg.policy.chat, self.cfg.rl.max_prompt_tokens)?;
@@ -123,10 +144,15 @@ impl Run<'_> {
         let metric = self.metric.as_ref().map(|s| s.name());
         // The reference, reward and metric passes go in chunks of `rl.eval_prompts` rows, the
         // memory of an ordinary evaluation: a larger final evaluation is several of them.
+        // Chunks start at multiples of the chunk size over the whole evaluation, so that rows
+        // evaluated apart (a rank's share, an evaluation extended) see the same padding.
         let chunk = self.cfg.rl.eval_prompts.max(1);
+        let base = range_start;
         let (mut rws, mut kls, mut golds, mut frozen, mut length) = (vec![], vec![], vec![], vec![], vec![]);
-        for lo in (0..n).step_by(chunk) {
-            let (hi, l) = ((lo + chunk).min(n), lo as i64);
+        let mut lo = 0;
+        while lo < n {
+            let hi = (((base + lo) / chunk + 1) * chunk - base).min(n);
+            let l = lo as i64;
             let rows = |x: &Tensor| x.narrow(0, l, (hi - lo) as i64);
             let (seq, seq_mask, ids, mask) = (rows(&seq), rows(&seq_mask), rows(&g.ids), rows(&g.mask));
             let (rlp, ref_last) = clock.time("time/eval/reference", || match &g.trunk {
@@ -164,6 +190,7 @@ impl Run<'_> {
             }
             length.extend(Vec::<f64>::try_from(mf.sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(Device::Cpu))?);
             kls.push(kl.to_device(Device::Cpu));
+            lo = hi;
         }
         Ok(EvalPart {
             reward: Tensor::cat(&rws, 0),
@@ -235,12 +262,13 @@ struct EvalColumns {
 
 /// The rows of `eval.jsonl` for step `t`: step, prompt index and id, reward, the frozen RM's and
 /// the metric source's scores, length, KL and whether the response finished.
-fn eval_rows(t: i64, prompts: &[&PromptExample], finished: &[bool], c: &EvalColumns) -> Vec<Map<String, Value>> {
+/// `prompts` are the held-out prompts from index `first` on.
+fn eval_rows(t: i64, first: usize, prompts: &[&PromptExample], finished: &[bool], c: &EvalColumns) -> Vec<Map<String, Value>> {
     (0..prompts.len())
         .map(|i| {
             let mut r = Map::new();
             r.insert("step".into(), json!(t));
-            r.insert("prompt".into(), json!(i));
+            r.insert("prompt".into(), json!(first + i));
             r.insert("id".into(), prompts[i].meta.get("id").cloned().unwrap_or(Value::Null));
             r.insert("reward".into(), json!(c.reward[i]));
             if let Some(f) = &c.frozen {
@@ -255,4 +283,30 @@ fn eval_rows(t: i64, prompts: &[&PromptExample], finished: &[bool], c: &EvalColu
             r
         })
         .collect()
+}
+
+/// An evaluation's metrics from its rows: the means of the reward, of the frozen RM's score (where
+/// the rows have it), of the KL, of the length and of the metric source's score `metric` (its
+/// column's name). The reward's, the KL's and the metric's means are taken over f32 values in
+/// libtorch, as the tensors they come from: metrics recomputed from the rows of `eval.jsonl`
+/// (an extended evaluation) equal those of one evaluation of them all.
+pub fn eval_means(rows: &[Map<String, Value>], metric: Option<&str>) -> Map<String, Value> {
+    let col = |k: &str| -> Vec<f64> { rows.iter().filter_map(|r| r.get(k)).map(|v| v.as_f64().unwrap_or(f64::NAN)).collect() };
+    let mean32 = |v: Vec<f64>| {
+        let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+        Tensor::from_slice(&v).mean(Kind::Float).double_value(&[])
+    };
+    let mean64 = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    let mut m = Map::new();
+    m.insert("eval/reward".into(), json!(mean32(col("reward"))));
+    let frozen = col("reward_frozen_rm");
+    if !frozen.is_empty() {
+        m.insert("eval/reward_frozen_rm".into(), json!(mean64(frozen)));
+    }
+    m.insert("eval/kl".into(), json!(mean32(col("kl"))));
+    m.insert("eval/mean_length".into(), json!(mean64(col("length"))));
+    if let Some(name) = metric {
+        m.insert(format!("eval/{name}"), json!(mean32(col(name))));
+    }
+    m
 }

@@ -9,6 +9,7 @@ use crate::model::load::safetensors;
 use crate::model::precision::Precision;
 use crate::rl::budget::{Budget, Count, Shapes};
 use crate::rl::config::RlConfig;
+use crate::rl::eval_rows::{extend_init_eval, extend_last_eval, initial_eval};
 use crate::rl::reward_source::{MetricSource, RewardSource};
 use crate::tokenizer::Tokenizer;
 use crate::train::{apply_trainable, AdamW, AdamWConfig};
@@ -256,6 +257,10 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     if main {
         crate::config::save(cfg, &out.join("config.toml"))?;
     }
+    if ck.is_some() && cfg.rl.eval_every > 0 {
+        // Before the checkpoint is loaded: the run holds pi_init.
+        extend_init_eval(run)?;
+    }
     let start = match &ck {
         Some(d) => run.load_checkpoint(d)?,
         None => 0,
@@ -276,7 +281,8 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
         d.group.barrier()?;
     }
     let eval_on = cfg.rl.eval_every > 0;
-    let init = if eval_on { initial_eval(run, eval_keep.is_some(), &out.join("eval.jsonl"), eval_sink.as_mut())? } else { vec![] };
+    let eval_path = out.join("eval.jsonl");
+    let init = if eval_on { initial_eval(run, eval_keep.is_some(), &eval_path, eval_sink.as_mut())? } else { vec![] };
     if main {
         eprintln!(
             "rl: rollouts and evals decode in calls of at most {} rows; {} micro-batch(es) per optimiser step{}",
@@ -315,6 +321,11 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
     if let Some(b) = &bar {
         b.finish();
     }
+    if eval_on && main && ck.is_some() && start == cfg.rl.steps {
+        // A finished run resumed: its last evaluation may have grown since.
+        drop((sink.take(), eval_sink.take()));
+        extend_last_eval(run, &init)?;
+    }
     // A reward model on another rank may stop.
     run.reward.finish()?;
     if let Some(d) = run.dist {
@@ -328,107 +339,14 @@ pub fn run(run: &mut Run, resume: bool, progress: bool) -> Result<std::path::Pat
 }
 
 /// The eval rows' scores by the metric source's column (the testbed's gold): the win rate's judge.
-fn judged(run: &Run, rows: &[Map<String, Value>]) -> Vec<f64> {
+pub(super) fn judged(run: &Run, rows: &[Map<String, Value>]) -> Vec<f64> {
     let judge = run.metric.as_ref().map(|m| m.name()).unwrap_or_default();
     rows.iter().filter_map(|r| r.get(judge).and_then(|g| g.as_f64())).collect()
 }
 
-/// pi_init's eval rows (step -1), the baseline of the win rates: written once; on resume read
-/// back from eval.jsonl, so that a run stopped before its first checkpoint does not evaluate
-/// pi_init again (recomputed, deterministically, where rows are missing; rewritten where a stop
-/// cut them short before any checkpoint). Returns their judged scores.
-fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Option<&mut MetricsSink>) -> Result<Vec<f64>> {
-    let kept: Vec<Map<String, Value>> = if resumed && eval_path.exists() {
-        crate::metrics::read_jsonl(eval_path)?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1)).collect()
-    } else {
-        vec![]
-    };
-    let want = run.eval_size(-1);
-    let mut have = kept.len() == want && want > 0;
-    if let Some(d) = run.dist {
-        // The ranks evaluate together (each its share, or each asking the reward-model rank in
-        // step): they skip it only if every rank read the rows back.
-        have = d.group.sum_f64(&[f64::from(u8::from(have))])?[0] == d.group.world() as f64;
-    }
-    if have {
-        return Ok(judged(run, &kept));
-    }
-    let shared = match run.cfg.rl.pi_init_eval_from.clone() {
-        Some(from) if kept.is_empty() => shared_init_eval(run, &from, want)?,
-        _ => None,
-    };
-    let rows = match shared {
-        Some(rows) => rows,
-        None => run.evaluate(-1)?.1,
-    };
-    // Only pi_init's rows can be in the file without a checkpoint: a partial set is replaced.
-    let only_init = kept.len() == crate::metrics::read_jsonl(eval_path).map(|v| v.len()).unwrap_or(0);
-    if let (true, Some(sink)) = (kept.is_empty() || only_init, eval_sink) {
-        if !kept.is_empty() {
-            *sink = MetricsSink::open(eval_path, None)?;
-        }
-        for r in &rows {
-            sink.write(r)?;
-        }
-    }
-    Ok(judged(run, &rows))
-}
-
-/// pi_init's evaluation rows from another run's `eval.jsonl` (`rl.pi_init_eval_from`), after
-/// this run's own first sampling call of that evaluation agrees with them: the same prompts,
-/// finished flags and lengths, every score within 1e-5 (relative to 1). None, with the reason on
-/// stderr, where it does not or the file has not the whole evaluation: pi_init is then evaluated
-/// in full.
-fn shared_init_eval(run: &mut Run, from: &Path, want: usize) -> Result<Option<Vec<Map<String, Value>>>> {
-    ensure!(
-        run.dist.is_none(),
-        "rl.pi_init_eval_from = {}: one process only (a data parallel run evaluates pi_init itself)",
-        from.display()
-    );
-    let theirs: Vec<Map<String, Value>> = crate::metrics::read_jsonl(from)
-        .with_context(|| format!("rl.pi_init_eval_from = {}", from.display()))?
-        .into_iter()
-        .filter(|r| r.get("step").and_then(Value::as_i64) == Some(-1))
-        .collect();
-    let not_shared = |why: String| {
-        eprintln!("rl: pi_init's evaluation is not shared with {}: {why}; evaluating it in full", from.display());
-        Ok(None)
-    };
-    if theirs.len() != want {
-        return not_shared(format!("it has {} rows of pi_init, this run evaluates {want}", theirs.len()));
-    }
-    let mine = run.first_call_rows()?;
-    for (a, b) in mine.iter().zip(&theirs) {
-        if let Some(why) = row_difference(a, b) {
-            return not_shared(format!("prompt {}: {why}", a.get("prompt").cloned().unwrap_or(Value::Null)));
-        }
-    }
-    eprintln!("rl: pi_init's evaluation is shared with {} ({} of its {want} rows checked here)", from.display(), mine.len());
-    Ok(Some(theirs))
-}
-
-/// Why two eval rows of one prompt differ (None: the same keys, equal non-numbers, numbers within
-/// 1e-5 relative to max(1, |x|)).
-fn row_difference(a: &Map<String, Value>, b: &Map<String, Value>) -> Option<String> {
-    if a.keys().ne(b.keys()) {
-        return Some(format!("columns {:?} vs {:?}", a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>()));
-    }
-    for (k, x) in a {
-        let y = &b[k];
-        let same = match (x.as_f64(), y.as_f64()) {
-            (Some(p), Some(q)) if x.is_f64() || y.is_f64() => (p - q).abs() <= 1e-5 * p.abs().max(1.0),
-            _ => x == y,
-        };
-        if !same {
-            return Some(format!("{k} {x} vs {y}"));
-        }
-    }
-    None
-}
-
 /// The share of prompts on which `now` beats `init` (ties count half): the win rate against
 /// pi_init, the AlpacaEval-WR analogue. None when the two do not cover the same prompts.
-fn win_rate(now: &[f64], init: &[f64]) -> Option<f64> {
+pub(super) fn win_rate(now: &[f64], init: &[f64]) -> Option<f64> {
     if now.is_empty() || now.len() != init.len() {
         return None;
     }

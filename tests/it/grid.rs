@@ -134,6 +134,52 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     assert!(e.contains("archive/runs/r2m-rloo-s0") && e.contains("different config"), "{e}");
 }
 
+/// A grid whose evaluations grow (`rl.final_eval_prompts` raised after its runs finished): each
+/// finished run extends pi_init's and its last step's evaluations from its final checkpoint and
+/// keeps its training, done.json and RM accuracy; the archive takes the grown runs. A finished run
+/// restored from the archive (no checkpoint) cannot extend, and the grid says so.
+#[test]
+fn a_grid_extends_its_finished_runs_when_its_evaluation_grows() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let mut cfg = tiny_grid(d.path());
+    cfg.seeds = vec![0];
+    cfg.archive = Some(d.path().join("archive"));
+    run_grid(&cfg, false).unwrap();
+    let read = |run: &str, f: &str| std::fs::read_to_string(cfg.out.join(run).join(f)).unwrap();
+    let runs = ["vanilla-rloo-s0", "r2m-rloo-s0"];
+    let before: Vec<_> = runs
+        .iter()
+        .map(|r| (read(r, "done.json"), read(r, "rm_accuracy.json"), records_without_times(&cfg.out.join(r).join("metrics.jsonl"))))
+        .collect();
+    let mut grown = cfg.clone();
+    grown.run.rl.final_eval_prompts = Some(8);
+    let o = run_grid(&grown, false).unwrap();
+    assert_eq!(o.ran, runs);
+    for (r, (done, acc, metrics)) in runs.iter().zip(&before) {
+        let e = r2m::metrics::read_jsonl(&cfg.out.join(r).join("eval.jsonl")).unwrap();
+        let count = |t: i64| e.iter().filter(|x| x["step"] == t).count();
+        assert_eq!([count(-1), count(0), count(1), count(2)], [8, 4, 4, 8], "{r}");
+        assert_eq!((&read(r, "done.json"), &read(r, "rm_accuracy.json")), (done, acc), "{r}");
+        let now = records_without_times(&cfg.out.join(r).join("metrics.jsonl"));
+        for (a, b) in now.iter().zip(metrics) {
+            for (k, v) in b.iter().filter(|(k, _)| !k.starts_with("eval/")) {
+                assert_eq!(Some(v), a.get(k), "{r}: step {}: {k}", b["step"]);
+            }
+        }
+        let archived = std::fs::read_to_string(d.path().join("archive/runs").join(r).join("eval.jsonl")).unwrap();
+        assert_eq!(archived, read(r, "eval.jsonl"), "{r}: archived");
+    }
+    assert!(run_grid(&grown, false).unwrap().ran.is_empty());
+    // From the archive alone: the grown runs are reused; a grid that grows them again cannot extend them.
+    std::fs::remove_dir_all(&cfg.out).unwrap();
+    assert_eq!(run_grid(&grown, false).unwrap().skipped.len(), 2);
+    grown.run.rl.final_eval_prompts = Some(10);
+    let e = format!("{:#}", run_grid(&grown, false).unwrap_err());
+    assert!(e.contains("vanilla-rloo-s0") && e.contains("no checkpoint"), "{e}");
+}
+
 /// `jobs = 2`: the runs go to child processes (`r2m rl`, two at a time) and give exactly the runs
 /// one process makes one after another at the same thread count; a failed child stops the grid
 /// with the end of its log, and the grid resumes from the children's checkpoints.

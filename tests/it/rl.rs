@@ -228,6 +228,88 @@ fn final_evaluations_use_more_prompts_than_the_curve() {
     assert!(err.contains("rl.final_eval_prompts = 3") && err.contains("rl.eval_prompts = 4"), "{err}");
 }
 
+/// A finished run whose config now evaluates more prompts (`rl.final_eval_prompts` raised) is
+/// resumed from its final checkpoint and extends pi_init's and the last step's evaluations: it
+/// samples the new prompts (and the last whole call made earlier again, to check it) and ends with
+/// the rows and eval metrics of a run that evaluated that many prompts from the start, R2M's
+/// frozen-RM column included. A stored row the checkpoint does not reproduce stops it, and the
+/// rows and metrics of that step stay as they were.
+#[test]
+fn a_finished_run_extends_its_evaluations_when_they_grow() {
+    let _rng = crate::common::torch_rng_lock();
+    let d = tmpdir();
+    tiny_world(d.path());
+    let make = |out: &str, n: usize| {
+        let mut c = tiny_cfg(d.path(), Algo::Grpo, out);
+        c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-3, ..Default::default() });
+        c.policy.trainable = Trainable::Top { layers: 1, head: true };
+        c.rl.steps = 2;
+        c.rl.eval_every = 1;
+        c.rl.generation_batch = Count::Fixed(4);
+        c.rl.final_eval_prompts = Some(n);
+        c
+    };
+    let go = |c: &RlConfig, resume: bool| -> anyhow::Result<std::path::PathBuf> {
+        let mut r = build(c, source(c), Some(Box::new(YesCount)), Device::Cpu)?;
+        run(&mut r, resume, false)
+    };
+    let full = make("full", 10);
+    go(&full, false).unwrap();
+    let rows = |c: &RlConfig| r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
+    let close = |what: &str, a: &serde_json::Map<String, Value>, b: &serde_json::Map<String, Value>| {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}");
+        for (k, x) in a {
+            let same = match (x.as_f64(), b[k].as_f64()) {
+                (Some(p), Some(q)) => (p - q).abs() <= 1e-5 * p.abs().max(1.0),
+                _ => x == &b[k],
+            };
+            assert!(same, "{what}: {k}: {x} vs {}", b[k]);
+        }
+    };
+    // 8 prompts: whole calls of 4; the extension samples call 1 (prompts 4-7) again and 8-9 new.
+    // 6 prompts: the last call was cut short (4 + 2); prompts 4-9 are sampled in whole calls.
+    for n in [8, 6] {
+        let small = make(&format!("small-{n}"), n);
+        go(&small, false).unwrap();
+        let count = |e: &[serde_json::Map<String, Value>], t: i64| e.iter().filter(|r| r["step"] == t).count();
+        assert_eq!((count(&rows(&small), -1), count(&rows(&small), 1)), (n, n));
+        let mut grown = small.clone();
+        grown.rl.final_eval_prompts = Some(10);
+        go(&grown, true).unwrap();
+        let (e, want) = (rows(&grown), rows(&full));
+        assert_eq!(e.len(), want.len(), "{n}: rows");
+        assert!(e[0].contains_key("reward_frozen_rm"), "{:?}", e[0]);
+        for (a, b) in e.iter().zip(&want) {
+            close(&format!("{n}: eval row {:?}", (&a["step"], &a["prompt"])), a, b);
+        }
+        let (m, mw) = (records_without_times(&grown.out.join("metrics.jsonl")), records_without_times(&full.out.join("metrics.jsonl")));
+        assert_eq!(m.len(), 2);
+        for (a, b) in m.iter().zip(&mw) {
+            close(&format!("{n}: metrics of step {}", a["step"]), a, b);
+        }
+    }
+    // A stored row of the call sampled again, changed: the extension stops and writes nothing.
+    let small = make("small-tampered", 8);
+    go(&small, false).unwrap();
+    let path = small.out.join("eval.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last = text.lines().filter(|l| l.contains("\"step\":1,")).nth(5).unwrap();
+    let tampered = text.replace(last, &last.replace("\"finished\":", "\"finished_\":"));
+    std::fs::write(&path, &tampered).unwrap();
+    let metrics = std::fs::read_to_string(small.out.join("metrics.jsonl")).unwrap();
+    let mut grown = small.clone();
+    grown.rl.final_eval_prompts = Some(10);
+    let err = format!("{:#}", go(&grown, true).unwrap_err());
+    assert!(err.contains("step 1 cannot be extended") && err.contains("prompt 5"), "{err}");
+    // pi_init's evaluation, extended before, stays extended; the last step's rows are as they were.
+    let now = std::fs::read_to_string(&path).unwrap();
+    let of_step =
+        |text: &str, t: &str| text.lines().filter(|l| l.contains(&format!("\"step\":{t},"))).map(String::from).collect::<Vec<_>>();
+    assert_eq!(of_step(&now, "-1").len(), 10);
+    assert_eq!(of_step(&now, "1"), of_step(&tampered, "1"));
+    assert_eq!(std::fs::read_to_string(small.out.join("metrics.jsonl")).unwrap(), metrics);
+}
+
 pub fn records_without_times(p: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     r2m::metrics::read_jsonl(p)
         .unwrap()

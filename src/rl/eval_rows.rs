@@ -1,0 +1,261 @@
+//! Evaluation rows kept across runs and resumes, always checked before they are trusted:
+//!
+//! - pi_init's evaluation is written once and read back on resume; a run may take it from
+//!   another run of the same seed (`rl.pi_init_eval_from`) once its own first sampling call agrees
+//!   with that run's rows;
+//! - an evaluation that grew after it was made (`rl.final_eval_prompts` raised, `data.testbed_test`
+//!   with it) is extended rather than redone: a resumed run samples only the new prompts, each
+//!   sampling call with the seed it has in the whole evaluation, after the last call made earlier
+//!   is sampled again and agrees with its stored rows. pi_init's evaluation grows on resume; the
+//!   last step's grows when a finished run is resumed from its final checkpoint, and that step's
+//!   eval metrics are recomputed over all its rows.
+use crate::checkpoint::write_atomic;
+use crate::metrics::{read_jsonl, MetricsSink};
+use crate::rl::eval::eval_means;
+use crate::rl::trainer::{judged, win_rate, Run};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+type Row = Map<String, Value>;
+
+/// pi_init's eval rows (step -1), the baseline of the win rates: written once; on resume read
+/// back from eval.jsonl, so that a run stopped before its first checkpoint does not evaluate
+/// pi_init again (recomputed, deterministically, where rows are missing; rewritten where a stop
+/// cut them short before any checkpoint). Returns their judged scores.
+pub(super) fn initial_eval(run: &mut Run, resumed: bool, eval_path: &Path, eval_sink: Option<&mut MetricsSink>) -> Result<Vec<f64>> {
+    let kept: Vec<Row> = if resumed && eval_path.exists() { step_rows(eval_path, -1)? } else { vec![] };
+    let want = run.eval_size(-1);
+    let mut have = kept.len() == want && want > 0;
+    if let Some(d) = run.dist {
+        // The ranks evaluate together (each its share, or each asking the reward-model rank in
+        // step): they skip it only if every rank read the rows back.
+        have = d.group.sum_f64(&[f64::from(u8::from(have))])?[0] == d.group.world() as f64;
+    }
+    if have {
+        return Ok(judged(run, &kept));
+    }
+    let shared = match run.cfg.rl.pi_init_eval_from.clone() {
+        Some(from) if kept.is_empty() => shared_init_eval(run, &from, want)?,
+        _ => None,
+    };
+    let rows = match shared {
+        Some(rows) => rows,
+        None => run.evaluate(-1)?.1,
+    };
+    // Only pi_init's rows can be in the file without a checkpoint: a partial set is replaced.
+    let only_init = kept.len() == read_jsonl(eval_path).map(|v| v.len()).unwrap_or(0);
+    if let (true, Some(sink)) = (kept.is_empty() || only_init, eval_sink) {
+        if !kept.is_empty() {
+            *sink = MetricsSink::open(eval_path, None)?;
+        }
+        for r in &rows {
+            sink.write(r)?;
+        }
+    }
+    Ok(judged(run, &rows))
+}
+
+/// pi_init's evaluation extended where it grew since the run checkpointed (`rl.final_eval_prompts`
+/// raised): called before the checkpoint is loaded, while the run holds pi_init (its policy and
+/// its reward source as built). Nothing to do where pi_init's evaluation has its rows.
+pub(super) fn extend_init_eval(run: &mut Run) -> Result<()> {
+    let eval_path = run.cfg.out.join("eval.jsonl");
+    if !eval_path.exists() {
+        return Ok(());
+    }
+    let kept = step_rows(&eval_path, -1)?;
+    if kept.is_empty() || kept.len() >= run.eval_size(-1) {
+        return Ok(());
+    }
+    let from = run.cfg.rl.pi_init_eval_from.clone();
+    let rows = extended(run, -1, kept, from.as_deref())?;
+    replace_step_rows(&eval_path, -1, &rows)
+}
+
+/// A finished run resumed from its final checkpoint after its last evaluation grew: the new
+/// prompts' rows of the last step's evaluation, and that step's eval metrics in `metrics.jsonl`
+/// recomputed over all its rows (the win rate against `init`, pi_init's judged scores, too).
+/// Nothing to do where the last step's evaluation has its rows.
+pub(super) fn extend_last_eval(run: &mut Run, init: &[f64]) -> Result<()> {
+    let t = run.cfg.rl.steps - 1;
+    let out = run.cfg.out.clone();
+    let eval_path = out.join("eval.jsonl");
+    let kept = step_rows(&eval_path, t)?;
+    let want = run.eval_size(t);
+    if kept.is_empty() || kept.len() >= want {
+        return Ok(());
+    }
+    let rows = extended(run, t, kept, None)?;
+    replace_step_rows(&eval_path, t, &rows)?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut records = read_jsonl(&metrics_path)?;
+    let rec = records
+        .iter_mut()
+        .rev()
+        .find(|r| r.get("step").and_then(Value::as_i64) == Some(t))
+        .with_context(|| format!("{}: no record of step {t}, the one whose evaluation grew", metrics_path.display()))?;
+    rec.extend(eval_means(&rows, run.metric.as_ref().map(|m| m.name())));
+    let now = judged(run, &rows);
+    if let Some(w) = win_rate(&now, &init[..now.len().min(init.len())]) {
+        rec.insert("eval/win_rate".into(), json!(w));
+    }
+    write_jsonl_atomic(&metrics_path, &records)
+}
+
+/// The evaluation at step `t` grown from the rows `kept` made earlier (its first prompts) to
+/// `run.eval_size(t)` prompts, in one process. From another run's rows at step `t` (`from`) where
+/// they are the whole evaluation and agree with `kept`; else the new prompts sampled and scored
+/// here, from the last whole sampling call of `kept`, which is sampled again and must agree with
+/// its stored rows (the same prompts, lengths and finished flags, scores within 1e-4) but for at
+/// most a tenth of them: a checkpoint or a build that does not reproduce them is an error, and
+/// nothing is written. Rows of a last call
+/// that was cut short (fewer than `rl.generation_batch` prompts) are sampled again in a whole call,
+/// as an evaluation of the new size samples them.
+fn extended(run: &mut Run, t: i64, kept: Vec<Row>, from: Option<&Path>) -> Result<Vec<Row>> {
+    let (k, want) = (kept.len(), run.eval_size(t));
+    ensure!(
+        run.dist.is_none(),
+        "the evaluation at step {t} grew from {k} to {want} prompts: extending it runs in one process (resume without --nproc)"
+    );
+    if let Some(from) = from {
+        let theirs = step_rows(from, t).with_context(|| format!("rl.pi_init_eval_from = {}", from.display()))?;
+        match (theirs.len() == want).then(|| kept.iter().zip(&theirs).find_map(|(a, b)| row_difference(a, b))) {
+            Some(None) => {
+                eprintln!(
+                    "rl: the evaluation at step {t} grew from {k} to {want} prompts: the new rows are {}'s, whose first {k} agree",
+                    from.display()
+                );
+                let mut rows = kept;
+                rows.extend(theirs.into_iter().skip(k));
+                return Ok(rows);
+            }
+            Some(Some(why)) => eprintln!("rl: not extending the evaluation at step {t} from {}: {why}", from.display()),
+            None => {
+                eprintln!("rl: not extending the evaluation at step {t} from {}: it has {} rows, not {want}", from.display(), theirs.len())
+            }
+        }
+    }
+    let gb = run.budget.generation_batch.max(1);
+    let whole = k - k % gb;
+    let lo = whole.saturating_sub(gb);
+    eprintln!("rl: the evaluation at step {t} grew from {k} to {want} prompts: evaluating prompts {whole}..{want} (and {lo}..{whole} again, to check)");
+    let fresh = run.evaluate_rows(t, lo..want)?;
+    let differ: Vec<String> = fresh.iter().zip(&kept[lo..whole]).filter_map(|(a, b)| row_difference(a, b)).collect();
+    // Float rounding (a GEMM's blocking, memory alignment) can turn a sampled token now and then;
+    // another checkpoint or build changes nearly every row.
+    if differ.len() * 10 > whole - lo {
+        bail!(
+            "the evaluation at step {t} cannot be extended: sampled again, {} of prompts {lo}..{whole} differ from their rows in eval.jsonl \
+             ({}); the checkpoint or this build is not the one that made the evaluation: evaluate it in a new run folder",
+            differ.len(),
+            differ[0]
+        );
+    }
+    if let Some(first) = differ.first() {
+        eprintln!(
+            "rl: sampled again, {} of prompts {lo}..{whole} differ from eval.jsonl ({first}); eval.jsonl's rows are kept",
+            differ.len()
+        );
+    }
+    let mut rows = kept;
+    rows.truncate(whole);
+    rows.extend(fresh.into_iter().skip(whole - lo));
+    Ok(rows)
+}
+
+/// pi_init's evaluation rows from another run's `eval.jsonl` (`rl.pi_init_eval_from`), after
+/// this run's own first sampling call of that evaluation agrees with them: the same prompts,
+/// finished flags and lengths, every score within 1e-4 (relative to 1). None, with the reason on
+/// stderr, where it does not or the file has not the whole evaluation: pi_init is then evaluated
+/// in full.
+fn shared_init_eval(run: &mut Run, from: &Path, want: usize) -> Result<Option<Vec<Row>>> {
+    ensure!(
+        run.dist.is_none(),
+        "rl.pi_init_eval_from = {}: one process only (a data parallel run evaluates pi_init itself)",
+        from.display()
+    );
+    let theirs = step_rows(from, -1).with_context(|| format!("rl.pi_init_eval_from = {}", from.display()))?;
+    let not_shared = |why: String| {
+        eprintln!("rl: pi_init's evaluation is not shared with {}: {why}; evaluating it in full", from.display());
+        Ok(None)
+    };
+    if theirs.len() != want {
+        return not_shared(format!("it has {} rows of pi_init, this run evaluates {want}", theirs.len()));
+    }
+    let mine = run.first_call_rows()?;
+    for (a, b) in mine.iter().zip(&theirs) {
+        if let Some(why) = row_difference(a, b) {
+            return not_shared(why);
+        }
+    }
+    eprintln!("rl: pi_init's evaluation is shared with {} ({} of its {want} rows checked here)", from.display(), mine.len());
+    Ok(Some(theirs))
+}
+
+/// Why two eval rows of one prompt differ (None: the same keys, equal non-numbers, numbers within
+/// 1e-4 relative to max(1, |x|): the KL column sums the rounding noise of up to a response's
+/// length of log-prob differences, about 1e-5 between two processes on one machine).
+fn row_difference(a: &Row, b: &Row) -> Option<String> {
+    let prompt = a.get("prompt").cloned().unwrap_or(Value::Null);
+    if a.keys().ne(b.keys()) {
+        return Some(format!("prompt {prompt}: columns {:?} vs {:?}", a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>()));
+    }
+    for (k, x) in a {
+        let y = &b[k];
+        let same = match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) if x.is_f64() || y.is_f64() => (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+            _ => x == y,
+        };
+        if !same {
+            return Some(format!("prompt {prompt}: {k} {x} vs {y}"));
+        }
+    }
+    None
+}
+
+/// The rows of step `t` in the eval file `path`.
+fn step_rows(path: &Path, t: i64) -> Result<Vec<Row>> {
+    Ok(read_jsonl(path)?.into_iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(t)).collect())
+}
+
+/// The eval file `path` with its rows of step `t` replaced by `rows` (the file is in step order),
+/// written atomically.
+fn replace_step_rows(path: &Path, t: i64, rows: &[Row]) -> Result<()> {
+    let all = read_jsonl(path)?;
+    let step = |r: &Row| r.get("step").and_then(Value::as_i64).unwrap_or(i64::MIN);
+    let before = all.iter().filter(|r| step(r) < t);
+    let after = all.iter().filter(|r| step(r) > t);
+    let records: Vec<Row> = before.chain(rows).chain(after).cloned().collect();
+    write_jsonl_atomic(path, &records)
+}
+
+/// `records` as JSON lines, replacing `path` atomically.
+fn write_jsonl_atomic(path: &Path, records: &[Row]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    Ok(write_atomic(path, text.as_bytes())?)
+}
+
+/// Whether the finished run in `dir` evaluated pi_init or its last step on fewer held-out prompts
+/// than `rc` asks for (`rl.final_eval_prompts` raised since): resumed from its final checkpoint,
+/// it extends them.
+pub fn evaluation_grew(dir: &Path, rc: &crate::rl::config::RlConfig) -> Result<bool> {
+    let path = dir.join("eval.jsonl");
+    if rc.rl.eval_every == 0 || !path.exists() {
+        return Ok(false);
+    }
+    let held_out = crate::sources::prompts(rc)?.eval.len();
+    let want = rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts).min(held_out);
+    let rows = read_jsonl(&path)?;
+    let count = |t: i64| rows.iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(t)).count();
+    Ok(count(-1) < want || count(rc.rl.steps - 1) < want)
+}
+
+/// How many rows of pi_init's evaluation the eval file `path` holds (0 where it cannot be read).
+pub fn init_rows(path: &Path) -> usize {
+    step_rows(path, -1).map_or(0, |r| r.len())
+}
