@@ -121,16 +121,19 @@ fn copy_shared(from: &Path, to: &Path, missing_only: bool) -> Result<Vec<String>
 }
 
 /// Copies every archived finished run into the grid folder `out` where `out` has no finished copy;
-/// returns their names. `check(name, archived_run_dir)` is called for each before it is copied;
-/// an error there (a config that differs from what the grid would run) stops the restore.
-pub fn restore_runs(archive: &Path, out: &Path, mut check: impl FnMut(&str, &Path) -> Result<()>) -> Result<Vec<String>> {
+/// returns their names. `check(name, archived_run_dir)` is called for each before it is copied:
+/// false skips the run (the grid runs it again, and `out` holds that run's progress); an error
+/// (a config that differs from what the grid would run) stops the restore.
+pub fn restore_runs(archive: &Path, out: &Path, mut check: impl FnMut(&str, &Path) -> Result<bool>) -> Result<Vec<String>> {
     let mut v = vec![];
     for (name, dir) in finished_runs(&archive.join("runs"))? {
         let to = out.join(&name);
         if to.join("done.json").exists() {
             continue;
         }
-        check(&name, &dir)?;
+        if !check(&name, &dir)? {
+            continue;
+        }
         if to.exists() {
             // An unfinished copy of a run that finished elsewhere: the archived one wins.
             std::fs::remove_dir_all(&to).with_context(|| format!("clearing {}", to.display()))?;
@@ -276,7 +279,7 @@ mod tests {
         assert_eq!(restore_shared(&arch, &fresh).unwrap(), vec!["pairs-train.config.json", "pairs-train.jsonl"]);
         let r = restore_runs(&arch, &fresh, |name, dir| {
             checked.push((name.to_string(), dir.to_path_buf()));
-            Ok(())
+            Ok(true)
         })
         .unwrap();
         assert_eq!(r, vec!["vanilla-grpo-s0"]);
@@ -286,7 +289,7 @@ mod tests {
         }
         // Nothing to restore the second time; a failing check stops a restore and copies nothing.
         assert!(restore_shared(&arch, &fresh).unwrap().is_empty());
-        assert!(restore_runs(&arch, &fresh, |_, _| Ok(())).unwrap().is_empty());
+        assert!(restore_runs(&arch, &fresh, |_, _| Ok(true)).unwrap().is_empty());
         let other = d.path().join("other");
         let e = restore_runs(&arch, &other, |name, _| bail!("{name}: other config")).unwrap_err();
         assert!(format!("{e:#}").contains("vanilla-grpo-s0: other config"));

@@ -7,7 +7,7 @@ use super::shared::run_rm_accuracy_after;
 use crate::checkpoint::write_atomic;
 use crate::r2m::Method;
 use crate::rl::config::RlConfig;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 use tch::Device;
 
@@ -20,6 +20,21 @@ pub(super) struct Pending {
     /// A finished run whose config now evaluates more prompts: it only extends its evaluations
     /// and keeps its `done.json` and RM accuracy.
     pub extend_only: bool,
+    /// A finished run with no checkpoint (an archive keeps none) whose config now evaluates more
+    /// prompts: it runs again from the start; [`Pending::start`] clears its folder.
+    pub rerun: bool,
+}
+
+impl Pending {
+    /// Readies the run's folder when its turn comes: a rerun's earlier results are removed (the
+    /// archive keeps them until the rerun finishes and replaces them).
+    pub fn start(&self) -> Result<()> {
+        let dir = &self.rc.out;
+        if self.rerun && dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {} to run it again", dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`

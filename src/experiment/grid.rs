@@ -65,14 +65,22 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
     let specs = cfg.runs();
     if let Some(a) = &cfg.archive {
         let restored = archive::restore_runs(a, &cfg.out, |name, dir| match specs.iter().find(|s| s.name() == name) {
-            Some(spec) => check_earlier_config(dir, &cfg.run_config(spec, &shared)?).map(|_| ()),
-            None => Ok(()), // not in this grid's selection: restored for the report, checked when run
+            Some(spec) => {
+                let rc = cfg.run_config(spec, &shared)?;
+                check_earlier_config(dir, &rc)?;
+                // Run again since its evaluation grew (below), and checkpointed here: its progress wins.
+                let rerunning = find_checkpoint(&rc.out.join("checkpoint")).is_some()
+                    && !rc.out.join("done.json").exists()
+                    && crate::rl::eval_rows::evaluation_grew(dir, &rc)?;
+                Ok(!rerunning)
+            }
+            None => Ok(true), // not in this grid's selection: restored for the report, checked when run
         })?;
         if !restored.is_empty() {
             say(progress, format!("restored {} finished runs from the archive {}: {}", restored.len(), a.display(), restored.join(", ")));
         }
     }
-    let (mut pending, mut skipped) = (vec![], vec![]);
+    let (mut pending, mut reruns, mut skipped) = (vec![], vec![], vec![]);
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name();
         let mut rc = cfg.run_config(spec, &shared)?;
@@ -89,16 +97,23 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
         if dir.join("done.json").exists() {
             if crate::rl::eval_rows::evaluation_grew(&dir, &rc)? {
                 // Finished, but its config now evaluates more prompts: the run extends its
-                // evaluations from its final checkpoint, and keeps its done.json.
-                ensure!(
-                    resume,
-                    "{}: the grid now evaluates pi_init and the last step on {} held-out prompts, more than this finished run did, \
-                     and the run keeps no checkpoint to extend its evaluations from (an archive keeps none): \
-                     delete the folder to rerun it, or evaluate on as many prompts as before",
-                    dir.display(),
-                    rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts)
-                );
-                pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: true });
+                // evaluations from its final checkpoint, and keeps its done.json. Without one (an
+                // archive keeps none) it runs again, after the runs that have no result yet.
+                if !resume {
+                    say(
+                        progress,
+                        format!(
+                            "[{}/{}] {name}: the grid now evaluates pi_init and the last step on {} held-out prompts, more than this run did, \
+                             and it has no checkpoint to extend its evaluations from: it runs again, after the runs not made yet",
+                            i + 1,
+                            specs.len(),
+                            rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts)
+                        ),
+                    );
+                    reruns.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: false, rerun: true });
+                    continue;
+                }
+                pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: true, rerun: false });
                 continue;
             }
             say(progress, format!("[{}/{}] {name}: done, skipped", i + 1, specs.len()));
@@ -109,8 +124,9 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             // Started but never checkpointed: nothing to keep.
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
-        pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: false });
+        pending.push(Pending { i, spec: spec.clone(), rc, resume, extend_only: false, rerun: false });
     }
+    pending.append(&mut reruns);
     let n = specs.len();
     let ran = if cfg.jobs == 1 {
         let mut ran = vec![];
@@ -118,6 +134,8 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             let name = p.spec.name();
             let what = if p.extend_only {
                 ": extending its evaluations"
+            } else if p.rerun {
+                ": running again, on the grown evaluation"
             } else if p.resume {
                 ": resuming"
             } else {
@@ -125,9 +143,10 @@ pub fn run_grid_with(cfg: &ExperimentConfig, progress: bool, exe: &Path) -> Resu
             };
             say(progress, format!("[{}/{n}] {name}{what}", p.i + 1));
             let tr = Instant::now();
+            p.start()?;
             {
                 let mut rc = p.rc.clone();
-                rc.rl.pi_init_eval_from = init_eval_source(&cfg.out, &p.spec, p.rc.rl.final_eval_prompts);
+                rc.rl.pi_init_eval_from = init_eval_source(&cfg.out, &p.spec, crate::rl::eval_rows::final_eval_size(&rc)?);
                 let mut r = crate::sources::build_run(&rc, device)?;
                 trainer::run(&mut r, p.resume, progress).with_context(|| format!("run {name}"))?;
             }
@@ -199,7 +218,7 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
     crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;
     if let Some(a) = &cfg.archive {
         archive::check_paths(a, &cfg.out)?;
-        let restored = archive::restore_runs(a, &cfg.out, |_, _| Ok(()))?;
+        let restored = archive::restore_runs(a, &cfg.out, |_, _| Ok(true))?;
         if !restored.is_empty() {
             say(progress, format!("restored {} finished runs from the archive {}", restored.len(), a.display()));
         }
@@ -213,10 +232,10 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
 
 /// A finished run of the grid in `out` (done.json written) with `spec`'s seed whose evaluation of
 /// pi_init `spec`'s run may share (`rl.pi_init_eval_from`, which checks it): one that evaluated
-/// pi_init on `rows` prompts (`rl.final_eval_prompts`, where set) first, then one of the same arm
-/// under another algorithm, else any other arm's. pi_init's evaluation depends on the seed, the
+/// pi_init on `rows` prompts (as many as its own evaluation takes) first (a smaller evaluation is
+/// extended by the run), then one of the same arm under another algorithm, else any other arm's. pi_init's evaluation depends on the seed, the
 /// policy, the prompts and the reward, not on the algorithm.
-fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: Option<usize>) -> Option<PathBuf> {
+fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: usize) -> Option<PathBuf> {
     let mut found: Vec<(bool, bool, PathBuf)> = vec![];
     for e in std::fs::read_dir(out).ok()?.flatten() {
         let dir = e.path();
@@ -227,7 +246,7 @@ fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: Option<usiz
         let Some((arm, _, seed)) = super::arm::parse_run_name(&name) else { continue };
         if seed == spec.seed {
             let path = dir.join("eval.jsonl");
-            let whole = rows.is_none_or(|n| crate::rl::eval_rows::init_rows(&path) == n);
+            let whole = crate::rl::eval_rows::init_rows(&path) == rows;
             found.push((!whole, arm != spec.arm.name(), path));
         }
     }

@@ -40,6 +40,7 @@ pub(super) fn run_side_by_side(
         while failed.is_none() && running.len() < cfg.jobs {
             let Some(p) = queue.next() else { break };
             let dir = &p.rc.out;
+            p.start()?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let conf = dir.join("config.toml");
             crate::config::save(&p.rc, &conf)?;

@@ -166,9 +166,10 @@ fn extended(run: &mut Run, t: i64, kept: Vec<Row>, from: Option<&Path>) -> Resul
 
 /// pi_init's evaluation rows from another run's `eval.jsonl` (`rl.pi_init_eval_from`), after
 /// this run's own first sampling call of that evaluation agrees with them: the same prompts,
-/// finished flags and lengths, every score within 1e-4 (relative to 1). None, with the reason on
-/// stderr, where it does not or the file has not the whole evaluation: pi_init is then evaluated
-/// in full.
+/// finished flags and lengths, every score within 1e-4 (relative to 1). Where that run evaluated
+/// fewer prompts, its rows are extended as [`extended`] extends a run's own. None, with the
+/// reason on stderr, where they do not agree or the file has more rows than this evaluation:
+/// pi_init is then evaluated in full.
 fn shared_init_eval(run: &mut Run, from: &Path, want: usize) -> Result<Option<Vec<Row>>> {
     ensure!(
         run.dist.is_none(),
@@ -180,6 +181,15 @@ fn shared_init_eval(run: &mut Run, from: &Path, want: usize) -> Result<Option<Ve
         eprintln!("rl: pi_init's evaluation is not shared with {}: {why}; evaluating it in full", from.display());
         Ok(None)
     };
+    if !theirs.is_empty() && theirs.len() < want {
+        // A smaller evaluation of pi_init: its whole sampling calls are this evaluation's first
+        // rows, taken after its last whole call is sampled here again and agrees.
+        eprintln!("rl: pi_init's evaluation starts from the {} rows of {}", theirs.len(), from.display());
+        return match extended(run, -1, theirs, None) {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) => not_shared(format!("{e:#}")),
+        };
+    }
     if theirs.len() != want {
         return not_shared(format!("it has {} rows of pi_init, this run evaluates {want}", theirs.len()));
     }
@@ -248,11 +258,17 @@ pub fn evaluation_grew(dir: &Path, rc: &crate::rl::config::RlConfig) -> Result<b
     if rc.rl.eval_every == 0 || !path.exists() {
         return Ok(false);
     }
-    let held_out = crate::sources::prompts(rc)?.eval.len();
-    let want = rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts).min(held_out);
+    let want = final_eval_size(rc)?;
     let rows = read_jsonl(&path)?;
     let count = |t: i64| rows.iter().filter(|r| r.get("step").and_then(Value::as_i64) == Some(t)).count();
     Ok(count(-1) < want || count(rc.rl.steps - 1) < want)
+}
+
+/// How many prompts `rc`'s evaluations of pi_init and of the last step take: `rl.final_eval_prompts`
+/// (else `rl.eval_prompts`), at most the held-out prompts there are.
+pub fn final_eval_size(rc: &crate::rl::config::RlConfig) -> Result<usize> {
+    let held_out = crate::sources::prompts(rc)?.eval.len();
+    Ok(rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts).min(held_out))
 }
 
 /// How many rows of pi_init's evaluation the eval file `path` holds (0 where it cannot be read).

@@ -172,12 +172,28 @@ fn a_grid_extends_its_finished_runs_when_its_evaluation_grows() {
         assert_eq!(archived, read(r, "eval.jsonl"), "{r}: archived");
     }
     assert!(run_grid(&grown, false).unwrap().ran.is_empty());
-    // From the archive alone: the grown runs are reused; a grid that grows them again cannot extend them.
+    // From the archive alone: the grown runs are reused. Grown again, they have no checkpoint to
+    // extend from: they run again, after the runs not made yet, and a rerun stopped part way
+    // resumes from its own checkpoint rather than from the archive's older result.
     std::fs::remove_dir_all(&cfg.out).unwrap();
     assert_eq!(run_grid(&grown, false).unwrap().skipped.len(), 2);
     grown.run.rl.final_eval_prompts = Some(10);
+    grown.run.rl.stop_after = Some(1);
     let e = format!("{:#}", run_grid(&grown, false).unwrap_err());
-    assert!(e.contains("vanilla-rloo-s0") && e.contains("no checkpoint"), "{e}");
+    assert!(e.contains("vanilla-rloo-s0") && e.contains("stopped after 1"), "{e}");
+    grown.run.rl.stop_after = None;
+    grown.seeds = vec![0, 1];
+    let o = run_grid(&grown, false).unwrap();
+    assert_eq!(o.ran, ["vanilla-rloo-s0", "vanilla-rloo-s1", "r2m-rloo-s1", "r2m-rloo-s0"]);
+    for r in o.ran {
+        let e = r2m::metrics::read_jsonl(&cfg.out.join(&r).join("eval.jsonl")).unwrap();
+        let count = |t: i64| e.iter().filter(|x| x["step"] == t).count();
+        assert_eq!([count(-1), count(2)], [10, 10], "{r}");
+        let m = r2m::metrics::read_jsonl(&cfg.out.join(&r).join("metrics.jsonl")).unwrap();
+        assert_eq!(m.iter().map(|x| x["step"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2], "{r}: one record per step");
+        let archived = std::fs::read_to_string(d.path().join("archive/runs").join(&r).join("eval.jsonl")).unwrap();
+        assert_eq!(archived, read(&r, "eval.jsonl"), "{r}: archived");
+    }
 }
 
 /// `jobs = 2`: the runs go to child processes (`r2m rl`, two at a time) and give exactly the runs

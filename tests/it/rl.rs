@@ -189,6 +189,21 @@ fn pi_init_evaluation_is_shared_only_where_it_agrees() {
     unmarked[9].as_object_mut().unwrap().remove("mark");
     assert_eq!(init_rows(&own), unmarked, "and equal this run's own evaluation");
 
+    // A smaller evaluation (9 prompts: two whole calls, one cut short) starts a larger one: its
+    // whole calls are kept (a mark in the first, which is not sampled again, shows up), the rest is
+    // sampled here.
+    let mut nine = cfg(Algo::Grpo, "nine", 1, None);
+    nine.rl.final_eval_prompts = Some(9);
+    go(&nine);
+    let small = nine.out.join("eval.jsonl");
+    let text = std::fs::read_to_string(&small).unwrap().replacen("\"prompt\":2,", "\"prompt\":2,\"mark\":2,", 1);
+    std::fs::write(&small, text).unwrap();
+    let grown = cfg(Algo::Rloo, "grown", 1, Some(&small));
+    go(&grown);
+    let mut expect = unmarked.clone();
+    expect[2].as_object_mut().unwrap().insert("mark".into(), 2.into());
+    assert_eq!(init_rows(&grown), expect, "the smaller evaluation's whole calls, then this run's rows");
+
     let other_seed = cfg(Algo::Rloo, "c", 2, Some(&path));
     go(&other_seed);
     let c_rows = init_rows(&other_seed);
