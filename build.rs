@@ -9,6 +9,8 @@
 //!   C++): libtorch ops that tch does not bind (the fused AdamW kernel).
 //! * csrc/decode.cpp: the CPU kernel of generation's sampling, built
 //!   for AVX-512, AVX2 and baseline x86-64 and picked by the CPU at run time.
+//! * csrc/mkl_cpu.cpp: MKL's CPU-vendor check, answered so that MKL picks its kernels by the
+//!   instruction sets alone (on AMD CPUs too); the symbol is exported from every executable.
 //! * csrc/dist.cpp: c10d's TCPStore, Gloo process group and collectives (src/dist/), against
 //!   the wheel's c10d headers and gloo's headers vendored in third_party/gloo.
 //! * csrc/dist_nccl.cpp: NCCL's process group, as a shared object of its own
@@ -23,6 +25,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/fused.cpp");
     println!("cargo:rerun-if-changed=csrc/decode.cpp");
     println!("cargo:rerun-if-changed=csrc/guard.h");
+    println!("cargo:rerun-if-changed=csrc/mkl_cpu.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.h");
     println!("cargo:rerun-if-changed=csrc/dist_nccl.cpp");
@@ -63,6 +66,11 @@ fn main() {
         .opt_level(3)
         .file("csrc/decode.cpp")
         .compile("r2m_decode");
+    // MKL (inside libtorch_cpu.so) resolves its vendor check through the dynamic linker: the
+    // executable's definition comes first once it is in the dynamic symbol table.
+    shim().file("csrc/mkl_cpu.cpp").compile("r2m_mkl_cpu");
+    println!("cargo:rustc-link-arg=-Wl,--undefined=mkl_serv_intel_cpu_true");
+    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
     // Each c10d header's body sits inside #ifdef USE_C10D_GLOO.
     shim()
         .include(root.join("include/torch/csrc/api/include"))

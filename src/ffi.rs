@@ -53,6 +53,7 @@ extern "C" {
     fn r2m_grad_enabled() -> i32;
     fn r2m_cpu_isa(out: *mut c_char, out_len: usize, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_decode_kernels() -> *const c_char;
+    fn r2m_mkl_vendor_overridden() -> i32;
     fn r2m_sample_logits(
         logits: *mut C_tensor,
         temperature: f64,
@@ -171,6 +172,14 @@ pub fn cpu_isa() -> Result<(String, Vec<String>), String> {
 pub fn decode_kernels() -> &'static str {
     // SAFETY: the C side returns a static NUL-terminated string.
     unsafe { std::ffi::CStr::from_ptr(r2m_decode_kernels()) }.to_str().unwrap_or("baseline")
+}
+
+/// Whether MKL runs its kernels for the CPU's instruction sets only because r2m answered its
+/// vendor check (csrc/mkl_cpu.cpp): true on a non-Intel x86-64 CPU, unless
+/// `R2M_MKL_VENDOR_CHECK=mkl` keeps MKL's own answer (its generic code paths there).
+pub fn mkl_vendor_overridden() -> bool {
+    // SAFETY: no arguments; reads the environment and MKL's vendor check.
+    unsafe { r2m_mkl_vendor_overridden() == 1 }
 }
 
 /// A build of the sampling kernel, for tests that compare them: `Baseline` < `Avx2` < `Avx512`;
