@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,23 @@ void finish(const R2mGroup* g, const c10::intrusive_ptr<c10d::Work>& work, const
   }
   throw std::runtime_error(std::string(what) + " did not finish within " +
                            std::to_string(limit.count()) + " ms");
+}
+
+// Issues a collective: `f` enqueues it and returns its work, which `finish` then waits for.
+//
+// c10d keeps one flight recorder per process for every Gloo group, and it registers a group on the
+// group's first collective without holding its own lock (FlightRecorder::recordWithResetEnabled in
+// torch 2.11). Two Gloo groups of one process issuing collectives from two threads at once, as ranks
+// run as threads do, can then corrupt its table and crash. Gloo's groups therefore issue their
+// collectives one at a time; issuing only enqueues the work, and the wait runs outside the lock.
+// NCCL's groups are left alone: an NCCL group's first collective waits for its peers, and a lock
+// held across it would stop peers that live in the same process.
+template <typename F>
+c10::intrusive_ptr<c10d::Work> issue(const R2mGroup* g, F f) {
+  if (!g->issue_serially) return f();
+  static std::mutex issuing;
+  std::lock_guard<std::mutex> lock(issuing);
+  return f();
 }
 
 }  // namespace
@@ -131,7 +149,7 @@ extern "C" int r2m_group_gloo(const R2mStore* s, int64_t rank, int64_t world, in
         c10::intrusive_ptr<c10d::Backend> backend =
             c10::make_intrusive<c10d::ProcessGroupGloo>(s->store, static_cast<int>(rank),
                                                         static_cast<int>(world), opts);
-        *out = new R2mGroup{backend, timeout};
+        *out = new R2mGroup{backend, timeout, /*issue_serially=*/true};
       },
       "unknown C++ exception in ProcessGroupGloo", err, err_len);
 }
@@ -155,7 +173,7 @@ extern "C" int r2m_broadcast(const R2mGroup* g, at::Tensor* t, int64_t root, cha
         c10d::BroadcastOptions o;
         o.rootRank = root;
         o.timeout = g->timeout;
-        finish(g, g->backend->broadcast(ts, o), "broadcast");
+        finish(g, issue(g, [&] { return g->backend->broadcast(ts, o); }), "broadcast");
       },
       "unknown C++ exception in broadcast", err, err_len);
 }
@@ -169,7 +187,7 @@ extern "C" int r2m_all_reduce(const R2mGroup* g, at::Tensor* t, int32_t op, char
         c10d::AllreduceOptions o;
         o.reduceOp = reduce_op(op);
         o.timeout = g->timeout;
-        finish(g, g->backend->allreduce(ts, o), "all_reduce");
+        finish(g, issue(g, [&] { return g->backend->allreduce(ts, o); }), "all_reduce");
       },
       "unknown C++ exception in all_reduce", err, err_len);
 }
@@ -181,7 +199,8 @@ extern "C" int r2m_all_gather(const R2mGroup* g, at::Tensor* out, at::Tensor* in
       [&] {
         c10d::AllgatherOptions o;
         o.timeout = g->timeout;
-        finish(g, g->backend->_allgather_base(*out, *input, o), "all_gather");
+        finish(g, issue(g, [&] { return g->backend->_allgather_base(*out, *input, o); }),
+               "all_gather");
       },
       "unknown C++ exception in all_gather", err, err_len);
 }
@@ -194,7 +213,8 @@ extern "C" int r2m_reduce_scatter(const R2mGroup* g, at::Tensor* out, at::Tensor
         c10d::ReduceScatterOptions o;
         o.reduceOp = reduce_op(op);
         o.timeout = g->timeout;
-        finish(g, g->backend->_reduce_scatter_base(*out, *input, o), "reduce_scatter");
+        finish(g, issue(g, [&] { return g->backend->_reduce_scatter_base(*out, *input, o); }),
+               "reduce_scatter");
       },
       "unknown C++ exception in reduce_scatter", err, err_len);
 }
@@ -204,7 +224,7 @@ extern "C" int r2m_barrier(const R2mGroup* g, char* err, size_t err_len) {
       [&] {
         c10d::BarrierOptions o;
         o.timeout = g->timeout;
-        finish(g, g->backend->barrier(o), "barrier");
+        finish(g, issue(g, [&] { return g->backend->barrier(o); }), "barrier");
       },
       "unknown C++ exception in barrier", err, err_len);
 }

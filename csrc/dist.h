@@ -18,6 +18,9 @@ struct R2mStore {
 struct R2mGroup {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  // Whether this group's collectives are issued one at a time across the process (csrc/dist.cpp,
+  // `issue`): true for Gloo's groups.
+  bool issue_serially = false;
 };
 
 // Reduce ops, as src/dist/backend.rs numbers them.
