@@ -7,8 +7,9 @@
 //!   needs libtorch_cuda would not start there. `r2m::device` dlopens it when CUDA is asked for.
 //! * csrc/fused.cpp, compiled against the same libtorch's headers (as torch-sys compiles its own
 //!   C++): libtorch ops that tch does not bind (the fused AdamW kernel).
-//! * csrc/decode.cpp: the CPU kernel of generation's sampling, built
-//!   for AVX-512, AVX2 and baseline x86-64 and picked by the CPU at run time.
+//! * csrc/decode.cpp: generation's CPU kernels (sampling, batch-1 matrix-vector products), built
+//!   for AVX-512, AVX2 and baseline x86-64 and picked by the CPU at run time; OpenMP, as ATen's
+//!   parallel_for needs.
 //! * csrc/mkl_cpu.cpp: MKL's CPU-vendor check, answered so that MKL picks its kernels by the
 //!   instruction sets alone (on AMD CPUs too); the symbol is exported from every executable.
 //! * csrc/dist.cpp: c10d's TCPStore, Gloo process group and collectives (src/dist/), against
@@ -59,13 +60,20 @@ fn main() {
         b
     };
     shim().file("csrc/fused.cpp").compile("r2m_fused");
-    // The sampling kernel: -O3 in every profile (it is built for several instruction sets inside
-    // and must vectorize at each).
+    // r2m's CPU kernels (sampling, matrix-vector): -O3 in every profile (built for several
+    // instruction sets inside and must vectorize at each). ATen's parallel_for is an OpenMP
+    // region written in its header: without -fopenmp it runs on the calling thread alone. The
+    // executables then link libgomp, which resolves to libtorch's own copy at run time (the
+    // rpath puts libtorch's folder first, and both carry the soname libgomp.so.1).
     shim()
         .flag("-Wno-psabi") // GCC's note on passing 64-byte vectors: these functions are internal
+        // No fused multiply-add: every build rounds after each operation, so all give the same bits.
+        .flag("-ffp-contract=off")
+        .flag("-fopenmp")
         .opt_level(3)
         .file("csrc/decode.cpp")
         .compile("r2m_decode");
+    println!("cargo:rustc-link-lib=dylib=gomp");
     // MKL (inside libtorch_cpu.so) resolves its vendor check through the dynamic linker: the
     // executable's definition comes first once it is in the dynamic symbol table.
     shim().file("csrc/mkl_cpu.cpp").compile("r2m_mkl_cpu");

@@ -827,14 +827,15 @@ mod variants {
 
     /// Whole `generate` calls with MKL-packed weights forced on and off (`GenerateConfig::pack_weights`;
     /// the default packs from batch `packed::MIN_BATCH` up), packing time included; then with r2m's
-    /// CPU sampling kernel on and off (`GenerateConfig::cpu_kernels`; off = ATen's ops).
+    /// CPU kernels on and off (`GenerateConfig::cpu_kernels`: sampling, and batch 1's
+    /// matrix-vector products where preferred; off = ATen's ops).
     fn packing_and_kernels(m: &CausalLm, prompts: &[Vec<i64>], n: i64, pad_id: i64, reps: usize) -> Result<()> {
         let (on, off) = on_off(m, prompts, reps, |pack, seed| GenerateConfig { pack_weights: Some(pack), ..gen_cfg(n, pad_id, seed) })?;
         let b = prompts.len();
         println!("variants: generate, batch {b}, {n} new tokens: packed weights {on:.2} s, plain {off:.2} s ({:.2}x)", off / on);
         let (on, off) = on_off(m, prompts, reps, |k, seed| GenerateConfig { cpu_kernels: k, ..gen_cfg(n, pad_id, seed) })?;
         println!(
-            "variants: generate, batch {b}, {n} new tokens: r2m's sampling kernel ({}) {on:.2} s, ATen's ops {off:.2} s ({:.2}x)",
+            "variants: generate, batch {b}, {n} new tokens: r2m's CPU kernels ({}) {on:.2} s, ATen's ops {off:.2} s ({:.2}x)",
             r2m::ffi::decode_kernels(),
             off / on
         );
@@ -968,7 +969,7 @@ mod profile {
             let prompts = batch_of(&p.prompts, b);
             let n = o.new_tokens.max(2);
             let steps = (n - 1) as f64;
-            // Per decode step by part, for r2m's sampling kernel on (the default) and off (ATen's
+            // Per decode step by part, for r2m's CPU kernels on (the default) and off (ATen's
             // ops), measured alternately: on, off, on, off; the faster of the two of each.
             let mut best: [Option<(f64, f64, BTreeMap<&'static str, f64>)>; 2] = [None, None];
             for round in 0..4 {
@@ -1013,7 +1014,7 @@ mod profile {
             };
             println!();
             println!(
-                "decode step, batch {b}, {n} new tokens ({padded} prompt slots), r2m's sampling kernel ({}): {:.1} ms per step, \
+                "decode step, batch {b}, {n} new tokens ({padded} prompt slots), r2m's CPU kernels ({}): {:.1} ms per step, \
                  {:.0} GFLOP/s{}; ATen's ops: {:.1} ms, {:.0} GFLOP/s{}. Prefill (and the first pick): {:.2} s / {:.2} s",
                 r2m::ffi::decode_kernels(),
                 step_s * 1e3,

@@ -2,7 +2,7 @@
 //! lists (tch's generator skips them: the fused AdamW kernel), `.grad = None`, and ops registered
 //! only through the dispatcher (MKL weight packing), and activation checkpointing (a custom
 //! autograd function that calls back into Rust), what libtorch sees of the CPU; and r2m's own
-//! sampling kernel from csrc/decode.cpp. Safe wrappers; every C++ exception comes back as
+//! decoding kernels from csrc/decode.cpp (sampling, matrix-vector). Safe wrappers; every C++ exception comes back as
 //! `Err(message)`.
 use std::os::raw::{c_char, c_void};
 use tch::Tensor;
@@ -62,6 +62,16 @@ extern "C" {
         tok: *mut *mut C_tensor,
         lp: *mut *mut C_tensor,
         ent: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn r2m_matvec_preferred() -> i32;
+    fn r2m_matvec(
+        x: *mut C_tensor,
+        w: *mut C_tensor,
+        bias: *mut C_tensor,
+        want: i32,
+        out: *mut *mut C_tensor,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
@@ -167,7 +177,7 @@ pub fn cpu_isa() -> Result<(String, Vec<String>), String> {
     Ok((level.to_string(), features.split(',').filter(|f| !f.is_empty()).map(str::to_string).collect()))
 }
 
-/// Which build of the sampling kernel (csrc/decode.cpp) this CPU runs: `"avx512"`, `"avx2"` or
+/// Which build of r2m's CPU kernels (csrc/decode.cpp: sampling, matrix-vector) this CPU runs: `"avx512"`, `"avx2"` or
 /// `"baseline"` (`R2M_CPU_KERNELS=avx2|baseline` forces a lower one).
 pub fn decode_kernels() -> &'static str {
     // SAFETY: the C side returns a static NUL-terminated string.
@@ -182,7 +192,7 @@ pub fn mkl_vendor_overridden() -> bool {
     unsafe { r2m_mkl_vendor_overridden() == 1 }
 }
 
-/// A build of the sampling kernel, for tests that compare them: `Baseline` < `Avx2` < `Avx512`;
+/// A build of r2m's CPU kernels, for tests that compare them: `Baseline` < `Avx2` < `Avx512`;
 /// asking for more than the CPU has gives the CPU's best.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KernelBuild {
@@ -203,6 +213,28 @@ pub fn sample_logits(logits: &Tensor, temperature: f64, u: &Tensor, build: Kerne
     call(|er, n| unsafe { r2m_sample_logits(ptr(logits), temperature, ptr(u), build as i32, &mut t, &mut l, &mut e, er, n) })?;
     // SAFETY: heap `at::Tensor`s we now own.
     Ok(unsafe { (Tensor::from_ptr(t), Tensor::from_ptr(l), Tensor::from_ptr(e)) })
+}
+
+/// Whether generation at batch 1 multiplies by the weights with [`matvec`] rather than libtorch's
+/// product (MKL's gemv) on this CPU: where it is measured faster (AMD CPUs with AVX2 or AVX-512;
+/// docs/benchmarks.md). `R2M_MATVEC=r2m` or `=mkl` chooses either way.
+pub fn matvec_preferred() -> bool {
+    // SAFETY: no arguments; reads the environment and the CPU's identification.
+    unsafe { r2m_matvec_preferred() == 1 }
+}
+
+/// `x w^T + bias` for one input row `x` (K elements, any shape), `w` (N, K), `bias` (N): (N),
+/// all f32 on the CPU. r2m's streaming kernel (csrc/decode.cpp): the weights are read once, in
+/// order, four rows at a time; each value is summed in a fixed order, so it does not depend on the
+/// thread count or the build. No autograd: call it under no_grad only.
+pub fn matvec(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, build: KernelBuild) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let b = bias.map_or(std::ptr::null_mut(), ptr);
+    // SAFETY: the inputs are live for the call; a null bias means none; on success the C side
+    // hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_matvec(ptr(x), ptr(w), b, build as i32, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows
@@ -353,5 +385,44 @@ mod tests {
                 assert_eq!(level, "DEFAULT");
             }
         }
+    }
+
+    /// The matrix-vector kernel equals the product in f64 to f32 rounding, with and without a
+    /// bias, over shapes whose K is not a multiple of the vector width and whose N is not a
+    /// multiple of the rows per pass. Every build gives the same bits, and each row's value equals
+    /// that row multiplied alone: it does not depend on which pass or thread computes it.
+    #[test]
+    fn matvec_equals_the_product_in_every_build_and_row_by_row() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(5);
+        for (n, k) in [(1, 1), (3, 15), (4, 16), (7, 40), (61, 97), (1000, 576), (130, 1536)] {
+            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
+            let x = Tensor::randn([1, 1, k], (Kind::Float, Device::Cpu));
+            let bias = Tensor::randn([n], (Kind::Float, Device::Cpu));
+            for b in [None, Some(&bias)] {
+                let exact =
+                    x.to_kind(Kind::Double).reshape([1, k]).linear(&w.to_kind(Kind::Double), b.map(|b| b.to_kind(Kind::Double)).as_ref());
+                // Each term's rounding, bounded by the sum of the terms' magnitudes.
+                let scale = x.abs().to_kind(Kind::Double).reshape([1, k]).matmul(&w.abs().to_kind(Kind::Double).tr()) + 1.0;
+                let first = super::matvec(&x, &w, b, KernelBuild::Baseline).unwrap();
+                assert_eq!(first.size(), [n]);
+                for build in BUILDS {
+                    let y = super::matvec(&x, &w, b, build).unwrap();
+                    let err = (y.to_kind(Kind::Double).reshape([1, n]) - &exact).abs() / &scale;
+                    let worst = err.max().double_value(&[]);
+                    assert!(worst < f64::from(k as i32 + 2) * 6e-8, "({n}, {k}) {build:?}: {worst}");
+                    assert!(y.equal(&first), "({n}, {k}): {build:?} differs from the baseline build");
+                    for i in (0..n).step_by((n as usize).div_ceil(40)) {
+                        let alone = super::matvec(&x, &w.narrow(0, i, 1), b.map(|b| b.narrow(0, i, 1)).as_ref(), build).unwrap();
+                        assert!(alone.equal(&y.narrow(0, i, 1)), "({n}, {k}) {build:?}: row {i} alone differs");
+                    }
+                }
+            }
+        }
+        let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let err = super::matvec(&Tensor::zeros([2, 8], (Kind::Float, Device::Cpu)), &w, None, KernelBuild::Best).unwrap_err();
+        assert!(err.contains("one row of 8"), "{err}");
+        let err = super::matvec(&Tensor::zeros([8], (Kind::Double, Device::Cpu)), &w, None, KernelBuild::Best).unwrap_err();
+        assert!(err.contains("f32"), "{err}");
     }
 }

@@ -71,10 +71,12 @@ pub struct GenerateConfig {
     /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
     /// Same results either way. (bf16 models decode with bf16 weight copies instead.)
     pub pack_weights: Option<bool>,
-    /// Sample with r2m's CPU kernel (csrc/decode.cpp: one pass over each row of the logits, no
-    /// (B, V) temporaries) where it applies (CPU, plain temperature sampling without top-k or
-    /// top-p); false: ATen's ops. The same tokens either way up to rounding at the sampling
-    /// boundaries; log-probs and entropies agree to ~1e-6 (tested).
+    /// Use r2m's CPU kernels (csrc/decode.cpp) where they apply; false: ATen's ops. Sampling: one
+    /// pass over each row of the logits, no (B, V) temporaries (CPU, plain temperature sampling
+    /// without top-k or top-p); the same tokens either way up to rounding at the sampling
+    /// boundaries, log-probs and entropies agree to ~1e-6 (tested). Batch 1 on CPUs where it is
+    /// faster than MKL's gemv (`ffi::matvec_preferred`; f32, `pack_weights` not `Some(true)`):
+    /// the streaming matrix-vector kernel for each decode step's products.
     pub cpu_kernels: bool,
 }
 
@@ -322,7 +324,11 @@ pub fn generate_stream(
         ),
         (None, None) => {
             let weights = model.linear_weights();
-            packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
+            if b == 1 && cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float && crate::ffi::matvec_preferred() {
+                Some(packed::install(&weights, packed::How::Matvec, Some(&model.packs)).map_err(Error::Input)?)
+            } else {
+                packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
+            }
         }
     };
 

@@ -1,6 +1,6 @@
 //! Prepared weight copies for decoding: MKL-packed weights (CPU, f32), or bf16 casts (bf16
 //! decoding: one cast per `generate` call instead of one per matmul, as autocast would for weights
-//! that do not require grad).
+//! that do not require grad); or, for batch-1 decoding, no copy but r2m's matrix-vector kernel.
 //!
 //! A decode step multiplies every weight by a (B, D) input, with the same B at every step. MKL's
 //! GEMM re-packs the weight matrix into its blocked layout inside every call, which at small B
@@ -10,7 +10,10 @@
 //! drops; [`linear`] (used by every `Linear` and the LM head) takes the packed path for inputs of
 //! exactly B rows and `at::linear` for everything else (prefill, training, other threads).
 //! MKL's packed and unpacked kernels do the same arithmetic: results are equal (tested).
-//! `docs/benchmarks.md` has the measured effect.
+//! At batch 1 each product is a matrix-vector product, bound by how fast the weights stream from
+//! memory; where r2m's kernel streams them faster than MKL's gemv ([`ffi::matvec_preferred`]),
+//! [`How::Matvec`] sends one-row inputs to it (same values to f32 rounding, not the same bits).
+//! `docs/benchmarks.md` has the measured effects.
 use crate::ffi;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,6 +31,9 @@ pub enum How {
     Mkl { rows: i64 },
     /// A cast to this dtype (bf16 decoding, `model::precision`): the input is cast to it too.
     Cast(Kind),
+    /// No copy: one-row inputs (a batch-1 decode step) go through r2m's streaming
+    /// matrix-vector kernel ([`ffi::matvec`]) with the weight as it is (CPU, f32).
+    Matvec,
 }
 
 struct Packs {
@@ -109,7 +115,7 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
     let mut fresh = 0;
     for w in weights {
         let eligible = match how {
-            How::Mkl { .. } => w.device() == Device::Cpu && w.kind() == Kind::Float,
+            How::Mkl { .. } | How::Matvec => w.device() == Device::Cpu && w.kind() == Kind::Float,
             How::Cast(k) => w.is_floating_point() && w.kind() != k,
         };
         if !eligible || w.dim() != 2 {
@@ -125,6 +131,7 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
                 let packed = match how {
                     How::Mkl { rows } => ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?,
                     How::Cast(k) => w.to_kind(k),
+                    How::Matvec => w.shallow_clone(),
                 };
                 fresh += 1;
                 Packed { weight: w.shallow_clone(), version, packed }
@@ -138,12 +145,18 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
 }
 
 /// `x W^T + b` for `x` (..., in): through the installed copy of `w` when there is one (for MKL
-/// packing: for `x`'s row count) and autograd is off, else `at::linear`.
+/// packing: for `x`'s row count; for the matrix-vector kernel: for one row) and autograd is off,
+/// else `at::linear`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let packed = PACKS.with(|p| {
         let p = p.borrow();
         let p = p.as_ref()?;
-        if let How::Mkl { rows } = p.how {
+        let rows = match p.how {
+            How::Mkl { rows } => Some(rows),
+            How::Matvec => Some(1),
+            How::Cast(_) => None,
+        };
+        if let Some(rows) = rows {
             let d = *x.size().last()?;
             if d == 0 || x.numel() as i64 / d != rows {
                 return None;
@@ -162,6 +175,13 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
                     }
                 }
                 How::Cast(k) => return x.to_kind(k).linear(&packed, bias.map(|b| b.to_kind(k)).as_ref()),
+                How::Matvec => {
+                    if let Ok(y) = ffi::matvec(x, w, bias, ffi::KernelBuild::Best) {
+                        let mut shape = x.size();
+                        *shape.last_mut().expect("x has a last dim") = w.size()[0];
+                        return y.reshape(shape);
+                    }
+                }
             }
         }
     }
@@ -221,6 +241,37 @@ mod tests {
         assert!(y.requires_grad());
         drop(scope);
         assert!(PACKS.with(|p| p.borrow().is_none()));
+    }
+
+    /// With the matrix-vector kernel installed, one-row inputs ((D), (1, D), (1, 1, D)) go through
+    /// it, with the bias and the weight's later in-place changes; other row counts and autograd take
+    /// the plain path.
+    #[test]
+    fn one_row_inputs_take_the_matvec_kernel() {
+        tch::manual_seed(2);
+        let w = Tensor::randn([37, 40], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([37], (Kind::Float, Device::Cpu));
+        let scope = install(&[&w], How::Matvec, None).unwrap();
+        let _g = tch::no_grad_guard();
+        for shape in [vec![40], vec![1, 40], vec![1, 1, 40]] {
+            let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
+            for b in [None, Some(&bias)] {
+                let got = linear(&x, &w, b);
+                assert_eq!(got.size(), [&shape[..shape.len() - 1], &[37]].concat());
+                let kernel = ffi::matvec(&x, &w, b, ffi::KernelBuild::Best).unwrap();
+                assert!(got.reshape([37]).equal(&kernel), "{shape:?}: not the kernel's result");
+                assert!(got.allclose(&x.linear(&w, b), 1e-5, 1e-5, false), "{shape:?}");
+            }
+        }
+        let x1 = Tensor::randn([1, 40], (Kind::Float, Device::Cpu));
+        let _ = w.shallow_clone().g_mul_scalar_(2.0);
+        assert!(linear(&x1, &w, None).equal(&ffi::matvec(&x1, &w, None, ffi::KernelBuild::Best).unwrap().reshape([1, 37])));
+        let x2 = Tensor::randn([2, 40], (Kind::Float, Device::Cpu));
+        assert!(linear(&x2, &w, None).equal(&x2.linear::<Tensor>(&w, None)), "two rows: plain path");
+        drop(_g);
+        let wg = w.detach().set_requires_grad(true);
+        assert!(tch::with_grad(|| linear(&x1, &wg, None)).requires_grad());
+        drop(scope);
     }
 
     /// A cache hands back the copies of unchanged weights (the same packed tensor) and re-packs a
