@@ -240,6 +240,19 @@ impl Default for DataConfig {
     }
 }
 
+impl AlgoConfig {
+    /// How many held-out prompts the evaluation at step `t` uses, of `held_out` there are:
+    /// `final_eval_prompts` at pi_init's (t = -1) and the last step's, `eval_prompts` between (the
+    /// first of the same prompts); at most `held_out`.
+    pub fn eval_size(&self, t: i64, held_out: usize) -> usize {
+        let n = match self.final_eval_prompts {
+            Some(f) if t == -1 || t + 1 == self.steps => f,
+            _ => self.eval_prompts,
+        };
+        n.min(held_out)
+    }
+}
+
 impl Default for AlgoConfig {
     fn default() -> Self {
         AlgoConfig {
@@ -355,5 +368,22 @@ impl RlConfig {
             ensure!(self.reward.kind == RewardKind::Rm, "r2m: needs reward.kind = \"rm\" (R2M wraps one reward model)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pi_init's and the last step's evaluations take `final_eval_prompts`, the others
+    /// `eval_prompts`, each at most the held-out prompts there are.
+    #[test]
+    fn eval_size_by_step() {
+        let mut a = AlgoConfig { steps: 10, eval_prompts: 32, final_eval_prompts: None, ..AlgoConfig::default() };
+        assert_eq!([-1, 0, 5, 9].map(|t| a.eval_size(t, 1000)), [32; 4]);
+        a.final_eval_prompts = Some(512);
+        assert_eq!([-1, 0, 5, 9].map(|t| a.eval_size(t, 1000)), [512, 32, 32, 512]);
+        assert_eq!([-1, 5, 9].map(|t| a.eval_size(t, 100)), [100, 32, 100]);
+        assert_eq!(a.eval_size(5, 20), 20);
     }
 }

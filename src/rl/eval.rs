@@ -13,16 +13,9 @@ use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
 impl Run<'_> {
-    /// How many held-out prompts the evaluation at step `t` uses: `rl.final_eval_prompts` at
-    /// pi_init's (t = -1) and the last step's, `rl.eval_prompts` between (the first of the same
-    /// prompts); at most the held-out prompts there are.
+    /// How many held-out prompts the evaluation at step `t` uses (`AlgoConfig::eval_size`).
     pub fn eval_size(&self, t: i64) -> usize {
-        let r = &self.cfg.rl;
-        let n = match r.final_eval_prompts {
-            Some(f) if t == -1 || t + 1 == r.steps => f,
-            _ => r.eval_prompts,
-        };
-        n.min(self.eval_prompts.len())
+        self.cfg.rl.eval_size(t, self.eval_prompts.len())
     }
 
     /// Which rows of an evaluation of `n` prompts each rank samples and scores, and the index of

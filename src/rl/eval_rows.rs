@@ -264,11 +264,10 @@ pub fn evaluation_grew(dir: &Path, rc: &crate::rl::config::RlConfig) -> Result<b
     Ok(count(-1) < want || count(rc.rl.steps - 1) < want)
 }
 
-/// How many prompts `rc`'s evaluations of pi_init and of the last step take: `rl.final_eval_prompts`
-/// (else `rl.eval_prompts`), at most the held-out prompts there are.
+/// How many prompts `rc`'s evaluations of pi_init and of the last step take (`AlgoConfig::eval_size`
+/// at step -1, over the held-out prompts `rc` loads).
 pub fn final_eval_size(rc: &crate::rl::config::RlConfig) -> Result<usize> {
-    let held_out = crate::sources::prompts(rc)?.eval.len();
-    Ok(rc.rl.final_eval_prompts.unwrap_or(rc.rl.eval_prompts).min(held_out))
+    Ok(rc.rl.eval_size(-1, crate::sources::prompts(rc)?.eval.len()))
 }
 
 /// How many rows of pi_init's evaluation the eval file `path` holds (0 where it cannot be read).
