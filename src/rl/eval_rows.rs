@@ -139,9 +139,13 @@ fn extended(run: &mut Run, t: i64, kept: Vec<Row>, from: Option<&Path>) -> Resul
     let gb = run.budget.generation_batch.max(1);
     let whole = k - k % gb;
     let lo = whole.saturating_sub(gb);
-    eprintln!("rl: the evaluation at step {t} grew from {k} to {want} prompts: evaluating prompts {whole}..{want} (and {lo}..{whole} again, to check)");
-    let fresh = run.evaluate_rows(t, lo..want)?;
-    let differ: Vec<String> = fresh.iter().zip(&kept[lo..whole]).filter_map(|(a, b)| row_difference(a, b)).collect();
+    eprintln!(
+        "rl: the evaluation at step {t} grew from {k} to {want} prompts: sampling prompts {lo}..{whole} again to check them, then \
+         evaluating prompts {whole}..{want}"
+    );
+    // The check first, alone: rows that disagree end it before the new prompts are sampled.
+    let check = run.evaluate_rows(t, lo..whole)?;
+    let differ: Vec<String> = check.iter().zip(&kept[lo..whole]).filter_map(|(a, b)| row_difference(a, b)).collect();
     // Float rounding (a GEMM's blocking, memory alignment) can turn a sampled token now and then;
     // another checkpoint or build changes nearly every row.
     if differ.len() * 10 > whole - lo {
@@ -160,7 +164,7 @@ fn extended(run: &mut Run, t: i64, kept: Vec<Row>, from: Option<&Path>) -> Resul
     }
     let mut rows = kept;
     rows.truncate(whole);
-    rows.extend(fresh.into_iter().skip(whole - lo));
+    rows.extend(run.evaluate_rows(t, whole..want)?);
     Ok(rows)
 }
 
