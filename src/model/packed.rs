@@ -166,22 +166,16 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     });
     if let Some((packed, how)) = packed {
         if !grad_enabled() {
-            match how {
-                How::Mkl { rows } => {
-                    if let Ok(y) = ffi::mkl_linear(x, &packed, w, bias, rows) {
-                        let mut shape = x.size();
-                        *shape.last_mut().expect("x has a last dim") = w.size()[0];
-                        return y.reshape(shape);
-                    }
-                }
+            // The kernels return (rows, out): back to x's leading dims.
+            let flat = match how {
+                How::Mkl { rows } => ffi::mkl_linear(x, &packed, w, bias, rows),
+                How::Matvec => ffi::matvec(x, w, bias, ffi::KernelBuild::Best),
                 How::Cast(k) => return x.to_kind(k).linear(&packed, bias.map(|b| b.to_kind(k)).as_ref()),
-                How::Matvec => {
-                    if let Ok(y) = ffi::matvec(x, w, bias, ffi::KernelBuild::Best) {
-                        let mut shape = x.size();
-                        *shape.last_mut().expect("x has a last dim") = w.size()[0];
-                        return y.reshape(shape);
-                    }
-                }
+            };
+            if let Ok(y) = flat {
+                let mut shape = x.size();
+                *shape.last_mut().expect("x has a last dim") = w.size()[0];
+                return y.reshape(shape);
             }
         }
     }
