@@ -38,7 +38,7 @@ pub fn frozen_rm(cfg: &RlConfig, device: Device) -> Result<RewardModel> {
         _ => r.model.clone(),
     };
     let mut rm = RewardModel::load(&model, cfg.seed as i64, device).with_context(|| format!("loading reward model {model}"))?;
-    rm.precision = Precision::resolve(&r.dtype, device, "reward.dtype")?;
+    rm.set_precision(Precision::resolve(&r.dtype, device, "reward.dtype")?);
     for (_, t) in rm.all_params() {
         let _ = t.set_requires_grad(false);
     }
@@ -62,7 +62,7 @@ pub fn reward_source_on(cfg: &RlConfig, d_policy: i64, device: Device, link: Opt
                 .iter()
                 .map(|m| {
                     let mut rm = RewardModel::load(m, seed, device).with_context(|| format!("loading {m}"))?;
-                    rm.precision = precision;
+                    rm.set_precision(precision);
                     Ok(rm)
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -28,7 +28,7 @@ pub struct Args {
     /// Print one JSON object (prompt ids, response ids, text, per-token log-probs) instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// Compute precision: auto (bf16 autocast on CUDA, f32 on the CPU), f32 or bf16.
+    /// Compute precision: auto (bf16 autocast on CUDA, f32 on the CPU), f32, bf16 or f64 (CPU).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<()> {
     let precision = crate::model::precision::Precision::resolve(&a.dtype, device, "--dtype")?;
     let loaded = CausalLm::load_path(&a.model.model, device).with_context(|| format!("loading model {}", a.model.model))?;
     let (mut model, tok) = (loaded.model, loaded.tokenizer);
-    model.precision = precision;
+    model.set_precision(precision);
     let text = render_prompt(&tok, &a.prompt, a.chat)?;
     // A chat template carries its own special tokens (transformers: add_special_tokens=False).
     let ids: Vec<i64> = tok.encode(&text, !a.chat)?.into_iter().map(i64::from).collect();

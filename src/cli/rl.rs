@@ -24,6 +24,15 @@ pub fn run(a: Args) -> Result<()> {
     let sets = a.run.sets(&[], &[("seed", a.seed)]);
     let cfg: RlConfig = crate::config::load(a.config.as_deref(), &sets)?;
     cfg.validate()?;
+    if a.dist.rm_ranks > 0 {
+        use crate::model::precision::Precision;
+        let f64_set = [("policy.dtype", &cfg.policy.dtype), ("reward.dtype", &cfg.reward.dtype)]
+            .into_iter()
+            .find(|(what, v)| Precision::resolve(v, tch::Device::Cpu, what).is_ok_and(|p| p == Precision::F64));
+        if let Some((what, _)) = f64_set {
+            anyhow::bail!("--rm-ranks: {what} = \"f64\": the reward-model rank sends H_last and scores as f32; run f64 without --rm-ranks");
+        }
+    }
     if a.dist.launch_if_asked(&cfg.out)?.is_some() {
         return Ok(());
     }

@@ -9,6 +9,7 @@ use crate::model::config::DecoderConfig;
 use crate::model::kv_cache::LayerCache;
 use crate::model::layers::{apply_rope, Linear, Norm};
 use crate::model::params::{Params, Source};
+use crate::model::precision::compute_kind;
 use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
@@ -208,7 +209,7 @@ impl Attention {
             AttnMask::Explicit(m) => m.shallow_clone(),
         };
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
-        scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(&v)
+        scores.softmax(-1, compute_kind(scores.kind())).to_kind(v.kind()).matmul(&v)
     }
 }
 

@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::model::config::DecoderConfig;
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Params, Source};
-use crate::model::precision::{Autocast, Precision};
+use crate::model::precision::{Autocast, Precision, Widen};
 use crate::tokenizer::Tokenizer;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::model::decoder::*;
 use crate::model::layers::Linear;
@@ -21,7 +21,8 @@ pub struct CausalLm {
     pub device: Device,
     /// MKL-packed weight copies kept between `generate` calls (CPU decoding; `model::packed`).
     pub packs: crate::model::packed::Cache,
-    /// f32, or bf16 autocast over the f32 weights (`model::precision`) in every forward pass.
+    /// f32, bf16 autocast over the f32 weights, or f64 weights and math (`model::precision`) in
+    /// every forward pass: set with [`CausalLm::set_precision`].
     pub precision: Precision,
 }
 
@@ -50,6 +51,17 @@ impl CausalLm {
             w.finish(&allow)?;
         }
         Ok(CausalLm { config: cfg.clone(), model, lm_head, params: p, device, packs: Default::default(), precision: Precision::F32 })
+    }
+
+    /// Computes in `p` from now on; f64 converts the weights to f64 (and back to f32 when it is
+    /// left). Call it before trainable adapters and an optimiser are made over the weights.
+    pub fn set_precision(&mut self, p: Precision) {
+        let k = p.weight_kind();
+        if p == Precision::F64 || self.precision == Precision::F64 {
+            self.params.to_kind_(k);
+            self.packs = Default::default();
+        }
+        self.precision = p;
     }
 
     /// A seeded random model (tests, benchmarks).
@@ -113,18 +125,18 @@ impl CausalLm {
         w
     }
 
-    /// logits / temperature, f32. A bias-free, uncapped head is linear, so the division is applied to the
+    /// logits / temperature, f32 (f64 under f64). A bias-free, uncapped head is linear, so the division is applied to the
     /// hidden states (B, n, D) instead of the logits (B, n, V): one full-vocabulary tensor less,
     /// forward and backward (V / D = 85 for SmolLM2).
     pub fn scaled_logits(&self, hidden: &Tensor, temperature: f64) -> Tensor {
         let _ac = self.autocast();
         let linear_head = self.lm_head.as_ref().is_none_or(|l| l.bias.is_none()) && self.config.layout.final_softcap.is_none();
         if temperature == 1.0 {
-            self.logits(hidden).to_kind(Kind::Float)
+            self.logits(hidden).widen()
         } else if linear_head {
-            self.logits(&(hidden / temperature)).to_kind(Kind::Float)
+            self.logits(&(hidden / temperature)).widen()
         } else {
-            self.logits(hidden).to_kind(Kind::Float) / temperature
+            self.logits(hidden).widen() / temperature
         }
     }
 
@@ -152,11 +164,11 @@ impl CausalLm {
         Ok(self.model.forward(&ids, &positions_from_mask(&mask), &self.model.masks(&mask), None, all_hidden))
     }
 
-    /// Logits (B, T, V) of a full-sequence forward, f32.
+    /// Logits (B, T, V) of a full-sequence forward, f32 (f64 under f64).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let last = self.forward_hidden(ids, mask, false)?.last;
         let _ac = self.autocast();
-        Ok(self.logits(&last).to_kind(Kind::Float))
+        Ok(self.logits(&last).widen())
     }
 
     /// Autocast in this model's precision on its device until the guard drops (nothing for f32).

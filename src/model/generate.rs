@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
+use crate::model::precision::Widen;
 use crate::model::{attention::Masks, causal_lm::CausalLm, decoder::positions_from_mask};
 use crate::profile::span;
 use tch::{Device, Kind, Tensor};
@@ -146,8 +147,10 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, dev: Device) -> (Tensor, Tens
 /// Picks the next tokens from `logits` (B, V): returns (tokens (B), log-probs at temperature (B),
 /// entropy of the temperature-scaled distribution (B)).
 fn pick(logits: &Tensor, s: &Sampling, kernel: bool) -> (Tensor, Tensor, Tensor) {
-    let logits = logits.to_kind(Kind::Float);
-    if let (Sampling::Sample { temperature, top_k: None, top_p }, Device::Cpu, true) = (s, logits.device(), kernel) {
+    let logits = logits.widen();
+    let fk = logits.kind();
+    // The kernel reads f32 logits; f64 ones take the ops below.
+    if let (Sampling::Sample { temperature, top_k: None, top_p }, Device::Cpu, true, Kind::Float) = (s, logits.device(), kernel, fk) {
         if top_p.is_none_or(|p| p >= 1.0) {
             // The same inverse-CDF draw as `draw`, from the same uniform, with the log-prob and
             // the entropy, in one pass over each row of the logits (a CPU kernel).
@@ -157,9 +160,9 @@ fn pick(logits: &Tensor, s: &Sampling, kernel: bool) -> (Tensor, Tensor, Tensor)
             }
         }
     }
-    let logp = (&logits / s.temperature()).log_softmax(-1, Kind::Float); // (B, V)
+    let logp = (&logits / s.temperature()).log_softmax(-1, fk); // (B, V)
     let probs = logp.exp();
-    let entropy = -(&probs * &logp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+    let entropy = -(&probs * &logp).sum_dim_intlist([-1i64].as_slice(), false, fk);
     let tok = match s {
         Sampling::Greedy => logits.argmax(-1, false),
         Sampling::Sample { top_k, top_p, .. } => {
@@ -173,8 +176,8 @@ fn pick(logits: &Tensor, s: &Sampling, kernel: bool) -> (Tensor, Tensor, Tensor)
                 // Nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches p
                 // of what top-k left.
                 let (sorted, idx) = w.sort(-1, true);
-                let sorted = &sorted / sorted.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float);
-                let before = sorted.cumsum(-1, Kind::Float) - &sorted; // mass strictly before each token
+                let sorted = &sorted / sorted.sum_dim_intlist([-1i64].as_slice(), true, fk);
+                let before = sorted.cumsum(-1, fk) - &sorted; // mass strictly before each token
                 let drop_sorted = before.ge(p); // as HF TopPLogitsWarper: drop once the mass before reaches p
                 let drop = drop_sorted.scatter(-1, &idx, &drop_sorted);
                 w = w.masked_fill(&drop, 0.0);
@@ -372,8 +375,8 @@ pub fn generate_stream(
         let tok = tok.where_self(&alive, &Tensor::from(cfg.pad_id).to_device(dev));
         on_step(step, &tok);
         toks.push(tok.shallow_clone());
-        lps.push(lp * alive.to_kind(Kind::Float));
-        ents.push(ent * alive.to_kind(Kind::Float));
+        lps.push(&lp * alive.to_kind(lp.kind()));
+        ents.push(&ent * alive.to_kind(ent.kind()));
         masks.push(alive.to_kind(Kind::Int64));
         if !cfg.eos_ids.is_empty() {
             finished = finished.logical_or(&tok.unsqueeze(-1).eq_tensor(&eos.unsqueeze(0)).any_dim(-1, false));

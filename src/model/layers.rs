@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::model::arch::{Act, NormKind, RopeScaling, RopeSpec};
 use crate::model::lora::LoraAdapter;
 use crate::model::params::{Init, Params, Source};
+use crate::model::precision::Widen;
 use tch::{Device, Kind, Tensor};
 
 pub const INIT_STD: f64 = 0.02; // HF initializer_range
@@ -41,9 +42,9 @@ impl Linear {
     pub fn add_lora(&mut self, p: &mut Params, rank: i64, alpha: f64) {
         let (out_dim, in_dim) = (self.weight.size()[0], self.weight.size()[1]);
         let (a, b) = LoraAdapter::init(in_dim, out_dim, rank);
-        let dev = self.weight.device();
-        let a = p.add(&format!("{}.lora_A.weight", self.name), a.to_device(dev));
-        let b = p.add(&format!("{}.lora_B.weight", self.name), b.to_device(dev));
+        let (dev, kind) = (self.weight.device(), self.weight.kind());
+        let a = p.add(&format!("{}.lora_A.weight", self.name), a.to_device(dev).to_kind(kind));
+        let b = p.add(&format!("{}.lora_B.weight", self.name), b.to_device(dev).to_kind(kind));
         self.lora = Some(LoraAdapter { a, b, scale: alpha / rank as f64 });
     }
 
@@ -120,13 +121,13 @@ impl Norm {
                 x.layer_norm([d].as_slice(), Some(&self.weight), self.bias.as_ref(), self.eps, false)
             }
             NormKind::Rms | NormKind::RmsOffset => {
-                let xf = x.to_kind(Kind::Float);
-                let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-                let normed = xf * (var + self.eps).rsqrt();
+                let xf = x.widen();
+                let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, xf.kind());
+                let normed = &xf * (var + self.eps).rsqrt();
                 if self.kind == NormKind::Rms {
                     normed.to_kind(kind) * &self.weight
                 } else {
-                    (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+                    (normed * (self.weight.to_kind(xf.kind()) + 1.0)).to_kind(kind)
                 }
             }
         }
@@ -211,6 +212,13 @@ fn rotate_half(x: &Tensor) -> Tensor {
 /// dtype of the f32 residual stream); attention then casts them back to bf16. With partial
 /// rotation only the first `rotary_dim` dims turn; the rest pass through.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    // f64 activations turn by f64 copies of the (f32) tables.
+    let (cos, sin) = if x.kind() == Kind::Double {
+        (cos.to_kind(Kind::Double), sin.to_kind(Kind::Double))
+    } else {
+        (cos.shallow_clone(), sin.shallow_clone())
+    };
+    let (cos, sin) = (&cos, &sin);
     let rot = cos.size()[3];
     let hd = x.size()[3];
     if rot == hd {

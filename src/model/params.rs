@@ -72,6 +72,18 @@ impl Params {
         }
     }
 
+    /// Converts every floating-point parameter to `kind` in place (`Tensor::set_data`: the layers'
+    /// shallow clones see the new values). Gradients, if any, are dropped.
+    pub fn to_kind_(&self, kind: Kind) {
+        let _guard = tch::no_grad_guard();
+        for (_, t) in &self.vars {
+            if t.is_floating_point() && t.kind() != kind {
+                let mut t = t.shallow_clone();
+                t.set_data(&t.to_kind(kind));
+            }
+        }
+    }
+
     pub fn num_params(&self) -> i64 {
         self.vars.iter().map(|(_, t)| t.numel() as i64).sum()
     }

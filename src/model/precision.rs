@@ -5,10 +5,15 @@
 //! any of them). Decoding keeps bf16 copies of the weights for the whole `generate` call
 //! (`model::packed`) and a bf16 KV cache. f32 is the CPU default, bf16 the CUDA one
 //! (`policy.dtype = "auto"`).
+//!
+//! f64 holds the weights and runs every op in double precision, on the CPU only. It is for exact
+//! checks, not for training speed: a result that must not depend on how a batch is split (data
+//! parallel ranks against one process) agrees to ~1e-12 in f64, where f32's rounding leaves ~1e-5.
+//! Values of any kind are computed in [`compute_kind`]: f64 stays f64, everything else is f32.
 use crate::error::{Error, Result};
 use crate::ffi;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +21,7 @@ pub enum Precision {
     #[default]
     F32,
     Bf16,
+    F64,
 }
 
 impl Precision {
@@ -26,15 +32,28 @@ impl Precision {
             "auto" => Ok(if device.is_cuda() { Precision::Bf16 } else { Precision::F32 }),
             "f32" | "float32" | "fp32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(Error::Input(format!("{what} = {other:?}: expected \"auto\", \"f32\" or \"bf16\""))),
+            "f64" | "float64" | "fp64" if device.is_cuda() => {
+                Err(Error::Input(format!("{what} = \"f64\" runs on the CPU only (the device is {device:?})")))
+            }
+            "f64" | "float64" | "fp64" => Ok(Precision::F64),
+            other => Err(Error::Input(format!("{what} = {other:?}: expected \"auto\", \"f32\", \"bf16\" or \"f64\""))),
         }
     }
 
     /// The lower precision matmuls run in, if any.
     pub fn autocast_kind(self) -> Option<Kind> {
         match self {
-            Precision::F32 => None,
+            Precision::F32 | Precision::F64 => None,
             Precision::Bf16 => Some(Kind::BFloat16),
+        }
+    }
+
+    /// The kind the weights are held in: f64 for [`Precision::F64`], f32 otherwise (bf16 keeps
+    /// f32 master weights).
+    pub fn weight_kind(self) -> Kind {
+        match self {
+            Precision::F64 => Kind::Double,
+            Precision::F32 | Precision::Bf16 => Kind::Float,
         }
     }
 
@@ -42,6 +61,40 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::F64 => "f64",
+        }
+    }
+}
+
+/// The kind floating-point math on values of kind `k` runs in: f64 stays f64; f32, bf16, f16 and
+/// integer or boolean masks are computed in f32.
+pub fn compute_kind(k: Kind) -> Kind {
+    if k == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// `Tensor` in the kind r2m computes it in.
+pub trait Widen {
+    /// [`compute_kind`] of this tensor's kind.
+    fn compute_kind(&self) -> Kind;
+    /// This tensor in its [`compute_kind`] (a shallow copy when it already is).
+    fn widen(&self) -> Tensor;
+}
+
+impl Widen for Tensor {
+    fn compute_kind(&self) -> Kind {
+        compute_kind(self.kind())
+    }
+
+    fn widen(&self) -> Tensor {
+        let k = self.compute_kind();
+        if self.kind() == k {
+            self.shallow_clone()
+        } else {
+            self.to_kind(k)
         }
     }
 }
@@ -74,7 +127,6 @@ impl Drop for Autocast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Tensor;
 
     /// Inside the guard a linear layer runs in bf16 over f32 weights (its output is bf16 and
     /// equals the product of the bf16-rounded operands); elementwise ops keep f32; after the
@@ -109,5 +161,8 @@ mod tests {
         assert_eq!(Precision::resolve("bfloat16", Device::Cpu, "x").unwrap(), Precision::Bf16);
         let e = Precision::resolve("fp8", Device::Cpu, "policy.dtype").unwrap_err().to_string();
         assert!(e.contains("policy.dtype") && e.contains("fp8"), "{e}");
+        assert_eq!(Precision::resolve("f64", Device::Cpu, "x").unwrap(), Precision::F64);
+        let e = Precision::resolve("f64", Device::Cuda(0), "reward.dtype").unwrap_err().to_string();
+        assert!(e.contains("reward.dtype") && e.contains("CPU only"), "{e}");
     }
 }

@@ -10,6 +10,7 @@
 //! (|H_last| = 1, the testbed's MiniLM proxy) gives logits of std ~0.02 and uniform attention, while
 //! an 8B decoder RM's H_last gives logits of std of order 1 (docs/method.md, "Testbed switches (not the paper's)").
 use crate::model::params::Params;
+use crate::model::precision::Widen;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -50,7 +51,7 @@ impl CrossAttention {
         match self.query_norm {
             QueryNorm::None => h_last.shallow_clone(),
             QueryNorm::UnitRms => {
-                let ms = h_last.square().mean_dim([-1i64].as_slice(), true, Kind::Float);
+                let ms = h_last.square().mean_dim([-1i64].as_slice(), true, h_last.compute_kind());
                 h_last * (ms + 1e-12).rsqrt()
             }
         }
@@ -72,7 +73,7 @@ impl CrossAttention {
         let v = h.linear::<Tensor>(&self.w_v, None).view([b, s, nh, hd]).transpose(1, 2);
         let att = q.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt(); // (B, nh, 1, S)
         let valid = mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
-        let att = att.masked_fill(&valid.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float);
+        let att = att.masked_fill(&valid.logical_not(), f64::NEG_INFINITY).softmax(-1, att.compute_kind());
         let y = att.matmul(&v).view([b, d]); // (B, d)
         (y.linear::<Tensor>(&self.w_o, None), att.view([b, nh, s]))
     }

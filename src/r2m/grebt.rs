@@ -5,14 +5,14 @@
 //! L_GRE(i) = -sum_j p_ij log p_ij, p_i = softmax_j(z_ij), z_ij = (r_ij - mean_j r_ij) / std_j r_ij
 //! (population std); a group whose std < 1e-6 contributes no GRE term;
 //! L = mean_i [(1 - alpha) L_BT(i) + alpha L_GRE(i)].
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// r: recomputed rewards (B) with grad; annotation: the step's annotation rewards (B); K: group
 /// size. Returns (L, mean L_BT, mean L_GRE) — the last two detached, for metrics.
 pub fn grebt(r: &Tensor, annotation: &Tensor, k: i64, alpha: f64) -> (Tensor, Tensor, Tensor) {
-    let kind = r.kind(); // f32 in training; f64 in the finite-difference test
+    let kind = r.kind(); // f32 in training; f64 under the f64 precision and in the finite-difference test
     let r = r.view([-1, k]); // (n, K)
-    let a = annotation.to_device(r.device()).to_kind(Kind::Float).view([-1, k]);
+    let a = annotation.to_device(r.device()).to_kind(kind).view([-1, k]);
     let win = a.argmax(1, true); // (n, 1)
     let lose = a.argmin(1, true);
     let bt = -(r.gather(1, &win, false) - r.gather(1, &lose, false)).squeeze_dim(1).log_sigmoid(); // (n)

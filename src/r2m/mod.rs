@@ -13,6 +13,7 @@ pub mod grebt;
 
 use crate::error::{Error, Result};
 use crate::model::params::Params;
+use crate::model::precision::Widen;
 use crate::reward::frozen::FrozenRm;
 use crate::reward::model::RewardModel;
 use crate::rl::reward_source::{RewardInput, RewardSource, UpdateInput};
@@ -214,6 +215,8 @@ impl R2mSource {
         } else {
             None
         };
+        // The cross-attention computes in the reward model's kind (f64 under the f64 precision).
+        params.to_kind_(head.kind());
         // Only the head trains for iterative-head; nothing for vanilla / no-train.
         if cfg.method == Method::IterativeHead {
             params.set_trainable(|n| n == "score.weight");
@@ -239,18 +242,19 @@ impl R2mSource {
     }
 
     /// The feedback the cross-attention reads: h itself, or (r2m-noise) Gaussian noise with h's
-    /// per-dimension mean and variance over valid tokens, seeded per update.
+    /// per-dimension mean and variance over valid tokens, seeded per update. In the head's kind
+    /// (f32, or f64 under the f64 precision), whatever the policy's.
     fn feedback(&self, h: &Tensor, mask: &Tensor) -> Tensor {
-        let h = h.to_device(self.rm.device()).to_kind(Kind::Float).detach();
+        let h = h.to_device(self.rm.device()).to_kind(self.head.kind()).detach();
         if self.cfg.method != Method::R2mNoise {
             return h;
         }
-        let m = mask.to_device(h.device()).to_kind(Kind::Float).unsqueeze(-1); // (B, S, 1)
-        let n = m.sum(Kind::Float).clamp_min(1.0);
-        let mean = (&h * &m).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Float) / &n; // (D)
-        let var = ((&h - &mean).square() * &m).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Float) / &n;
+        let m = mask.to_device(h.device()).to_kind(h.kind()).unsqueeze(-1); // (B, S, 1)
+        let n = m.sum(h.kind()).clamp_min(1.0);
+        let mean = (&h * &m).sum_dim_intlist([0i64, 1].as_slice(), false, h.kind()) / &n; // (D)
+        let var = ((&h - &mean).square() * &m).sum_dim_intlist([0i64, 1].as_slice(), false, h.kind()) / &n;
         tch::manual_seed((self.seed as i64) ^ (self.updates.wrapping_mul(7919)) ^ 0x6e6f);
-        Tensor::randn(h.size(), (Kind::Float, h.device())) * var.sqrt() + mean
+        Tensor::randn(h.size(), (h.kind(), h.device())) * var.sqrt() + mean
     }
 
     /// r = phi((1 - w) H_hat + w H_last) for cached H_last (B, D_rm) and feedback (B, S, D_p).
@@ -325,7 +329,7 @@ impl RewardSource for R2mSource {
         let r = tch::no_grad(|| self.rewards(&h_last, input.hidden, wt));
         let m = self.cfg.method;
         self.frozen = (m.uses_feedback() || m.trains_online())
-            .then(|| tch::no_grad(|| self.rm.score_embedding(&h_last)).to_device(Device::Cpu).to_kind(Kind::Float));
+            .then(|| tch::no_grad(|| self.rm.score_embedding(&h_last)).to_device(Device::Cpu).widen());
         self.cache = Some(h_last);
         Ok(r.to_device(Device::Cpu))
     }
@@ -399,8 +403,8 @@ impl RewardSource for R2mSource {
         m.insert("r2m/grad_norm".into(), json!(gn));
         m.insert("r2m/bt".into(), json!(bt.double_value(&[])));
         m.insert("r2m/gre".into(), json!(gre.double_value(&[])));
-        m.insert("r2m/reward_before".into(), json!(before.mean(Kind::Float).double_value(&[])));
-        m.insert("r2m/reward_after".into(), json!(after.mean(Kind::Float).double_value(&[])));
+        m.insert("r2m/reward_before".into(), json!(before.mean(before.compute_kind()).double_value(&[])));
+        m.insert("r2m/reward_after".into(), json!(after.mean(after.compute_kind()).double_value(&[])));
         if let Some(mut d) = diag {
             if let Some((group, _)) = input.ranks {
                 d = d.pooled(group, before.size()[0] as f64).map_err(|e| Error::Input(format!("R2M update metrics: {e:#}")))?;

@@ -3,9 +3,10 @@
 //! the worst case (min), or uncertainty-weighted optimisation (mean - lambda * variance, with the
 //! population variance across members).
 use crate::error::{Error, Result};
+use crate::model::precision::Widen;
 use crate::reward::model::RewardModel;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
@@ -22,9 +23,9 @@ pub enum Combine {
 /// Combines member scores (k, N) into (N).
 pub fn combine(scores: &Tensor, how: Combine) -> Tensor {
     match how {
-        Combine::Mean => scores.mean_dim(0, false, Kind::Float),
+        Combine::Mean => scores.mean_dim(0, false, scores.compute_kind()),
         Combine::Min => scores.min_dim(0, false).0,
-        Combine::Uwo { lambda } => scores.mean_dim(0, false, Kind::Float) - scores.var_dim(0, false, false) * lambda,
+        Combine::Uwo { lambda } => scores.mean_dim(0, false, scores.compute_kind()) - scores.var_dim(0, false, false) * lambda,
     }
 }
 

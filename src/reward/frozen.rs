@@ -6,8 +6,9 @@ use super::RewardModel;
 use crate::data::PromptExample;
 use crate::dist::rte::RmLink;
 use crate::error::{Error, Result};
+use crate::model::precision::Widen;
 use std::sync::Arc;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 pub enum FrozenRm {
     Local(RewardModel),
@@ -83,7 +84,7 @@ impl FrozenRm {
                     let b = rm.tokenize(chunk, special, max_length)?;
                     out.push(rm.embed(&b)?);
                 }
-                Ok(Tensor::cat(&out, 0).to_kind(Kind::Float))
+                Ok(Tensor::cat(&out, 0).widen())
             }
             FrozenRm::Remote { link, .. } => Ok(Self::remote_embed(link, prompts, responses)?.0),
         }

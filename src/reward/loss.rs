@@ -1,14 +1,15 @@
 //! Bradley-Terry reward-model loss (peer: TRL RewardTrainer; docs/rl-conventions.md):
 //! L = -log sigmoid(r_c - r_r - margin).mean() + eta * mean((r_c + r_r)^2)
 //! (the optional centering term of Eisenstein et al. 2023, TRL's `center_rewards_coefficient`).
+use crate::model::precision::Widen;
 use tch::{Kind, Tensor};
 
 /// r_chosen, r_rejected: (B). Returns the scalar loss.
 pub fn bt_loss(r_chosen: &Tensor, r_rejected: &Tensor, margin: f64, center_coef: f64) -> Tensor {
-    let diff = r_chosen - r_rejected - margin;
-    let mut loss = -diff.log_sigmoid().mean(Kind::Float);
+    let diff = (r_chosen - r_rejected - margin).widen();
+    let mut loss = -diff.log_sigmoid().mean(diff.kind());
     if center_coef != 0.0 {
-        loss += (r_chosen + r_rejected).square().mean(Kind::Float) * center_coef;
+        loss += (r_chosen + r_rejected).widen().square().mean(diff.kind()) * center_coef;
     }
     loss
 }
@@ -18,7 +19,7 @@ pub fn accuracy(r_chosen: &Tensor, r_rejected: &Tensor) -> f64 {
     if r_chosen.numel() == 0 {
         return f64::NAN;
     }
-    r_chosen.gt_tensor(r_rejected).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+    r_chosen.gt_tensor(r_rejected).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::model::decoder::{positions_from_mask, Decoder};
 use crate::model::export::write_json;
 use crate::model::load::{gguf, safetensors, ModelSource, WeightMap};
 use crate::model::params::{Init, Params, Source};
-use crate::model::precision::{Autocast, Precision};
+use crate::model::precision::{Autocast, Precision, Widen};
 use crate::model::sentence::SentenceEncoder;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -38,7 +38,8 @@ pub struct RewardModel {
     /// (the encoder's own parameters live in its VarStore: see `trainable`).
     pub params: Params,
     pub device: Device,
-    /// f32, or bf16 autocast in the backbone (`model::precision`); embeddings and scores are f32.
+    /// f32, bf16 autocast in the backbone, or f64 throughout (`model::precision`); embeddings and
+    /// scores are f32, or f64 under f64. Set with [`RewardModel::set_precision`].
     pub precision: Precision,
 }
 
@@ -189,7 +190,7 @@ impl RewardModel {
             }
             Backbone::Encoder { enc, .. } => enc.embed(&ids, &mask),
         }?;
-        Ok(h.to_kind(Kind::Float))
+        Ok(h.widen())
     }
 
     /// r = phi(h): (B) from embeddings (B, D).
@@ -215,6 +216,21 @@ impl RewardModel {
             return Ok(Tensor::zeros([0], (Kind::Float, Device::Cpu)));
         }
         Ok(Tensor::cat(&out, 0))
+    }
+
+    /// Computes in `p` from now on; f64 converts every parameter (backbone and head) to f64, and
+    /// leaving f64 converts them back to f32. Call it before an optimiser is made over them.
+    pub fn set_precision(&mut self, p: Precision) {
+        if p == Precision::F64 || self.precision == Precision::F64 {
+            let _g = tch::no_grad_guard();
+            for (_, t) in self.all_params() {
+                if t.kind() != p.weight_kind() {
+                    let mut t = t.shallow_clone();
+                    t.set_data(&t.to_kind(p.weight_kind()));
+                }
+            }
+        }
+        self.precision = p;
     }
 
     /// Every parameter that can train, in a fixed order: the decoder's (HF names) + `score.weight`,

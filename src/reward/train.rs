@@ -37,7 +37,8 @@ pub struct TrainRmConfig {
     pub out: PathBuf,
     pub device: String,
     /// Compute precision of the RM's backbone: "auto" (bf16 autocast on CUDA, f32 on the CPU),
-    /// "f32" or "bf16" (`model::precision`: f32 master weights, bf16 matmuls; scores and loss f32).
+    /// "f32", "bf16" (`model::precision`: f32 master weights, bf16 matmuls; scores and loss f32)
+    /// or "f64" (CPU; f64 weights, scores and loss, for exact checks).
     pub dtype: String,
     pub data: RmData,
     pub train: RmTrain,
@@ -305,7 +306,7 @@ pub fn run_dist(cfg: &TrainRmConfig, resume: bool, progress: bool, dist: Option<
 
     // Model.
     let mut rm = RewardModel::load(&cfg.model, cfg.seed as i64, device).with_context(|| format!("loading {}", cfg.model))?;
-    rm.precision = crate::model::precision::Precision::resolve(&cfg.dtype, device, "dtype")?;
+    rm.set_precision(crate::model::precision::Precision::resolve(&cfg.dtype, device, "dtype")?);
     if let Some(p) = &cfg.data.chat_template {
         let text = std::fs::read_to_string(p).with_context(|| format!("data.chat_template: reading {}", p.display()))?;
         rm.set_chat_template(text).context("data.chat_template")?;

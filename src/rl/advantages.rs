@@ -2,13 +2,15 @@
 //!
 //! Shapes: n = prompts, K = group size (samples per prompt), B = n * K sequences ordered
 //! group-major (prompt 0's K samples first), T = response tokens, m = response mask (B, T).
+use crate::model::precision::Widen;
 use tch::{Kind, Tensor};
 
 /// RLOO (TRL RLOOTrainer; R2M Eq. 1-2): A_i = R_i - (sum_j R_j - R_i) / (K - 1), with R the
 /// KL-shaped sequence reward (`kl_shaped_reward`). rewards (B) -> (B). Needs K >= 2.
 pub fn rloo(rewards: &Tensor, k: i64) -> Tensor {
+    let kd = rewards.compute_kind();
     let g = rewards.view([-1, k]); // (n, K)
-    let sum = g.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+    let sum = g.sum_dim_intlist([1i64].as_slice(), true, kd);
     let baseline = (&sum - &g) / (k - 1) as f64;
     (g - baseline).view([-1])
 }
@@ -16,13 +18,14 @@ pub fn rloo(rewards: &Tensor, k: i64) -> Tensor {
 /// R_i = r_i - beta * sum_t (lo_t - lr_t) m_t: k1 on the rollout's log-probs, summed into the
 /// reward (RLOO; TRL rloo_trainer.py). old_lp, ref_lp, mask (B, T) -> (B).
 pub fn kl_shaped_reward(scores: &Tensor, old_lp: &Tensor, ref_lp: &Tensor, mask: &Tensor, beta: f64) -> Tensor {
-    let kl = ((old_lp - ref_lp) * mask.to_kind(Kind::Float)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let kd = old_lp.compute_kind();
+    let kl = ((old_lp - ref_lp) * mask.to_kind(kd)).sum_dim_intlist([1i64].as_slice(), false, kd);
     scores - kl * beta
 }
 
 /// Optional RLOO advantage normalisation: (A - mean) / (std_bessel + 1e-4) over the batch.
 pub fn normalize(a: &Tensor) -> Tensor {
-    (a - a.mean(Kind::Float)) / (a.std(true) + 1e-4)
+    (a - a.mean(a.compute_kind())) / (a.std(true) + 1e-4)
 }
 
 /// How GRPO scales the centred rewards (TRL `scale_rewards`).
@@ -40,7 +43,7 @@ pub enum ScaleRewards {
 /// GRPO (TRL GRPOTrainer): A_i = (r_i - mean_g) / (std + 1e-4). rewards (B) -> (B).
 pub fn grpo(rewards: &Tensor, k: i64, scale: ScaleRewards) -> Tensor {
     let g = rewards.view([-1, k]); // (n, K)
-    let centred = &g - g.mean_dim(1, true, Kind::Float);
+    let centred = &g - g.mean_dim(1, true, rewards.compute_kind());
     let a = match scale {
         ScaleRewards::Group => centred / (g.std_dim(1, true, true) + 1e-4),
         ScaleRewards::Batch => centred / (rewards.std(true) + 1e-4),
@@ -52,12 +55,13 @@ pub fn grpo(rewards: &Tensor, k: i64, scale: ScaleRewards) -> Tensor {
 /// Token rewards for REINFORCE++ and ReMax (OpenRLHF / verl): rw_t = -beta * k1_t on response
 /// tokens, plus clip(r_i, -clip, clip) at the last response token. (B, T).
 pub fn token_rewards(scores: &Tensor, old_lp: &Tensor, ref_lp: &Tensor, mask: &Tensor, beta: f64, clip: f64) -> Tensor {
-    let m = mask.to_kind(Kind::Float);
+    let kd = old_lp.compute_kind();
+    let m = mask.to_kind(kd);
     let mut rw = -(old_lp - ref_lp) * beta * &m;
     // Index of the last response token of each row (rows with no token get nothing).
     let t = m.size()[1];
     let idx = ((Tensor::arange(t, (Kind::Int64, m.device())).unsqueeze(0) + 1) * mask.to_kind(Kind::Int64)).argmax(-1, true); // (B, 1)
-    let has = m.sum_dim_intlist([1i64].as_slice(), true, Kind::Float).gt(0.0).to_kind(Kind::Float);
+    let has = m.sum_dim_intlist([1i64].as_slice(), true, kd).gt(0.0).to_kind(kd);
     let add = scores.clamp(-clip, clip).unsqueeze(-1) * has;
     rw = rw.scatter_add(1, &idx, &add);
     rw
@@ -65,15 +69,16 @@ pub fn token_rewards(scores: &Tensor, old_lp: &Tensor, ref_lp: &Tensor, mask: &T
 
 /// Returns G_t = sum_{u >= t} gamma^{u - t} rw_u over response tokens (gamma = 1 in the peers).
 pub fn returns(rw: &Tensor, mask: &Tensor, gamma: f64) -> Tensor {
-    let m = mask.to_kind(Kind::Float);
+    let kd = rw.compute_kind();
+    let m = mask.to_kind(kd);
     let r = rw * &m;
     if gamma == 1.0 {
         // Reverse cumulative sum.
-        return r.flip([1]).cumsum(1, Kind::Float).flip([1]) * m;
+        return r.flip([1]).cumsum(1, kd).flip([1]) * m;
     }
     let t = r.size()[1];
     let mut out = Vec::with_capacity(t as usize);
-    let mut acc = Tensor::zeros([r.size()[0]], (Kind::Float, r.device()));
+    let mut acc = Tensor::zeros([r.size()[0]], (kd, r.device()));
     for i in (0..t).rev() {
         acc = r.select(1, i) + acc * gamma;
         out.push(acc.shallow_clone());
@@ -85,11 +90,12 @@ pub fn returns(rw: &Tensor, mask: &Tensor, gamma: f64) -> Tensor {
 /// REINFORCE++ (OpenRLHF "reinforce"): A_t = whiten(G_t) over all response tokens of the batch:
 /// (G - mean) * rsqrt(max(var_pop, 1e-8)); 0 off the mask.
 pub fn reinforce_pp(token_rw: &Tensor, mask: &Tensor, gamma: f64) -> Tensor {
+    let kd = token_rw.compute_kind();
     let g = returns(token_rw, mask, gamma);
-    let m = mask.to_kind(Kind::Float);
-    let n = m.sum(Kind::Float).clamp_min(1.0);
-    let mean = (&g * &m).sum(Kind::Float) / &n;
-    let var = ((&g - &mean).square() * &m).sum(Kind::Float) / &n;
+    let m = mask.to_kind(kd);
+    let n = m.sum(kd).clamp_min(1.0);
+    let mean = (&g * &m).sum(kd) / &n;
+    let var = ((&g - &mean).square() * &m).sum(kd) / &n;
     (g - mean) * var.clamp_min(1e-8).rsqrt() * m
 }
 
@@ -97,7 +103,7 @@ pub fn reinforce_pp(token_rw: &Tensor, mask: &Tensor, gamma: f64) -> Tensor {
 /// RM score of the prompt's greedy response. token_rw, mask (B, T), baseline (B) -> (B, T).
 pub fn remax(token_rw: &Tensor, mask: &Tensor, baseline: &Tensor) -> Tensor {
     let g = returns(token_rw, mask, 1.0);
-    (g - baseline.unsqueeze(-1)) * mask.to_kind(Kind::Float)
+    (g - baseline.unsqueeze(-1)) * mask.to_kind(token_rw.compute_kind())
 }
 
 /// How far two rewards on the same groups agree on what a group-relative estimator (GRPO, RLOO)

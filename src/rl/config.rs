@@ -54,7 +54,8 @@ pub struct PolicyConfig {
     pub schedule: Schedule,
     pub max_grad_norm: f64,
     /// Compute precision of the policy and the reference: "auto" (bf16 autocast on CUDA, f32 on
-    /// the CPU), "f32" or "bf16" (`model::precision`: bf16 matmuls over f32 master weights).
+    /// the CPU), "f32", "bf16" (`model::precision`: bf16 matmuls over f32 master weights) or
+    /// "f64" (CPU; f64 weights and math, for exact checks: rewards, advantages and losses follow).
     pub dtype: String,
     /// Activation checkpointing of the policy's trained blocks (HF `gradient_checkpointing`):
     /// each keeps only its input and runs again in backward. Less training memory (for long

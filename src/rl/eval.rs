@@ -159,8 +159,9 @@ impl Run<'_> {
                 None
             };
             drop(ref_last);
-            let mf = mask.to_device(self.device).to_kind(Kind::Float);
-            let kl = ((rows(&g.logprobs).to_device(self.device) - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let lp = rows(&g.logprobs).to_device(self.device);
+            let mf = mask.to_device(self.device).to_kind(lp.kind());
+            let kl = ((lp - rlp) * &mf).sum_dim_intlist([1i64].as_slice(), false, mf.kind());
             let hidden = g.hidden.as_ref().map(rows);
             let input = RewardInput {
                 prompts: prompts[lo..hi].to_vec(),
@@ -216,7 +217,7 @@ impl EvalPart {
     }
 
     /// Every rank's rows in rank order, on every rank (rank r holds `counts[r]` rows). Scores
-    /// travel as f64 and come back as f32, the kind the means of one process are taken in.
+    /// travel and come back as f64 (exact for f32 values).
     fn gathered(self, group: &crate::dist::Group, counts: &[usize], has_metric: bool) -> Result<EvalPart> {
         let gather = |t: &Tensor, counts: &[usize]| -> Result<Tensor> {
             crate::dist::dp::all_gather_rows(group, &t.to_device(Device::Cpu).to_kind(Kind::Double), counts)
@@ -227,13 +228,13 @@ impl EvalPart {
         let frozen = if with_frozen { Vec::<f64>::try_from(gather(&column(&self.frozen), counts)?)? } else { vec![] };
         let metric = match (has_metric, &self.metric) {
             (false, _) => None,
-            (true, Some(g)) => Some(gather(g, counts)?.to_kind(Kind::Float)),
-            (true, None) => Some(gather(&Tensor::zeros([0], (Kind::Double, Device::Cpu)), counts)?.to_kind(Kind::Float)),
+            (true, Some(g)) => Some(gather(g, counts)?),
+            (true, None) => Some(gather(&Tensor::zeros([0], (Kind::Double, Device::Cpu)), counts)?),
         };
         let finished: Vec<f64> = self.finished.iter().map(|&f| f64::from(u8::from(f))).collect();
         Ok(EvalPart {
-            reward: gather(&self.reward, counts)?.to_kind(Kind::Float),
-            kl: gather(&self.kl, counts)?.to_kind(Kind::Float),
+            reward: gather(&self.reward, counts)?,
+            kl: gather(&self.kl, counts)?,
             metric,
             frozen,
             length: Vec::<f64>::try_from(gather(&column(&self.length), counts)?)?,
@@ -280,26 +281,21 @@ fn eval_rows(t: i64, first: usize, prompts: &[&PromptExample], finished: &[bool]
 
 /// An evaluation's metrics from its rows: the means of the reward, of the frozen RM's score (where
 /// the rows have it), of the KL, of the length and of the metric source's score `metric` (its
-/// column's name). The reward's, the KL's and the metric's means are taken over f32 values in
-/// libtorch, as the tensors they come from: metrics recomputed from the rows of `eval.jsonl`
-/// (an extended evaluation) equal those of one evaluation of them all.
+/// column's name), in f64 over the rows in order: metrics recomputed from the rows of
+/// `eval.jsonl` (an extended evaluation) equal those of one evaluation of them all.
 pub fn eval_means(rows: &[Map<String, Value>], metric: Option<&str>) -> Map<String, Value> {
     let col = |k: &str| -> Vec<f64> { rows.iter().filter_map(|r| r.get(k)).map(|v| v.as_f64().unwrap_or(f64::NAN)).collect() };
-    let mean32 = |v: Vec<f64>| {
-        let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
-        Tensor::from_slice(&v).mean(Kind::Float).double_value(&[])
-    };
     let mean64 = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
     let mut m = Map::new();
-    m.insert("eval/reward".into(), json!(mean32(col("reward"))));
+    m.insert("eval/reward".into(), json!(mean64(col("reward"))));
     let frozen = col("reward_frozen_rm");
     if !frozen.is_empty() {
         m.insert("eval/reward_frozen_rm".into(), json!(mean64(frozen)));
     }
-    m.insert("eval/kl".into(), json!(mean32(col("kl"))));
+    m.insert("eval/kl".into(), json!(mean64(col("kl"))));
     m.insert("eval/mean_length".into(), json!(mean64(col("length"))));
     if let Some(name) = metric {
-        m.insert(format!("eval/{name}"), json!(mean32(col(name))));
+        m.insert(format!("eval/{name}"), json!(mean64(col(name))));
     }
     m
 }

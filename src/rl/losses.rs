@@ -1,9 +1,10 @@
 //! Policy losses and KL estimators as pure functions (docs/rl-conventions.md).
 //!
 //! l = current log-probs, lo = rollout (old) log-probs, lr = reference log-probs, m = response
-//! mask; all (B, T) f32. Losses return (scalar loss, `LossStats`).
+//! mask; all (B, T) f32 (f64 under the f64 precision). Losses return (scalar loss, `LossStats`).
+use crate::model::precision::Widen;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Schulman's KL estimators of KL(pi || ref) per token, D = l - lr.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,16 +43,17 @@ pub enum Aggregation {
 /// Aggregates per-token losses (B, T) with `mask`; `max_len` is the configured
 /// max_new_tokens (Dr. GRPO's constant normaliser). Rows with no tokens contribute 0.
 pub fn aggregate(per_token: &Tensor, mask: &Tensor, agg: Aggregation, max_len: i64) -> Tensor {
-    let m = mask.to_kind(Kind::Float);
+    let k = per_token.compute_kind();
+    let m = mask.to_kind(k);
     let b = per_token.size()[0] as f64;
     match agg {
         Aggregation::Grpo => {
-            let per_seq = (per_token * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                / m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1.0);
-            per_seq.mean(Kind::Float)
+            let per_seq = (per_token * &m).sum_dim_intlist([1i64].as_slice(), false, k)
+                / m.sum_dim_intlist([1i64].as_slice(), false, k).clamp_min(1.0);
+            per_seq.mean(k)
         }
-        Aggregation::TokenMean => (per_token * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0),
-        Aggregation::DrGrpo => (per_token * &m).sum(Kind::Float) / (b * max_len as f64),
+        Aggregation::TokenMean => (per_token * &m).sum(k) / m.sum(k).clamp_min(1.0),
+        Aggregation::DrGrpo => (per_token * &m).sum(k) / (b * max_len as f64),
     }
 }
 
@@ -66,22 +68,24 @@ pub struct LossStats {
 }
 
 fn clipped(ratio: &Tensor, adv: &Tensor, eps_low: f64, eps_high: f64) -> (Tensor, Tensor, Tensor) {
+    let k = ratio.compute_kind();
     let unclipped = ratio * adv;
     let clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv;
     let loss = -unclipped.minimum(&clipped);
-    let low = ratio.lt(1.0 - eps_low).logical_and(&adv.lt(0.0)).to_kind(Kind::Float);
-    let high = ratio.gt(1.0 + eps_high).logical_and(&adv.gt(0.0)).to_kind(Kind::Float);
+    let low = ratio.lt(1.0 - eps_low).logical_and(&adv.lt(0.0)).to_kind(k);
+    let high = ratio.gt(1.0 + eps_high).logical_and(&adv.gt(0.0)).to_kind(k);
     (loss, low, high)
 }
 
 /// RLOO's sequence-level clipped loss (TRL RLOOTrainer): rho_i = exp(sum_t (l - lo) m),
 /// loss = mean_i -min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i). adv (B).
 pub fn sequence_clipped_loss(l: &Tensor, lo: &Tensor, mask: &Tensor, adv: &Tensor, eps: f64) -> (Tensor, LossStats) {
-    let m = mask.to_kind(Kind::Float);
-    let log_ratio = ((l - lo) * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let k = l.compute_kind();
+    let m = mask.to_kind(k);
+    let log_ratio = ((l - lo) * &m).sum_dim_intlist([1i64].as_slice(), false, k);
     let (loss, low, high) = clipped(&log_ratio.exp(), adv, eps, eps);
-    let zero = Tensor::zeros([], (Kind::Float, l.device()));
-    (loss.mean(Kind::Float), LossStats { clip_low: low.mean(Kind::Float), clip_high: high.mean(Kind::Float), kl: zero })
+    let zero = Tensor::zeros([], (k, l.device()));
+    (loss.mean(k), LossStats { clip_low: low.mean(k), clip_high: high.mean(k), kl: zero })
 }
 
 /// Token-level clipped loss (GRPO, REINFORCE++, ReMax): rho_t = exp(l_t - lo_t),
@@ -99,32 +103,35 @@ pub fn token_clipped_loss(
     agg: Aggregation,
     max_len: i64,
 ) -> (Tensor, LossStats) {
+    let k = l.compute_kind();
     let adv = if adv.dim() == 1 { adv.unsqueeze(-1).expand_as(l) } else { adv.shallow_clone() };
     let (mut per_token, low, high) = clipped(&(l - lo).exp(), &adv, eps_low, eps_high);
-    let m = mask.to_kind(Kind::Float);
-    let denom = m.sum(Kind::Float).clamp_min(1.0);
-    let mut kl_mean = Tensor::zeros([], (Kind::Float, l.device()));
+    let m = mask.to_kind(k);
+    let denom = m.sum(k).clamp_min(1.0);
+    let mut kl_mean = Tensor::zeros([], (k, l.device()));
     if let Some((lr, beta)) = kl_term {
         let k3 = kl(l, lr, KlEstimator::K3, None);
-        kl_mean = (&k3 * &m).sum(Kind::Float).detach() / &denom;
+        kl_mean = (&k3 * &m).sum(k).detach() / &denom;
         per_token = per_token + k3 * beta;
     }
     let loss = aggregate(&per_token, mask, agg, max_len);
-    let stats = LossStats { clip_low: (low * &m).sum(Kind::Float) / &denom, clip_high: (high * &m).sum(Kind::Float) / &denom, kl: kl_mean };
+    let stats = LossStats { clip_low: (low * &m).sum(k) / &denom, clip_high: (high * &m).sum(k) / &denom, kl: kl_mean };
     (loss, stats)
 }
 
 /// Mean per-token entropy of the policy over response tokens, from logits (B, T, V) at temperature.
 pub fn entropy(logits: &Tensor, mask: &Tensor) -> Tensor {
-    let lp = logits.log_softmax(-1, Kind::Float);
-    let h = -(lp.exp() * &lp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-    let m = mask.to_kind(Kind::Float);
-    (h * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
+    let k = logits.compute_kind();
+    let lp = logits.log_softmax(-1, k);
+    let h = -(lp.exp() * &lp).sum_dim_intlist([-1i64].as_slice(), false, k);
+    let m = mask.to_kind(k);
+    (h * &m).sum(k) / m.sum(k).clamp_min(1.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn t(v: &[f64], shape: &[i64]) -> Tensor {
         Tensor::from_slice(v).to_kind(Kind::Float).view(shape)

@@ -4,7 +4,7 @@
 use crate::data::{PromptExample, Text};
 use crate::model::causal_lm::CausalLm;
 use crate::model::generate::{generate_in_calls, GenerateConfig, Sampling};
-use crate::model::precision::Precision;
+use crate::model::precision::{Precision, Widen};
 use crate::rl::clock::Clock;
 use crate::rl::config::LogprobsFrom;
 use crate::rl::losses;
@@ -67,7 +67,7 @@ pub fn reference_response_logprobs(
     } else {
         let dev = last.device();
         let hs = last.view([-1, last.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev)); // (sum r, D)
-        let logits = reference.logits(&hs).to_kind(Kind::Float);
+        let logits = reference.logits(&hs).widen();
         let nx = Tensor::from_slice(&next).to_device(dev).unsqueeze(-1);
         let lp = logits.gather(-1, &nx, false).squeeze_dim(-1) - logits.logsumexp([-1], false);
         Vec::<f32>::try_from(&lp.to_device(Device::Cpu))?
@@ -215,8 +215,8 @@ impl Run<'_> {
             (_, None) => Some(clock.time("time/logprobs", || self.policy.trunk(&seq, &seq_mask, kt))?),
         };
         let (old_lp, hidden, entropy) = if from_gen {
-            let m = g.mask.to_kind(Kind::Float);
-            let ent = ((&g.entropy * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)).double_value(&[]);
+            let m = g.mask.to_kind(g.entropy.kind());
+            let ent = ((&g.entropy * &m).sum(m.kind()) / m.sum(m.kind()).clamp_min(1.0)).double_value(&[]);
             (g.logprobs.shallow_clone(), g.hidden.as_ref().map(|h| h.shallow_clone()), ent)
         } else {
             clock.time("time/logprobs", || -> Result<_> {
@@ -252,8 +252,8 @@ impl Run<'_> {
             seq_mask,
             prompt_len: p,
             mask: g.mask.to_device(self.device),
-            old_lp: old_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
-            ref_lp: ref_lp * g.mask.to_device(self.device).to_kind(Kind::Float),
+            old_lp: &old_lp * g.mask.to_device(self.device).to_kind(old_lp.kind()),
+            ref_lp: &ref_lp * g.mask.to_device(self.device).to_kind(ref_lp.kind()),
             hidden,
             trunk,
             responses,

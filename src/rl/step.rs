@@ -81,10 +81,11 @@ impl Run<'_> {
         self.release_host_memory();
         let scores = self.score(&r, t, &mut clock)?;
         let frozen = self.reward.frozen_scores();
-        let scores = scores.to_device(self.device).to_kind(Kind::Float);
-        ensure_finite(scores.sum(Kind::Float).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
+        let fk = self.float_kind();
+        let scores = scores.to_device(self.device).to_kind(fk);
+        ensure_finite(scores.sum(fk).double_value(&[]), &format!("reward at step {t} (reward annotation)"))?;
         let baseline = match self.cfg.rl.algo {
-            Algo::Remax => Some(self.remax_baseline(&r, t, &mut clock)?.to_kind(Kind::Float)),
+            Algo::Remax => Some(self.remax_baseline(&r, t, &mut clock)?.to_kind(fk)),
             _ => None,
         };
         let metric = self.metric_scores(&r, &mut clock)?;
@@ -173,7 +174,8 @@ impl Run<'_> {
         let finished = Vec::<u8>::try_from(dp::all_gather_rows(g, &fin, &counts)?)?.into_iter().map(|f| f != 0).collect();
         let tokens = r.mask.to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
         let e = g.sum_f64(&[r.entropy * tokens, tokens])?;
-        let opt = |x: Option<Tensor>| x.map(|x| rows(&x.to_kind(Kind::Float))).transpose();
+        let fk = self.float_kind();
+        let opt = |x: Option<Tensor>| x.map(|x| rows(&x.to_kind(fk))).transpose();
         Ok(Batch {
             mask: cols(&r.mask)?,
             old_lp: cols(&r.old_lp)?,
@@ -254,7 +256,7 @@ impl Run<'_> {
         let c = &self.cfg.rl;
         let b = r.seq.size()[0];
         let d = self.policy.config.hidden_size;
-        let h_prime = self.reward.wants_hidden().then(|| Tensor::zeros([b, r.seq.size()[1], d], (Kind::Float, self.device)));
+        let h_prime = self.reward.wants_hidden().then(|| Tensor::zeros([b, r.seq.size()[1], d], (self.float_kind(), self.device)));
         let mut st = PolicyStats::default();
         let micro = c.minibatch / self.budget.grad_accum;
         let whole = batch.mask.size()[0] as usize;
@@ -335,7 +337,7 @@ impl Run<'_> {
             None => self.policy.token_logprobs(&seq, &sm, c.temperature, r.prompt_len)?,
         };
         if let Some(hp) = h_out {
-            let _ = hp.shallow_clone().index_copy_(0, &ix, &h.detach().to_kind(Kind::Float));
+            let _ = hp.shallow_clone().index_copy_(0, &ix, &h.detach().to_kind(hp.kind()));
         }
         let (m, lo, a) = (r.mask.index_select(0, &ix), r.old_lp.index_select(0, &ix), advantages.index_select(0, &ix));
         let (value, st) = match loss {
@@ -373,23 +375,24 @@ impl Run<'_> {
         update: Map<String, Value>,
         clock: &mut Clock,
     ) -> Result<Map<String, Value>> {
+        let fk = self.float_kind();
         let (scores, frozen) = (&r.scores, r.frozen.as_ref());
         let t_metrics = Instant::now();
         let c = &self.cfg.rl;
         let k = c.group_size as i64;
-        let mask_f = r.mask.to_kind(Kind::Float);
-        let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let mask_f = r.mask.to_kind(fk);
+        let lens = mask_f.sum_dim_intlist([1i64].as_slice(), false, fk);
+        let kl_seq = ((&r.old_lp - &r.ref_lp) * &mask_f).sum_dim_intlist([1i64].as_slice(), false, fk);
         let mut m = Map::new();
         m.insert("step".into(), json!(t));
-        m.insert("reward".into(), json!(scores.mean(Kind::Float).double_value(&[])));
+        m.insert("reward".into(), json!(scores.mean(fk).double_value(&[])));
         m.insert("reward_std".into(), json!(scores.std(true).double_value(&[])));
         if let Some(f) = frozen {
-            frozen_rm_metrics(&mut m, scores, &f.to_device(self.device).to_kind(Kind::Float), k)?;
+            frozen_rm_metrics(&mut m, scores, &f.to_device(self.device).to_kind(fk), k)?;
         }
-        let zero_std = scores.view([-1, k]).std_dim(1, true, false).lt(1e-6).to_kind(Kind::Float).mean(Kind::Float);
+        let zero_std = scores.view([-1, k]).std_dim(1, true, false).lt(1e-6).to_kind(fk).mean(fk);
         m.insert("frac_reward_zero_std".into(), json!(zero_std.double_value(&[])));
-        m.insert("kl".into(), json!(kl_seq.mean(Kind::Float).double_value(&[])));
+        m.insert("kl".into(), json!(kl_seq.mean(fk).double_value(&[])));
         if !r.entropy.is_nan() {
             m.insert("entropy".into(), json!(r.entropy));
         }
@@ -402,14 +405,14 @@ impl Run<'_> {
         if c.algo == Algo::Grpo {
             m.insert("kl_term".into(), json!(st.kl_term / n_mb));
         }
-        m.insert("completions/mean_length".into(), json!(lens.mean(Kind::Float).double_value(&[])));
+        m.insert("completions/mean_length".into(), json!(lens.mean(fk).double_value(&[])));
         let clipped = r.finished.iter().filter(|f| !**f).count() as f64 / r.finished.len() as f64;
         m.insert("completions/clipped_ratio".into(), json!(clipped));
-        m.insert("num_tokens".into(), json!(lens.sum(Kind::Float).double_value(&[])));
+        m.insert("num_tokens".into(), json!(lens.sum(fk).double_value(&[])));
         let p = &self.cfg.policy;
         m.insert("learning_rate".into(), json!(lr_at(self.opt.step - 1, p.lr, p.warmup_steps, self.total_opt_steps(), p.schedule, 0.0)));
         if let (Some(source), Some(gs)) = (&self.metric, &r.metric) {
-            m.insert(format!("{}/reward", source.name()), json!(gs.mean(Kind::Float).double_value(&[])));
+            m.insert(format!("{}/reward", source.name()), json!(gs.mean(fk).double_value(&[])));
             // The reward's pairwise accuracy against the metric inside each group: how well it
             // ranks the policy's own samples as the policy moves (and the frozen proxy's, beside it).
             if k >= 2 {
@@ -430,6 +433,12 @@ impl Run<'_> {
         Ok(m)
     }
 
+    /// The kind the step computes rewards, advantages and losses in: the policy's
+    /// ([`crate::model::precision::compute_kind`]: f64 under the f64 precision, f32 otherwise).
+    pub fn float_kind(&self) -> Kind {
+        crate::model::precision::compute_kind(self.policy.head_weight().kind())
+    }
+
     pub(crate) fn total_opt_steps(&self) -> i64 {
         let c = &self.cfg.rl;
         let b = c.prompts_per_step * c.group_size;
@@ -442,12 +451,13 @@ impl Run<'_> {
 /// inside each group, which is all a group-relative advantage sees (`group_corr` is the
 /// correlation of the GRPO advantages the two rewards give).
 fn frozen_rm_metrics(m: &mut Map<String, Value>, scores: &Tensor, f: &Tensor, k: i64) -> Result<()> {
-    m.insert("reward_frozen_rm".into(), json!(f.mean(Kind::Float).double_value(&[])));
-    let same_top = scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(Kind::Float);
-    m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.mean(Kind::Float).double_value(&[])));
-    let (x, y) = (scores - scores.mean(Kind::Float), f - f.mean(Kind::Float));
-    let den = (x.square().sum(Kind::Float) * y.square().sum(Kind::Float)).sqrt().double_value(&[]);
-    let corr = if den > 0.0 { (x * y).sum(Kind::Float).double_value(&[]) / den } else { f64::NAN };
+    let fk = scores.kind();
+    m.insert("reward_frozen_rm".into(), json!(f.mean(fk).double_value(&[])));
+    let same_top = scores.view([-1, k]).argmax(1, false).eq_tensor(&f.view([-1, k]).argmax(1, false)).to_kind(fk);
+    m.insert("reward_frozen_rm/top_agree".into(), json!(same_top.mean(fk).double_value(&[])));
+    let (x, y) = (scores - scores.mean(fk), f - f.mean(fk));
+    let den = (x.square().sum(fk) * y.square().sum(fk)).sqrt().double_value(&[]);
+    let corr = if den > 0.0 { (x * y).sum(fk).double_value(&[]) / den } else { f64::NAN };
     m.insert("reward_frozen_rm/corr".into(), json!(corr));
     if k >= 2 {
         let (sv, fv) = (Vec::<f64>::try_from(scores.to_kind(Kind::Double))?, Vec::<f64>::try_from(f.to_kind(Kind::Double))?);

@@ -168,8 +168,8 @@ pub fn build<'a>(
     let reward = reward(policy.config.hidden_size)?;
     let mut reference = CausalLm::load_path(&cfg.policy.model, device)?.model;
     reference.params.freeze();
-    policy.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
-    reference.precision = policy.precision;
+    policy.set_precision(Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?);
+    reference.set_precision(policy.precision);
     policy.model.checkpointing = cfg.policy.gradient_checkpointing;
     let params = apply_trainable(&mut policy, &cfg.policy.trainable, cfg.seed as i64)?;
     let opt = AdamW::new(params, AdamWConfig { lr: cfg.policy.lr, weight_decay: cfg.policy.weight_decay, ..Default::default() });
@@ -226,7 +226,11 @@ fn memory_budget(
         new_tokens: r.max_new_tokens,
         trained_blocks: (policy.model.num_layers() - policy.frozen_prefix()) as i64,
         trained_params,
-        act_bytes: if policy.precision == Precision::F32 { 4 } else { 3 },
+        act_bytes: match policy.precision {
+            Precision::F32 => 4,
+            Precision::Bf16 => 3,
+            Precision::F64 => 8,
+        },
         checkpointing: cfg.policy.gradient_checkpointing,
         cuda: device.is_cuda(),
     };
@@ -419,7 +423,7 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<(RlConfig, CausalLm, T
     let l =
         CausalLm::load_path(&cfg.policy.model, device).with_context(|| format!("loading the run's initial policy {}", cfg.policy.model))?;
     let mut m = l.model;
-    m.precision = Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?;
+    m.set_precision(Precision::resolve(&cfg.policy.dtype, device, "policy.dtype")?);
     let params = apply_trainable(&mut m, &cfg.policy.trainable, cfg.seed as i64)?;
     let path = ck.join("policy.safetensors");
     let saved: std::collections::HashMap<String, Tensor> = safetensors::read_file(&path)?.into_iter().collect();

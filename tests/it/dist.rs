@@ -15,9 +15,13 @@ use tch::Tensor;
 /// 3 groups of 4 (an odd number of groups: the ranks hold 2 and 1), sampled in calls of one
 /// group, 3 steps, evaluations at steps 0 and 2, minibatches of 6 rows in micro-batches of 3.
 /// Evaluations of 6 prompts (calls of 4 and 2: the ranks sample one each), pi_init's and the
-/// last of 10 (calls of 4, 4 and 2: the ranks sample 8 and 2).
+/// last of 10 (calls of 4, 4 and 2: the ranks sample 8 and 2). The policy and the reward model
+/// compute in f64, so that one process and 2 ranks, which sum the same values in other orders,
+/// agree to [`EXACT`].
 fn cfg(dir: &Path, algo: Algo, r2m: bool, out: &str) -> RlConfig {
     let mut c = tiny_cfg(dir, algo, out);
+    c.policy.dtype = "f64".into();
+    c.reward.dtype = "f64".into();
     c.rl.steps = 3;
     c.rl.prompts_per_step = 3;
     c.rl.minibatch = 6;
@@ -36,6 +40,10 @@ fn cfg(dir: &Path, algo: Algo, r2m: bool, out: &str) -> RlConfig {
 }
 
 type Weights = BTreeMap<String, Tensor>;
+
+/// How far (relative, plus absolute) an f64 run on 2 ranks may be from one process: the
+/// summation order of the gradients and of the batch-wide sums is all that differs.
+const EXACT: f64 = 1e-10;
 
 /// Runs `r2m rl` on `c` (written next to its out folder) with `extra` flags; panics with its
 /// stderr unless it succeeds.
@@ -81,8 +89,8 @@ fn weights(path: &Path) -> Weights {
 }
 
 /// The run `c` on one process and on 2 ranks (`--nproc 2`): the ranks end bitwise in step (the
-/// run checks it at every checkpoint), and the metrics, eval rows and weights equal one process's
-/// up to float summation order.
+/// run checks it at every checkpoint), and the metrics of every step, the eval rows and the
+/// weights after the last step equal one process's within [`EXACT`].
 fn check(dir: &Path, algo: Algo, r2m: bool, tweak: fn(&mut RlConfig)) {
     let name = format!("{algo:?}-{r2m}");
     let mut one = cfg(dir, algo, r2m, &format!("{name}-one"));
@@ -99,14 +107,15 @@ fn check(dir: &Path, algo: Algo, r2m: bool, tweak: fn(&mut RlConfig)) {
         let bytes = r.remove("dist/bytes").and_then(|b| b.as_f64()).unwrap_or(0.0);
         assert!(bytes > 0.0, "{name}: step {}: dist/bytes {bytes}", r["step"]);
     }
-    close_rows(&format!("{name} metrics"), &m1, &m2, 2e-4);
+    close_rows(&format!("{name} metrics"), &m1, &m2, EXACT);
     let e1 = r2m::metrics::read_jsonl(&one.out.join("eval.jsonl")).unwrap();
     let e2 = r2m::metrics::read_jsonl(&two.out.join("eval.jsonl")).unwrap();
-    close_rows(&format!("{name} eval rows"), &e1, &e2, 2e-4);
+    close_rows(&format!("{name} eval rows"), &e1, &e2, EXACT);
     let (w1, w2) = (weights(&one.out.join("checkpoint/policy.safetensors")), weights(&two.out.join("checkpoint/policy.safetensors")));
     for (n, t) in &w1 {
+        assert_eq!(t.kind(), tch::Kind::Double, "{name}: {n}: the checkpoint keeps the f64 weights");
         let diff = (t - &w2[n]).abs().max().double_value(&[]);
-        assert!(diff <= 1e-4, "{name}: {n}: one process and two ranks differ by {diff}");
+        assert!(diff <= EXACT, "{name}: {n}: one process and two ranks differ by {diff}");
     }
 }
 
@@ -130,7 +139,7 @@ fn rl_on_two_ranks_equals_one_process_rloo_reinforce_pp_and_remax() {
 
 /// R2M under GRPO stopped after 2 of 3 steps on 2 ranks (checkpoint at 2): resumed on 2 ranks it
 /// ends bit-identical to the uninterrupted 2-rank run (metrics, eval rows, weights); resumed on
-/// 1 process it ends within float summation order of it.
+/// 1 process it ends within [`EXACT`] of it.
 #[test]
 fn rl_checkpointed_on_two_ranks_resumes_on_two_and_on_one() {
     let d = tmpdir();
@@ -163,12 +172,13 @@ fn rl_checkpointed_on_two_ranks_resumes_on_two_and_on_one() {
     let mut one = stop.clone();
     one.out = on_one;
     rl_cli(&one, &["--resume"]);
-    close_rows("resumed on 1", &want, &without_traffic(records_without_times(&one.out.join("metrics.jsonl"))), 2e-4);
+    close_rows("resumed on 1", &want, &without_traffic(records_without_times(&one.out.join("metrics.jsonl"))), EXACT);
 }
 
 /// ZeRO-1 (`--zero1`) on 2 ranks against the replicated optimiser on 2 ranks, GRPO with R2M: the
-/// same metrics, eval rows, weights and (gathered) moments up to the summation order of the
-/// gradient norm; a run stopped under ZeRO-1 resumes on one process, without it, to the same end.
+/// same metrics, eval rows, weights and (gathered) moments within [`EXACT`] (the summation order
+/// of the gradient norm differs); a run stopped under ZeRO-1 resumes on one process, without it,
+/// to the same end.
 #[test]
 fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
     let d = tmpdir();
@@ -186,15 +196,15 @@ fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
             })
             .collect()
     };
-    close_rows("ZeRO-1 metrics", &rows(&two), &rows(&zero), 1e-5);
+    close_rows("ZeRO-1 metrics", &rows(&two), &rows(&zero), EXACT);
     let e = |c: &RlConfig| r2m::metrics::read_jsonl(&c.out.join("eval.jsonl")).unwrap();
-    close_rows("ZeRO-1 eval rows", &e(&two), &e(&zero), 1e-5);
+    close_rows("ZeRO-1 eval rows", &e(&two), &e(&zero), EXACT);
     for file in ["policy.safetensors", "optimizer.safetensors"] {
         let (a, b) = (weights(&two.out.join("checkpoint").join(file)), weights(&zero.out.join("checkpoint").join(file)));
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{file}");
         for (n, t) in &a {
             let diff = (t.to_kind(tch::Kind::Double) - b[n].to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
-            assert!(diff <= 1e-5, "{file}: {n}: replicated and ZeRO-1 differ by {diff}");
+            assert!(diff <= EXACT, "{file}: {n}: replicated and ZeRO-1 differ by {diff}");
         }
     }
     let mut stop = cfg(d.path(), Algo::Grpo, true, "stopped");
@@ -203,7 +213,7 @@ fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
     assert!(!ok && err.contains("rl.stop_after"), "{err}");
     stop.rl.stop_after = None;
     rl_cli(&stop, &["--resume"]);
-    close_rows("stopped under ZeRO-1, resumed on one process", &rows(&two), &rows(&stop), 2e-4);
+    close_rows("stopped under ZeRO-1, resumed on one process", &rows(&two), &rows(&stop), EXACT);
 }
 
 /// The reward model on a rank of its own (`--rm-ranks 1`, the paper's deployment): one policy
@@ -211,10 +221,17 @@ fn rl_with_zero1_equals_replicated_adamw_and_resumes_on_one_process() {
 /// and the frozen scores come back from the reward-model rank, R2M runs beside the policy); 2
 /// policy ranks and the reward-model rank match it within float summation order (RLOO, the frozen
 /// RM as reward). Each step logs the bytes that crossed: texts out, D_rm + 1 floats per row back.
+/// The link carries f32, so these runs are f32, and f64 with `--rm-ranks` is refused.
 #[test]
 fn rl_with_the_reward_model_on_its_own_rank_equals_one_process() {
     let d = tmpdir();
     tiny_world(d.path());
+    let cfg = |dir: &Path, algo: Algo, r2m: bool, out: &str| {
+        let mut c = cfg(dir, algo, r2m, out);
+        c.policy.dtype = "auto".into();
+        c.reward.dtype = "auto".into();
+        c
+    };
     let strip = |c: &RlConfig| -> (Vec<serde_json::Map<String, Value>>, Vec<(f64, f64)>) {
         let mut bytes = vec![];
         let rows = records_without_times(&c.out.join("metrics.jsonl"))
@@ -261,6 +278,10 @@ fn rl_with_the_reward_model_on_its_own_rank_equals_one_process() {
 
     let (ok, err) = rl_cli_status(&cfg(d.path(), Algo::Grpo, false, "alone"), &["--rm-ranks", "1"]);
     assert!(!ok && err.contains("--rm-ranks"), "{err}");
+    let mut f64_run = cfg(d.path(), Algo::Grpo, false, "f64-linked");
+    f64_run.reward.dtype = "f64".into();
+    let (ok, err) = rl_cli_status(&f64_run, &["--nproc", "2", "--rm-ranks", "1"]);
+    assert!(!ok && err.contains("--rm-ranks") && err.contains("reward.dtype"), "{err}");
 }
 
 /// A rank killed in the middle of a run (SIGKILL, after the first step's metrics are written) ends

@@ -11,12 +11,15 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Writes a tiny random HF checkpoint with `cfg_py` (a transformers config constructor call) into
-/// `dir`, and the reference logits for a left-padded batch (positions = cumsum(mask) - 1, as HF
-/// generate uses) into `dir/ref.safetensors`.
+/// `dir`, and the reference logits and final hidden states for a left-padded batch (positions =
+/// cumsum(mask) - 1, as HF generate uses) into `dir/ref.safetensors`: in f32, and in f64
+/// (`model.double()`) as `logits64` and `hidden64`. transformers' RMSNorm computes in f32 whatever
+/// its input, so the f64 reference runs the same formula in f64 instead; the rotary tables stay
+/// f32 in both.
 fn write_tiny(dir: &Path, model_cls: &str, cfg_py: &str) {
     let script = format!(
         r#"
-import sys, torch, transformers
+import sys, types, torch, transformers
 from safetensors.torch import save_file
 torch.manual_seed(0)
 cfg = transformers.{cfg_py}
@@ -30,8 +33,15 @@ mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]])
 pos = (mask.cumsum(1) - 1).clamp(min=0)
 with torch.no_grad():
     out = m(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    def rms_norm_f64(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+    for mod in m.modules():
+        if type(mod).__name__.endswith("RMSNorm"):
+            mod.forward = types.MethodType(rms_norm_f64, mod)
+    out64 = m.double()(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
 save_file({{"ids": ids, "mask": mask, "logits": out.logits.contiguous(),
-           "hidden": out.hidden_states[-1].contiguous()}}, sys.argv[1] + "/ref.safetensors")
+           "hidden": out.hidden_states[-1].contiguous(), "logits64": out64.logits.contiguous(),
+           "hidden64": out64.hidden_states[-1].contiguous()}}, sys.argv[1] + "/ref.safetensors")
 "#
     );
     python(&script, &[dir.to_str().unwrap()]);
@@ -53,10 +63,12 @@ fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     ((a - b).abs() * m).max().double_value(&[])
 }
 
+/// The model's logits and final hidden states equal transformers' within 1e-4 in f32 and, with
+/// the model in f64 (`Precision::F64`), within 1e-10 of transformers in f64.
 fn check_parity(model_cls: &str, cfg_py: &str) {
     let d = tmpdir();
     write_tiny(d.path(), model_cls, cfg_py);
-    let m = load_tiny(d.path());
+    let mut m = load_tiny(d.path());
     let r = reference(d.path());
     let _g = tch::no_grad_guard();
     let h = m.forward_hidden(&r["ids"], &r["mask"], false).unwrap();
@@ -64,6 +76,13 @@ fn check_parity(model_cls: &str, cfg_py: &str) {
     let dl = masked_max_diff(&logits, &r["logits"], &r["mask"]);
     let dh = masked_max_diff(&h.last, &r["hidden"], &r["mask"]);
     assert!(dl <= 1e-4 && dh <= 1e-4, "{model_cls}: logits diff {dl}, hidden diff {dh}");
+    m.set_precision(r2m::model::precision::Precision::F64);
+    let h = m.forward_hidden(&r["ids"], &r["mask"], false).unwrap();
+    let logits = m.logits(&h.last);
+    assert_eq!(logits.kind(), Kind::Double);
+    let dl = masked_max_diff(&logits, &r["logits64"], &r["mask"]);
+    let dh = masked_max_diff(&h.last, &r["hidden64"], &r["mask"]);
+    assert!(dl <= 1e-10 && dh <= 1e-10, "{model_cls} in f64: logits diff {dl}, hidden diff {dh}");
 }
 
 #[test]
