@@ -101,6 +101,14 @@ impl Params {
             if src.size() != t.size() {
                 return Err(Error::ShapeMismatch { path: source.into(), name: n.clone(), got: src.size(), want: t.size() });
             }
+            if src.kind() != t.kind() {
+                return Err(Error::Input(format!(
+                    "{}: '{n}' is stored as {:?}, the parameter is {:?}: the checkpoint was written in another precision (dtype)",
+                    source.display(),
+                    src.kind(),
+                    t.kind()
+                )));
+            }
             let mut dst = t.shallow_clone();
             dst.copy_(src);
         }
@@ -114,5 +122,28 @@ fn init_tensor(shape: &[i64], init: Init) -> Tensor {
         Init::Normal(std) => Tensor::randn(shape, opts) * std,
         Init::Ones => Tensor::ones(shape, opts),
         Init::Zeros => Tensor::zeros(shape, opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `to_kind_` converts the parameters the layers hold (their shallow clones see f64), and a
+    /// checkpoint written in another precision is refused, naming the tensor and both kinds.
+    #[test]
+    fn to_kind_converts_in_place_and_load_values_refuses_another_kind() {
+        let mut p = Params::default();
+        let held = p.add("w", Tensor::from_slice(&[0.1f32, 0.2]));
+        p.to_kind_(Kind::Double);
+        assert_eq!(held.kind(), Kind::Double, "a layer's shallow clone sees the conversion");
+        assert_eq!(Vec::<f64>::try_from(&held).unwrap(), vec![0.1f32 as f64, 0.2f32 as f64]);
+        assert!(held.requires_grad());
+        let f32_ck = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let e = p.load_values(&f32_ck, std::path::Path::new("ck/param.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("ck/param.safetensors") && e.contains("'w'") && e.contains("Float") && e.contains("Double"), "{e}");
+        let f64_ck = vec![("w".to_string(), Tensor::from_slice(&[1.0f64, 2.0]))];
+        p.load_values(&f64_ck, std::path::Path::new("ck")).unwrap();
+        assert_eq!(Vec::<f64>::try_from(&held).unwrap(), vec![1.0, 2.0]);
     }
 }

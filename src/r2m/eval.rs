@@ -6,11 +6,12 @@ use crate::data::{PreferenceExample, PromptExample, Text};
 use crate::error::{Error, Result};
 use crate::model::causal_lm::CausalLm;
 use crate::model::generate::left_pad;
+use crate::model::precision::Widen;
 use crate::r2m::{AttentionDiagnostics, R2mSource};
 use crate::reward::loss::accuracy;
 use crate::rl::rollout::prompt_ids;
 use crate::tokenizer::Tokenizer;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 fn response_text(t: &Text) -> String {
     match t {
@@ -77,7 +78,7 @@ pub fn feedback_accuracy(
         } else {
             src.rewards(&hl, None, wt)
         };
-        let r = r.to_device(Device::Cpu).to_kind(Kind::Float).view([-1, 2]);
+        let r = r.to_device(Device::Cpu).widen().view([-1, 2]);
         cs.push(r.select(1, 0));
         rs.push(r.select(1, 1));
     }

@@ -224,7 +224,7 @@ impl RewardModel {
         if p == Precision::F64 || self.precision == Precision::F64 {
             let _g = tch::no_grad_guard();
             for (_, t) in self.all_params() {
-                if t.kind() != p.weight_kind() {
+                if t.is_floating_point() && t.kind() != p.weight_kind() {
                     let mut t = t.shallow_clone();
                     t.set_data(&t.to_kind(p.weight_kind()));
                 }

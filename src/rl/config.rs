@@ -86,7 +86,9 @@ pub struct RewardConfig {
     /// Also score with the testbed's gold for metrics (`gold/*`) when the prompts carry specs.
     pub gold_metrics: bool,
     pub gold: crate::testbed::GoldConfig,
-    /// Compute precision of the reward model(s), as `policy.dtype` ("auto": bf16 on CUDA).
+    /// Compute precision of the reward model(s), as `policy.dtype` ("auto": bf16 on CUDA). The
+    /// scores enter the RL step in the policy's kind (and R2M reads the policy's hidden states in
+    /// the reward model's): for f64 throughout, set both to "f64".
     pub dtype: String,
 }
 

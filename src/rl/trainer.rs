@@ -130,6 +130,13 @@ impl<'a> Run<'a> {
         let _g = tch::no_grad_guard();
         for (n, p) in &self.opt.params {
             let s = saved.iter().find(|(m, _)| m == n).map(|(_, t)| t).with_context(|| format!("{}: lacks '{n}'", pol.display()))?;
+            ensure!(
+                s.kind() == p.kind(),
+                "{}: '{n}' is stored as {:?}, the policy computes in {:?}: policy.dtype differs from the run that wrote the checkpoint",
+                pol.display(),
+                s.kind(),
+                p.kind()
+            );
             p.shallow_clone().copy_(s);
         }
         let o = dir.join("optimizer.safetensors");
