@@ -233,8 +233,10 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
 /// A finished run of the grid in `out` (done.json written) with `spec`'s seed whose evaluation of
 /// pi_init `spec`'s run may share (`rl.pi_init_eval_from`, which checks it): one that evaluated
 /// pi_init on `rows` prompts (as many as its own evaluation takes) first (a smaller evaluation is
-/// extended by the run), then one of the same arm under another algorithm, else any other arm's. pi_init's evaluation depends on the seed, the
-/// policy, the prompts and the reward, not on the algorithm.
+/// extended by the run), then one of the same arm under another algorithm, else any other arm's.
+/// pi_init's evaluation depends on the seed, the policy, the prompts and the reward, not on the
+/// algorithm. A run whose rows lack the frozen reward model's score where `spec`'s method reports
+/// it (vanilla's, for R2M), or the reverse, cannot match and is not offered.
 fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: usize) -> Option<PathBuf> {
     let mut found: Vec<(bool, bool, PathBuf)> = vec![];
     for e in std::fs::read_dir(out).ok()?.flatten() {
@@ -244,8 +246,8 @@ fn init_eval_source(out: &Path, spec: &super::config::RunSpec, rows: usize) -> O
             continue;
         }
         let Some((arm, _, seed)) = super::arm::parse_run_name(&name) else { continue };
-        if seed == spec.seed {
-            let path = dir.join("eval.jsonl");
+        let path = dir.join("eval.jsonl");
+        if seed == spec.seed && crate::rl::eval_rows::rows_report_frozen_scores(&path) == spec.method().reports_frozen_scores() {
             let whole = crate::rl::eval_rows::init_rows(&path) == rows;
             found.push((!whole, arm != spec.arm.name(), path));
         }
@@ -301,4 +303,58 @@ pub fn done_runs(grid: &Path) -> Result<Vec<Value>> {
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::arm::Arm;
+    use crate::experiment::config::RunSpec;
+    use crate::r2m::Method;
+    use crate::rl::config::Algo;
+
+    /// A finished run folder `name` in `out` whose pi_init evaluation has `rows` rows, with the
+    /// frozen reward model's score when `frozen`.
+    fn finished(out: &Path, name: &str, rows: usize, frozen: bool) {
+        let dir = out.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("done.json"), "{}").unwrap();
+        let mut text = String::new();
+        for i in 0..rows {
+            let mut r = serde_json::json!({"step": -1, "prompt": i, "reward": 0.5, "gold": 6.0});
+            if frozen {
+                r["reward_frozen_rm"] = serde_json::json!(0.5);
+            }
+            text.push_str(&format!("{r}\n"));
+        }
+        std::fs::write(dir.join("eval.jsonl"), text).unwrap();
+    }
+
+    /// pi_init's rows are offered from a run of the same seed whose rows have the columns the new
+    /// run's will: R2M's from R2M-family runs (which report the frozen score), vanilla's from
+    /// vanilla-like runs; a whole evaluation first, then the same arm.
+    #[test]
+    fn pi_init_rows_come_only_from_runs_whose_rows_can_match() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        let spec = |m: Method, algo: Algo| RunSpec { arm: Arm::Method(m), algo, seed: 2 };
+        finished(out, "vanilla-grpo-s2", 8, false);
+        finished(out, "vanilla-rloo-s2", 8, false);
+        finished(out, "vanilla-grpo-s1", 16, false);
+        assert_eq!(init_eval_source(out, &spec(Method::R2m, Algo::Grpo), 16), None, "vanilla's rows lack reward_frozen_rm");
+        assert_eq!(init_eval_source(out, &spec(Method::Vanilla, Algo::Rloo), 16), Some(out.join("vanilla-grpo-s2/eval.jsonl")));
+        finished(out, "iterative-head-grpo-s2", 16, true);
+        finished(out, "r2m-grpo-s2", 8, true);
+        assert_eq!(
+            init_eval_source(out, &spec(Method::R2m, Algo::Rloo), 16),
+            Some(out.join("iterative-head-grpo-s2/eval.jsonl")),
+            "a whole evaluation first"
+        );
+        assert_eq!(
+            init_eval_source(out, &spec(Method::R2m, Algo::Rloo), 32),
+            Some(out.join("r2m-grpo-s2/eval.jsonl")),
+            "then the same arm"
+        );
+        assert_eq!(init_eval_source(out, &spec(Method::PretrainedRm, Algo::Grpo), 8), Some(out.join("vanilla-grpo-s2/eval.jsonl")));
+    }
 }

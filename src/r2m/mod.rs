@@ -64,6 +64,11 @@ impl Method {
     pub fn trains_online(&self) -> bool {
         matches!(self, Method::IterativeHead | Method::R2mNoise | Method::R2mNoBt | Method::R2mNoGre | Method::R2m)
     }
+    /// Whether its reward differs from the frozen reward model's score, which it then reports
+    /// beside it (`reward_frozen_rm` in metrics and evaluation rows).
+    pub fn reports_frozen_scores(&self) -> bool {
+        self.uses_feedback() || self.trains_online()
+    }
 }
 
 /// [`R2mConfig::rank_by`].
@@ -327,8 +332,10 @@ impl RewardSource for R2mSource {
         }
         let wt = w(input.step, input.total_steps, self.cfg.omega);
         let r = tch::no_grad(|| self.rewards(&h_last, input.hidden, wt));
-        let m = self.cfg.method;
-        self.frozen = (m.uses_feedback() || m.trains_online())
+        self.frozen = self
+            .cfg
+            .method
+            .reports_frozen_scores()
             .then(|| tch::no_grad(|| self.rm.score_embedding(&h_last)).to_device(Device::Cpu).widen());
         self.cache = Some(h_last);
         Ok(r.to_device(Device::Cpu))

@@ -278,3 +278,11 @@ pub fn final_eval_size(rc: &crate::rl::config::RlConfig) -> Result<usize> {
 pub fn init_rows(path: &Path) -> usize {
     step_rows(path, -1).map_or(0, |r| r.len())
 }
+
+/// Whether the evaluation rows in `path` carry the frozen reward model's score
+/// (`reward_frozen_rm`): those of a reward source that [reports it](crate::r2m::Method::reports_frozen_scores).
+/// False for a file without rows.
+pub fn rows_report_frozen_scores(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    text.lines().next().and_then(|l| serde_json::from_str::<Row>(l).ok()).is_some_and(|r| r.contains_key("reward_frozen_rm"))
+}
