@@ -13,7 +13,8 @@ use std::path::Path;
 use tch::Tensor;
 
 /// 3 groups of 4 (an odd number of groups: the ranks hold 2 and 1), sampled in calls of one
-/// group, 3 steps, evaluations at steps 0 and 2, minibatches of 6 rows in micro-batches of 3.
+/// group, 3 steps, a checkpoint after each (where the ranks compare their weights' hashes),
+/// evaluations at steps 0 and 2, minibatches of 6 rows in micro-batches of 3.
 /// Evaluations of 6 prompts (calls of 4 and 2: the ranks sample one each), pi_init's and the
 /// last of 10 (calls of 4, 4 and 2: the ranks sample 8 and 2). The policy and the reward model
 /// compute in f64, so that one process and 2 ranks, which sum the same values in other orders,
@@ -30,7 +31,7 @@ fn cfg(dir: &Path, algo: Algo, r2m: bool, out: &str) -> RlConfig {
     c.rl.eval_every = 2;
     c.rl.eval_prompts = 6;
     c.rl.final_eval_prompts = Some(10);
-    c.rl.save_every = 2;
+    c.rl.save_every = 1;
     c.threads = 1;
     if r2m {
         c.r2m = Some(R2mConfig { method: Method::R2m, d: 16, lr: 1e-3, ..Default::default() });
