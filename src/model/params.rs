@@ -75,13 +75,7 @@ impl Params {
     /// Converts every floating-point parameter to `kind` in place (`Tensor::set_data`: the layers'
     /// shallow clones see the new values). Gradients, if any, are dropped.
     pub fn to_kind_(&self, kind: Kind) {
-        let _guard = tch::no_grad_guard();
-        for (_, t) in &self.vars {
-            if t.is_floating_point() && t.kind() != kind {
-                let mut t = t.shallow_clone();
-                t.set_data(&t.to_kind(kind));
-            }
-        }
+        convert_(self.vars.iter().map(|(_, t)| t), kind);
     }
 
     pub fn num_params(&self) -> i64 {
@@ -113,6 +107,18 @@ impl Params {
             dst.copy_(src);
         }
         Ok(())
+    }
+}
+
+/// Converts every floating-point tensor of `ts` to `kind` in place (`Tensor::set_data`, so every
+/// shallow clone of it sees the new values).
+pub fn convert_<'a>(ts: impl IntoIterator<Item = &'a Tensor>, kind: Kind) {
+    let _guard = tch::no_grad_guard();
+    for t in ts {
+        if t.is_floating_point() && t.kind() != kind {
+            let mut t = t.shallow_clone();
+            t.set_data(&t.to_kind(kind));
+        }
     }
 }
 

@@ -222,13 +222,7 @@ impl RewardModel {
     /// leaving f64 converts them back to f32. Call it before an optimiser is made over them.
     pub fn set_precision(&mut self, p: Precision) {
         if p == Precision::F64 || self.precision == Precision::F64 {
-            let _g = tch::no_grad_guard();
-            for (_, t) in self.all_params() {
-                if t.is_floating_point() && t.kind() != p.weight_kind() {
-                    let mut t = t.shallow_clone();
-                    t.set_data(&t.to_kind(p.weight_kind()));
-                }
-            }
+            crate::model::params::convert_(self.all_params().iter().map(|(_, t)| t), p.weight_kind());
         }
         self.precision = p;
     }
