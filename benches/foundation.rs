@@ -467,6 +467,8 @@ fn parity(model: &CausalLm, p: &Prepared, hello: &Value) -> Result<Option<f64>> 
 }
 
 fn main() -> Result<()> {
+    // As r2m's executable does (src/main.rs).
+    r2m::malloc::keep_freed_memory();
     let o = parse_opts()?;
     let t_all = Instant::now();
     let threads = tch::get_num_threads();

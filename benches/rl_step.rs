@@ -724,6 +724,8 @@ fn reps_json(reps: &[Rep]) -> Value {
 }
 
 fn main() -> Result<()> {
+    // As r2m's executable does (src/main.rs).
+    r2m::malloc::keep_freed_memory();
     let o = parse_opts()?;
     if let Some(v) = o.rss_child.clone() {
         return rss_child(&o, &v);

@@ -3,7 +3,9 @@
 //   entropy, row by row from the logits, with no (B, V) temporary (top-k and top-p sampling keep
 //   the tensor ops);
 // - r2m_matvec multiplies a weight matrix by one input row (a batch-1 decode step), streaming the
-//   weights from memory once.
+//   weights from memory once;
+// - r2m_decode_attention attends one query token over the KV cache, reading each cached key and
+//   value once for all the query heads that share it (GQA).
 //
 // Each kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
 // other CPUs), from the same source: GCC's generic vectors, which each build lowers to its own
@@ -219,6 +221,73 @@ static R2M_INLINE void matvec_rows(const float* w, const float* x, const float* 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention of one decode step over the KV cache.
+
+// One query token's attention for the `rep` query heads that share one key-value head: q (rep
+// rows of hd, `q_hs` apart), keys and values (s slots of hd, `kv_ss` apart), `valid[j * m_ss]`:
+// whether slot j is attended. Writes softmax(scale q k^T) v for each head into out (rep rows of
+// hd, `hd` apart). Each key and value row is read once for all `rep` heads: pass 1 scores every
+// slot (masked slots -inf), then e = exp(score - max) in place, summed per head in a fixed order;
+// pass 2 adds e_j v_j into out and divides by the sum. `scores`: rep x s_pad floats. No valid
+// slot at all: NaN, as softmax over -inf everywhere.
+static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k, const float* v, int64_t kv_ss,
+                                    const bool* valid, int64_t m_ss, int64_t s, int64_t hd, int64_t rep, float scale,
+                                    float* scores, float* out) {
+  const int64_t s_pad = (s + kW - 1) / kW * kW, hv = hd / kW * kW;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < s_pad; ++j) {
+    const bool on = j < s && valid[j * m_ss];
+    const float* kj = k + j * kv_ss;
+    for (int64_t r = 0; r < rep; ++r) {
+      float d = neg_inf;
+      if (on) {
+        const float* qr = q + r * q_hs;
+        vf a = vf{};
+        for (int64_t i = 0; i < hv; i += kW) a += load(qr + i) * load(kj + i);
+        d = hsum(a);
+        for (int64_t i = hv; i < hd; ++i) d += qr[i] * kj[i];
+        d *= scale;
+      }
+      scores[r * s_pad + j] = d;
+    }
+  }
+  float inv[64];
+  for (int64_t r = 0; r < rep; ++r) {
+    float* e = scores + r * s_pad;
+    vf mv = splat(neg_inf);
+    for (int64_t j = 0; j < s_pad; j += kW) {
+      const vf x = load(e + j);
+      mv = x > mv ? x : mv;
+    }
+    const float m = hmax(mv);
+    vf acc = vf{};
+    if (m > neg_inf) {
+      for (int64_t j = 0; j < s_pad; j += kW) {
+        const vf x = exp_nonpos(load(e + j) - m);
+        store(e + j, x);
+        acc += x;
+      }
+    }
+    const float sum = hsum(acc);
+    inv[r] = sum > 0.0f ? 1.0f / sum : std::numeric_limits<float>::quiet_NaN();
+    std::memset(out + r * hd, 0, sizeof(float) * hd);
+  }
+  for (int64_t j = 0; j < s; ++j) {
+    if (!valid[j * m_ss]) continue;
+    const float* vj = v + j * kv_ss;
+    for (int64_t r = 0; r < rep; ++r) {
+      const float w = scores[r * s_pad + j];
+      float* o = out + r * hd;
+      const vf wv = splat(w);
+      for (int64_t i = 0; i < hv; i += kW) store(o + i, load(o + i) + wv * load(vj + i));
+      for (int64_t i = hv; i < hd; ++i) o[i] += w * vj[i];
+    }
+  }
+  for (int64_t r = 0; r < rep; ++r)
+    for (int64_t i = 0; i < hd; ++i) out[r * hd + i] *= inv[r];
+}
+
+// ---------------------------------------------------------------------------------------------
 // The three builds of each kernel and the pick between them.
 
 #define R2M_KERNELS(SUFFIX, TARGET)                                                                                     \
@@ -229,6 +298,17 @@ static R2M_INLINE void matvec_rows(const float* w, const float* x, const float* 
   TARGET static void matvec_rows_##SUFFIX(const float* w, const float* x, const float* bias, float* y, int64_t n0,      \
                                           int64_t n1, int64_t k) {                                                      \
     matvec_rows(w, x, bias, y, n0, n1, k);                                                                              \
+  }                                                                                                                     \
+  TARGET static void attend_groups_##SUFFIX(const float* q, const int64_t* q_st, const float* k, const float* v,        \
+                                            const int64_t* kv_st, const bool* m, const int64_t* m_st, int64_t g0,       \
+                                            int64_t g1, int64_t nkv, int64_t s, int64_t hd, int64_t rep, float scale,   \
+                                            float* scores, float* out) {                                                \
+    for (int64_t g = g0; g < g1; ++g) {                                                                                 \
+      const int64_t b = g / nkv, h = g % nkv;                                                                           \
+      attend_group(q + b * q_st[0] + h * rep * q_st[1], q_st[1], k + b * kv_st[0] + h * kv_st[1],                       \
+                   v + b * kv_st[2] + h * kv_st[3], kv_st[4], m + b * m_st[0], m_st[1], s, hd, rep, scale, scores,      \
+                   out + g * rep * hd);                                                                                 \
+    }                                                                                                                   \
   }
 #if defined(__x86_64__)
 R2M_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512"))))
@@ -364,4 +444,55 @@ extern "C" int r2m_matvec(at::Tensor* x, at::Tensor* w, at::Tensor* bias, int wa
         *out = new at::Tensor(y);
       },
       "matvec", err, err_len);
+}
+
+// Attention of one decode step: q (B, nh, 1, hd), the cache's keys and values (B, nkv, S, hd)
+// (any strides with unit stride along hd: views of a longer cache), valid (B, 1, 1, S) bool (true
+// = attend), all f32 on the CPU; nh a multiple of nkv (GQA), scale > 0; `want`: the build
+// (pick_level). Writes softmax(scale q k^T) v as (B, 1, nh * hd), each head's hd values side by
+// side: the layout the output projection takes. (B, kv head) pairs are spread over ATen's
+// threads; each is computed sequentially, so values do not depend on the thread count.
+extern "C" int r2m_decode_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v, at::Tensor* valid, double scale,
+                                    int want, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        const auto f32cpu = [](const at::Tensor* t) { return t->scalar_type() == at::kFloat && t->device().is_cpu(); };
+        TORCH_CHECK(q->dim() == 4 && k->dim() == 4 && v->dim() == 4 && f32cpu(q) && f32cpu(k) && f32cpu(v),
+                    "decode_attention: q, k and v must be 4-dim f32 on the CPU");
+        const int64_t b = q->size(0), nh = q->size(1), hd = q->size(3), nkv = k->size(1), s = k->size(2);
+        TORCH_CHECK(q->size(2) == 1, "decode_attention: one query token, not ", q->size(2));
+        TORCH_CHECK(k->sizes() == v->sizes() && k->size(0) == b && k->size(3) == hd && nkv > 0 && nh % nkv == 0,
+                    "decode_attention: q ", q->sizes(), " with k ", k->sizes(), " and v ", v->sizes());
+        TORCH_CHECK(k->stride(3) == 1 && v->stride(3) == 1 && k->stride(2) == v->stride(2),
+                    "decode_attention: keys and values need unit stride along hd and the same slot stride");
+        TORCH_CHECK(valid->scalar_type() == at::kBool && valid->device().is_cpu() && valid->dim() == 4 &&
+                        valid->size(0) == b && valid->size(1) == 1 && valid->size(2) == 1 && valid->size(3) == s,
+                    "decode_attention: the mask must be (B, 1, 1, S) bool on the CPU, not ", valid->sizes());
+        TORCH_CHECK(scale > 0.0, "decode_attention: scale must be > 0");
+        const int64_t rep = nh / nkv;
+        TORCH_CHECK(rep <= 64, "decode_attention: at most 64 query heads per key-value head, not ", rep);
+        const at::Tensor qc = q->contiguous();
+        at::Tensor y = at::empty({b, 1, nh * hd}, qc.options());
+        const int64_t q_st[2] = {qc.stride(0), qc.stride(1)};
+        const int64_t kv_st[5] = {k->stride(0), k->stride(1), v->stride(0), v->stride(1), k->stride(2)};
+        const int64_t m_st[2] = {valid->stride(0), valid->stride(3)};
+        const float *qp = qc.data_ptr<float>(), *kp = k->data_ptr<float>(), *vp = v->data_ptr<float>();
+        const bool* mp = valid->data_ptr<bool>();
+        float* yp = y.data_ptr<float>();
+        const float sc = static_cast<float>(scale);
+        const Level lev = pick_level(want);
+        const int64_t s_pad = (s + kW - 1) / kW * kW;
+        at::parallel_for(0, b * nkv, 1, [&](int64_t g0, int64_t g1) {
+          std::vector<float> scores(rep * s_pad);
+#if defined(__x86_64__)
+          if (lev == kAvx512)
+            return attend_groups_avx512(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
+          if (lev == kAvx2)
+            return attend_groups_avx2(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
+#endif
+          attend_groups_baseline(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
+        });
+        *out = new at::Tensor(y);
+      },
+      "decode_attention", err, err_len);
 }

@@ -66,6 +66,17 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn r2m_matvec_preferred() -> i32;
+    fn r2m_decode_attention(
+        q: *mut C_tensor,
+        k: *mut C_tensor,
+        v: *mut C_tensor,
+        valid: *mut C_tensor,
+        scale: f64,
+        want: i32,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn r2m_matvec(
         x: *mut C_tensor,
         w: *mut C_tensor,
@@ -233,6 +244,21 @@ pub fn matvec(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, build: KernelBuild)
     // SAFETY: the inputs are live for the call; a null bias means none; on success the C side
     // hands over a new `at::Tensor`.
     call(|e, l| unsafe { r2m_matvec(ptr(x), ptr(w), b, build as i32, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// One decode step's attention over the KV cache: `q` (B, nh, 1, hd), `k` and `v` (B, nkv, S, hd)
+/// (views of a longer cache are fine: unit stride along hd), `valid` (B, 1, 1, S) bool, true =
+/// attend; all f32 on the CPU, nh a multiple of nkv. Returns softmax(scale q k^T) v as
+/// (B, 1, nh * hd), the heads side by side (the output projection's input). r2m's kernel
+/// (csrc/decode.cpp): each cached key and value row is read once for all the query heads that
+/// share it; values equal SDPA's to f32 rounding and do not depend on the thread count or the
+/// build. No autograd: call it under no_grad only.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &Tensor, scale: f64, build: KernelBuild) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_decode_attention(ptr(q), ptr(k), ptr(v), ptr(valid), scale, build as i32, &mut out, e, l) })?;
     // SAFETY: `out` is a heap `at::Tensor` we now own.
     Ok(unsafe { Tensor::from_ptr(out) })
 }
@@ -424,5 +450,66 @@ mod tests {
         assert!(err.contains("one row of 8"), "{err}");
         let err = super::matvec(&Tensor::zeros([8], (Kind::Double, Device::Cpu)), &w, None, KernelBuild::Best).unwrap_err();
         assert!(err.contains("f32"), "{err}");
+    }
+
+    /// Decode attention equals softmax(scale q k^T) v computed in f64 with each key-value head
+    /// repeated for its query heads, over views of a longer cache and masks with holes (left
+    /// padding), for GQA, MHA and MQA and head sizes that are not a multiple of the vector width.
+    /// Every build gives the same bits; each batch row equals that row attended alone; a row with
+    /// no slot to attend is NaN, as softmax over nothing.
+    #[test]
+    fn decode_attention_equals_attention_in_f64_in_every_build() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        for (b, nh, nkv, hd, s) in [(3, 6, 2, 16, 9), (2, 9, 3, 64, 75), (2, 4, 4, 40, 33), (1, 8, 1, 128, 130), (4, 2, 1, 7, 1)] {
+            let q = Tensor::randn([b, nh, 1, hd], opts) * 2.0;
+            let cache_k = Tensor::randn([b, nkv, s + 5, hd], opts);
+            let cache_v = Tensor::randn([b, nkv, s + 5, hd], opts);
+            let (k, v) = (cache_k.narrow(2, 0, s), cache_v.narrow(2, 0, s));
+            // Row i has i padded slots at the start; the query's own (last) slot is always valid.
+            let slots = Tensor::arange(s, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+            let pad = Tensor::arange(b, (Kind::Int64, Device::Cpu)).unsqueeze(1).clamp_max(s - 1);
+            let valid = slots.ge_tensor(&pad).unsqueeze(1).unsqueeze(1);
+            let scale = 1.0 / (hd as f64).sqrt() * 1.25;
+            let rep = nh / nkv;
+            let (kd, vd) = (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None));
+            let scores = q.to_kind(Kind::Double).matmul(&kd.to_kind(Kind::Double).transpose(-2, -1)) * scale;
+            let scores = scores.masked_fill(&valid.logical_not(), f64::NEG_INFINITY);
+            let exact = scores.softmax(-1, Kind::Double).matmul(&vd.to_kind(Kind::Double)); // (B, nh, 1, hd)
+            let exact = exact.transpose(1, 2).reshape([b, 1, nh * hd]);
+            let first = super::decode_attention(&q, &k, &v, &valid, scale, KernelBuild::Baseline).unwrap();
+            assert_eq!(first.size(), [b, 1, nh * hd]);
+            let worst = (first.to_kind(Kind::Double) - &exact).abs().max().double_value(&[]);
+            assert!(worst < 2e-5, "({b}, {nh}, {nkv}, {hd}, {s}): off by {worst}");
+            for build in BUILDS {
+                let y = super::decode_attention(&q, &k, &v, &valid, scale, build).unwrap();
+                assert!(y.equal(&first), "({b}, {nh}, {nkv}, {hd}, {s}): {build:?} differs from the baseline build");
+                for i in 0..b {
+                    let row = |t: &Tensor| t.narrow(0, i, 1);
+                    let alone = super::decode_attention(&row(&q), &row(&k), &row(&v), &row(&valid), scale, build).unwrap();
+                    assert!(alone.equal(&row(&y)), "({b}, {nh}, {nkv}, {hd}, {s}) {build:?}: row {i} alone differs");
+                }
+            }
+        }
+        let q = Tensor::randn([1, 2, 1, 16], opts);
+        let kv = Tensor::randn([1, 1, 4, 16], opts);
+        let none = Tensor::zeros([1, 1, 1, 4], (Kind::Bool, Device::Cpu));
+        let y = super::decode_attention(&q, &kv, &kv, &none, 0.25, KernelBuild::Best).unwrap();
+        assert_eq!(y.isnan().all().int64_value(&[]), 1, "{y}");
+        let err = super::decode_attention(&q, &kv, &kv, &none.narrow(3, 0, 3), 0.25, KernelBuild::Best).unwrap_err();
+        assert!(err.contains("(B, 1, 1, S)"), "{err}");
+        let err = super::decode_attention(&Tensor::randn([1, 3, 1, 16], opts), &kv, &kv.narrow(1, 0, 1), &none, 0.25, KernelBuild::Best);
+        assert!(err.is_ok(), "MQA with 3 query heads: {err:?}");
+        let err = super::decode_attention(
+            &Tensor::randn([1, 3, 1, 16], opts),
+            &kv.repeat([1, 2, 1, 1]),
+            &kv.repeat([1, 2, 1, 1]),
+            &none,
+            0.25,
+            KernelBuild::Best,
+        )
+        .unwrap_err();
+        assert!(err.contains("decode_attention"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ pub mod fuzz;
 pub mod gguf_meta;
 pub mod hub;
 pub mod lock;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod paths;

@@ -2,6 +2,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    r2m::malloc::keep_freed_memory();
     match r2m::cli::run(r2m::cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -87,13 +87,14 @@ pub fn measure() -> Result<Roofline> {
 impl Roofline {
     pub fn describe(&self) -> String {
         format!(
-            "{}, {} threads: ATen {}, {}{}{}; f32 GEMM {:.0} GFLOP/s ({}^3){}; memory read {:.1} GB/s",
+            "{}, {} threads: ATen {}, {}{}{}; {}; f32 GEMM {:.0} GFLOP/s ({}^3){}; memory read {:.1} GB/s",
             self.cpu,
             self.threads,
             self.aten_level,
             if self.features.is_empty() { "no AVX2".to_string() } else { self.features.join(" ") },
             if r2m::ffi::mkl_vendor_overridden() { "; MKL's vendor check answered by r2m" } else { "" },
             if r2m::ffi::matvec_preferred() { "; batch-1 products by r2m's matvec kernel" } else { "" },
+            r2m::malloc::describe(),
             self.f32_gflops,
             self.f32_shape[0],
             self.bf16_gflops.map(|g| format!("; bf16 GEMM {g:.0} GFLOP/s")).unwrap_or_default(),

@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
 use crate::model::precision::Widen;
-use crate::model::{attention::Masks, causal_lm::CausalLm, decoder::positions_from_mask};
+use crate::model::{
+    attention::{DecodeKernelScope, Masks},
+    causal_lm::CausalLm,
+    decoder::positions_from_mask,
+};
 use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
@@ -77,7 +81,8 @@ pub struct GenerateConfig {
     /// without top-k or top-p); the same tokens either way up to rounding at the sampling
     /// boundaries, log-probs and entropies agree to ~1e-6 (tested). Batch 1 on CPUs where it is
     /// faster than MKL's gemv (`ffi::matvec_preferred`; f32, `pack_weights` not `Some(true)`):
-    /// the streaming matrix-vector kernel for each decode step's products.
+    /// the streaming matrix-vector kernel for each decode step's products. Decode steps in f32:
+    /// attention over the KV cache in one kernel (`attention::DecodeKernelScope`).
     pub cpu_kernels: bool,
 }
 
@@ -335,6 +340,8 @@ pub fn generate_stream(
         }
     };
 
+    // One-token steps attend over the cache with r2m's kernel (f32 on the CPU).
+    let _attn = DecodeKernelScope::new(cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float);
     // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.
     let slot_valid = Tensor::ones([b, p + n + extra], (Kind::Bool, dev));
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));

@@ -205,9 +205,9 @@ fn bf16_generator_logprobs_are_near_trainer_logprobs() {
     eprintln!("bf16: generator vs trainer {d}, bf16 vs f32 {d32}");
 }
 
-/// Decoding with r2m's CPU sampling kernel (`GenerateConfig::cpu_kernels`) gives the tokens of
-/// ATen's ops, with log-probs and entropies equal up to f32 rounding: left padding, an EOS stop,
-/// two temperatures.
+/// Decoding with r2m's CPU kernels (`GenerateConfig::cpu_kernels`: sampling, and attention over
+/// the KV cache) gives the tokens of ATen's ops, with log-probs, entropies and hidden states equal
+/// up to f32 rounding: left padding, an EOS stop, two temperatures.
 #[test]
 fn cpu_kernels_decode_as_aten_ops() {
     let _rng = crate::common::torch_rng_lock();
@@ -234,7 +234,9 @@ fn cpu_kernels_decode_as_aten_ops() {
         assert!(d(&fast.entropy, &aten.entropy) < 1e-4, "entropies differ by {}", d(&fast.entropy, &aten.entropy));
         let (hf, ha) = (fast.hidden.unwrap(), aten.hidden.unwrap());
         assert!(d(&hf, &ha) < 1e-4, "hidden states differ by {}", d(&hf, &ha));
-        assert!(d(&fast.logprobs, &aten.logprobs) > 0.0, "the kernel did not run");
+        assert!(d(&fast.logprobs, &aten.logprobs) > 0.0, "the sampling kernel did not run");
+        // Sampling does not touch the hidden states: only the attention kernel moves them.
+        assert!(d(&hf, &ha) > 0.0, "the attention kernel did not run");
     }
 }
 
