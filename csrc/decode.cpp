@@ -5,7 +5,8 @@
 // - r2m_matvec multiplies a weight matrix by one input row (a batch-1 decode step), streaming the
 //   weights from memory once;
 // - r2m_decode_attention attends one query token over the KV cache, reading each cached key and
-//   value once for all the query heads that share it (GQA).
+//   value once for all the query heads that share it (GQA);
+// - r2m_rms_norm normalises rows as the decoder's RMSNorm, in one pass per row.
 //
 // Each kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
 // other CPUs), from the same source: GCC's generic vectors, which each build lowers to its own
@@ -230,6 +231,9 @@ static R2M_INLINE void matvec_rows(const float* w, const float* x, const float* 
 // slot (masked slots -inf), then e = exp(score - max) in place, summed per head in a fixed order;
 // pass 2 adds e_j v_j into out and divides by the sum. `scores`: rep x s_pad floats. No valid
 // slot at all: NaN, as softmax over -inf everywhere.
+// Key rows prefetched ahead of the one being scored.
+constexpr int64_t kAhead = 8;
+
 static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k, const float* v, int64_t kv_ss,
                                     const bool* valid, int64_t m_ss, int64_t s, int64_t hd, int64_t rep, float scale,
                                     float* scores, float* out) {
@@ -238,6 +242,11 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
   for (int64_t j = 0; j < s_pad; ++j) {
     const bool on = j < s && valid[j * m_ss];
     const float* kj = k + j * kv_ss;
+    // The rows ahead, and this slot's value row for pass 2: the cache streams from memory.
+    if (j + kAhead < s)
+      for (int64_t i = 0; i < hd; i += 16) __builtin_prefetch(kj + kAhead * kv_ss + i);
+    if (on)
+      for (int64_t i = 0; i < hd; i += 16) __builtin_prefetch(v + j * kv_ss + i);
     for (int64_t r = 0; r < rep; ++r) {
       float d = neg_inf;
       if (on) {
@@ -288,6 +297,27 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
 }
 
 // ---------------------------------------------------------------------------------------------
+// RMS norm.
+
+// One row of d values: y = (x * r) * (w + add_one), r = 1 / sqrt(sum(x^2) / d + eps), as the
+// decoder's RMSNorm computes in f32 (Gemma's scales by 1 + w: add_one = 1). The sum of squares
+// runs in 16 lanes, then their butterfly, then the tail in order.
+static R2M_INLINE void rms_row(const float* x, const float* w, float add_one, int64_t d, float eps, float* y) {
+  const int64_t dv = d / kW * kW;
+  vf a = vf{};
+  for (int64_t i = 0; i < dv; i += kW) {
+    const vf xv = load(x + i);
+    a += xv * xv;
+  }
+  float ss = hsum(a);
+  for (int64_t i = dv; i < d; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+  const vf rv = splat(r), one = splat(add_one);
+  for (int64_t i = 0; i < dv; i += kW) store(y + i, (load(x + i) * rv) * (load(w + i) + one));
+  for (int64_t i = dv; i < d; ++i) y[i] = (x[i] * r) * (w[i] + add_one);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The three builds of each kernel and the pick between them.
 
 #define R2M_KERNELS(SUFFIX, TARGET)                                                                                     \
@@ -298,6 +328,10 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
   TARGET static void matvec_rows_##SUFFIX(const float* w, const float* x, const float* bias, float* y, int64_t n0,      \
                                           int64_t n1, int64_t k) {                                                      \
     matvec_rows(w, x, bias, y, n0, n1, k);                                                                              \
+  }                                                                                                                     \
+  TARGET static void rms_rows_##SUFFIX(const float* x, const float* w, float add_one, int64_t r0, int64_t r1, int64_t d,  \
+                                       float eps, float* y) {                                                           \
+    for (int64_t r = r0; r < r1; ++r) rms_row(x + r * d, w, add_one, d, eps, y + r * d);                              \
   }                                                                                                                     \
   TARGET static void attend_groups_##SUFFIX(const float* q, const int64_t* q_st, const float* k, const float* v,        \
                                             const int64_t* kv_st, const bool* m, const int64_t* m_st, int64_t g0,       \
@@ -495,4 +529,35 @@ extern "C" int r2m_decode_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v,
         *out = new at::Tensor(y);
       },
       "decode_attention", err, err_len);
+}
+
+// RMS norm over the last dimension of x (any shape, d = its last size) with the weight w (d):
+// (x * r) * (w + add_one) per row, r = 1 / sqrt(mean(x^2) + eps); f32 on the CPU; `want`: the
+// build (pick_level). Rows are spread over ATen's threads; each row is computed sequentially.
+extern "C" int r2m_rms_norm(at::Tensor* x, at::Tensor* w, double eps, int add_one, int want, at::Tensor** out,
+                            char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        TORCH_CHECK(x->dim() >= 1 && x->scalar_type() == at::kFloat && x->device().is_cpu() &&
+                        w->scalar_type() == at::kFloat && w->device().is_cpu(),
+                    "rms_norm: x and the weight must be f32 on the CPU");
+        const int64_t d = x->size(-1);
+        TORCH_CHECK(w->dim() == 1 && w->size(0) == d, "rms_norm: the weight must hold ", d, " values, not ", w->sizes());
+        const at::Tensor xc = x->contiguous(), wc = w->contiguous();
+        at::Tensor y = at::empty(xc.sizes(), xc.options());
+        const int64_t rows = d > 0 ? xc.numel() / d : 0;
+        const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
+        float* yp = y.data_ptr<float>();
+        const float e = static_cast<float>(eps), one = add_one != 0 ? 1.0f : 0.0f;
+        const Level lev = pick_level(want);
+        at::parallel_for(0, rows, 4096 / (d > 0 ? d : 1) + 1, [&](int64_t r0, int64_t r1) {
+#if defined(__x86_64__)
+          if (lev == kAvx512) return rms_rows_avx512(xp, wp, one, r0, r1, d, e, yp);
+          if (lev == kAvx2) return rms_rows_avx2(xp, wp, one, r0, r1, d, e, yp);
+#endif
+          rms_rows_baseline(xp, wp, one, r0, r1, d, e, yp);
+        });
+        *out = new at::Tensor(y);
+      },
+      "rms_norm", err, err_len);
 }

@@ -66,6 +66,16 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn r2m_matvec_preferred() -> i32;
+    fn r2m_rms_norm(
+        x: *mut C_tensor,
+        w: *mut C_tensor,
+        eps: f64,
+        add_one: i32,
+        want: i32,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn r2m_decode_attention(
         q: *mut C_tensor,
         k: *mut C_tensor,
@@ -263,6 +273,19 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &Tensor, scal
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// RMS norm over the last dimension of `x` with the weight `w`: `(x * r) * (w + 1)` if `add_one`
+/// (Gemma's) else `(x * r) * w`, r = 1 / sqrt(mean(x^2) + eps) per row, all f32 on the CPU: the
+/// decoder's `Norm` in one pass per row (csrc/decode.cpp). Values equal ATen's ops to f32
+/// rounding (the sum of squares runs in another order) and do not depend on the thread count or
+/// the build. No autograd: call it under no_grad only.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, add_one: bool, build: KernelBuild) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_rms_norm(ptr(x), ptr(w), eps, i32::from(add_one), build as i32, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows
 /// (`torch.ops.mkl._mkl_reorder_linear_weight`). CPU, f32; an error where libtorch has no MKL.
 pub fn mkl_pack(w: &Tensor, m: i64) -> Result<Tensor, String> {
@@ -450,6 +473,44 @@ mod tests {
         assert!(err.contains("one row of 8"), "{err}");
         let err = super::matvec(&Tensor::zeros([8], (Kind::Double, Device::Cpu)), &w, None, KernelBuild::Best).unwrap_err();
         assert!(err.contains("f32"), "{err}");
+    }
+
+    /// The RMS norm kernel equals the norm computed in f64 to f32 rounding, plain and with Gemma's
+    /// (1 + w), over widths that are not a multiple of the vector width; every build gives the
+    /// same bits and each row equals that row normed alone.
+    #[test]
+    fn rms_norm_equals_the_norm_in_f64_in_every_build() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(8);
+        for (rows, d) in [(1, 576), (64, 576), (7, 40), (3, 1), (5, 2048)] {
+            let x = Tensor::randn([rows, 1, d], (Kind::Float, Device::Cpu)) * 3.0;
+            let w = Tensor::randn([d], (Kind::Float, Device::Cpu));
+            for add_one in [false, true] {
+                let xd = x.to_kind(Kind::Double);
+                let r = (xd.square().mean_dim(-1, true, Kind::Double) + 1e-5).rsqrt();
+                let exact = xd * r * (w.to_kind(Kind::Double) + if add_one { 1.0 } else { 0.0 });
+                let first = super::rms_norm(&x, &w, 1e-5, add_one, KernelBuild::Baseline).unwrap();
+                assert_eq!(first.size(), x.size());
+                let worst = ((first.to_kind(Kind::Double) - &exact).abs() / (exact.abs() + 1e-3)).max().double_value(&[]);
+                assert!(worst < 1e-5, "({rows}, {d}) add_one {add_one}: off by {worst}");
+                for build in BUILDS {
+                    let y = super::rms_norm(&x, &w, 1e-5, add_one, build).unwrap();
+                    assert!(y.equal(&first), "({rows}, {d}): {build:?} differs from the baseline build");
+                    let i = rows - 1;
+                    let alone = super::rms_norm(&x.narrow(0, i, 1), &w, 1e-5, add_one, build).unwrap();
+                    assert!(alone.equal(&y.narrow(0, i, 1)), "({rows}, {d}) {build:?}: row {i} alone differs");
+                }
+            }
+        }
+        let err = super::rms_norm(
+            &Tensor::zeros([2, 8], (Kind::Float, Device::Cpu)),
+            &Tensor::ones([7], (Kind::Float, Device::Cpu)),
+            1e-5,
+            false,
+            KernelBuild::Best,
+        )
+        .unwrap_err();
+        assert!(err.contains("8 values"), "{err}");
     }
 
     /// Decode attention equals softmax(scale q k^T) v computed in f64 with each key-value head

@@ -7,38 +7,13 @@ use crate::error::Result;
 use crate::ffi;
 use crate::model::arch::{LayerType, QkNorm, QkvKind};
 use crate::model::config::DecoderConfig;
+use crate::model::kernels;
 use crate::model::kv_cache::LayerCache;
 use crate::model::layers::{apply_rope, Linear, Norm};
 use crate::model::params::{Params, Source};
 use crate::model::precision::compute_kind;
 use crate::profile::span;
-use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
-
-thread_local! {
-    static DECODE_KERNEL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// While it lives, one-token attention steps over the KV cache on this thread (f32, CPU, an
-/// explicit mask, no soft-capping) run r2m's decode attention kernel ([`ffi::decode_attention`])
-/// instead of SDPA: each cached key and value is read once for all the query heads that share it,
-/// and no (B, nh, 1, S) temporaries are made. Values equal SDPA's to f32 rounding, not bit for
-/// bit. `generate` opens one with `GenerateConfig::cpu_kernels`.
-pub struct DecodeKernelScope {
-    prev: bool,
-}
-
-impl DecodeKernelScope {
-    pub fn new(on: bool) -> Self {
-        DecodeKernelScope { prev: DECODE_KERNEL.replace(on) }
-    }
-}
-
-impl Drop for DecodeKernelScope {
-    fn drop(&mut self) {
-        DECODE_KERNEL.set(self.prev);
-    }
-}
 
 /// How q, k and v come out of the input.
 pub enum Qkv {
@@ -201,7 +176,7 @@ impl Attention {
         };
         let mask = masks.get(self.layer_type);
         let attn_span = span("attn: softmax(q k^T) v");
-        if let (None, AttnMask::Explicit(m), true) = (self.softcap, mask, t == 1 && self.decode_kernel_applies(&q)) {
+        if let (None, AttnMask::Explicit(m), true) = (self.softcap, mask, t == 1 && kernels::apply_to(&q)) {
             let scale = self.scale.unwrap_or((hd as f64).powf(-0.5));
             let y = ffi::decode_attention(&q, &k, &v, m, scale, ffi::KernelBuild::Best)
                 .unwrap_or_else(|e| panic!("decode attention over the KV cache: {e}")); // (B, 1, nh*hd)
@@ -223,12 +198,6 @@ impl Attention {
         let _s = span("attn: o projection");
         let y = y.transpose(1, 2).reshape([b, t, nh * hd]); // (B, T, nh*hd)
         self.o_proj.forward(&y)
-    }
-
-    /// Whether this step's attention takes r2m's decode kernel: inside a [`DecodeKernelScope`],
-    /// f32 on the CPU, no autograd.
-    fn decode_kernel_applies(&self, q: &Tensor) -> bool {
-        DECODE_KERNEL.get() && q.kind() == Kind::Float && q.device() == Device::Cpu && !ffi::grad_enabled()
     }
 
     /// Eager attention with soft-capped scores, as transformers' `eager_attention_forward`:

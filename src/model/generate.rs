@@ -5,14 +5,11 @@
 //!
 //! Shapes: B = prompts, P = padded prompt length, N = max_new_tokens, V = vocab, D = hidden.
 use crate::error::{Error, Result};
+use crate::model::kernels::KernelScope;
 use crate::model::kv_cache::KvCache;
 use crate::model::packed;
 use crate::model::precision::Widen;
-use crate::model::{
-    attention::{DecodeKernelScope, Masks},
-    causal_lm::CausalLm,
-    decoder::positions_from_mask,
-};
+use crate::model::{attention::Masks, causal_lm::CausalLm, decoder::positions_from_mask};
 use crate::profile::span;
 use tch::{Device, Kind, Tensor};
 
@@ -82,7 +79,7 @@ pub struct GenerateConfig {
     /// boundaries, log-probs and entropies agree to ~1e-6 (tested). Batch 1 on CPUs where it is
     /// faster than MKL's gemv (`ffi::matvec_preferred`; f32, `pack_weights` not `Some(true)`):
     /// the streaming matrix-vector kernel for each decode step's products. Decode steps in f32:
-    /// attention over the KV cache in one kernel (`attention::DecodeKernelScope`).
+    /// attention over the KV cache in one kernel, and RMS norms in one (`model::kernels`).
     pub cpu_kernels: bool,
 }
 
@@ -340,8 +337,8 @@ pub fn generate_stream(
         }
     };
 
-    // One-token steps attend over the cache with r2m's kernel (f32 on the CPU).
-    let _attn = DecodeKernelScope::new(cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float);
+    // r2m's CPU kernels inside the model (f32 on the CPU): attention over the cache, RMS norms.
+    let _kernels = KernelScope::new(cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float);
     // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.
     let slot_valid = Tensor::ones([b, p + n + extra], (Kind::Bool, dev));
     slot_valid.narrow(1, 0, p).copy_(&prompt_mask.to_kind(Kind::Bool));

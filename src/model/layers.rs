@@ -1,7 +1,9 @@
 //! The decoder's small layers: a linear layer with an optional LoRA adapter, the norms, and the
 //! rotary embedding (with Llama 3, linear and LongRoPE scaling, and partial rotation).
 use crate::error::Result;
+use crate::ffi;
 use crate::model::arch::{Act, NormKind, RopeScaling, RopeSpec};
+use crate::model::kernels;
 use crate::model::lora::LoraAdapter;
 use crate::model::params::{Init, Params, Source};
 use crate::model::precision::Widen;
@@ -119,6 +121,10 @@ impl Norm {
             NormKind::Layer => {
                 let d = x.size()[x.dim() - 1];
                 x.layer_norm([d].as_slice(), Some(&self.weight), self.bias.as_ref(), self.eps, false)
+            }
+            NormKind::Rms | NormKind::RmsOffset if kernels::apply_to(x) && self.weight.kind() == Kind::Float => {
+                let add_one = self.kind == NormKind::RmsOffset;
+                ffi::rms_norm(x, &self.weight, self.eps, add_one, ffi::KernelBuild::Best).unwrap_or_else(|e| panic!("{}: {e}", self.name))
             }
             NormKind::Rms | NormKind::RmsOffset => {
                 let xf = x.widen();

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decoder;
 pub mod export;
 pub mod generate;
+pub mod kernels;
 pub mod kv_cache;
 pub mod layers;
 pub mod load;
