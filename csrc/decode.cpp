@@ -6,7 +6,9 @@
 //   weights from memory once;
 // - r2m_decode_attention attends one query token over the KV cache, reading each cached key and
 //   value once for all the query heads that share it (GQA);
-// - r2m_rms_norm normalises rows as the decoder's RMSNorm, in one pass per row.
+// - r2m_rms_norm normalises rows as the decoder's RMSNorm, in one pass per row;
+// - r2m_rope turns q or k by RoPE, and r2m_silu_mul is the gated MLP's silu(gate) * up, each in
+//   one pass instead of several tensor ops.
 //
 // Each kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
 // other CPUs), from the same source: GCC's generic vectors, which each build lowers to its own
@@ -318,6 +320,45 @@ static R2M_INLINE void rms_row(const float* x, const float* w, float add_one, in
 }
 
 // ---------------------------------------------------------------------------------------------
+// RoPE and the gated MLP's activation.
+
+// One head's row of hd values turned by RoPE over its first rot dims (cos, sin: rot values, the
+// two halves equal): y = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1), the rest passes
+// through. The same roundings as the tensor ops (x cos, then + (-x2 sin)): the same bits.
+static R2M_INLINE void rope_row(const float* x, const float* c, const float* sn, int64_t rot, int64_t hd, float* y) {
+  const int64_t half = rot / 2, hv = half / kW * kW;
+  for (int64_t i = 0; i < hv; i += kW) {
+    const vf x1 = load(x + i), x2 = load(x + half + i);
+    store(y + i, x1 * load(c + i) - x2 * load(sn + i));
+    store(y + half + i, x2 * load(c + half + i) + x1 * load(sn + half + i));
+  }
+  for (int64_t i = hv; i < half; ++i) {
+    const float x1 = x[i], x2 = x[half + i];
+    y[i] = x1 * c[i] - x2 * sn[i];
+    y[half + i] = x2 * c[half + i] + x1 * sn[half + i];
+  }
+  for (int64_t i = rot; i < hd; ++i) y[i] = x[i];
+}
+
+// silu(g) u over n values: silu(g) = g / (1 + e^-g), e^-g from exp_nonpos (for g < 0 as
+// g e^g / (e^g + 1)).
+static R2M_INLINE void silu_mul_row(const float* g, const float* u, int64_t n, float* y) {
+  const int64_t nv = n / kW * kW;
+  for (int64_t i = 0; i < nv; i += kW) {
+    const vf x = load(g + i);
+    const auto neg = x < 0.0f;
+    const vf e = exp_nonpos(neg ? x : -x);
+    const vf s = neg ? x * e / (e + 1.0f) : x / (e + 1.0f);
+    store(y + i, s * load(u + i));
+  }
+  for (int64_t i = nv; i < n; ++i) {
+    const float x = g[i];
+    const float e = std::exp(x < 0.0f ? x : -x);
+    y[i] = (x < 0.0f ? x * e / (e + 1.0f) : x / (e + 1.0f)) * u[i];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The three builds of each kernel and the pick between them.
 
 #define R2M_KERNELS(SUFFIX, TARGET)                                                                                     \
@@ -332,6 +373,19 @@ static R2M_INLINE void rms_row(const float* x, const float* w, float add_one, in
   TARGET static void rms_rows_##SUFFIX(const float* x, const float* w, float add_one, int64_t r0, int64_t r1, int64_t d,  \
                                        float eps, float* y) {                                                           \
     for (int64_t r = r0; r < r1; ++r) rms_row(x + r * d, w, add_one, d, eps, y + r * d);                              \
+  }                                                                                                                     \
+  TARGET static void rope_rows_##SUFFIX(const float* x, const int64_t* x_st, const float* c, const float* sn,            \
+                                        int64_t r0, int64_t r1, int64_t h, int64_t t, int64_t rot, int64_t hd,        \
+                                        float* y) {                                                                     \
+    for (int64_t r = r0; r < r1; ++r) {                                                                                 \
+      const int64_t b = r / (h * t), hi = r / t % h, ti = r % t;                                                        \
+      const int64_t tab = (b * t + ti) * rot;                                                                           \
+      rope_row(x + b * x_st[0] + hi * x_st[1] + ti * x_st[2], c + tab, sn + tab, rot, hd, y + r * hd);                \
+    }                                                                                                                   \
+  }                                                                                                                     \
+  TARGET static void silu_mul_rows_##SUFFIX(const float* g, int64_t g_rs, const float* u, int64_t u_rs, int64_t r0,    \
+                                            int64_t r1, int64_t n, float* y) {                                          \
+    for (int64_t r = r0; r < r1; ++r) silu_mul_row(g + r * g_rs, u + r * u_rs, n, y + r * n);                           \
   }                                                                                                                     \
   TARGET static void attend_groups_##SUFFIX(const float* q, const int64_t* q_st, const float* k, const float* v,        \
                                             const int64_t* kv_st, const bool* m, const int64_t* m_st, int64_t g0,       \
@@ -560,4 +614,65 @@ extern "C" int r2m_rms_norm(at::Tensor* x, at::Tensor* w, double eps, int add_on
         *out = new at::Tensor(y);
       },
       "rms_norm", err, err_len);
+}
+
+// RoPE on x (B, h, T, hd) (any strides with unit stride along hd) with cos and sin (B, 1, T, rot)
+// (rot even, <= hd), all f32 on the CPU; `want`: the build (pick_level). Writes the turned
+// (B, h, T, hd), contiguous, with the bits of the tensor ops x cos + rotate_half(x) sin.
+extern "C" int r2m_rope(at::Tensor* x, at::Tensor* cos, at::Tensor* sin, int want, at::Tensor** out, char* err,
+                        size_t err_len) {
+  return guarded(
+      [&] {
+        const auto f32cpu = [](const at::Tensor* t) { return t->scalar_type() == at::kFloat && t->device().is_cpu(); };
+        TORCH_CHECK(x->dim() == 4 && f32cpu(x) && f32cpu(cos) && f32cpu(sin) && x->stride(3) == 1,
+                    "rope: x must be (B, h, T, hd) f32 on the CPU with unit stride along hd");
+        const int64_t b = x->size(0), h = x->size(1), t = x->size(2), hd = x->size(3), rot = cos->size(-1);
+        TORCH_CHECK(cos->sizes() == sin->sizes() && cos->dim() == 4 && cos->size(0) == b && cos->size(1) == 1 &&
+                        cos->size(2) == t && rot % 2 == 0 && rot <= hd,
+                    "rope: cos and sin must be (B, 1, T, rot) for x ", x->sizes(), ", not ", cos->sizes());
+        const at::Tensor cc = cos->contiguous(), sc = sin->contiguous();
+        at::Tensor y = at::empty({b, h, t, hd}, x->options().memory_format(at::MemoryFormat::Contiguous));
+        const int64_t x_st[3] = {x->stride(0), x->stride(1), x->stride(2)};
+        const float *xp = x->data_ptr<float>(), *cp = cc.data_ptr<float>(), *sp = sc.data_ptr<float>();
+        float* yp = y.data_ptr<float>();
+        const Level lev = pick_level(want);
+        at::parallel_for(0, b * h * t, 4096 / (hd > 0 ? hd : 1) + 1, [&](int64_t r0, int64_t r1) {
+#if defined(__x86_64__)
+          if (lev == kAvx512) return rope_rows_avx512(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
+          if (lev == kAvx2) return rope_rows_avx2(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
+#endif
+          rope_rows_baseline(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
+        });
+        *out = new at::Tensor(y);
+      },
+      "rope", err, err_len);
+}
+
+// silu(g) u for g and u of the same shape (..., n), f32 on the CPU, each a stack of rows with one
+// row stride and unit stride along n (the halves of a fused gate-up projection are); `want`: the
+// build (pick_level). Writes a contiguous tensor of that shape.
+extern "C" int r2m_silu_mul(at::Tensor* g, at::Tensor* u, int want, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(
+      [&] {
+        const auto f32cpu = [](const at::Tensor* t) { return t->scalar_type() == at::kFloat && t->device().is_cpu(); };
+        TORCH_CHECK(f32cpu(g) && f32cpu(u) && g->sizes() == u->sizes() && g->dim() >= 1,
+                    "silu_mul: g and u must be f32 on the CPU, of one shape");
+        const int64_t n = g->size(-1);
+        const at::Tensor g2 = g->reshape({-1, n}), u2 = u->reshape({-1, n});
+        TORCH_CHECK(g2.stride(1) == 1 && u2.stride(1) == 1, "silu_mul: unit stride along the last dimension");
+        const int64_t rows = g2.size(0), g_rs = g2.stride(0), u_rs = u2.stride(0);
+        at::Tensor y = at::empty(g->sizes(), g->options().memory_format(at::MemoryFormat::Contiguous));
+        const float *gp = g2.data_ptr<float>(), *up = u2.data_ptr<float>();
+        float* yp = y.data_ptr<float>();
+        const Level lev = pick_level(want);
+        at::parallel_for(0, rows, 4096 / (n > 0 ? n : 1) + 1, [&](int64_t r0, int64_t r1) {
+#if defined(__x86_64__)
+          if (lev == kAvx512) return silu_mul_rows_avx512(gp, g_rs, up, u_rs, r0, r1, n, yp);
+          if (lev == kAvx2) return silu_mul_rows_avx2(gp, g_rs, up, u_rs, r0, r1, n, yp);
+#endif
+          silu_mul_rows_baseline(gp, g_rs, up, u_rs, r0, r1, n, yp);
+        });
+        *out = new at::Tensor(y);
+      },
+      "silu_mul", err, err_len);
 }

@@ -76,6 +76,16 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn r2m_rope(
+        x: *mut C_tensor,
+        cos: *mut C_tensor,
+        sin: *mut C_tensor,
+        want: i32,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn r2m_silu_mul(g: *mut C_tensor, u: *mut C_tensor, want: i32, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
     fn r2m_decode_attention(
         q: *mut C_tensor,
         k: *mut C_tensor,
@@ -282,6 +292,28 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, add_one: bool, build: KernelBu
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
     call(|e, l| unsafe { r2m_rms_norm(ptr(x), ptr(w), eps, i32::from(add_one), build as i32, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// RoPE on `x` (B, h, T, hd) with `cos` and `sin` (B, 1, T, rot): `x cos + rotate_half(x) sin`
+/// over the first rot dims, the rest unchanged, f32 on the CPU, in one pass (csrc/decode.cpp).
+/// The same bits as those tensor ops (`layers::apply_rope`). No autograd: under no_grad only.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, build: KernelBuild) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_rope(ptr(x), ptr(cos), ptr(sin), build as i32, &mut out, e, l) })?;
+    // SAFETY: `out` is a heap `at::Tensor` we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The gated MLP's `silu(g) * u`, f32 on the CPU, in one pass (csrc/decode.cpp): `g` and `u` of
+/// one shape, each rows with one row stride (the halves of a fused projection are fine). Values
+/// equal ATen's to f32 rounding. No autograd: under no_grad only.
+pub fn silu_mul(g: &Tensor, u: &Tensor, build: KernelBuild) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
+    call(|e, l| unsafe { r2m_silu_mul(ptr(g), ptr(u), build as i32, &mut out, e, l) })?;
     // SAFETY: `out` is a heap `at::Tensor` we now own.
     Ok(unsafe { Tensor::from_ptr(out) })
 }
@@ -511,6 +543,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("8 values"), "{err}");
+    }
+
+    /// RoPE gives the bits of the tensor ops (`layers::apply_rope`: `x cos + rotate_half(x) sin`)
+    /// for full and partial rotation, one and several tokens, strided inputs (heads split from a
+    /// projection), in every build; `silu_mul` equals silu(g) u in f64 to f32 rounding, on
+    /// contiguous inputs and on the two halves of a fused projection, the same bits in every build.
+    #[test]
+    fn rope_and_silu_mul_equal_the_tensor_ops() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        for (b, h, t, hd, rot) in [(2, 3, 1, 64, 64), (64, 9, 1, 64, 64), (2, 4, 5, 40, 40), (3, 2, 1, 48, 16), (1, 1, 3, 128, 96)] {
+            // As attention splits heads: (B, T, h*hd) viewed as (B, T, h, hd), transposed.
+            let x = Tensor::randn([b, t, h * hd], opts).view([b, t, h, hd]).transpose(1, 2);
+            let ang = Tensor::randn([b, 1, t, rot / 2], opts) * 3.0;
+            let ang = Tensor::cat(&[&ang, &ang], -1);
+            let (cos, sin) = (ang.cos(), ang.sin());
+            let want = crate::model::layers::apply_rope(&x, &cos, &sin);
+            for build in BUILDS {
+                let y = super::rope(&x, &cos, &sin, build).unwrap();
+                assert!(y.equal(&want), "({b}, {h}, {t}, {hd}, {rot}) {build:?}: differs from the tensor ops");
+                assert!(y.is_contiguous());
+            }
+        }
+        let err = super::rope(
+            &Tensor::zeros([1, 2, 1, 8], opts),
+            &Tensor::zeros([1, 1, 2, 8], opts),
+            &Tensor::zeros([1, 1, 2, 8], opts),
+            KernelBuild::Best,
+        )
+        .unwrap_err();
+        assert!(err.contains("(B, 1, T, rot)"), "{err}");
+        for (rows, n) in [(1, 1536), (64, 1536), (5, 37)] {
+            let gu = Tensor::randn([rows, 1, 2 * n], opts) * 4.0;
+            let (g, u) = (gu.narrow(-1, 0, n), gu.narrow(-1, n, n));
+            let exact = g.to_kind(Kind::Double).silu() * u.to_kind(Kind::Double);
+            let first = super::silu_mul(&g, &u, KernelBuild::Baseline).unwrap();
+            assert_eq!(first.size(), [rows, 1, n]);
+            let worst = ((first.to_kind(Kind::Double) - &exact).abs() / (exact.abs() + 1e-6)).max().double_value(&[]);
+            assert!(worst < 1e-5, "({rows}, {n}): off by {worst}");
+            for build in BUILDS {
+                let (y, yc) = (super::silu_mul(&g, &u, build).unwrap(), super::silu_mul(&g.contiguous(), &u.contiguous(), build).unwrap());
+                assert!(y.equal(&first) && yc.equal(&first), "({rows}, {n}): {build:?} differs from the baseline build");
+            }
+        }
+        let huge = Tensor::from_slice(&[-100.0f32, -88.0, 0.0, 30.0, 100.0]);
+        let y = super::silu_mul(&huge, &huge.ones_like(), KernelBuild::Best).unwrap();
+        assert!(y.isfinite().all().int64_value(&[]) == 1, "{y}");
     }
 
     /// Decode attention equals softmax(scale q k^T) v computed in f64 with each key-value head

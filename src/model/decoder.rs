@@ -8,9 +8,11 @@
 //! Padding: sequences are left-padded with an attention mask; positions are `cumsum(mask) - 1`, as
 //! HF's `generate` does, so a padded row computes exactly what the unpadded sequence computes.
 use crate::error::Result;
-use crate::model::arch::{BlockKind, MlpKind};
+use crate::ffi;
+use crate::model::arch::{Act, BlockKind, MlpKind};
 use crate::model::attention::{Attention, Masks};
 use crate::model::config::DecoderConfig;
+use crate::model::kernels;
 use crate::model::kv_cache::{KvCache, LayerCache};
 use crate::model::layers::{activation, Linear, Norm, Rope, INIT_STD};
 use crate::model::params::{Init, Params, Source};
@@ -59,6 +61,14 @@ impl Mlp {
         self.gate.iter_mut().chain(self.up_proj.iter_mut()).chain([&mut self.down_proj]).collect()
     }
 
+    /// act(g) * u; SiLU in one kernel where r2m's CPU kernels apply (`model::kernels`).
+    fn gated(&self, g: &Tensor, u: &Tensor) -> Tensor {
+        if self.act == Act::Silu && kernels::apply_to(g) {
+            return ffi::silu_mul(g, u, ffi::KernelBuild::Best).unwrap_or_else(|e| panic!("{e}"));
+        }
+        activation(self.act, g) * u
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         let up = |l: &Linear| {
             let _s = span("mlp: gate and up projections");
@@ -68,13 +78,13 @@ impl Mlp {
             (MlpKind::Gated, Some(g), Some(u)) => {
                 let (g, u) = (up(g), up(u));
                 let _s = span("mlp: activation and product");
-                activation(self.act, &g) * u
+                self.gated(&g, &u)
             }
             (MlpKind::GatedFused, Some(gu), _) => {
                 let y = up(gu);
                 let f = y.size()[y.dim() - 1] / 2;
                 let _s = span("mlp: activation and product");
-                y.narrow(-1, f, f) * activation(self.act, &y.narrow(-1, 0, f))
+                self.gated(&y.narrow(-1, 0, f), &y.narrow(-1, f, f))
             }
             (_, _, Some(u)) => {
                 let y = up(u);

@@ -79,7 +79,7 @@ pub struct GenerateConfig {
     /// boundaries, log-probs and entropies agree to ~1e-6 (tested). Batch 1 on CPUs where it is
     /// faster than MKL's gemv (`ffi::matvec_preferred`; f32, `pack_weights` not `Some(true)`):
     /// the streaming matrix-vector kernel for each decode step's products. Decode steps in f32:
-    /// attention over the KV cache in one kernel, and RMS norms in one (`model::kernels`).
+    /// attention over the KV cache, RMS norms, RoPE and SiLU, each in one kernel (`model::kernels`).
     pub cpu_kernels: bool,
 }
 
@@ -337,7 +337,7 @@ pub fn generate_stream(
         }
     };
 
-    // r2m's CPU kernels inside the model (f32 on the CPU): attention over the cache, RMS norms.
+    // r2m's CPU kernels inside the model (f32 on the CPU): attention over the cache, norms, RoPE, SiLU.
     let _kernels = KernelScope::new(cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float);
     // Slot validity over the whole cache (B, S_max): prompt mask, then 1 for every generated slot.
     let slot_valid = Tensor::ones([b, p + n + extra], (Kind::Bool, dev));

@@ -1,8 +1,10 @@
 //! When `generate` uses r2m's CPU kernels (csrc/decode.cpp) instead of ATen's ops inside the
-//! model: attention over the KV cache ([`ffi::decode_attention`]) and RMS norms
-//! ([`ffi::rms_norm`]). A [`KernelScope`] turns them on for the current thread; they then apply to
-//! f32 tensors on the CPU with autograd off. Their values equal ATen's to f32 rounding, not bit for
-//! bit, so training and RL rollouts (which must match the trainer's forward) stay on ATen's ops.
+//! model: attention over the KV cache ([`ffi::decode_attention`]), RMS norms ([`ffi::rms_norm`]),
+//! RoPE ([`ffi::rope`]) and the gated MLP's SiLU ([`ffi::silu_mul`]), each one pass instead of
+//! several tensor ops. A [`KernelScope`] turns them on for the current thread; they then apply to
+//! f32 tensors on the CPU with autograd off. RoPE's bits equal the tensor ops'; the others' values
+//! equal ATen's to f32 rounding, not bit for bit, so training and RL rollouts (whose log-probs
+//! the archived runs were made with) stay on ATen's ops.
 use crate::ffi;
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};

@@ -218,6 +218,10 @@ fn rotate_half(x: &Tensor) -> Tensor {
 /// dtype of the f32 residual stream); attention then casts them back to bf16. With partial
 /// rotation only the first `rotary_dim` dims turn; the rest pass through.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    if kernels::apply_to(x) && cos.kind() == Kind::Float {
+        // One pass, the same bits (`ffi::rope`).
+        return ffi::rope(x, cos, sin, ffi::KernelBuild::Best).unwrap_or_else(|e| panic!("{e}"));
+    }
     // f64 activations turn by f64 copies of the (f32) tables.
     let (cos, sin) = if x.kind() == Kind::Double {
         (cos.to_kind(Kind::Double), sin.to_kind(Kind::Double))
