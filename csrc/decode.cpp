@@ -406,6 +406,18 @@ R2M_KERNELS(baseline, )
 
 enum Level { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
+// Calls the build of kernel NAME for level `lev` (a statement; returns from the enclosing lambda).
+#if defined(__x86_64__)
+#define R2M_DISPATCH(lev, NAME, ...)                       \
+  do {                                                     \
+    if ((lev) == kAvx512) return NAME##_avx512(__VA_ARGS__); \
+    if ((lev) == kAvx2) return NAME##_avx2(__VA_ARGS__);     \
+    return NAME##_baseline(__VA_ARGS__);                   \
+  } while (0)
+#else
+#define R2M_DISPATCH(lev, NAME, ...) return NAME##_baseline(__VA_ARGS__)
+#endif
+
 static Level detect() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -469,11 +481,7 @@ extern "C" int r2m_sample_logits(at::Tensor* logits, double temperature, at::Ten
         at::parallel_for(0, b, 1, [&](int64_t b0, int64_t b1) {
           std::vector<float> scratch((v + kW - 1) / kW * kW);
           std::vector<double> blocks((v + kBlock - 1) / kBlock);
-#if defined(__x86_64__)
-          if (lev == kAvx512) return sample_rows_avx512(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
-          if (lev == kAvx2) return sample_rows_avx2(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
-#endif
-          sample_rows_baseline(xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
+          R2M_DISPATCH(lev, sample_rows, xp, temp, up, b0, b1, v, scratch.data(), blocks.data(), tp, lo, eo);
         });
         *tok = new at::Tensor(t);
         *lp = new at::Tensor(lps);
@@ -523,11 +531,7 @@ extern "C" int r2m_matvec(at::Tensor* x, at::Tensor* w, at::Tensor* bias, int wa
         const int64_t passes = (n + kRows - 1) / kRows;
         at::parallel_for(0, passes, 64 / kRows, [&](int64_t p0, int64_t p1) {
           const int64_t n0 = p0 * kRows, n1 = p1 * kRows < n ? p1 * kRows : n;
-#if defined(__x86_64__)
-          if (lev == kAvx512) return matvec_rows_avx512(wp, xp, bp, yp, n0, n1, k);
-          if (lev == kAvx2) return matvec_rows_avx2(wp, xp, bp, yp, n0, n1, k);
-#endif
-          matvec_rows_baseline(wp, xp, bp, yp, n0, n1, k);
+          R2M_DISPATCH(lev, matvec_rows, wp, xp, bp, yp, n0, n1, k);
         });
         *out = new at::Tensor(y);
       },
@@ -572,13 +576,7 @@ extern "C" int r2m_decode_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v,
         const int64_t s_pad = (s + kW - 1) / kW * kW;
         at::parallel_for(0, b * nkv, 1, [&](int64_t g0, int64_t g1) {
           std::vector<float> scores(rep * s_pad);
-#if defined(__x86_64__)
-          if (lev == kAvx512)
-            return attend_groups_avx512(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
-          if (lev == kAvx2)
-            return attend_groups_avx2(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
-#endif
-          attend_groups_baseline(qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
+          R2M_DISPATCH(lev, attend_groups, qp, q_st, kp, vp, kv_st, mp, m_st, g0, g1, nkv, s, hd, rep, sc, scores.data(), yp);
         });
         *out = new at::Tensor(y);
       },
@@ -605,11 +603,7 @@ extern "C" int r2m_rms_norm(at::Tensor* x, at::Tensor* w, double eps, int add_on
         const float e = static_cast<float>(eps), one = add_one != 0 ? 1.0f : 0.0f;
         const Level lev = pick_level(want);
         at::parallel_for(0, rows, 4096 / (d > 0 ? d : 1) + 1, [&](int64_t r0, int64_t r1) {
-#if defined(__x86_64__)
-          if (lev == kAvx512) return rms_rows_avx512(xp, wp, one, r0, r1, d, e, yp);
-          if (lev == kAvx2) return rms_rows_avx2(xp, wp, one, r0, r1, d, e, yp);
-#endif
-          rms_rows_baseline(xp, wp, one, r0, r1, d, e, yp);
+          R2M_DISPATCH(lev, rms_rows, xp, wp, one, r0, r1, d, e, yp);
         });
         *out = new at::Tensor(y);
       },
@@ -637,11 +631,7 @@ extern "C" int r2m_rope(at::Tensor* x, at::Tensor* cos, at::Tensor* sin, int wan
         float* yp = y.data_ptr<float>();
         const Level lev = pick_level(want);
         at::parallel_for(0, b * h * t, 4096 / (hd > 0 ? hd : 1) + 1, [&](int64_t r0, int64_t r1) {
-#if defined(__x86_64__)
-          if (lev == kAvx512) return rope_rows_avx512(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
-          if (lev == kAvx2) return rope_rows_avx2(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
-#endif
-          rope_rows_baseline(xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
+          R2M_DISPATCH(lev, rope_rows, xp, x_st, cp, sp, r0, r1, h, t, rot, hd, yp);
         });
         *out = new at::Tensor(y);
       },
@@ -666,11 +656,7 @@ extern "C" int r2m_silu_mul(at::Tensor* g, at::Tensor* u, int want, at::Tensor**
         float* yp = y.data_ptr<float>();
         const Level lev = pick_level(want);
         at::parallel_for(0, rows, 4096 / (n > 0 ? n : 1) + 1, [&](int64_t r0, int64_t r1) {
-#if defined(__x86_64__)
-          if (lev == kAvx512) return silu_mul_rows_avx512(gp, g_rs, up, u_rs, r0, r1, n, yp);
-          if (lev == kAvx2) return silu_mul_rows_avx2(gp, g_rs, up, u_rs, r0, r1, n, yp);
-#endif
-          silu_mul_rows_baseline(gp, g_rs, up, u_rs, r0, r1, n, yp);
+          R2M_DISPATCH(lev, silu_mul_rows, gp, g_rs, up, u_rs, r0, r1, n, yp);
         });
         *out = new at::Tensor(y);
       },
