@@ -95,19 +95,25 @@ impl Params {
             if src.size() != t.size() {
                 return Err(Error::ShapeMismatch { path: source.into(), name: n.clone(), got: src.size(), want: t.size() });
             }
-            if src.kind() != t.kind() {
-                return Err(Error::Input(format!(
-                    "{}: '{n}' is stored as {:?}, the parameter is {:?}: the checkpoint was written in another precision (dtype)",
-                    source.display(),
-                    src.kind(),
-                    t.kind()
-                )));
-            }
+            check_stored_kind(source, n, src.kind(), t.kind(), "the dtype").map_err(Error::Input)?;
             let mut dst = t.shallow_clone();
             dst.copy_(src);
         }
         Ok(())
     }
+}
+
+/// A checkpointed value stored as `stored` may be copied into a parameter of kind `param` only if
+/// the two agree: copying would silently widen or round it. The error names the file, the tensor,
+/// both kinds and the `setting` that chooses the dtype.
+pub fn check_stored_kind(file: &std::path::Path, name: &str, stored: Kind, param: Kind, setting: &str) -> std::result::Result<(), String> {
+    if stored == param {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: '{name}' is stored as {stored:?}, the model computes in {param:?}: {setting} differs from the run that wrote the checkpoint",
+        file.display()
+    ))
 }
 
 /// Converts every floating-point tensor of `ts` to `kind` in place (`Tensor::set_data`, so every

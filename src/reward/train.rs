@@ -475,13 +475,7 @@ fn load_named(params: &[(String, Tensor)], saved: &[(String, Tensor)], path: &Pa
             .map(|(_, t)| t)
             .with_context(|| format!("{}: checkpoint lacks '{n}' (was trainable_layers changed?)", path.display()))?;
         ensure!(s.size() == p.size(), "{}: '{n}' has shape {:?}, model has {:?}", path.display(), s.size(), p.size());
-        ensure!(
-            s.kind() == p.kind(),
-            "{}: '{n}' is stored as {:?}, the model computes in {:?}: dtype differs from the run that wrote the checkpoint",
-            path.display(),
-            s.kind(),
-            p.kind()
-        );
+        crate::model::params::check_stored_kind(path, n, s.kind(), p.kind(), "dtype").map_err(anyhow::Error::msg)?;
         p.shallow_clone().copy_(s);
     }
     Ok(())

@@ -130,13 +130,7 @@ impl<'a> Run<'a> {
         let _g = tch::no_grad_guard();
         for (n, p) in &self.opt.params {
             let s = saved.iter().find(|(m, _)| m == n).map(|(_, t)| t).with_context(|| format!("{}: lacks '{n}'", pol.display()))?;
-            ensure!(
-                s.kind() == p.kind(),
-                "{}: '{n}' is stored as {:?}, the policy computes in {:?}: policy.dtype differs from the run that wrote the checkpoint",
-                pol.display(),
-                s.kind(),
-                p.kind()
-            );
+            crate::model::params::check_stored_kind(&pol, n, s.kind(), p.kind(), "policy.dtype").map_err(anyhow::Error::msg)?;
             p.shallow_clone().copy_(s);
         }
         let o = dir.join("optimizer.safetensors");
