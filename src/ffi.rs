@@ -123,6 +123,15 @@ fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), String> {
     }
 }
 
+/// Like [`call`] for an entry point that hands back one new tensor through its out-pointer
+/// argument: `f(out, err, err_len)`; on success the tensor is ours (tch frees it on drop).
+fn call_tensor(f: impl FnOnce(*mut *mut C_tensor, *mut c_char, usize) -> i32) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    call(|e, l| f(&mut out, e, l))?;
+    // SAFETY: on success the C side stored a new heap `at::Tensor` in `out`, which we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 fn ptrs(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
 }
@@ -259,13 +268,10 @@ pub fn matvec_preferred() -> bool {
 /// order, four rows at a time; each value is summed in a fixed order, so it does not depend on the
 /// thread count or the build. No autograd: call it under no_grad only.
 pub fn matvec(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, build: KernelBuild) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     let b = bias.map_or(std::ptr::null_mut(), ptr);
     // SAFETY: the inputs are live for the call; a null bias means none; on success the C side
     // hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_matvec(ptr(x), ptr(w), b, build as i32, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_matvec(ptr(x), ptr(w), b, build as i32, out, e, l) })
 }
 
 /// One decode step's attention over the KV cache: `q` (B, nh, 1, hd), `k` and `v` (B, nkv, S, hd)
@@ -276,11 +282,8 @@ pub fn matvec(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, build: KernelBuild)
 /// share it; values equal SDPA's to f32 rounding and do not depend on the thread count or the
 /// build. No autograd: call it under no_grad only.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &Tensor, scale: f64, build: KernelBuild) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_decode_attention(ptr(q), ptr(k), ptr(v), ptr(valid), scale, build as i32, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_decode_attention(ptr(q), ptr(k), ptr(v), ptr(valid), scale, build as i32, out, e, l) })
 }
 
 /// RMS norm over the last dimension of `x` with the weight `w`: `(x * r) * (w + 1)` if `add_one`
@@ -289,54 +292,39 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &Tensor, scal
 /// rounding (the sum of squares runs in another order) and do not depend on the thread count or
 /// the build. No autograd: call it under no_grad only.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, add_one: bool, build: KernelBuild) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_rms_norm(ptr(x), ptr(w), eps, i32::from(add_one), build as i32, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_rms_norm(ptr(x), ptr(w), eps, i32::from(add_one), build as i32, out, e, l) })
 }
 
 /// RoPE on `x` (B, h, T, hd) with `cos` and `sin` (B, 1, T, rot): `x cos + rotate_half(x) sin`
 /// over the first rot dims, the rest unchanged, f32 on the CPU, in one pass (csrc/decode.cpp).
 /// The same bits as those tensor ops (`layers::apply_rope`). No autograd: under no_grad only.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, build: KernelBuild) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_rope(ptr(x), ptr(cos), ptr(sin), build as i32, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_rope(ptr(x), ptr(cos), ptr(sin), build as i32, out, e, l) })
 }
 
 /// The gated MLP's `silu(g) * u`, f32 on the CPU, in one pass (csrc/decode.cpp): `g` and `u` of
 /// one shape, each rows with one row stride (the halves of a fused projection are fine). Values
 /// equal ATen's to f32 rounding. No autograd: under no_grad only.
 pub fn silu_mul(g: &Tensor, u: &Tensor, build: KernelBuild) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the inputs are live for the call; on success the C side hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_silu_mul(ptr(g), ptr(u), build as i32, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_silu_mul(ptr(g), ptr(u), build as i32, out, e, l) })
 }
 
 /// MKL's packed form of a linear weight `w` (out, in) for inputs of exactly `m` rows
 /// (`torch.ops.mkl._mkl_reorder_linear_weight`). CPU, f32; an error where libtorch has no MKL.
 pub fn mkl_pack(w: &Tensor, m: i64) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: `w` is live for the call; on success the C side hands over a new `at::Tensor`.
-    call(|e, l| unsafe { r2m_mkl_pack(ptr(w), m, &mut out, e, l) })?;
-    // SAFETY: `out` is a heap `at::Tensor` we now own (tch frees it on drop).
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_mkl_pack(ptr(w), m, out, e, l) })
 }
 
 /// `x W^T + b` with `packed = mkl_pack(w, m)` (`torch.ops.mkl._mkl_linear`); `x` (..., in) with
 /// `m` rows in all. No autograd: call it under no_grad only.
 pub fn mkl_linear(x: &Tensor, packed: &Tensor, w: &Tensor, bias: Option<&Tensor>, m: i64) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     let b = bias.map_or(std::ptr::null_mut(), ptr);
     // SAFETY: as in `mkl_pack`; a null bias means none.
-    call(|e, l| unsafe { r2m_mkl_linear(ptr(x), ptr(packed), ptr(w), b, m, &mut out, e, l) })?;
-    // SAFETY: as in `mkl_pack`.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_mkl_linear(ptr(x), ptr(packed), ptr(w), b, m, out, e, l) })
 }
 
 /// A block of layers for [`checkpoint`]: what it computes from its input. It owns what it reads
@@ -384,12 +372,9 @@ extern "C" fn block_drop(ctx: *mut c_void) {
 pub fn checkpoint(x: &Tensor, params: &[&Tensor], f: Block) -> Result<Tensor, String> {
     let p = ptrs(params);
     let ctx = Box::into_raw(Box::new(f)) as *mut c_void;
-    let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the C++ side takes ownership of `ctx` in every case (frees it through block_drop);
     // tensors are live for the call; on success `out` is a new at::Tensor we own.
-    call(|e, l| unsafe { r2m_checkpoint(ptr(x), p.as_ptr(), p.len() as i64, ctx, block_call, block_drop, &mut out, e, l) })?;
-    // SAFETY: on success `out` is a new heap at::Tensor we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    call_tensor(|out, e, l| unsafe { r2m_checkpoint(ptr(x), p.as_ptr(), p.len() as i64, ctx, block_call, block_drop, out, e, l) })
 }
 
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`).
