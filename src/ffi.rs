@@ -99,8 +99,9 @@ extern "C" {
     ) -> i32;
     fn r2m_matvec(
         x: *mut C_tensor,
-        w: *mut C_tensor,
-        bias: *mut C_tensor,
+        ws: *const *mut C_tensor,
+        biases: *const *mut C_tensor,
+        count: i32,
         want: i32,
         out: *mut *mut C_tensor,
         err: *mut c_char,
@@ -265,13 +266,22 @@ pub fn matvec_preferred() -> bool {
 
 /// `x w^T + bias` for one input row `x` (K elements, any shape), `w` (N, K), `bias` (N): (N),
 /// all f32 on the CPU. r2m's streaming kernel (csrc/decode.cpp): the weights are read once, in
-/// order, four rows at a time; each value is summed in a fixed order, so it does not depend on the
-/// thread count or the build. No autograd: call it under no_grad only.
+/// order, one row after another; each value is summed in a fixed order, so it does not depend on
+/// the thread count or the build. No autograd: call it under no_grad only.
 pub fn matvec(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, build: KernelBuild) -> Result<Tensor, String> {
-    let b = bias.map_or(std::ptr::null_mut(), ptr);
-    // SAFETY: the inputs are live for the call; a null bias means none; on success the C side
-    // hands over a new `at::Tensor`.
-    call_tensor(|out, e, l| unsafe { r2m_matvec(ptr(x), ptr(w), b, build as i32, out, e, l) })
+    matvec_many(x, &[(w, bias)], build)
+}
+
+/// [`matvec`] of one input row by several weights `(w_j (N_j, K), bias_j)` in one parallel region
+/// (q, k and v; gate and up): (N_0 + N_1 + ...), the products side by side, each value equal to
+/// what [`matvec`] gives for its weight alone.
+pub fn matvec_many(x: &Tensor, weights: &[(&Tensor, Option<&Tensor>)], build: KernelBuild) -> Result<Tensor, String> {
+    let ws: Vec<_> = weights.iter().map(|(w, _)| ptr(w)).collect();
+    let bs: Vec<_> = weights.iter().map(|(_, b)| b.map_or(std::ptr::null_mut(), ptr)).collect();
+    let count = i32::try_from(ws.len()).map_err(|_| "matvec: too many weights".to_string())?;
+    // SAFETY: the inputs are live for the call; `ws` and `bs` hold `count` pointers each, a null
+    // bias means none; on success the C side hands over a new `at::Tensor`.
+    call_tensor(|out, e, l| unsafe { r2m_matvec(ptr(x), ws.as_ptr(), bs.as_ptr(), count, build as i32, out, e, l) })
 }
 
 /// One decode step's attention over the KV cache: `q` (B, nh, 1, hd), `k` and `v` (B, nkv, S, hd)
@@ -461,7 +471,7 @@ mod tests {
     fn matvec_equals_the_product_in_every_build_and_row_by_row() {
         let _g = tch::no_grad_guard();
         tch::manual_seed(5);
-        for (n, k) in [(1, 1), (3, 15), (4, 16), (7, 40), (61, 97), (1000, 576), (130, 1536)] {
+        for (n, k) in [(1, 1), (3, 15), (4, 16), (7, 40), (61, 97), (9, 200), (1000, 576), (130, 1536)] {
             let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
             let x = Tensor::randn([1, 1, k], (Kind::Float, Device::Cpu));
             let bias = Tensor::randn([n], (Kind::Float, Device::Cpu));
@@ -490,6 +500,31 @@ mod tests {
         assert!(err.contains("one row of 8"), "{err}");
         let err = super::matvec(&Tensor::zeros([8], (Kind::Double, Device::Cpu)), &w, None, KernelBuild::Best).unwrap_err();
         assert!(err.contains("f32"), "{err}");
+    }
+
+    /// Several weights in one call give, side by side, the bits each gives alone, biases or not;
+    /// a weight whose K is not the input's is refused by index.
+    #[test]
+    fn matvec_many_equals_each_weight_alone() {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(6);
+        let k = 97;
+        let x = Tensor::randn([1, 1, k], (Kind::Float, Device::Cpu));
+        let ws: Vec<Tensor> = [7, 64, 130, 1].iter().map(|&n| Tensor::randn([n, k], (Kind::Float, Device::Cpu))).collect();
+        let bs: Vec<Option<Tensor>> = [true, false, true, false]
+            .iter()
+            .zip(&ws)
+            .map(|(&has, w)| has.then(|| Tensor::randn([w.size()[0]], (Kind::Float, Device::Cpu))))
+            .collect();
+        let pairs: Vec<(&Tensor, Option<&Tensor>)> = ws.iter().zip(&bs).map(|(w, b)| (w, b.as_ref())).collect();
+        for build in BUILDS {
+            let y = super::matvec_many(&x, &pairs, build).unwrap();
+            let alone: Vec<Tensor> = pairs.iter().map(|(w, b)| super::matvec(&x, w, *b, build).unwrap()).collect();
+            assert!(y.equal(&Tensor::cat(&alone, 0)), "{build:?}: the joint call differs from the weights alone");
+        }
+        let odd = Tensor::zeros([4, 96], (Kind::Float, Device::Cpu));
+        let err = super::matvec_many(&x, &[(&ws[0], None), (&odd, None)], KernelBuild::Best).unwrap_err();
+        assert!(err.contains("weight 1"), "{err}");
     }
 
     /// The RMS norm kernel equals the norm computed in f64 to f32 rounding, plain and with Gemma's

@@ -131,7 +131,11 @@ impl Attention {
     fn project(&self, x: &Tensor, b: i64, t: i64) -> (Tensor, Tensor, Tensor) {
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
         match &self.qkv {
-            Qkv::Separate { q_proj, k_proj, v_proj } => (q_proj.forward(x), k_proj.forward(x), v_proj.forward(x)),
+            Qkv::Separate { q_proj, k_proj, v_proj } => {
+                let mut y = Linear::forward_many(&[q_proj, k_proj, v_proj], x).into_iter();
+                let mut next = || y.next().expect("one output per projection");
+                (next(), next(), next())
+            }
             Qkv::Fused { qkv_proj, per_head: false } => {
                 let y = qkv_proj.forward(x);
                 (y.narrow(-1, 0, nh * hd), y.narrow(-1, nh * hd, nkv * hd), y.narrow(-1, (nh + nkv) * hd, nkv * hd))

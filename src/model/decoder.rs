@@ -76,7 +76,11 @@ impl Mlp {
         };
         let h = match (self.kind, &self.gate, &self.up_proj) {
             (MlpKind::Gated, Some(g), Some(u)) => {
-                let (g, u) = (up(g), up(u));
+                let (g, u) = {
+                    let _s = span("mlp: gate and up projections");
+                    let mut y = Linear::forward_many(&[g, u], x).into_iter();
+                    (y.next().expect("gate"), y.next().expect("up"))
+                };
                 let _s = span("mlp: activation and product");
                 self.gated(&g, &u)
             }

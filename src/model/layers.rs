@@ -34,6 +34,17 @@ impl Linear {
         }
     }
 
+    /// `forward` of the same `x` through several layers (q, k and v; gate and up): one call of
+    /// the batch-1 matrix-vector kernel for all of them where it applies and none has an adapter
+    /// ([`crate::model::packed::linear_many`]); the same values as one `forward` each.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
+        if layers.iter().any(|l| l.lora.is_some()) {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        }
+        let ws: Vec<_> = layers.iter().map(|l| (&l.weight, l.bias.as_ref())).collect();
+        crate::model::packed::linear_many(x, &ws)
+    }
+
     /// The last path component of the name (`q_proj`, `gate_up_proj`, ...): what LoRA targets name.
     pub fn kind(&self) -> &str {
         self.name.rsplit('.').next().unwrap_or(&self.name)

@@ -182,6 +182,39 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
     x.linear(w, bias)
 }
 
+/// [`linear`] of the same `x` by several layers `(w, bias)` (q, k and v; gate and up): through
+/// one call of the matrix-vector kernel ([`ffi::matvec_many`]) when that is installed for every
+/// weight, `x` is one row and autograd is off (one parallel region instead of one per weight, the
+/// same values); else one [`linear`] each.
+pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Tensor> {
+    let installed = PACKS.with(|p| {
+        let p = p.borrow();
+        let Some(p) = p.as_ref() else { return false };
+        let d = x.size().last().copied().unwrap_or(0);
+        p.how == How::Matvec
+            && d > 0
+            && x.numel() as i64 == d
+            && layers.iter().all(|(w, _)| p.by_weight.contains_key(&(w.data_ptr() as usize)))
+    });
+    if installed && !grad_enabled() {
+        if let Ok(y) = ffi::matvec_many(x, layers, ffi::KernelBuild::Best) {
+            let mut start = 0;
+            return layers
+                .iter()
+                .map(|(w, _)| {
+                    let n = w.size()[0];
+                    let mut shape = x.size();
+                    *shape.last_mut().expect("x has a last dim") = n;
+                    let part = y.narrow(0, start, n).reshape(shape);
+                    start += n;
+                    part
+                })
+                .collect();
+        }
+    }
+    layers.iter().map(|(w, b)| linear(x, w, *b)).collect()
+}
+
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`; the packed op
 /// has no backward).
 fn grad_enabled() -> bool {
@@ -266,6 +299,30 @@ mod tests {
         let wg = w.detach().set_requires_grad(true);
         assert!(tch::with_grad(|| linear(&x1, &wg, None)).requires_grad());
         drop(scope);
+    }
+
+    /// `linear_many` gives each layer's `linear` result, shaped as x, in one kernel call where
+    /// every weight is installed for the matrix-vector kernel, and falls back to one `linear` each
+    /// for two-row inputs and for a weight not installed.
+    #[test]
+    fn linear_many_equals_one_linear_each() {
+        tch::manual_seed(3);
+        let (wq, wk) = (Tensor::randn([37, 40], (Kind::Float, Device::Cpu)), Tensor::randn([9, 40], (Kind::Float, Device::Cpu)));
+        let bias = Tensor::randn([9], (Kind::Float, Device::Cpu));
+        let other = Tensor::randn([5, 40], (Kind::Float, Device::Cpu));
+        let _scope = install(&[&wq, &wk], How::Matvec, None).unwrap();
+        let _g = tch::no_grad_guard();
+        for rows in [1, 2] {
+            let x = Tensor::randn([1, rows, 40], (Kind::Float, Device::Cpu));
+            for layers in [vec![(&wq, None), (&wk, Some(&bias))], vec![(&wq, None), (&other, None)]] {
+                let got = linear_many(&x, &layers);
+                assert_eq!(got.len(), layers.len());
+                for ((w, b), y) in layers.iter().zip(&got) {
+                    assert_eq!(y.size(), [1, rows, w.size()[0]]);
+                    assert!(y.equal(&linear(&x, w, *b)), "{rows} rows: differs from linear");
+                }
+            }
+        }
     }
 
     /// A cache hands back the copies of unchanged weights (the same packed tensor) and re-packs a
