@@ -477,7 +477,7 @@ extern "C" int r2m_sample_logits(at::Tensor* logits, double temperature, at::Ten
 
 // Whether generation at batch 1 uses r2m_matvec rather than libtorch's product (MKL's gemv) on this
 // CPU: where measured faster. On an AMD EPYC (Zen 4) r2m_matvec streams a decode step's weights at
-// about 23 GB/s against MKL's 16; on Intel Xeons MKL's gemv already reaches about 80 % of the
+// 27-30 GB/s against MKL's 14-19; on Intel Xeons MKL's gemv already reaches about 80 % of the
 // memory bandwidth, and MKL keeps the product there. Needs the AVX2 or AVX-512 build.
 // R2M_MATVEC=r2m or =mkl chooses either way.
 extern "C" int r2m_matvec_preferred() {
