@@ -180,27 +180,25 @@ impl Attention {
         };
         let mask = masks.get(self.layer_type);
         let attn_span = span("attn: softmax(q k^T) v");
-        if let (None, AttnMask::Explicit(m), true) = (self.softcap, mask, t == 1 && kernels::apply_to(&q)) {
-            let scale = self.scale.unwrap_or((hd as f64).powf(-0.5));
-            let y = ffi::decode_attention(&q, &k, &v, m, scale, ffi::KernelBuild::Best)
-                .unwrap_or_else(|e| panic!("decode attention over the KV cache: {e}")); // (B, 1, nh*hd)
-            drop(attn_span);
-            let _s = span("attn: o projection");
-            return self.o_proj.forward(&y);
-        }
-        let y = match self.softcap {
-            None => {
+        let y = match (self.softcap, mask) {
+            // One decode token over the cache, in r2m's kernel: (B, 1, nh*hd) as it comes.
+            (None, AttnMask::Explicit(m)) if t == 1 && kernels::apply_to(&q) => {
+                let scale = self.scale.unwrap_or((hd as f64).powf(-0.5));
+                ffi::decode_attention(&q, &k, &v, m, scale, ffi::KernelBuild::Best)
+                    .unwrap_or_else(|e| panic!("decode attention over the KV cache: {e}"))
+            }
+            (None, _) => {
                 let gqa = nkv != nh;
-                match mask {
+                let y = match mask {
                     AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, self.scale, gqa),
                     AttnMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, self.scale, gqa),
-                }
+                };
+                y.transpose(1, 2).reshape([b, t, nh * hd]) // (B, T, nh*hd)
             }
-            Some(cap) => self.capped_attention(&q, &k, &v, mask, cap),
+            (Some(cap), _) => self.capped_attention(&q, &k, &v, mask, cap).transpose(1, 2).reshape([b, t, nh * hd]),
         };
         drop(attn_span);
         let _s = span("attn: o projection");
-        let y = y.transpose(1, 2).reshape([b, t, nh * hd]); // (B, T, nh*hd)
         self.o_proj.forward(&y)
     }
 
