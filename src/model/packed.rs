@@ -173,9 +173,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
                 How::Cast(k) => return x.to_kind(k).linear(&packed, bias.map(|b| b.to_kind(k)).as_ref()),
             };
             if let Ok(y) = flat {
-                let mut shape = x.size();
-                *shape.last_mut().expect("x has a last dim") = w.size()[0];
-                return y.reshape(shape);
+                return y.reshape(out_shape(x, w));
             }
         }
     }
@@ -203,9 +201,7 @@ pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Ten
                 .iter()
                 .map(|(w, _)| {
                     let n = w.size()[0];
-                    let mut shape = x.size();
-                    *shape.last_mut().expect("x has a last dim") = n;
-                    let part = y.narrow(0, start, n).reshape(shape);
+                    let part = y.narrow(0, start, n).reshape(out_shape(x, w));
                     start += n;
                     part
                 })
@@ -213,6 +209,13 @@ pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Ten
         }
     }
     layers.iter().map(|(w, b)| linear(x, w, *b)).collect()
+}
+
+/// The shape of `x W^T` for `x` (..., in) and `w` (out, in): x's leading dims, then out.
+fn out_shape(x: &Tensor, w: &Tensor) -> Vec<i64> {
+    let mut shape = x.size();
+    *shape.last_mut().expect("x has a last dim") = w.size()[0];
+    shape
 }
 
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`; the packed op
