@@ -1,8 +1,10 @@
 //! A run the grid makes ([`Pending`]) and what follows its training ([`finish_run`]): its RM
-//! accuracy before and after RL, `done.json`, and the archive's copy.
+//! accuracy before and after RL, `done.json`, the report of the runs finished so far, and the
+//! archive's copy.
 use super::archive;
 use super::arm::algo_key;
 use super::config::{ExperimentConfig, RunSpec, Shared};
+use super::report::write_report;
 use super::shared::run_rm_accuracy_after;
 use crate::checkpoint::write_atomic;
 use crate::r2m::Method;
@@ -38,14 +40,22 @@ impl Pending {
 }
 
 /// After a run's training: its RM accuracy before/after RL (`rm_accuracy.json`) and `done.json`
-/// (a run that only extended its evaluations keeps both).
+/// (a run that only extended its evaluations keeps both); then the report of the runs finished so
+/// far and, for a grid with an archive, the archive's copy of both: a grid stopped between runs
+/// leaves a report (and an archive) that matches its finished runs.
 pub(super) fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
-    if p.extend_only {
-        if let Some(a) = &cfg.archive {
-            archive::save(a, &cfg.out, &shared.fingerprints)?;
-        }
-        return Ok(());
+    if !p.extend_only {
+        write_done(cfg, p, shared, wall_s, device)?;
     }
+    write_report(&cfg.out)?;
+    if let Some(a) = &cfg.archive {
+        archive::save(a, &cfg.out, &shared.fingerprints)?;
+    }
+    Ok(())
+}
+
+/// A finished run's `rm_accuracy.json` and `done.json`.
+fn write_done(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64, device: Device) -> Result<()> {
     let (spec, dir) = (&p.spec, &p.rc.out);
     let mut summary = json!({"run": spec.name(), "wall_s": wall_s, "machine": crate::device::describe_host(device)});
     if p.rc.threads > 0 {
@@ -73,8 +83,5 @@ pub(super) fn finish_run(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, w
         summary["rm_accuracy"] = acc;
     }
     write_atomic(&dir.join("done.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    if let Some(a) = &cfg.archive {
-        archive::save(a, &cfg.out, &shared.fingerprints)?;
-    }
     Ok(())
 }

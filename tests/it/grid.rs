@@ -136,8 +136,9 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
 
 /// A grid whose evaluations grow (`rl.final_eval_prompts` raised after its runs finished): each
 /// finished run extends pi_init's and its last step's evaluations from its final checkpoint and
-/// keeps its training, done.json and RM accuracy; the archive takes the grown runs. A finished run
-/// restored from the archive (no checkpoint) cannot extend, and the grid says so.
+/// keeps its training, done.json and RM accuracy; the report and the archive take the grown runs as
+/// each finishes. A finished run restored from the archive (no checkpoint) cannot extend, and the
+/// grid says so.
 #[test]
 fn a_grid_extends_its_finished_runs_when_its_evaluation_grows() {
     let _rng = crate::common::torch_rng_lock();
@@ -155,8 +156,23 @@ fn a_grid_extends_its_finished_runs_when_its_evaluation_grows() {
         .collect();
     let mut grown = cfg.clone();
     grown.run.rl.final_eval_prompts = Some(8);
+    // With a new seed that stops part way: the finished runs extend first, and the report and the
+    // archive's copy of it, written after each run, already count their grown evaluations.
+    let mut stopped = grown.clone();
+    stopped.seeds = vec![0, 1];
+    stopped.run.rl.stop_after = Some(2);
+    let old_results = std::fs::read(cfg.out.join("results.csv")).unwrap();
+    let e = format!("{:#}", run_grid(&stopped, false).unwrap_err());
+    assert!(e.contains("vanilla-rloo-s1") && e.contains("stopped after 2"), "{e}");
+    let (results, archived) =
+        (std::fs::read(cfg.out.join("results.csv")).unwrap(), std::fs::read(d.path().join("archive/results.csv")).unwrap());
+    assert_ne!(results, old_results, "the report was not rewritten after the extended runs");
+    assert_eq!(archived, results);
+    r2m::experiment::write_report(&cfg.out).unwrap();
+    assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results, "the report after the last finished run is stale");
+    std::fs::remove_dir_all(cfg.out.join("vanilla-rloo-s1")).unwrap();
     let o = run_grid(&grown, false).unwrap();
-    assert_eq!(o.ran, runs);
+    assert!(o.ran.is_empty(), "{:?}", o.ran);
     for (r, (done, acc, metrics)) in runs.iter().zip(&before) {
         let e = r2m::metrics::read_jsonl(&cfg.out.join(r).join("eval.jsonl")).unwrap();
         let count = |t: i64| e.iter().filter(|x| x["step"] == t).count();
@@ -171,7 +187,6 @@ fn a_grid_extends_its_finished_runs_when_its_evaluation_grows() {
         let archived = std::fs::read_to_string(d.path().join("archive/runs").join(r).join("eval.jsonl")).unwrap();
         assert_eq!(archived, read(r, "eval.jsonl"), "{r}: archived");
     }
-    assert!(run_grid(&grown, false).unwrap().ran.is_empty());
     // From the archive alone: the grown runs are reused. Grown again, they have no checkpoint to
     // extend from: they run again, after the runs not made yet, and a rerun stopped part way
     // resumes from its own checkpoint rather than from the archive's older result.
