@@ -210,9 +210,14 @@ fn setup(cfg: &ExperimentConfig, progress: bool) -> Result<(Device, Shared)> {
 
 /// `r2m experiment --report-only`: the report from the run folders in `out`, after restoring the
 /// archive's finished runs into it (so a fresh machine writes the report of the archived grid);
-/// the report is then archived too. Trains nothing.
+/// the report is then archived too. Trains nothing. It holds the grid folder's lock: restoring
+/// could replace the folder of a run a grid is making again, so a running grid refuses it (that
+/// grid rewrites its report after each run it finishes).
 pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSummary> {
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let _lock = crate::lock::FolderLock::acquire(&cfg.out, "experiment folder").context(
+        "--report-only restores the archived runs into the grid folder, where a running grid may be making one of them again; \
+         the running grid rewrites its report.md after each finished run",
+    )?;
     // The archived experiment.toml is the config of the command that wrote the report beside it,
     // not of a grid started since in the same folder.
     crate::config::save(cfg, &cfg.out.join("experiment.toml"))?;

@@ -122,6 +122,12 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     // A grid started since in the same folder left its own experiment.toml: the report's is archived.
     std::fs::create_dir_all(&cfg.out).unwrap();
     std::fs::write(cfg.out.join("experiment.toml"), "# another grid's selection\n").unwrap();
+    {
+        // Not beside a running grid, whose rerun's folder restoring would replace.
+        let _grid = r2m::lock::FolderLock::acquire(&cfg.out, "experiment folder").unwrap();
+        let e = format!("{:#}", report_only(&cfg, false).unwrap_err());
+        assert!(e.contains("running grid") && e.contains("is in use by"), "{e}");
+    }
     assert_eq!(report_only(&cfg, false).unwrap().n_runs, 4);
     assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
     let saved = std::fs::read_to_string(arch.join("experiment.toml")).unwrap();
