@@ -166,8 +166,10 @@ pub struct AlgoConfig {
     /// same seed, policy, held-out prompts, evaluation sampling and reward at pi_init, as a grid's
     /// runs of one seed are under other algorithms. This run samples and scores the first call of
     /// that evaluation (`rl.generation_batch` rows) itself; where those rows agree with the
-    /// other run's (the same prompts, tokens, lengths and scores to 1e-4), it takes the other
-    /// run's rows instead of evaluating the rest, else it evaluates pi_init in full and says why.
+    /// other run's (the same prompts, lengths and scores to rounding, in all but a tenth of the
+    /// rows at most: float rounding turns a sampled token now and then, more often between CPU
+    /// types), it takes the other run's rows instead of evaluating the rest, else it evaluates
+    /// pi_init in full and says why.
     /// One process only.
     pub pi_init_eval_from: Option<std::path::PathBuf>,
     pub eval_temperature: f64,
