@@ -232,15 +232,14 @@ const KL_ROUNDING_PER_TOKEN: f64 = 1e-5;
 /// rows are then kept as they are: each is one sample of the same policy on its prompt.
 fn disagreement(mine: &[Row], theirs: &[Row]) -> Option<String> {
     let differ: Vec<String> = mine.iter().zip(theirs).filter_map(|(a, b)| row_difference(a, b)).collect();
-    let first = differ.first()?;
-    if differ.len() * 10 > mine.len().min(theirs.len()) {
-        return Some(format!("{} of {} rows differ ({first})", differ.len(), mine.len().min(theirs.len())));
+    let (first, n) = (differ.first()?, mine.len().min(theirs.len()));
+    if differ.len() * 10 > n {
+        return Some(format!("{} of {n} rows differ ({first})", differ.len()));
     }
     eprintln!(
-        "rl: {} of {} rows differ from the rows made earlier, as float rounding turns a sampled token now and then ({first}); the rows \
+        "rl: {} of {n} rows differ from the rows made earlier, as float rounding turns a sampled token now and then ({first}); the rows \
          made earlier are kept",
-        differ.len(),
-        mine.len().min(theirs.len())
+        differ.len()
     );
     None
 }
