@@ -11,8 +11,8 @@
 //   one pass instead of several tensor ops.
 //
 // Each kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
-// other CPUs), from the same source: GCC's generic vectors, which each build lowers to its own
-// width. The widest level the CPU has is picked at load time (R2M_CPU_KERNELS=avx2 or =baseline
+// other CPUs), from the same source: 16 lanes held as GCC generic vectors of the build's own
+// register width (`Vec<C>` below). The widest level the CPU has is picked at load time (R2M_CPU_KERNELS=avx2 or =baseline
 // forces a lower one). Rows are spread over ATen's intra-op threads; each row is computed
 // sequentially, so results do not depend on the thread count. The builds do the same operations
 // in the same order (16 lanes; build.rs turns off the contraction into fused multiply-adds), so
@@ -34,58 +34,134 @@ using r2m::guarded;
 
 #define R2M_INLINE inline __attribute__((always_inline))
 
-// 16 floats, 16 int32: GCC's generic vectors, which each build lowers to its own
-// width (one AVX-512 register, two AVX2 registers, four SSE registers).
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+// Every kernel computes in 16 lanes on every CPU: each build does the same operations in the same
+// order, so every build gives the same bits. A build holds the 16 lanes as kW / C vectors of C
+// lanes, C being the widest float vector its instruction set has: 16 for AVX-512, 8 for AVX2, 4
+// for SSE (and NEON). (GCC keeps a 16-lane generic vector that no register of the build holds in
+// memory, and makes its comparisons and splats lane by lane: C-lane pieces stay in registers.)
 constexpr int64_t kW = 16;
 
-static R2M_INLINE vf load(const float* p) {
-  vf x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
+template <int C>
+struct Vec {
+  typedef float P __attribute__((vector_size(C * 4)));
+  typedef int32_t I __attribute__((vector_size(C * 4)));
+  static constexpr int kN = kW / C;
+  P p[kN];
+};
+
+template <int C>
+static R2M_INLINE Vec<C> load(const float* x) {
+  Vec<C> r;
+  for (int i = 0; i < Vec<C>::kN; ++i) std::memcpy(&r.p[i], x + i * C, sizeof r.p[i]);
+  return r;
 }
-static R2M_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
-static R2M_INLINE vf splat(float x) { return vf{} + x; }
+template <int C>
+static R2M_INLINE void store(float* y, Vec<C> x) {
+  for (int i = 0; i < Vec<C>::kN; ++i) std::memcpy(y + i * C, &x.p[i], sizeof x.p[i]);
+}
+template <int C>
+static R2M_INLINE Vec<C> splat(float x) {
+  Vec<C> r;
+  for (int i = 0; i < Vec<C>::kN; ++i) r.p[i] = typename Vec<C>::P{} + x;
+  return r;
+}
+template <int C>
+static R2M_INLINE Vec<C> zero() {
+  return splat<C>(0.0f);
+}
+
+#define R2M_LANEWISE(OP)                                                   \
+  template <int C>                                                         \
+  static R2M_INLINE Vec<C> operator OP(Vec<C> a, Vec<C> b) {               \
+    for (int i = 0; i < Vec<C>::kN; ++i) a.p[i] = a.p[i] OP b.p[i];        \
+    return a;                                                              \
+  }                                                                        \
+  template <int C>                                                         \
+  static R2M_INLINE Vec<C> operator OP(Vec<C> a, float b) {                \
+    for (int i = 0; i < Vec<C>::kN; ++i) a.p[i] = a.p[i] OP b;             \
+    return a;                                                              \
+  }
+R2M_LANEWISE(+)
+R2M_LANEWISE(-)
+R2M_LANEWISE(*)
+R2M_LANEWISE(/)
+#undef R2M_LANEWISE
+template <int C>
+static R2M_INLINE Vec<C>& operator+=(Vec<C>& a, Vec<C> b) {
+  return a = a + b;
+}
+
+// Lane-wise a > b ? a : b (b where either is NaN).
+template <int C>
+static R2M_INLINE Vec<C> vmax(Vec<C> a, Vec<C> b) {
+  for (int i = 0; i < Vec<C>::kN; ++i) a.p[i] = a.p[i] > b.p[i] ? a.p[i] : b.p[i];
+  return a;
+}
+
 #if defined(__clang__)
-#define R2M_SWAP(x, ...) __builtin_shufflevector(x, x, __VA_ARGS__)
+#define R2M_SWAP(C, x, ...) __builtin_shufflevector(x, x, __VA_ARGS__)
 #else
-#define R2M_SWAP(x, ...) __builtin_shuffle(x, vi{__VA_ARGS__})
+#define R2M_SWAP(C, x, ...) __builtin_shuffle(x, typename Vec<C>::I{__VA_ARGS__})
 #endif
-static R2M_INLINE float hsum(vf x) {
-  // A butterfly of lane swaps: every lane ends up with the total.
-  x += R2M_SWAP(x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  x += R2M_SWAP(x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  x += R2M_SWAP(x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  x += R2M_SWAP(x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  return x[0];
+// The sum of the 16 lanes by a butterfly: lane i adds lane i ^ 8, then i ^ 4, i ^ 2, i ^ 1 (pieces
+// first, then lanes within a piece), and lane 0 holds the total: the same additions in the same
+// order in every build.
+template <int C>
+static R2M_INLINE float hsum(Vec<C> x) {
+  for (int d = Vec<C>::kN / 2; d >= 1; d /= 2)
+    for (int i = 0; i < d; ++i) x.p[i] = x.p[i] + x.p[i + d];
+  typename Vec<C>::P a = x.p[0];
+  if constexpr (C == 16) {
+    a += R2M_SWAP(16, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    a += R2M_SWAP(16, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    a += R2M_SWAP(16, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    a += R2M_SWAP(16, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  } else if constexpr (C == 8) {
+    a += R2M_SWAP(8, a, 4, 5, 6, 7, 0, 1, 2, 3);
+    a += R2M_SWAP(8, a, 2, 3, 0, 1, 6, 7, 4, 5);
+    a += R2M_SWAP(8, a, 1, 0, 3, 2, 5, 4, 7, 6);
+  } else {
+    static_assert(C == 4, "16, 8 or 4 lanes a piece");
+    a += R2M_SWAP(4, a, 2, 3, 0, 1);
+    a += R2M_SWAP(4, a, 1, 0, 3, 2);
+  }
+  return a[0];
 }
-static R2M_INLINE float hmax(vf x) {
-  float m = x[0];
-  for (int i = 1; i < kW; ++i) m = x[i] > m ? x[i] : m;
+template <int C>
+static R2M_INLINE float hmax(Vec<C> x) {
+  float m = x.p[0][0];
+  for (int l = 1; l < kW; ++l) m = x.p[l / C][l % C] > m ? x.p[l / C][l % C] : m;
   return m;
 }
 
 // e^x for x <= 0 (logits minus their max; -inf gives 0), lane by lane: Cody-Waite reduction to
 // r in [-ln2/2, ln2/2] and Cephes' expf polynomial (relative error ~1e-7); below -87 it is 0.
-static R2M_INLINE vf exp_nonpos(vf x) {
-  const auto under = x < -87.0f;
-  x = under ? splat(-87.0f) : x;
-  const vf t = x * 1.44269504088896341f;
-  const vi ni = __builtin_convertvector(t - 0.5f, vi);  // round to nearest (t <= 0)
-  const vf n = __builtin_convertvector(ni, vf);
-  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
+template <int C>
+static R2M_INLINE typename Vec<C>::P exp_nonpos(typename Vec<C>::P x) {
+  typedef typename Vec<C>::P P;
+  typedef typename Vec<C>::I I;
+  const I under = x < -87.0f;
+  x = under ? P{} - 87.0f : x;
+  const P t = x * 1.44269504088896341f;
+  const I ni = __builtin_convertvector(t - 0.5f, I);  // round to nearest (t <= 0)
+  const P n = __builtin_convertvector(ni, P);
+  const P r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  P p = P{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const vi bits = (ni + 127) << 23;
-  vf scale;
+  const I bits = (ni + 127) << 23;
+  P scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return under ? splat(0.0f) : p * scale;
+  return under ? P{} : p * scale;
+}
+template <int C>
+static R2M_INLINE Vec<C> exp_nonpos(Vec<C> x) {
+  for (int i = 0; i < Vec<C>::kN; ++i) x.p[i] = exp_nonpos<C>(x.p[i]);
+  return x;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,23 +179,24 @@ constexpr int64_t kBlock = 256;
 // exceeds u x s, then a sequential f64 sum from the block's start finds the token (if rounding
 // leaves that sum short of the target, the block's last token with weight is taken); zero-weight
 // tokens are never drawn. NaN or +inf anywhere: token V - 1, NaN log-prob and entropy.
+template <int C>
 static R2M_INLINE void sample_row(const float* x, int64_t v, float t, double u, float* scratch, double* blocks, int64_t* tok,
                                   float* lp, float* ent) {
   const int64_t v_pad = (v + kW - 1) / kW * kW;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  vf mv = splat(neg_inf);
-  vi nan = vi{};
+  Vec<C> mv = splat<C>(neg_inf);
+  typename Vec<C>::I nan[Vec<C>::kN] = {};
   int64_t i = 0;
   for (; i + kW <= v; i += kW) {
-    const vf y = load(x + i) / t;
+    const Vec<C> y = load<C>(x + i) / t;
     store(scratch + i, y);
-    mv = y > mv ? y : mv;
-    nan |= y != y;
+    mv = vmax(y, mv);
+    for (int k = 0; k < Vec<C>::kN; ++k) nan[k] |= y.p[k] != y.p[k];
   }
   for (; i < v_pad; ++i) scratch[i] = i < v ? x[i] / t : neg_inf;
-  float m = hmax(mv);
+  float m = hmax<C>(mv);
   bool bad = false;
-  for (int l = 0; l < kW; ++l) bad |= nan[l] != 0;
+  for (int l = 0; l < kW; ++l) bad |= nan[l / C][l % C] != 0;
   for (i = v / kW * kW; i < v; ++i) {
     bad |= scratch[i] != scratch[i];
     m = scratch[i] > m ? scratch[i] : m;
@@ -130,17 +207,18 @@ static R2M_INLINE void sample_row(const float* x, int64_t v, float t, double u, 
   if (!bad) {
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t lo = b * kBlock, hi = lo + kBlock < v_pad ? lo + kBlock : v_pad;
-      vf acc = vf{}, eacc = vf{};
+      Vec<C> acc = zero<C>(), eacc = zero<C>();
       for (int64_t j = lo; j < hi; j += kW) {
-        const vf d = load(scratch + j) - m;
-        const vf e = exp_nonpos(d);
+        const Vec<C> d = load<C>(scratch + j) - m;
+        const Vec<C> e = exp_nonpos(d);
         store(scratch + j, e);
         acc += e;
-        eacc += e > 0.0f ? e * d : vf{};
+        for (int k = 0; k < Vec<C>::kN; ++k)
+          eacc.p[k] += e.p[k] > 0.0f ? e.p[k] * d.p[k] : typename Vec<C>::P{};
       }
-      blocks[b] = hsum(acc);
+      blocks[b] = hsum<C>(acc);
       s += blocks[b];
-      es += hsum(eacc);
+      es += hsum<C>(eacc);
     }
   }
   if (bad || !(s > 0.0)) {
@@ -188,21 +266,22 @@ constexpr int64_t kAcc = 4;
 // in the same order whichever thread computes it: the accumulators over whole groups of kAcc
 // vectors, the remaining vectors into the first, the accumulators added pairwise, the lane sums'
 // butterfly, then the tail elements in order.
+template <int C>
 static R2M_INLINE void matvec_rows(const float* w, const float* x, const float* bias, float* y, int64_t n0, int64_t n1,
                                    int64_t k) {
   const int64_t kv = k / kW * kW, kg = k / (kAcc * kW) * (kAcc * kW);
   for (int64_t n = n0; n < n1; ++n) {
     const float* wr = w + n * k;
-    vf a0 = vf{}, a1 = vf{}, a2 = vf{}, a3 = vf{};
+    Vec<C> a0 = zero<C>(), a1 = zero<C>(), a2 = zero<C>(), a3 = zero<C>();
     int64_t i = 0;
     for (; i < kg; i += kAcc * kW) {
-      a0 += load(wr + i) * load(x + i);
-      a1 += load(wr + i + kW) * load(x + i + kW);
-      a2 += load(wr + i + 2 * kW) * load(x + i + 2 * kW);
-      a3 += load(wr + i + 3 * kW) * load(x + i + 3 * kW);
+      a0 += load<C>(wr + i) * load<C>(x + i);
+      a1 += load<C>(wr + i + kW) * load<C>(x + i + kW);
+      a2 += load<C>(wr + i + 2 * kW) * load<C>(x + i + 2 * kW);
+      a3 += load<C>(wr + i + 3 * kW) * load<C>(x + i + 3 * kW);
     }
-    for (; i < kv; i += kW) a0 += load(wr + i) * load(x + i);
-    float s = hsum((a0 + a1) + (a2 + a3));
+    for (; i < kv; i += kW) a0 += load<C>(wr + i) * load<C>(x + i);
+    float s = hsum<C>((a0 + a1) + (a2 + a3));
     for (; i < k; ++i) s += wr[i] * x[i];
     y[n] = bias != nullptr ? s + bias[n] : s;
   }
@@ -221,6 +300,7 @@ static R2M_INLINE void matvec_rows(const float* w, const float* x, const float* 
 // Key rows prefetched ahead of the one being scored.
 constexpr int64_t kAhead = 8;
 
+template <int C>
 static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k, const float* v, int64_t kv_ss,
                                     const bool* valid, int64_t m_ss, int64_t s, int64_t hd, int64_t rep, float scale,
                                     float* scores, float* out) {
@@ -238,9 +318,9 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
       float d = neg_inf;
       if (on) {
         const float* qr = q + r * q_hs;
-        vf a = vf{};
-        for (int64_t i = 0; i < hv; i += kW) a += load(qr + i) * load(kj + i);
-        d = hsum(a);
+        Vec<C> a = zero<C>();
+        for (int64_t i = 0; i < hv; i += kW) a += load<C>(qr + i) * load<C>(kj + i);
+        d = hsum<C>(a);
         for (int64_t i = hv; i < hd; ++i) d += qr[i] * kj[i];
         d *= scale;
       }
@@ -250,21 +330,21 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
   float inv[64];
   for (int64_t r = 0; r < rep; ++r) {
     float* e = scores + r * s_pad;
-    vf mv = splat(neg_inf);
+    Vec<C> mv = splat<C>(neg_inf);
     for (int64_t j = 0; j < s_pad; j += kW) {
-      const vf x = load(e + j);
-      mv = x > mv ? x : mv;
+      const Vec<C> x = load<C>(e + j);
+      mv = vmax(x, mv);
     }
-    const float m = hmax(mv);
-    vf acc = vf{};
+    const float m = hmax<C>(mv);
+    Vec<C> acc = zero<C>();
     if (m > neg_inf) {
       for (int64_t j = 0; j < s_pad; j += kW) {
-        const vf x = exp_nonpos(load(e + j) - m);
+        const Vec<C> x = exp_nonpos(load<C>(e + j) - m);
         store(e + j, x);
         acc += x;
       }
     }
-    const float sum = hsum(acc);
+    const float sum = hsum<C>(acc);
     inv[r] = sum > 0.0f ? 1.0f / sum : std::numeric_limits<float>::quiet_NaN();
     std::memset(out + r * hd, 0, sizeof(float) * hd);
   }
@@ -274,8 +354,8 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
     for (int64_t r = 0; r < rep; ++r) {
       const float w = scores[r * s_pad + j];
       float* o = out + r * hd;
-      const vf wv = splat(w);
-      for (int64_t i = 0; i < hv; i += kW) store(o + i, load(o + i) + wv * load(vj + i));
+      const Vec<C> wv = splat<C>(w);
+      for (int64_t i = 0; i < hv; i += kW) store(o + i, load<C>(o + i) + wv * load<C>(vj + i));
       for (int64_t i = hv; i < hd; ++i) o[i] += w * vj[i];
     }
   }
@@ -289,18 +369,19 @@ static R2M_INLINE void attend_group(const float* q, int64_t q_hs, const float* k
 // One row of d values: y = (x * r) * (w + add_one), r = 1 / sqrt(sum(x^2) / d + eps), as the
 // decoder's RMSNorm computes in f32 (Gemma's scales by 1 + w: add_one = 1). The sum of squares
 // runs in 16 lanes, then their butterfly, then the tail in order.
+template <int C>
 static R2M_INLINE void rms_row(const float* x, const float* w, float add_one, int64_t d, float eps, float* y) {
   const int64_t dv = d / kW * kW;
-  vf a = vf{};
+  Vec<C> a = zero<C>();
   for (int64_t i = 0; i < dv; i += kW) {
-    const vf xv = load(x + i);
+    const Vec<C> xv = load<C>(x + i);
     a += xv * xv;
   }
-  float ss = hsum(a);
+  float ss = hsum<C>(a);
   for (int64_t i = dv; i < d; ++i) ss += x[i] * x[i];
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
-  const vf rv = splat(r), one = splat(add_one);
-  for (int64_t i = 0; i < dv; i += kW) store(y + i, (load(x + i) * rv) * (load(w + i) + one));
+  const Vec<C> rv = splat<C>(r), one = splat<C>(add_one);
+  for (int64_t i = 0; i < dv; i += kW) store(y + i, (load<C>(x + i) * rv) * (load<C>(w + i) + one));
   for (int64_t i = dv; i < d; ++i) y[i] = (x[i] * r) * (w[i] + add_one);
 }
 
@@ -310,12 +391,13 @@ static R2M_INLINE void rms_row(const float* x, const float* w, float add_one, in
 // One head's row of hd values turned by RoPE over its first rot dims (cos, sin: rot values, the
 // two halves equal): y = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1), the rest passes
 // through. The same roundings as the tensor ops (x cos, then + (-x2 sin)): the same bits.
+template <int C>
 static R2M_INLINE void rope_row(const float* x, const float* c, const float* sn, int64_t rot, int64_t hd, float* y) {
   const int64_t half = rot / 2, hv = half / kW * kW;
   for (int64_t i = 0; i < hv; i += kW) {
-    const vf x1 = load(x + i), x2 = load(x + half + i);
-    store(y + i, x1 * load(c + i) - x2 * load(sn + i));
-    store(y + half + i, x2 * load(c + half + i) + x1 * load(sn + half + i));
+    const Vec<C> x1 = load<C>(x + i), x2 = load<C>(x + half + i);
+    store(y + i, x1 * load<C>(c + i) - x2 * load<C>(sn + i));
+    store(y + half + i, x2 * load<C>(c + half + i) + x1 * load<C>(sn + half + i));
   }
   for (int64_t i = hv; i < half; ++i) {
     const float x1 = x[i], x2 = x[half + i];
@@ -327,14 +409,21 @@ static R2M_INLINE void rope_row(const float* x, const float* c, const float* sn,
 
 // silu(g) u over n values: silu(g) = g / (1 + e^-g), e^-g from exp_nonpos (for g < 0 as
 // g e^g / (e^g + 1)).
+template <int C>
 static R2M_INLINE void silu_mul_row(const float* g, const float* u, int64_t n, float* y) {
   const int64_t nv = n / kW * kW;
+  typedef typename Vec<C>::P P;
   for (int64_t i = 0; i < nv; i += kW) {
-    const vf x = load(g + i);
-    const auto neg = x < 0.0f;
-    const vf e = exp_nonpos(neg ? x : -x);
-    const vf s = neg ? x * e / (e + 1.0f) : x / (e + 1.0f);
-    store(y + i, s * load(u + i));
+    const Vec<C> x = load<C>(g + i), ui = load<C>(u + i);
+    Vec<C> out;
+    for (int k = 0; k < Vec<C>::kN; ++k) {
+      const P xk = x.p[k];
+      const auto neg = xk < 0.0f;
+      const P e = exp_nonpos<C>(neg ? xk : -xk);
+      const P s = neg ? xk * e / (e + 1.0f) : xk / (e + 1.0f);
+      out.p[k] = s * ui.p[k];
+    }
+    store(y + i, out);
   }
   for (int64_t i = nv; i < n; ++i) {
     const float x = g[i];
@@ -346,31 +435,31 @@ static R2M_INLINE void silu_mul_row(const float* g, const float* u, int64_t n, f
 // ---------------------------------------------------------------------------------------------
 // The three builds of each kernel and the pick between them.
 
-#define R2M_KERNELS(SUFFIX, TARGET)                                                                                     \
-  TARGET static void sample_rows_##SUFFIX(const float* x, float t, const double* u, int64_t b0, int64_t b1, int64_t v,      \
-                                          float* scratch, double* blocks, int64_t* tok, float* lp, float* ent) {         \
-    for (int64_t b = b0; b < b1; ++b) sample_row(x + b * v, v, t, u[b], scratch, blocks, tok + b, lp + b, ent + b);    \
+#define R2M_KERNELS(SUFFIX, TARGET, C)                                                                                  \
+  TARGET static void sample_rows_##SUFFIX(const float* x, float t, const double* u, int64_t b0, int64_t b1, int64_t v,  \
+                                          float* scratch, double* blocks, int64_t* tok, float* lp, float* ent) {        \
+    for (int64_t b = b0; b < b1; ++b) sample_row<C>(x + b * v, v, t, u[b], scratch, blocks, tok + b, lp + b, ent + b);  \
   }                                                                                                                     \
   TARGET static void matvec_rows_##SUFFIX(const float* w, const float* x, const float* bias, float* y, int64_t n0,      \
                                           int64_t n1, int64_t k) {                                                      \
-    matvec_rows(w, x, bias, y, n0, n1, k);                                                                              \
+    matvec_rows<C>(w, x, bias, y, n0, n1, k);                                                                           \
   }                                                                                                                     \
-  TARGET static void rms_rows_##SUFFIX(const float* x, const float* w, float add_one, int64_t r0, int64_t r1, int64_t d,  \
+  TARGET static void rms_rows_##SUFFIX(const float* x, const float* w, float add_one, int64_t r0, int64_t r1, int64_t d, \
                                        float eps, float* y) {                                                           \
-    for (int64_t r = r0; r < r1; ++r) rms_row(x + r * d, w, add_one, d, eps, y + r * d);                              \
+    for (int64_t r = r0; r < r1; ++r) rms_row<C>(x + r * d, w, add_one, d, eps, y + r * d);                             \
   }                                                                                                                     \
-  TARGET static void rope_rows_##SUFFIX(const float* x, const int64_t* x_st, const float* c, const float* sn,            \
-                                        int64_t r0, int64_t r1, int64_t h, int64_t t, int64_t rot, int64_t hd,        \
+  TARGET static void rope_rows_##SUFFIX(const float* x, const int64_t* x_st, const float* c, const float* sn,           \
+                                        int64_t r0, int64_t r1, int64_t h, int64_t t, int64_t rot, int64_t hd,          \
                                         float* y) {                                                                     \
     for (int64_t r = r0; r < r1; ++r) {                                                                                 \
       const int64_t b = r / (h * t), hi = r / t % h, ti = r % t;                                                        \
       const int64_t tab = (b * t + ti) * rot;                                                                           \
-      rope_row(x + b * x_st[0] + hi * x_st[1] + ti * x_st[2], c + tab, sn + tab, rot, hd, y + r * hd);                \
+      rope_row<C>(x + b * x_st[0] + hi * x_st[1] + ti * x_st[2], c + tab, sn + tab, rot, hd, y + r * hd);               \
     }                                                                                                                   \
   }                                                                                                                     \
-  TARGET static void silu_mul_rows_##SUFFIX(const float* g, int64_t g_rs, const float* u, int64_t u_rs, int64_t r0,    \
+  TARGET static void silu_mul_rows_##SUFFIX(const float* g, int64_t g_rs, const float* u, int64_t u_rs, int64_t r0,     \
                                             int64_t r1, int64_t n, float* y) {                                          \
-    for (int64_t r = r0; r < r1; ++r) silu_mul_row(g + r * g_rs, u + r * u_rs, n, y + r * n);                           \
+    for (int64_t r = r0; r < r1; ++r) silu_mul_row<C>(g + r * g_rs, u + r * u_rs, n, y + r * n);                        \
   }                                                                                                                     \
   TARGET static void attend_groups_##SUFFIX(const float* q, const int64_t* q_st, const float* k, const float* v,        \
                                             const int64_t* kv_st, const bool* m, const int64_t* m_st, int64_t g0,       \
@@ -378,16 +467,16 @@ static R2M_INLINE void silu_mul_row(const float* g, const float* u, int64_t n, f
                                             float* scores, float* out) {                                                \
     for (int64_t g = g0; g < g1; ++g) {                                                                                 \
       const int64_t b = g / nkv, h = g % nkv;                                                                           \
-      attend_group(q + b * q_st[0] + h * rep * q_st[1], q_st[1], k + b * kv_st[0] + h * kv_st[1],                       \
+      attend_group<C>(q + b * q_st[0] + h * rep * q_st[1], q_st[1], k + b * kv_st[0] + h * kv_st[1],                    \
                    v + b * kv_st[2] + h * kv_st[3], kv_st[4], m + b * m_st[0], m_st[1], s, hd, rep, scale, scores,      \
                    out + g * rep * hd);                                                                                 \
     }                                                                                                                   \
   }
 #if defined(__x86_64__)
-R2M_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512"))))
-R2M_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+R2M_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512"))), 16)
+R2M_KERNELS(avx2, __attribute__((target("avx2,fma"))), 8)
 #endif
-R2M_KERNELS(baseline, )
+R2M_KERNELS(baseline, , 4)
 
 enum Level { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
