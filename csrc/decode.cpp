@@ -12,9 +12,9 @@
 //
 // Each kernel is compiled three times, for AVX-512, AVX2 + FMA and baseline x86-64 (or once, on
 // other CPUs), from the same source: 16 lanes held as GCC generic vectors of the build's own
-// register width (`Vec<C>` below). The widest level the CPU has is picked at load time (R2M_CPU_KERNELS=avx2 or =baseline
-// forces a lower one). Rows are spread over ATen's intra-op threads; each row is computed
-// sequentially, so results do not depend on the thread count. The builds do the same operations
+// register width (`Vec<C>` below). The widest level the CPU has is picked at load time
+// (R2M_CPU_KERNELS=avx2 or =baseline forces a lower one). Rows are spread over ATen's intra-op
+// threads; each row is computed sequentially, so results do not depend on the thread count. The builds do the same operations
 // in the same order (16 lanes; build.rs turns off the contraction into fused multiply-adds), so
 // they give the same bits.
 #include <ATen/Parallel.h>
