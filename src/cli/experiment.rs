@@ -25,7 +25,10 @@ pub fn run(a: Args) -> Result<()> {
     let sets = a.run.sets(&[], &[("jobs", a.jobs)]);
     let cfg: ExperimentConfig = crate::config::load(a.config.as_deref(), &sets)?;
     if a.report_only {
-        let r = report_only(&cfg, !a.run.quiet)?;
+        // The archive takes the report only when it is written in the grid's own folder (the
+        // config file's `out`); a report written elsewhere (`--out DIR`) leaves the archive as it is.
+        let own: ExperimentConfig = crate::config::load(a.config.as_deref(), &[])?;
+        let r = report_only(&cfg, same_folder(&own.out, &cfg.out), !a.run.quiet)?;
         print_report(&r);
         return Ok(());
     }
@@ -49,6 +52,15 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Whether `a` and `b` name one folder (either may not exist yet).
+fn same_folder(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => abs(a) == abs(b),
+    }
+}
+
 pub(crate) fn print_report(r: &crate::experiment::ReportSummary) {
     println!("{}", r.table);
     for v in &r.verdicts {
@@ -64,4 +76,23 @@ pub(crate) fn print_report(r: &crate::experiment::ReportSummary) {
 pub(crate) fn print_outcome(o: &GridOutcome) {
     print_report(&o.report);
     println!("{} runs made, {} reused; {:.1} min", o.ran.len(), o.skipped.len(), o.wall_s / 60.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_folder;
+
+    #[test]
+    fn same_folder_compares_what_paths_name_not_how_they_are_spelt() {
+        let d = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let runs = d.path().join("runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        std::fs::create_dir_all(d.path().join("x")).unwrap();
+        assert!(same_folder(&runs, &d.path().join("x/../runs")));
+        assert!(!same_folder(&runs, &d.path().join("other")));
+        // Not made yet: compared as absolute paths.
+        assert!(same_folder(std::path::Path::new("not-made/yet"), &cwd.join("not-made/yet")));
+        assert!(!same_folder(std::path::Path::new("not-made/yet"), std::path::Path::new("not-made/other")));
+    }
 }

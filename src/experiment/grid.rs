@@ -209,11 +209,12 @@ fn setup(cfg: &ExperimentConfig, progress: bool) -> Result<(Device, Shared)> {
 }
 
 /// `r2m experiment --report-only`: the report from the run folders in `out`, after restoring the
-/// archive's finished runs into it (so a fresh machine writes the report of the archived grid);
-/// the report is then archived too. Trains nothing. It holds the grid folder's lock: restoring
-/// could replace the folder of a run a grid is making again, so a running grid refuses it (that
-/// grid rewrites its report after each run it finishes).
-pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSummary> {
+/// archive's finished runs into it (so a fresh machine writes the report of the archived grid).
+/// With `update_archive` the report is archived too; without it (a report written somewhere else
+/// than the grid's own folder) the archive is only read. Trains nothing. It holds the grid
+/// folder's lock: restoring could replace the folder of a run a grid is making again, so a running
+/// grid refuses it (that grid rewrites its report after each run it finishes).
+pub fn report_only(cfg: &ExperimentConfig, update_archive: bool, progress: bool) -> Result<ReportSummary> {
     let _lock = crate::lock::FolderLock::acquire(&cfg.out, "experiment folder").context(
         "--report-only restores the archived runs into the grid folder, where a running grid may be making one of them again; \
          the running grid rewrites its report.md after each finished run",
@@ -229,8 +230,12 @@ pub fn report_only(cfg: &ExperimentConfig, progress: bool) -> Result<ReportSumma
         }
     }
     let report = write_report(&cfg.out)?;
-    if let Some(a) = &cfg.archive {
-        archive::save(a, &cfg.out, &BTreeMap::new())?;
+    match &cfg.archive {
+        Some(a) if update_archive => {
+            archive::save(a, &cfg.out, &BTreeMap::new())?;
+        }
+        Some(a) => say(progress, format!("the archive {} is left as it is: this report is not the grid's own folder's", a.display())),
+        None => {}
     }
     Ok(report)
 }

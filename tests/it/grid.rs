@@ -125,13 +125,21 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     {
         // Not beside a running grid, whose rerun's folder restoring would replace.
         let _grid = r2m::lock::FolderLock::acquire(&cfg.out, "experiment folder").unwrap();
-        let e = format!("{:#}", report_only(&cfg, false).unwrap_err());
+        let e = format!("{:#}", report_only(&cfg, true, false).unwrap_err());
         assert!(e.contains("running grid") && e.contains("is in use by"), "{e}");
     }
-    assert_eq!(report_only(&cfg, false).unwrap().n_runs, 4);
+    assert_eq!(report_only(&cfg, true, false).unwrap().n_runs, 4);
     assert_eq!(std::fs::read(cfg.out.join("results.csv")).unwrap(), results);
     let saved = std::fs::read_to_string(arch.join("experiment.toml")).unwrap();
     assert!(!saved.contains("another grid") && saved.contains("archive ="), "{saved}");
+    // A report written in another folder reads the archive and leaves it as it is.
+    let archived = |f: &str| std::fs::read(arch.join(f)).unwrap();
+    let (toml, md) = (archived("experiment.toml"), archived("report.md"));
+    let elsewhere = ExperimentConfig { out: d.path().join("elsewhere"), ..cfg.clone() };
+    assert_eq!(report_only(&elsewhere, false, false).unwrap().n_runs, 4);
+    assert_eq!(std::fs::read(elsewhere.out.join("results.csv")).unwrap(), results);
+    assert!(std::fs::read_to_string(elsewhere.out.join("experiment.toml")).unwrap().contains("elsewhere"));
+    assert_eq!((archived("experiment.toml"), archived("report.md")), (toml, md), "the archive changed");
     // An archived run made with another config than the grid's is refused, naming it.
     std::fs::remove_dir_all(&cfg.out).unwrap();
     let mut changed = cfg.clone();
