@@ -61,6 +61,14 @@ fn write_done(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64,
     if p.rc.threads > 0 {
         summary["threads"] = json!(p.rc.threads);
     }
+    // `wall_s` is this process's time: a run resumed from a checkpoint spent more. Its metrics
+    // hold every step's and evaluation's own time, whichever process made them.
+    if p.resume {
+        summary["resumed"] = json!(true);
+    }
+    let rows = crate::metrics::read_jsonl(&dir.join("metrics.jsonl")).with_context(|| format!("{}: metrics", dir.display()))?;
+    let timed: f64 = rows.iter().flat_map(|r| ["time/step", "time/eval"].map(|k| r.get(k).and_then(|v| v.as_f64()))).flatten().sum();
+    summary["steps_and_evals_s"] = json!(timed);
     // The RM the run trained against, by content: runs of one grid on several machines (an
     // archived grid) can be checked to share it.
     let rm = if spec.method() == Method::PretrainedRm { shared.pretrained_rm.as_ref() } else { Some(&shared.proxy_rm) };

@@ -75,6 +75,11 @@ fn tiny_grid_runs_resumes_and_skips_finished_runs() {
     // RM accuracy before/after: the vanilla RM is frozen (after == before); R2M's is its own.
     let done = done_runs(&cfg.out).unwrap();
     assert_eq!(done.len(), 4);
+    // The resumed run says so; every run has the time its steps and evaluations took.
+    for r in &done {
+        assert_eq!(r.get("resumed").is_some(), r["run"] == "vanilla-rloo-s0", "{r}");
+        assert!(r["steps_and_evals_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     for r in &done {
         let acc = &r["rm_accuracy"];
         let (b, a) = (acc["before"].as_f64().unwrap(), acc["after"].as_f64().unwrap());
