@@ -62,7 +62,8 @@ fn write_done(cfg: &ExperimentConfig, p: &Pending, shared: &Shared, wall_s: f64,
         summary["threads"] = json!(p.rc.threads);
     }
     // `wall_s` is this process's time: a run resumed from a checkpoint spent more. Its metrics
-    // hold every step's and evaluation's own time, whichever process made them.
+    // hold every step's and its evaluation's own time, whichever process made them (pi_init's
+    // evaluation comes before step 0 and is not among them).
     if p.resume {
         summary["resumed"] = json!(true);
     }
