@@ -29,7 +29,8 @@ pub struct CurvePoint {
 /// 95% CI of the mean drop lies above 0 (final gold is below the peak by more than its CI), and the
 /// mean proxy rise is > 0 (the proxy still climbed after gold peaked). t* is chosen on the same
 /// data, which favours a positive drop a little; with few eval points and seeds read it as a
-/// screening test, next to the plots.
+/// screening test, next to the plots. With one seed the held-out prompts are the replicates and
+/// the interval is widened for that choice, as in each seed's own test ([`SeedOveropt`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Overopt {
     pub peak_step: i64,
@@ -37,6 +38,9 @@ pub struct Overopt {
     pub peak_gold: f64,
     pub final_gold: f64,
     pub drop: Summary,
+    /// The half-width of the drop's interval the test uses: `drop.ci95` over seeds; with one seed,
+    /// over its prompts and widened for the choice of t* among the steps before the last.
+    pub drop_ci: f64,
     pub proxy_rise: Summary,
     /// Some(true/false) when decidable; None with fewer than 2 seeds (no CI), unless the one
     /// seed's held-out prompts are the replicates.
@@ -92,13 +96,18 @@ fn seed_overopt(run: &Run, curve: &[EvalPoint]) -> Option<SeedOveropt> {
     let (drop, rise) = prompt_changes(run, peak.step, last).unwrap_or_default();
     let (drop, rise) = (summarize(&drop), summarize(&rise));
     let candidates = before.len();
-    let drop_ci = if drop.n < 2 {
-        f64::NAN
-    } else {
-        stats::t_quantile(1.0 - 0.05 / (2.0 * candidates as f64), (drop.n - 1) as f64) * drop.std / (drop.n as f64).sqrt()
-    };
+    let drop_ci = widened_ci(&drop, candidates);
     let overoptimized = (drop.n >= 2).then(|| drop.mean - drop_ci > 0.0 && rise.mean > 0.0);
     Some(SeedOveropt { seed: run.seed, peak_step: peak.step, candidates, drop, drop_ci, proxy_rise: rise, overoptimized })
+}
+
+/// The 95% half-width of `drop`'s mean when its peak was picked among `candidates` steps on the
+/// same data (Bonferroni: t at 1 - 0.05 / (2 candidates)); NaN with fewer than 2 values.
+fn widened_ci(drop: &Summary, candidates: usize) -> f64 {
+    if drop.n < 2 {
+        return f64::NAN;
+    }
+    stats::t_quantile(1.0 - 0.05 / (2.0 * candidates.max(1) as f64), (drop.n - 1) as f64) * drop.std / (drop.n as f64).sqrt()
 }
 
 /// Aggregates of one arm x algo over its seeds.
@@ -248,12 +257,16 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
         }
     }
     let (drop, rise) = (summarize(&drop), summarize(&rise));
+    let drop_ci = match over_prompts {
+        Some(_) => widened_ci(&drop, common.iter().filter(|s| **s < last).count()),
+        None => drop.ci95,
+    };
     let overoptimized = if peak.0 >= last {
         Some(false)
     } else if drop.n < 2 {
         None
     } else {
-        Some(drop.mean - drop.ci95 > 0.0 && rise.mean > 0.0)
+        Some(drop.mean - drop_ci > 0.0 && rise.mean > 0.0)
     };
     Some(Overopt {
         peak_step: peak.0,
@@ -261,6 +274,7 @@ fn overopt(grid: &Grid, idx: &[usize]) -> Option<Overopt> {
         peak_gold: peak.1,
         final_gold: mean_gold(last),
         drop,
+        drop_ci,
         proxy_rise: rise,
         overoptimized,
         over_prompts,

@@ -5,20 +5,23 @@
 use super::aggregate::{Aggregate, Comparison, Overopt};
 use super::arm::{algo_label, Arm, ABLATIONS, BASELINE, FULL};
 use super::format::{fmt_p, metric_format, pm};
+use super::stats::Summary;
 use crate::r2m::Method;
 use crate::rl::config::Algo;
 
 impl Overopt {
     /// A sentence for the report.
     pub fn describe(&self) -> String {
-        let (drop, rise) = (pm(&self.drop, 3), pm(&self.proxy_rise, 3));
+        // The drop with the interval its test uses (widened for picking the peak with one seed).
+        let drop = pm(&Summary { ci95: self.drop_ci, ..self.drop }, 3);
+        let rise = pm(&self.proxy_rise, 3);
         let (whose, changes) = match self.over_prompts {
             None => ("seed-mean gold", format!("per seed, gold fell {drop} from the peak and the proxy changed by {rise} after it")),
             Some(n) => (
                 "gold",
                 format!(
-                    "over the {n} held-out prompts (one seed, each prompt's peak-step score against its last-step score), \
-                     gold fell {drop} and the proxy changed by {rise}"
+                    "over the {n} held-out prompts (one seed, each prompt's peak-step score against its last-step score, \
+                     the interval widened for picking the peak), gold fell {drop} and the proxy changed by {rise}"
                 ),
             ),
         };

@@ -10,6 +10,7 @@ use r2m::experiment::{aggregate, load_grid, stats, write_report, AggregateOption
 use r2m::r2m::Method;
 use r2m::rl::config::Algo;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn fixture_dir() -> PathBuf {
@@ -270,6 +271,40 @@ fn one_seed_is_tested_over_its_prompts() {
     assert_eq!(r.overoptimized, Some(false), "{}", r.describe());
     let g = agg.cell(Method::Vanilla, Algo::Grpo).unwrap().overopt.clone().unwrap();
     assert_eq!((g.over_prompts, g.overoptimized), (None, Some(true)), "{}", g.describe());
+    // The peak is picked on the same prompts: the one-seed test widens its interval for that
+    // choice, as the seed's own test does, and agrees with it.
+    let own = &v.per_seed[0];
+    assert_eq!((v.peak_step, v.drop_ci, v.overoptimized), (own.peak_step, own.drop_ci, own.overoptimized));
+    assert!(v.drop_ci > v.drop.ci95 && v.describe().contains("widened"), "{}", v.describe());
+    assert_eq!(g.drop_ci, g.drop.ci95, "over seeds the plain interval");
+
+    // A fall that clears the plain interval but not the widened one is not shown: each prompt's
+    // gold at the last step is its gold at the peak minus 0.62 -+ 0.97 (sd 1.0: plain half-width
+    // 0.53, widened 0.71 for 4 candidate steps).
+    let f = d.path().join("vanilla-rloo-s0/eval.jsonl");
+    let rows: Vec<Map<String, Value>> = std::fs::read_to_string(&f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let at_peak: BTreeMap<i64, f64> = rows
+        .iter()
+        .filter(|r| r["step"] == json!(v.peak_step))
+        .map(|r| (r["prompt"].as_i64().unwrap(), r["gold"].as_f64().unwrap()))
+        .collect();
+    let text: String = rows
+        .into_iter()
+        .map(|mut r| {
+            if r["step"] == json!(STEPS - 1) {
+                let p = r["prompt"].as_i64().unwrap();
+                let fall = if p % 2 == 0 { 0.62 + 0.97 } else { 0.62 - 0.97 };
+                r.insert("gold".into(), json!(at_peak[&p] - fall));
+            }
+            serde_json::to_string(&r).unwrap() + "\n"
+        })
+        .collect();
+    std::fs::write(&f, text).unwrap();
+    let agg = aggregate(&load_grid(d.path(), &opts).unwrap(), &opts);
+    let v = agg.cell(Method::Vanilla, Algo::Rloo).unwrap().overopt.clone().unwrap();
+    assert!((v.drop.mean - 0.62).abs() < 1e-9 && v.drop.ci95 < 0.62 && v.drop_ci > 0.62, "{v:?}");
+    assert_eq!(v.overoptimized, Some(false), "{}", v.describe());
+    assert!(v.describe().contains("not shown in this seed"), "{}", v.describe());
 }
 
 /// Each seed is also tested on its own, over its held-out prompts: a seed whose gold collapses

@@ -129,7 +129,7 @@ pub(super) fn results_table(agg: &Aggregate) -> Table {
             Some(o) => row.extend([
                 o.peak_step.to_string(),
                 csv_num(o.drop.mean),
-                csv_num(o.drop.ci95),
+                csv_num(o.drop_ci),
                 csv_num(o.proxy_rise.mean),
                 overopt_cell(c),
                 {
