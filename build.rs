@@ -10,6 +10,8 @@
 //! * csrc/decode.cpp: generation's CPU kernels (sampling, batch-1 matrix-vector products), built
 //!   for AVX-512, AVX2 and baseline x86-64 and picked by the CPU at run time; OpenMP, as ATen's
 //!   parallel_for needs.
+//! * csrc/gemm.cpp: the GEMM of decode steps at batch > 1 on AVX-512 CPUs (packed weights,
+//!   the next panel prefetched while one is multiplied).
 //! * csrc/mkl_cpu.cpp: MKL's CPU-vendor check, answered so that MKL picks its kernels by the
 //!   instruction sets alone (on AMD CPUs too); the symbol is exported from every executable.
 //! * csrc/dist.cpp: c10d's TCPStore, Gloo process group and collectives (src/dist/), against
@@ -25,6 +27,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/fused.cpp");
     println!("cargo:rerun-if-changed=csrc/decode.cpp");
+    println!("cargo:rerun-if-changed=csrc/gemm.cpp");
     println!("cargo:rerun-if-changed=csrc/guard.h");
     println!("cargo:rerun-if-changed=csrc/mkl_cpu.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
@@ -73,6 +76,8 @@ fn main() {
         .opt_level(3)
         .file("csrc/decode.cpp")
         .compile("r2m_decode");
+    // The decode GEMM (AVX-512 intrinsics under a target attribute, picked at run time).
+    shim().flag("-fopenmp").opt_level(3).file("csrc/gemm.cpp").compile("r2m_gemm");
     println!("cargo:rustc-link-lib=dylib=gomp");
     // MKL (inside libtorch_cpu.so) resolves its vendor check through the dynamic linker: the
     // executable's definition comes first once it is in the dynamic symbol table.

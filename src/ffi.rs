@@ -97,6 +97,21 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn r2m_gemm_available() -> i32;
+    fn r2m_gemm_preferred() -> i32;
+    fn r2m_gemm_pack(w: *mut C_tensor, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> i32;
+    fn r2m_gemm(
+        x: *mut C_tensor,
+        packed: *const *mut C_tensor,
+        ns: *const i64,
+        biases: *const *mut C_tensor,
+        count: i32,
+        next: *const *mut C_tensor,
+        next_count: i32,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn r2m_matvec(
         x: *mut C_tensor,
         ws: *const *mut C_tensor,
@@ -262,6 +277,59 @@ pub fn sample_logits(logits: &Tensor, temperature: f64, u: &Tensor, build: Kerne
 pub fn matvec_preferred() -> bool {
     // SAFETY: no arguments; reads the environment and the CPU's identification.
     unsafe { r2m_matvec_preferred() == 1 }
+}
+
+/// Whether this CPU runs r2m's decode GEMM ([`gemm`]): x86-64 with AVX-512F.
+pub fn gemm_available() -> bool {
+    // SAFETY: no arguments; reads the CPU's identification.
+    unsafe { r2m_gemm_available() == 1 }
+}
+
+/// Whether generation decodes batches of [`crate::model::packed::MIN_BATCH`] rows or more with
+/// [`gemm`] rather than MKL's packed GEMM on this CPU: where it is measured faster (Intel CPUs with
+/// AVX-512; docs/benchmarks.md). `R2M_GEMM=r2m` or `=mkl` chooses either way (r2m only where
+/// [`gemm_available`]).
+pub fn gemm_preferred() -> bool {
+    // SAFETY: no arguments; reads the environment and the CPU's identification.
+    unsafe { r2m_gemm_preferred() == 1 }
+}
+
+/// `w` (N, K) f32 on the CPU in [`gemm`]'s layout: (ceil(N / 48), K, 48), panels of 48 output
+/// columns, zero past N.
+pub fn gemm_pack(w: &Tensor) -> Result<Tensor, String> {
+    // SAFETY: `w` is live for the call; on success the C side hands over a new `at::Tensor`.
+    call_tensor(|out, e, l| unsafe { r2m_gemm_pack(ptr(w), out, e, l) })
+}
+
+/// `x W^T + bias` with `packed = gemm_pack(W)` and `n` W's row count: `x` (..., K) f32 on the CPU,
+/// any row count; returns (rows, N). r2m's decode GEMM (csrc/gemm.cpp): each value is one chain of
+/// fused multiply-adds over K in order, then + bias, so it does not depend on the thread count or
+/// on the other rows; equal to `at::linear`'s to f32 rounding. AVX-512 only ([`gemm_available`]).
+/// No autograd: call it under no_grad only.
+pub fn gemm(x: &Tensor, packed: &Tensor, n: i64, bias: Option<&Tensor>) -> Result<Tensor, String> {
+    Ok(gemm_many(x, &[(packed, n, bias)], &[])?.remove(0))
+}
+
+/// [`gemm`] of the same `x` by several packed weights `(packed, n, bias)` (q, k and v; gate and
+/// up) in one parallel region: one (rows, N_j) result each, each equal to what [`gemm`] gives for
+/// its weight alone. `next`: packed weights the caller multiplies next, whose first panels the
+/// threads prefetch while they finish this call (a hint: the values do not depend on it).
+pub fn gemm_many(x: &Tensor, weights: &[(&Tensor, i64, Option<&Tensor>)], next: &[&Tensor]) -> Result<Vec<Tensor>, String> {
+    let packed: Vec<_> = weights.iter().map(|(p, _, _)| ptr(p)).collect();
+    let ns: Vec<i64> = weights.iter().map(|(_, n, _)| *n).collect();
+    let biases: Vec<_> = weights.iter().map(|(_, _, b)| b.map_or(std::ptr::null_mut(), ptr)).collect();
+    let next = ptrs(next);
+    let count = i32::try_from(weights.len()).map_err(|_| "gemm: too many weights".to_string())?;
+    let next_count = i32::try_from(next.len()).map_err(|_| "gemm: too many next weights".to_string())?;
+    let mut out = vec![std::ptr::null_mut::<C_tensor>(); weights.len()];
+    // SAFETY: the inputs are live for the call; `packed`, `ns` and `biases` hold `count` entries,
+    // `next` holds `next_count`; a null bias means none; on success the C side stores `count` new
+    // `at::Tensor`s in `out`.
+    call(|e, l| unsafe {
+        r2m_gemm(ptr(x), packed.as_ptr(), ns.as_ptr(), biases.as_ptr(), count, next.as_ptr(), next_count, out.as_mut_ptr(), e, l)
+    })?;
+    // SAFETY: heap `at::Tensor`s we now own.
+    Ok(out.into_iter().map(|t| unsafe { Tensor::from_ptr(t) }).collect())
 }
 
 /// `x w^T + bias` for one input row `x` (K elements, any shape), `w` (N, K), `bias` (N): (N),
@@ -611,6 +679,60 @@ mod tests {
         let huge = Tensor::from_slice(&[-100.0f32, -88.0, 0.0, 30.0, 100.0]);
         let y = super::silu_mul(&huge, &huge.ones_like(), KernelBuild::Best).unwrap();
         assert!(y.isfinite().all().int64_value(&[]) == 1, "{y}");
+    }
+
+    /// The decode GEMM equals the product in f64 to f32 rounding, with and without a bias, over
+    /// row counts that are not a multiple of its 8-row tile, N not a multiple of its 48-column panel
+    /// and (..., K) inputs; each row equals that row multiplied alone (the value does not depend
+    /// on the other rows or the threads). Wrong shapes are errors that say what is wrong.
+    #[test]
+    fn gemm_equals_the_product_in_f64_row_by_row() {
+        if !super::gemm_available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(9);
+        let opts = (Kind::Float, Device::Cpu);
+        for (m, n, k) in [(1, 1, 1), (8, 48, 16), (13, 50, 37), (64, 576, 576), (64, 192, 1536), (9, 1000, 64), (33, 97, 200)] {
+            let w = Tensor::randn([n, k], opts);
+            let bias = Tensor::randn([n], opts);
+            let x = Tensor::randn([m, 1, k], opts);
+            let packed = super::gemm_pack(&w).unwrap();
+            assert_eq!(packed.size(), [(n + 47) / 48, k, 48]);
+            for b in [None, Some(&bias)] {
+                let y = super::gemm(&x, &packed, n, b).unwrap();
+                assert_eq!(y.size(), [m, n]);
+                let mut exact = x.reshape([m, k]).to_kind(Kind::Double).matmul(&w.to_kind(Kind::Double).tr());
+                if let Some(b) = b {
+                    exact += b.to_kind(Kind::Double);
+                }
+                let worst = (y.to_kind(Kind::Double) - &exact).abs().max().double_value(&[]);
+                assert!(worst < 1e-6 * (k as f64).sqrt() * 8.0, "({m}, {n}, {k}): off by {worst}");
+                for i in [0, m / 2, m - 1] {
+                    let alone = super::gemm(&x.narrow(0, i, 1), &packed, n, b).unwrap();
+                    assert!(alone.equal(&y.narrow(0, i, 1)), "({m}, {n}, {k}): row {i} alone differs");
+                }
+            }
+        }
+        let packed = super::gemm_pack(&Tensor::randn([50, 16], opts)).unwrap();
+        let err = super::gemm(&Tensor::randn([4, 15], opts), &packed, 50, None).unwrap_err();
+        assert!(err.contains("last dim is 15") && err.contains("K is 16"), "{err}");
+        // Several weights in one call, with any hint of what comes next: each equals it alone.
+        let (wa, wb) = (Tensor::randn([96, 40], opts), Tensor::randn([50, 40], opts));
+        let (pa, pb) = (super::gemm_pack(&wa).unwrap(), super::gemm_pack(&wb).unwrap());
+        let x = Tensor::randn([20, 40], opts);
+        let bias = Tensor::randn([50], opts);
+        let next = super::gemm_pack(&Tensor::randn([200, 64], opts)).unwrap();
+        for hint in [vec![], vec![&next], vec![&pa, &next]] {
+            let ys = super::gemm_many(&x, &[(&pa, 96, None), (&pb, 50, Some(&bias))], &hint).unwrap();
+            assert!(ys[0].equal(&super::gemm(&x, &pa, 96, None).unwrap()));
+            assert!(ys[1].equal(&super::gemm(&x, &pb, 50, Some(&bias)).unwrap()));
+        }
+        let err = super::gemm(&Tensor::randn([4, 16], opts), &packed, 97, None).unwrap_err();
+        assert!(err.contains("N = 97"), "{err}");
+        let err = super::gemm(&Tensor::randn([4, 16], opts), &packed, 50, Some(&Tensor::zeros([49], opts))).unwrap_err();
+        assert!(err.contains("must hold 50"), "{err}");
     }
 
     /// Decode attention equals softmax(scale q k^T) v computed in f64 with each key-value head

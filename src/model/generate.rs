@@ -71,14 +71,18 @@ pub struct GenerateConfig {
     /// Decode with MKL-packed weights (`model::packed`): `None` = when it pays (CPU, f32, at
     /// least `packed::MIN_BATCH` rows, memory for a second copy of the weights, libtorch built with
     /// MKL), `Some(false)` = never, `Some(true)` = always (an error where libtorch has no MKL).
-    /// Same results either way. (bf16 models decode with bf16 weight copies instead.)
+    /// Same results either way. With `None` and `cpu_kernels`, r2m's decode GEMM takes MKL's place
+    /// where it is faster (below). (bf16 models decode with bf16 weight copies instead.)
     pub pack_weights: Option<bool>,
     /// Use r2m's CPU kernels (csrc/decode.cpp) where they apply; false: ATen's ops. Sampling: one
     /// pass over each row of the logits, no (B, V) temporaries (CPU, plain temperature sampling
     /// without top-k or top-p); the same tokens either way up to rounding at the sampling
     /// boundaries, log-probs and entropies agree to ~1e-6 (tested). Batch 1 on CPUs where it is
     /// faster than MKL's gemv (`ffi::matvec_preferred`; f32, `pack_weights` not `Some(true)`):
-    /// the streaming matrix-vector kernel for each decode step's products. Decode steps in f32:
+    /// the streaming matrix-vector kernel for each decode step's products. Batches of
+    /// `packed::MIN_BATCH` rows or more on CPUs where it is faster than MKL's packed GEMM
+    /// (`ffi::gemm_preferred`; f32, `pack_weights` not `Some(true)`): r2m's decode GEMM, which
+    /// prefetches each weight's next panel while it multiplies one. Decode steps in f32:
     /// attention over the KV cache, RMS norms, RoPE and SiLU, each in one kernel (`model::kernels`).
     pub cpu_kernels: bool,
 }
@@ -329,8 +333,11 @@ pub fn generate_stream(
         ),
         (None, None) => {
             let weights = model.linear_weights();
-            if b == 1 && cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float && crate::ffi::matvec_preferred() {
+            let f32_cpu = cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float;
+            if b == 1 && f32_cpu && crate::ffi::matvec_preferred() {
                 Some(packed::install(&weights, packed::How::Matvec, Some(&model.packs)).map_err(Error::Input)?)
+            } else if f32_cpu && crate::ffi::gemm_preferred() && packed::pays(dev, kind, b, &weights) {
+                Some(packed::install(&weights, packed::How::Gemm { rows: b }, Some(&model.packs)).map_err(Error::Input)?)
             } else {
                 packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
             }

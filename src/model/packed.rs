@@ -10,6 +10,10 @@
 //! drops; [`linear`] (used by every `Linear` and the LM head) takes the packed path for inputs of
 //! exactly B rows and `at::linear` for everything else (prefill, training, other threads).
 //! MKL's packed and unpacked kernels do the same arithmetic: results are equal (tested).
+//! Where r2m's decode GEMM is faster than MKL's packed one ([`ffi::gemm_preferred`]: AVX-512
+//! CPUs where measured), [`How::Gemm`] packs the weights in its layout instead: it prefetches the
+//! next part of a weight while it multiplies the current one, so that the weights' load from
+//! memory hides behind the arithmetic (same values to f32 rounding, not the same bits).
 //! At batch 1 each product is a matrix-vector product, bound by how fast the weights stream from
 //! memory; where r2m's kernel streams them faster than MKL's gemv ([`ffi::matvec_preferred`]),
 //! [`How::Matvec`] sends one-row inputs to it (same values to f32 rounding, not the same bits).
@@ -29,6 +33,8 @@ pub const MIN_BATCH: i64 = 8;
 pub enum How {
     /// MKL's packed layout for inputs of exactly `rows` rows (CPU, f32).
     Mkl { rows: i64 },
+    /// r2m's decode GEMM ([`ffi::gemm`]) for inputs of exactly `rows` rows (CPU, f32, AVX-512).
+    Gemm { rows: i64 },
     /// A cast to this dtype (bf16 decoding, `model::precision`): the input is cast to it too.
     Cast(Kind),
     /// No copy: one-row inputs (a batch-1 decode step) go through r2m's streaming
@@ -43,6 +49,10 @@ struct Packs {
     fresh: usize,
     /// Packed copy of each weight, by the weight's data pointer.
     by_weight: HashMap<usize, Packed>,
+    /// r2m's GEMM: the first weight of the last call, and for each call (by its first weight) the
+    /// weights of the call that followed it last time: what to prefetch at the end of a call.
+    last: Option<usize>,
+    after: HashMap<usize, Vec<usize>>,
 }
 
 struct Packed {
@@ -115,7 +125,7 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
     let mut fresh = 0;
     for w in weights {
         let eligible = match how {
-            How::Mkl { .. } | How::Matvec => w.device() == Device::Cpu && w.kind() == Kind::Float,
+            How::Mkl { .. } | How::Gemm { .. } | How::Matvec => w.device() == Device::Cpu && w.kind() == Kind::Float,
             How::Cast(k) => w.is_floating_point() && w.kind() != k,
         };
         if !eligible || w.dim() != 2 {
@@ -130,6 +140,7 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
                 drop(stale);
                 let packed = match how {
                     How::Mkl { rows } => ffi::mkl_pack(w, rows).map_err(|e| format!("MKL weight packing failed: {e}"))?,
+                    How::Gemm { .. } => ffi::gemm_pack(w).map_err(|e| format!("r2m's GEMM packing failed: {e}"))?,
                     How::Cast(k) => w.to_kind(k),
                     How::Matvec => w.shallow_clone(),
                 };
@@ -140,7 +151,7 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
         by_weight.insert(key, entry);
     }
     drop(kept);
-    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { how, fresh, by_weight }));
+    let prev = PACKS.with(|p| p.borrow_mut().replace(Packs { how, fresh, by_weight, last: None, after: HashMap::new() }));
     Ok(PackScope { prev, cache })
 }
 
@@ -148,6 +159,9 @@ pub fn install<'a>(weights: &[&Tensor], how: How, cache: Option<&'a Cache>) -> R
 /// packing: for `x`'s row count; for the matrix-vector kernel: for one row) and autograd is off,
 /// else `at::linear`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    if let Some(mut y) = gemm(x, &[(w, bias)]) {
+        return y.remove(0);
+    }
     let packed = PACKS.with(|p| {
         let p = p.borrow();
         let p = p.as_ref()?;
@@ -155,6 +169,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
             How::Mkl { rows } => Some(rows),
             How::Matvec => Some(1),
             How::Cast(_) => None,
+            How::Gemm { .. } => return None,
         };
         if let Some(rows) = rows {
             let d = *x.size().last()?;
@@ -169,6 +184,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
             // The kernels return (rows, out): back to x's leading dims.
             let flat = match how {
                 How::Mkl { rows } => ffi::mkl_linear(x, &packed, w, bias, rows),
+                How::Gemm { .. } => unreachable!("taken by gemm above"),
                 How::Matvec => ffi::matvec(x, w, bias, ffi::KernelBuild::Best),
                 How::Cast(k) => return x.to_kind(k).linear(&packed, bias.map(|b| b.to_kind(k)).as_ref()),
             };
@@ -185,6 +201,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
 /// weight, `x` is one row and autograd is off (one parallel region instead of one per weight, the
 /// same values); else one [`linear`] each.
 pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Tensor> {
+    if let Some(y) = gemm(x, layers) {
+        return y;
+    }
     let installed = PACKS.with(|p| {
         let p = p.borrow();
         let Some(p) = p.as_ref() else { return false };
@@ -209,6 +228,40 @@ pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Ten
         }
     }
     layers.iter().map(|(w, b)| linear(x, w, *b)).collect()
+}
+
+/// `x W_j^T + b_j` for each layer through one call of r2m's GEMM ([`ffi::gemm_many`]) when it is
+/// installed for every weight and `x`'s row count and autograd is off, else `None`. Each call
+/// records which weights came next after the previous one, and hands the kernel the weights that
+/// came after this one last time, to prefetch while it finishes.
+fn gemm(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Option<Vec<Tensor>> {
+    if grad_enabled() {
+        return None;
+    }
+    let (packed, next) = PACKS.with(|p| {
+        let mut p = p.borrow_mut();
+        let p = p.as_mut()?;
+        let How::Gemm { rows } = p.how else { return None };
+        let d = *x.size().last()?;
+        if d == 0 || x.numel() as i64 / d != rows || layers.is_empty() {
+            return None;
+        }
+        let keys: Vec<usize> = layers.iter().map(|(w, _)| w.data_ptr() as usize).collect();
+        let packed: Vec<Tensor> = keys.iter().map(|k| p.by_weight.get(k).map(|e| e.packed.shallow_clone())).collect::<Option<_>>()?;
+        let next: Vec<Tensor> = p
+            .after
+            .get(&keys[0])
+            .map(|ks| ks.iter().filter_map(|k| p.by_weight.get(k)).map(|e| e.packed.shallow_clone()).collect())
+            .unwrap_or_default();
+        if let Some(last) = p.last.replace(keys[0]) {
+            p.after.insert(last, keys);
+        }
+        Some((packed, next))
+    })?;
+    let weights: Vec<_> = layers.iter().zip(&packed).map(|((w, b), pk)| (pk, w.size()[0], *b)).collect();
+    let next: Vec<&Tensor> = next.iter().collect();
+    let ys = ffi::gemm_many(x, &weights, &next).ok()?;
+    Some(ys.into_iter().zip(layers).map(|(y, (w, _))| y.reshape(out_shape(x, w))).collect())
 }
 
 /// The shape of `x W^T` for `x` (..., in) and `w` (out, in): x's leading dims, then out.
@@ -271,6 +324,36 @@ mod tests {
         assert!(y.requires_grad());
         drop(scope);
         assert!(PACKS.with(|p| p.borrow().is_none()));
+    }
+
+    /// With r2m's GEMM installed for 8 rows, 8-row inputs ((8, D) and (8, 1, D)) go through it, with
+    /// the bias, and agree with the plain product to f32 rounding; other row counts and autograd
+    /// take the plain path.
+    #[test]
+    fn gemm_rows_take_r2m_gemm() {
+        if !ffi::gemm_available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        tch::manual_seed(4);
+        let w = Tensor::randn([50, 40], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([50], (Kind::Float, Device::Cpu));
+        let scope = install(&[&w], How::Gemm { rows: 8 }, None).unwrap();
+        let packed = ffi::gemm_pack(&w).unwrap();
+        let _g = tch::no_grad_guard();
+        let x = Tensor::randn([8, 1, 40], (Kind::Float, Device::Cpu));
+        for (x, b) in [(x.shallow_clone(), None), (x.view([8, 40]), Some(&bias))] {
+            let got = linear(&x, &w, b);
+            assert_eq!(got.size(), [&x.size()[..x.dim() - 1], &[50]].concat());
+            assert!(got.reshape([8, 50]).equal(&ffi::gemm(&x, &packed, 50, b).unwrap()), "not the kernel's result");
+            assert!(got.allclose(&x.linear(&w, b), 1e-5, 1e-5, false));
+        }
+        let x3 = Tensor::randn([3, 40], (Kind::Float, Device::Cpu));
+        assert!(linear(&x3, &w, None).equal(&x3.linear::<Tensor>(&w, None)), "3 rows: plain path");
+        drop(_g);
+        let wg = w.detach().set_requires_grad(true);
+        assert!(tch::with_grad(|| linear(&x.view([8, 40]), &wg, None)).requires_grad());
+        drop(scope);
     }
 
     /// With the matrix-vector kernel installed, one-row inputs ((D), (1, D), (1, 1, D)) go through

@@ -206,7 +206,8 @@ fn bf16_generator_logprobs_are_near_trainer_logprobs() {
 }
 
 /// Decoding with r2m's CPU kernels (`GenerateConfig::cpu_kernels`: sampling, and attention over
-/// the KV cache; at batch 1 on CPUs that prefer it, the matrix-vector kernel) gives the tokens of
+/// the KV cache; at batch 1 on CPUs that prefer it, the matrix-vector kernel; at 8 rows or more on
+/// CPUs that prefer it, r2m's decode GEMM) gives the tokens of
 /// ATen's ops, with log-probs, entropies and hidden states equal up to f32 rounding: left padding,
 /// an EOS stop, two temperatures, 12 prompts and one.
 #[test]
