@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 #include "guard.h"
 
@@ -87,11 +88,11 @@ struct Part {
 };
 
 // Panels [g0, g1) of the call's panels, counted over its parts end to end (`first`: each part's
-// first panel), for all m rows of x (M, K). While it works on one panel it prefetches the next
+// first panel), for rows [row0, row0 + m) of x (M, K). While it works on one panel it prefetches the next
 // one; while on its last, `after` (the panel this thread starts the next call with, `after_lines`
 // cache lines), so that the next call's first panel does not wait for memory either.
-R2M_AVX512 static void panels(const float* x, int64_t m, int64_t k_len, const Part* parts, const int64_t* first,
-                              int64_t g0, int64_t g1, const char* after, int64_t after_lines) {
+R2M_AVX512 static void panels(const float* x, int64_t row0, int64_t m, int64_t k_len, const Part* parts,
+                              const int64_t* first, int64_t g0, int64_t g1, const char* after, int64_t after_lines) {
   const int64_t tiles = (m + kMr - 1) / kMr;
   const int64_t panel_floats = k_len * kNr;
   const int64_t panel_lines = panel_floats * 4 / kLine;
@@ -120,11 +121,12 @@ R2M_AVX512 static void panels(const float* x, int64_t m, int64_t k_len, const Pa
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r0 = t * kMr;
       const int64_t rows = m - r0 < kMr ? m - r0 : kMr;
+      const int64_t row = row0 + r0;
       const int64_t from = t * share;
       const int64_t lines = next == nullptr || from >= next_lines ? 0 : std::min(share, next_lines - from);
       const char* pf = next == nullptr ? nullptr : next + from * kLine;
-      const float* xr = x + r0 * k_len;
-      float* yr = part.y + r0 * part.n + col;
+      const float* xr = x + row * k_len;
+      float* yr = part.y + row * part.n + col;
       const float* b = part.bias48 + col;
       switch (rows) {
 #define R2M_TILE(R) \
@@ -192,12 +194,27 @@ extern "C" int r2m_gemm_pack(at::Tensor* w, at::Tensor** out, char* err, size_t 
       "gemm_pack", err, err_len);
 }
 
-// The first panel thread `tid` of `threads` takes in a call of `total` panels, as
+// The first work item thread `tid` of `threads` takes in a call of `total` items, as
 // at::parallel_for(0, total, 1, ...) splits them (contiguous chunks of ceil(total / tasks)).
-static int64_t first_panel_of(int64_t tid, int64_t threads, int64_t total) {
+static int64_t first_item_of(int64_t tid, int64_t threads, int64_t total) {
   const int64_t tasks = std::min(threads, total);
   const int64_t chunk = tasks > 0 ? (total + tasks - 1) / tasks : 0;
   return tid * chunk;
+}
+
+// Into how many blocks a call of `total` panels splits the rows of x (`tiles` 8-row tiles): one
+// while there are at least 4 panels per thread, else as many as that takes (up to one per tile),
+// so that many threads share few panels, each with its own rows. Work item w is panel w % total of
+// row block w / total: each thread takes panels one after another for one block of rows.
+static int64_t row_blocks(int64_t threads, int64_t total, int64_t tiles) {
+  const int64_t want = total > 0 ? (4 * threads + total - 1) / total : 1;
+  return std::max<int64_t>(1, std::min(want, tiles));
+}
+
+// Rows [first, end) of row block c of `blocks` over `tiles` tiles of x's m rows.
+static std::pair<int64_t, int64_t> block_rows(int64_t c, int64_t blocks, int64_t tiles, int64_t m) {
+  const int64_t t0 = c * tiles / blocks, t1 = (c + 1) * tiles / blocks;
+  return {t0 * kMr, std::min(m, t1 * kMr)};
 }
 
 // y_j = x W_j^T + bias_j for `count` weights that take the same x (q, k and v; gate and up) in one
@@ -257,17 +274,37 @@ extern "C" int r2m_gemm(at::Tensor* x, at::Tensor** packed, const int64_t* ns, a
         }
         if (m > 0) {
           const float* xp = xc.data_ptr<float>();
-          const int64_t threads = at::get_num_threads();
-          at::parallel_for(0, first[count], 1, [&](int64_t g0, int64_t g1) {
+          const int64_t threads = at::get_num_threads(), tiles = (m + kMr - 1) / kMr;
+          const int64_t total = first[count], blocks = row_blocks(threads, total, tiles);
+          const int64_t next_total = next_first.back();
+          const int64_t next_blocks = row_blocks(threads, next_total, tiles);
+          // Panel g of this call, as a prefetch target.
+          const auto panel_at = [&](int64_t g) {
+            int64_t j = 0;
+            while (g >= first[j + 1]) ++j;
+            return reinterpret_cast<const char*>(parts[j].packed + (g - first[j]) * k * kNr);
+          };
+          at::parallel_for(0, total * blocks, 1, [&](int64_t w0, int64_t w1) {
+            // The panel this thread starts the next call with.
             const char* after = nullptr;
             int64_t after_lines = 0;
-            const int64_t g = first_panel_of(at::get_thread_num(), threads, next_first.back());
-            for (size_t j = 0; j < next_packed.size(); ++j)
-              if (g >= next_first[j] && g < next_first[j + 1]) {
-                after = reinterpret_cast<const char*>(next_packed[j] + (g - next_first[j]) * next_k[j] * kNr);
-                after_lines = next_k[j] * kNr * 4 / kLine;
-              }
-            panels(xp, m, k, parts.data(), first.data(), g0, g1, after, after_lines);
+            if (next_total > 0) {
+              const int64_t g = first_item_of(at::get_thread_num(), threads, next_total * next_blocks) % next_total;
+              for (size_t j = 0; j < next_packed.size(); ++j)
+                if (g >= next_first[j] && g < next_first[j + 1]) {
+                  after = reinterpret_cast<const char*>(next_packed[j] + (g - next_first[j]) * next_k[j] * kNr);
+                  after_lines = next_k[j] * kNr * 4 / kLine;
+                }
+            }
+            // One run of panels per row block in [w0, w1).
+            for (int64_t w = w0; w < w1;) {
+              const int64_t c = w / total, end = std::min(w1, (c + 1) * total);
+              const auto rows = block_rows(c, blocks, tiles, m);
+              const bool last = end == w1;
+              panels(xp, rows.first, rows.second - rows.first, k, parts.data(), first.data(), w - c * total,
+                     end - c * total, last ? after : panel_at(end % total), last ? after_lines : k * kNr * 4 / kLine);
+              w = end;
+            }
           });
         }
         for (int j = 0; j < count; ++j) out[j] = new at::Tensor(ys[j]);

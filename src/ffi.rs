@@ -718,6 +718,14 @@ mod tests {
         let packed = super::gemm_pack(&Tensor::randn([50, 16], opts)).unwrap();
         let err = super::gemm(&Tensor::randn([4, 15], opts), &packed, 50, None).unwrap_err();
         assert!(err.contains("last dim is 15") && err.contains("K is 16"), "{err}");
+        // Many threads over few panels split the rows among them: the same values.
+        let (w, x) = (Tensor::randn([192, 64], opts), Tensor::randn([64, 64], opts));
+        let p7 = super::gemm_pack(&w).unwrap();
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(7);
+        let many = super::gemm(&x, &p7, 192, None);
+        tch::set_num_threads(threads);
+        assert!(many.unwrap().equal(&super::gemm(&x, &p7, 192, None).unwrap()), "7 threads differ");
         // Several weights in one call, with any hint of what comes next: each equals it alone.
         let (wa, wb) = (Tensor::randn([96, 40], opts), Tensor::randn([50, 40], opts));
         let (pa, pb) = (super::gemm_pack(&wa).unwrap(), super::gemm_pack(&wb).unwrap());
