@@ -46,7 +46,7 @@ constexpr int64_t kLine = 64;
 #define R2M_AVX512 __attribute__((target("avx512f")))
 
 // y[r, 0..48) for the `MR` rows of x at x (row stride ldx), the panel wp (K x 48), then + bias
-// (48 values, zero-padded) into y (row stride ldy), columns masked by m0..m2. While it runs, it
+// (the panel's columns of it, or null for none) into y (row stride ldy), columns masked by m0..m2. While it runs, it
 // prefetches `pf_lines` cache lines from `pf` into L2, evenly over the steps of k.
 template <int MR>
 R2M_AVX512 static inline void tile(int64_t k_len, const float* x, int64_t ldx, const float* wp, const float* bias,
@@ -69,7 +69,10 @@ R2M_AVX512 static inline void tile(int64_t k_len, const float* x, int64_t ldx, c
       c[r][2] = _mm512_fmadd_ps(a, w2, c[r][2]);
     }
   }
-  const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16), b2 = _mm512_loadu_ps(bias + 32);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 b0 = bias != nullptr ? _mm512_maskz_loadu_ps(m0, bias) : zero;
+  const __m512 b1 = bias != nullptr ? _mm512_maskz_loadu_ps(m1, bias + 16) : zero;
+  const __m512 b2 = bias != nullptr ? _mm512_maskz_loadu_ps(m2, bias + 32) : zero;
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, m0, _mm512_add_ps(c[r][0], b0));
@@ -78,12 +81,12 @@ R2M_AVX512 static inline void tile(int64_t k_len, const float* x, int64_t ldx, c
   }
 }
 
-// One weight of a call: its panels, N, its bias zero-padded to whole panels, and y (M, N).
+// One weight of a call: its panels, N, its bias (N values, or null), and y (M, N).
 struct Part {
   const float* packed;
   int64_t panels;
   int64_t n;
-  const float* bias48;
+  const float* bias;
   float* y;
 };
 
@@ -127,7 +130,7 @@ R2M_AVX512 static void panels(const float* x, int64_t row0, int64_t m, int64_t k
       const char* pf = next == nullptr ? nullptr : next + from * kLine;
       const float* xr = x + row * k_len;
       float* yr = part.y + row * part.n + col;
-      const float* b = part.bias48 + col;
+      const float* b = part.bias != nullptr ? part.bias + col : nullptr;
       switch (rows) {
 #define R2M_TILE(R) \
   case R: tile<R>(k_len, xr, k_len, wp, b, yr, part.n, m0, m1, m2, pf, lines); break;
@@ -139,13 +142,18 @@ R2M_AVX512 static void panels(const float* x, int64_t row0, int64_t m, int64_t k
 }
 #endif
 
-bool cpu_has_avx512() {
+bool detect_avx512() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
 #else
   return false;
 #endif
+}
+
+bool cpu_has_avx512() {
+  static const bool has = detect_avx512();
+  return has;
 }
 
 }  // namespace
@@ -248,18 +256,17 @@ extern "C" int r2m_gemm(at::Tensor* x, at::Tensor** packed, const int64_t* ns, a
           TORCH_CHECK(pk.size(1) == k, "gemm: the input's last dim is ", k, ", weight ", j, "'s K is ", pk.size(1));
           TORCH_CHECK(n > (np - 1) * kNr && n <= np * kNr, "gemm: N = ", n, " does not fit weight ", j, "'s ", np,
                       " panels");
-          // The bias zero-padded to whole panels, so that every tile loads 48 values.
-          at::Tensor b48 = at::zeros({np * kNr}, xc.options());
+          const float* bp = nullptr;
           if (biases[j] != nullptr) {
             const at::Tensor& b = *biases[j];
             TORCH_CHECK(b.scalar_type() == at::kFloat && b.device().is_cpu() && b.numel() == n,
                         "gemm: bias ", j, " must hold ", n, " f32 values on the CPU");
-            b48.narrow(0, 0, n).copy_(b.reshape({n}));
+            keep.push_back(b.contiguous());
+            bp = keep.back().data_ptr<float>();
           }
           at::Tensor y = at::empty({m, n}, xc.options());
-          parts[j] = Part{pk.data_ptr<float>(), np, n, b48.data_ptr<float>(), y.data_ptr<float>()};
+          parts[j] = Part{pk.data_ptr<float>(), np, n, bp, y.data_ptr<float>()};
           first[j + 1] = first[j] + np;
-          keep.push_back(b48);
           ys.push_back(y);
         }
         // The next call's panels end to end, for each thread's first one.

@@ -336,10 +336,12 @@ pub fn generate_stream(
             let f32_cpu = cfg.cpu_kernels && dev == Device::Cpu && kind == Kind::Float;
             if b == 1 && f32_cpu && crate::ffi::matvec_preferred() {
                 Some(packed::install(&weights, packed::How::Matvec, Some(&model.packs)).map_err(Error::Input)?)
-            } else if f32_cpu && crate::ffi::gemm_preferred() && packed::pays(dev, kind, b, &weights) {
+            } else if !packed::pays(dev, kind, b, &weights) {
+                None
+            } else if f32_cpu && crate::ffi::gemm_preferred() {
                 Some(packed::install(&weights, packed::How::Gemm { rows: b }, Some(&model.packs)).map_err(Error::Input)?)
             } else {
-                packed::pays(dev, kind, b, &weights).then(|| packed::install(&weights, mkl, Some(&model.packs)).ok()).flatten()
+                packed::install(&weights, mkl, Some(&model.packs)).ok()
             }
         }
     };

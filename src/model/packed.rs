@@ -235,15 +235,12 @@ pub fn linear_many(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Vec<Ten
 /// records which weights came next after the previous one, and hands the kernel the weights that
 /// came after this one last time, to prefetch while it finishes.
 fn gemm(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Option<Vec<Tensor>> {
-    if grad_enabled() {
-        return None;
-    }
     let (packed, next) = PACKS.with(|p| {
         let mut p = p.borrow_mut();
         let p = p.as_mut()?;
         let How::Gemm { rows } = p.how else { return None };
         let d = *x.size().last()?;
-        if d == 0 || x.numel() as i64 / d != rows || layers.is_empty() {
+        if d == 0 || x.numel() as i64 / d != rows || layers.is_empty() || grad_enabled() {
             return None;
         }
         let keys: Vec<usize> = layers.iter().map(|(w, _)| w.data_ptr() as usize).collect();
